@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up everything cmrops needs on a fresh machine, idempotently:
+#   1. a project-local virtual environment in .venv (Python 3.11+),
+#   2. every Python package pinned in requirements/lock.txt (one resolve),
+#   3. the Rust extension cmrops._core, built in release mode into the venv.
+# Each step is skipped when its inputs have not changed since it last succeeded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+UV_VERSION=0.13.8
+PY=${PYTHON:-python3}
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "cmrops needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+if ! command -v cargo >/dev/null; then
+    echo "cmrops builds a Rust extension: install a Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+if [[ ! -x $VENV/bin/uv ]] || [[ "$($VENV/bin/uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]]; then
+    log "installing uv $UV_VERSION"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+
+stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+
+LOCK_STAMP=$(stamp requirements/lock.txt)
+if [[ "$(cat $VENV/.lock-stamp 2>/dev/null)" != "$LOCK_STAMP" ]]; then
+    log "installing pinned packages from requirements/lock.txt (first time: several minutes)"
+    VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip sync --quiet requirements/lock.txt
+    echo "$LOCK_STAMP" > $VENV/.lock-stamp
+    rm -f $VENV/.core-stamp
+fi
+
+CORE_STAMP=$(stamp Cargo.toml Cargo.lock pyproject.toml $(find rust_core -name '*.rs' -o -name Cargo.toml | sort))
+if [[ "$(cat $VENV/.core-stamp 2>/dev/null)" != "$CORE_STAMP" ]] || ! "$VENV/bin/python" -c 'import cmrops._core' 2>/dev/null; then
+    log "building the Rust extension cmrops._core (release)"
+    VIRTUAL_ENV=$(pwd)/$VENV PATH=$(pwd)/$VENV/bin:$PATH \
+        "$VENV/bin/maturin" develop --release --uv --quiet
+    echo "$CORE_STAMP" > $VENV/.core-stamp
+fi
+log "ready: $VENV"
