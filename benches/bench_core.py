@@ -1,0 +1,246 @@
+"""The Hamming engine against FAISS, in one process, on this machine.
+
+    .venv/bin/python benches/bench_core.py            # full sizes (a few minutes)
+    .venv/bin/python benches/bench_core.py --quick    # small sizes, a smoke run
+
+Every row runs cmrops and its FAISS baseline on the same data in the same process, takes the
+median of several runs, checks that both return the same answer, and prints the ratio
+(baseline time / cmrops time; > 1 means cmrops is faster). Targets from the foundation issue are
+checked at the end. Results are also written to bench-results/core.json.
+
+Baselines:
+- kNN: ``faiss.IndexBinaryFlat`` (exhaustive, FAISS's exact binary index).
+- radius search: ``IndexBinaryFlat.range_search`` and ``IndexBinaryMultiHash`` configured to be
+  exact by pigeonhole (4 tables of 16 bits, nflip = r // 4).
+- all near-duplicate pairs: ``IndexBinaryMultiHash`` self range-search (the same exact config);
+  FAISS's radius is strict (d < r), so it is given r + 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+import cmrops  # noqa: E402
+from cmrops.demo import planted_codes  # noqa: E402
+
+
+def timed(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> tuple[float, Any]:
+    """Median wall time of ``repeat`` runs (fewer when one run exceeds ``budget_s / repeat``)."""
+    times, result = [], None
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+        if sum(times) > budget_s:
+            break
+    return statistics.median(times), result
+
+
+def faiss_threads(n: int) -> None:
+    faiss.omp_set_num_threads(n)
+
+
+def bench_knn(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
+    rng = np.random.default_rng(0)
+    for bits in (64, 128, 256):
+        words = bits // 64
+        db = rng.integers(0, 2**64, size=(n, words), dtype=np.uint64)
+        q = rng.integers(0, 2**64, size=(nq, words), dtype=np.uint64)
+        flat = faiss.IndexBinaryFlat(bits)
+        flat.add(db.view(np.uint8))
+        for threads in (1, 2):
+            index = cmrops.HammingIndex(db, n_threads=threads)
+            faiss_threads(threads)
+            for k in (10, 100):
+                t_ours, (d, _) = timed(lambda index=index, k=k: index.search(q, k), repeat)
+                t_faiss, (fd, _) = timed(lambda k=k: flat.search(q.view(np.uint8), k), repeat)
+                same = bool(np.array_equal(d, fd.astype(np.int32)))
+                rows.append(
+                    dict(
+                        bench="kNN",
+                        config=f"{bits} bits, k={k}, {threads} thr",
+                        baseline="IndexBinaryFlat",
+                        ours_s=t_ours,
+                        baseline_s=t_faiss,
+                        ratio=t_faiss / t_ours,
+                        same=same,
+                        bits=bits,
+                        k=k,
+                        threads=threads,
+                    )
+                )
+                report(rows[-1])
+        del flat
+
+
+def bench_range(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
+    rng = np.random.default_rng(1)
+    db, _ = planted_codes(n, 1, copy_rate=0.05, max_flips=4, seed=1)
+    q = np.ascontiguousarray(db[rng.integers(0, n, size=nq)])
+    index = cmrops.HammingIndex(db, n_threads=2)
+    faiss_threads(2)
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(db.view(np.uint8))
+    for r in (4, 8):
+        mh = faiss.IndexBinaryMultiHash(64, 4, 16)
+        mh.nflip = r // 4
+        mh.add(db.view(np.uint8))
+        t_ours, (lims, _, ids) = timed(lambda r=r: index.range_search(q, r), repeat)
+        for name, fidx in (("IndexBinaryFlat", flat), ("IndexBinaryMultiHash", mh)):
+            t_f, (flims, _, fids) = timed(
+                lambda fidx=fidx, r=r: fidx.range_search(q.view(np.uint8), r + 1), repeat
+            )
+            same = bool(np.array_equal(lims, flims)) and all(
+                set(ids[lims[i] : lims[i + 1]].tolist())
+                == set(fids[flims[i] : flims[i + 1]].tolist())
+                for i in range(nq)
+            )
+            rows.append(
+                dict(
+                    bench="radius",
+                    config=f"64 bits, r={r}, 2 thr",
+                    baseline=name,
+                    ours_s=t_ours,
+                    baseline_s=t_f,
+                    ratio=t_f / t_ours,
+                    same=same,
+                    r=r,
+                )
+            )
+            report(rows[-1])
+
+
+def faiss_all_pairs(db: np.ndarray, r: int) -> np.ndarray:
+    mh = faiss.IndexBinaryMultiHash(64, 4, 16)
+    mh.nflip = r // 4
+    mh.add(db.view(np.uint8))
+    lims, _, ids = mh.range_search(db.view(np.uint8), r + 1)
+    qi = np.repeat(np.arange(len(db)), np.diff(lims))
+    keep = qi < ids
+    pairs = np.stack([qi[keep], ids[keep]], axis=1)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def bench_pairs(n: int, repeat: int, rows: list[dict]) -> None:
+    db, planted = planted_codes(n, 1, copy_rate=0.05, max_flips=4, seed=2)
+    faiss_threads(2)
+    for r in (4, 8):
+        t_ours, pairs = timed(lambda r=r: cmrops.near_duplicates(db, r, n_threads=2), repeat)
+        t_f, fpairs = timed(lambda r=r: faiss_all_pairs(db, r), max(1, repeat // 2), budget_s=30)
+        same = bool(np.array_equal(pairs, fpairs))
+        rows.append(
+            dict(
+                bench="all pairs",
+                config=f"{n:,} x 64 bits, r={r}, 2 thr",
+                baseline="IndexBinaryMultiHash",
+                ours_s=t_ours,
+                baseline_s=t_f,
+                ratio=t_f / t_ours,
+                same=same,
+                r=r,
+                pairs=len(pairs),
+            )
+        )
+        report(rows[-1])
+
+
+def bench_memory(n: int, rows: list[dict]) -> None:
+    for bits in (64, 256):
+        db = np.random.default_rng(3).integers(0, 2**64, size=(n, bits // 64), dtype=np.uint64)
+        index = cmrops.HammingIndex(db)
+        rows.append(
+            dict(
+                bench="memory",
+                config=f"{n:,} x {bits} bits",
+                baseline="raw codes",
+                ours_s=float("nan"),
+                baseline_s=float("nan"),
+                ratio=index.memory_bytes / db.nbytes,
+                same=True,
+            )
+        )
+        print(
+            f"  memory    {rows[-1]['config']:<32} index {index.memory_bytes / 1e6:8.1f} MB"
+            f" / codes {db.nbytes / 1e6:8.1f} MB = {rows[-1]['ratio']:.3f}x"
+        )
+
+
+def report(row: dict) -> None:
+    print(
+        f"  {row['bench']:<9} {row['config']:<32} cmrops {row['ours_s'] * 1e3:9.1f} ms   "
+        f"{row['baseline']:<20} {row['baseline_s'] * 1e3:9.1f} ms   "
+        f"{row['ratio']:6.1f}x   {'same' if row['same'] else 'DIFFERENT'}",
+        flush=True,
+    )
+
+
+def check_targets(rows: list[dict], n: int) -> list[tuple[str, bool]]:
+    def knn(bits: int) -> float:
+        return next(
+            r["ratio"]
+            for r in rows
+            if r["bench"] == "kNN" and r["bits"] == bits and r["k"] == 10 and r["threads"] == 2
+        )
+
+    pairs4 = next(r for r in rows if r["bench"] == "all pairs" and r["r"] == 4)
+    mem = max(r["ratio"] for r in rows if r["bench"] == "memory")
+    checks = [
+        (f"kNN 64 bits k=10 2 thr >= 8x IndexBinaryFlat ({knn(64):.1f}x)", knn(64) >= 8),
+        (f"kNN 256 bits k=10 2 thr >= 4x IndexBinaryFlat ({knn(256):.1f}x)", knn(256) >= 4),
+        (f"all pairs r=4 < 3 s ({pairs4['ours_s']:.2f} s)", pairs4["ours_s"] < 3),
+        (f"all pairs r=4 >= 20x FAISS ({pairs4['ratio']:.1f}x)", pairs4["ratio"] >= 20),
+        (f"index memory <= 1.5x raw codes ({mem:.3f}x)", mem <= 1.5),
+        ("every result identical to FAISS", all(r["same"] for r in rows)),
+    ]
+    if n < 1_000_000:
+        checks = [(c + " [quick sizes: not the target setting]", ok) for c, ok in checks]
+    return checks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out", default="bench-results/core.json")
+    args = ap.parse_args()
+    n, nq, repeat = (20_000, 100, 2) if args.quick else (1_000_000, 1_000, args.repeat)
+
+    print(
+        f"cmrops {cmrops.__version__} vs faiss {faiss.__version__} | {platform.processor() or platform.machine()}"
+        f" | SIMD {cmrops.get_simd_path()} | N={n:,}, {nq:,} queries, median of up to {repeat}"
+    )
+    rows: list[dict] = []
+    bench_knn(n, nq, repeat, rows)
+    bench_range(n, nq, repeat, rows)
+    bench_pairs(n, repeat, rows)
+    bench_memory(n, rows)
+
+    print("\ntargets:")
+    checks = check_targets(rows, n)
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"n": n, "queries": nq, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+    return 0 if all(r["same"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pipeline stages. Each module exposes ``run(params, ...)``: a plain, idempotent function over files."""
