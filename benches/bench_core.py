@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faiss  # noqa: E402
+import faiss
 
-import cmrops  # noqa: E402
-from cmrops.demo import planted_codes  # noqa: E402
+import cmrops
+from cmrops.demo import planted_codes
 
 
 def timed(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> tuple[float, Any]:
@@ -68,8 +68,10 @@ def bench_knn(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
             index = cmrops.HammingIndex(db, n_threads=threads)
             faiss_threads(threads)
             for k in (10, 100):
-                t_ours, (d, _) = timed(lambda index=index, k=k: index.search(q, k), repeat)
-                t_faiss, (fd, _) = timed(lambda k=k: flat.search(q.view(np.uint8), k), repeat)
+                t_ours, (d, _) = timed(lambda i=index, q=q, k=k: i.search(q, k), repeat)
+                t_faiss, (fd, _) = timed(
+                    lambda f=flat, q=q, k=k: f.search(q.view(np.uint8), k), repeat
+                )
                 same = bool(np.array_equal(d, fd.astype(np.int32)))
                 rows.append(
                     dict(
@@ -86,7 +88,6 @@ def bench_knn(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
                     )
                 )
                 report(rows[-1])
-        del flat
 
 
 def bench_range(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
@@ -138,7 +139,7 @@ def faiss_all_pairs(db: np.ndarray, r: int) -> np.ndarray:
 
 
 def bench_pairs(n: int, repeat: int, rows: list[dict]) -> None:
-    db, planted = planted_codes(n, 1, copy_rate=0.05, max_flips=4, seed=2)
+    db, _ = planted_codes(n, 1, copy_rate=0.05, max_flips=4, seed=2)
     faiss_threads(2)
     for r in (4, 8):
         t_ours, pairs = timed(lambda r=r: cmrops.near_duplicates(db, r, n_threads=2), repeat)
@@ -222,7 +223,7 @@ def main() -> int:
     n, nq, repeat = (20_000, 100, 2) if args.quick else (1_000_000, 1_000, args.repeat)
 
     print(
-        f"cmrops {cmrops.__version__} vs faiss {faiss.__version__} | {platform.processor() or platform.machine()}"
+        f"cmrops {cmrops.__version__} vs faiss {faiss.__version__} | {platform.machine()}"
         f" | SIMD {cmrops.get_simd_path()} | N={n:,}, {nq:,} queries, median of up to {repeat}"
     )
     rows: list[dict] = []

@@ -35,3 +35,38 @@ QUARANTINE = pa.schema(
         ("evidence", pa.string()),  # JSON object: duplicate id and distance, score, threshold, ...
     ]
 )
+
+#: ``data/interim/samples.parquet`` - the raw columns plus what preprocess measured, sorted by
+#: ``sample_id``. Hashes are 64-bit ints whose bit j is ``(value >> j) & 1`` (see imaging.py).
+INTERIM_SAMPLES = pa.schema(
+    [
+        *RAW_SAMPLES,
+        ("width", pa.int32()),  # after EXIF orientation
+        ("height", pa.int32()),
+        ("format", pa.string()),  # Pillow format name: JPEG, PNG, GIF, WEBP, ...
+        ("n_frames", pa.int32()),  # > 1 for animated images (the first frame is used)
+        ("phash", pa.uint64()),  # DCT pHash (imagehash.phash recipe)
+        ("dhash", pa.uint64()),  # difference hash (imagehash.dhash recipe)
+        ("caption_simhash", pa.uint64()),  # SimHash of all normalised captions (text.py)
+        ("captions_norm", pa.list_(pa.string())),  # normalised, empty ones dropped
+        ("caption_chars_cut", pa.int64()),  # characters removed by the length cap, all captions
+        ("token_counts", pa.list_(pa.int32())),  # per normalised caption, no special tokens
+        ("feature_row", pa.int64()),  # row in features/{image,text}.npy; -1 without embeddings
+    ]
+)
+
+#: ``data/raw/synthetic_truth.parquet`` - one row per defect the synthetic source planted, so the
+#: stages that should catch it (collect, preprocess, clean) can be scored. Empty when no
+#: synthetic source ran.
+SYNTHETIC_TRUTH = pa.schema(
+    [
+        ("source", pa.string()),
+        ("source_key", pa.string()),  # the planted record
+        ("defect", pa.string()),  # exact_copy, exact_dup, near_copy, truncated, zero_byte, ...
+        ("original_source_key", pa.string()),  # copied from / captions taken from; else null
+        ("sample_id", pa.string()),  # its sample id when collect kept it, else null
+        ("original_sample_id", pa.string()),  # the original's sample id, when kept
+        ("collect_reason", pa.string()),  # collect's quarantine reason, null when kept
+        ("detail", pa.string()),  # JSON object: transform and its parameters, bytes kept, ...
+    ]
+)

@@ -1,0 +1,475 @@
+"""Collect: gather image-caption samples from the sources in params into ``data/raw``.
+
+Outputs (under ``out``)::
+
+    samples.parquet          RAW_SAMPLES, one row per sample, sorted by sample_id
+    quarantine.parquet       QUARANTINE (stage "collect"), sorted by source, source_key, reason
+    synthetic_truth.parquet  SYNTHETIC_TRUTH, the defects synthetic sources planted (maybe empty)
+    objects/ab/ab12...       image bytes, content-addressed by SHA-256
+    metrics.json             inputs, kept, quarantined by reason, per source
+
+Every record a source yields is either kept or quarantined: inputs = kept + quarantined, checked
+before anything is written. The tables are written last, atomically, and objects not referenced by
+``samples.parquet`` are removed, so a rerun (after a kill, too) leaves byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from cmrops.cas import ObjectStore, StoredObject, TooLargeError
+from cmrops.ids import sample_id
+from cmrops.io import write_json, write_parquet
+from cmrops.params import load_section
+from cmrops.schema import QUARANTINE, RAW_SAMPLES, SYNTHETIC_TRUTH
+from cmrops.sources.base import RawItem, Reason, Reject, Source, clean_labels, printable
+from cmrops.sources.coco import CocoSource
+from cmrops.sources.folder import FolderSource
+from cmrops.sources.manifest import ManifestSource
+from cmrops.sources.synthetic import DefectRates, SyntheticConfig, SyntheticSource
+from cmrops.sources.webdataset import WebDatasetSource, expand_shards
+
+log = logging.getLogger(__name__)
+
+STAGE = "collect"
+SourceKind = Literal["folder", "manifest", "coco", "webdataset", "synthetic"]
+
+#: Which optional fields of :class:`SourceSpec` each kind reads (``name``/``kind`` always).
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "folder": frozenset({"path"}),
+    "manifest": frozenset(
+        {"path", "format", "image_column", "captions_column", "labels_column", "separator"}
+    ),
+    "coco": frozenset({"path", "splits", "instances", "images", "labels"}),
+    "webdataset": frozenset({"shards"}),
+    "synthetic": frozenset(
+        {
+            "n",
+            "seed",
+            "min_size",
+            "max_size",
+            "min_captions",
+            "max_captions",
+            "jpeg_fraction",
+            "defects",
+        }
+    ),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SYN = SyntheticConfig()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One named source. Relative paths are resolved against the params file's folder."""
+
+    name: str
+    kind: SourceKind
+    # folder: the image folder; manifest: the .csv/.jsonl file; coco: root or captions JSON
+    path: str | None = None
+    # manifest
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    image_column: str = "image"
+    captions_column: str = "captions"
+    labels_column: str = "labels"
+    separator: str = "|"
+    # coco
+    splits: tuple[str, ...] = ()
+    instances: str | None = None
+    images: str | None = None
+    labels: bool = True
+    # webdataset: shard paths, globs or {000..009} ranges
+    shards: tuple[str, ...] = ()
+    # synthetic
+    n: int = _SYN.n
+    seed: int = _SYN.seed
+    min_size: int = _SYN.min_size
+    max_size: int = _SYN.max_size
+    min_captions: int = _SYN.min_captions
+    max_captions: int = _SYN.max_captions
+    jpeg_fraction: float = _SYN.jpeg_fraction
+    defects: DefectRates = field(default_factory=DefectRates)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"source name {self.name!r}: use letters, digits, '_', '-', '.'")
+        allowed = KIND_FIELDS[self.kind]
+        for f in fields(self):
+            if f.name in ("name", "kind") or f.name in allowed:
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if getattr(self, f.name) != default:
+                raise ValueError(
+                    f"source {self.name!r}: {f.name!r} does not apply to kind {self.kind!r} "
+                    f"(it reads: {', '.join(sorted(allowed))})"
+                )
+        if self.kind in ("folder", "manifest", "coco") and not self.path:
+            raise ValueError(f"source {self.name!r} (kind {self.kind}) needs 'path'")
+        if self.kind == "webdataset" and not self.shards:
+            raise ValueError(f"source {self.name!r} (kind webdataset) needs 'shards'")
+        if self.kind == "synthetic":
+            self.synthetic_config()  # validates
+
+    def synthetic_config(self) -> SyntheticConfig:
+        """The synthetic generator settings of this spec."""
+        return SyntheticConfig(
+            n=self.n,
+            seed=self.seed,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            min_captions=self.min_captions,
+            max_captions=self.max_captions,
+            jpeg_fraction=self.jpeg_fraction,
+            defects=self.defects,
+        )
+
+
+def _default_sources() -> tuple[SourceSpec, ...]:
+    return (SourceSpec(name="synthetic", kind="synthetic"),)
+
+
+@dataclass(frozen=True)
+class CollectParams:
+    """The ``collect:`` section of params.yaml. Without sources, the synthetic set is used."""
+
+    sources: tuple[SourceSpec, ...] = field(default_factory=_default_sources)
+    max_image_bytes: int = 64 << 20  # larger images are quarantined (image_too_large)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("'sources' is empty: list at least one source (or omit it)")
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        if self.max_image_bytes < 1:
+            raise ValueError("max_image_bytes must be positive")
+
+
+def open_source(spec: SourceSpec, base_dir: Path, max_image_bytes: int) -> Source:
+    """Build the source a spec describes; fails fast when its input is unusable as a whole."""
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base_dir / q
+
+    if spec.kind == "folder":
+        return FolderSource(spec.name, resolve(spec.path or ""))
+    if spec.kind == "manifest":
+        return ManifestSource(
+            spec.name,
+            resolve(spec.path or ""),
+            spec.format,
+            spec.image_column,
+            spec.captions_column,
+            spec.labels_column,
+            spec.separator,
+        )
+    if spec.kind == "coco":
+        return CocoSource(
+            spec.name,
+            resolve(spec.path or ""),
+            splits=spec.splits,
+            instances=resolve(spec.instances) if spec.instances else None,
+            images=resolve(spec.images) if spec.images else None,
+            labels=spec.labels,
+        )
+    if spec.kind == "webdataset":
+        return WebDatasetSource(
+            spec.name, expand_shards(list(spec.shards), base_dir), max_image_bytes
+        )
+    return SyntheticSource(spec.name, spec.synthetic_config())
+
+
+@dataclass
+class _Outcome:
+    sample_id: str | None
+    reason: str | None
+
+
+@dataclass
+class _Collector:
+    """Turns records into sample rows and quarantine rows, storing image bytes."""
+
+    store: ObjectStore
+    max_image_bytes: int
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # sample_id -> (src, key)
+    outcomes: dict[tuple[str, str], _Outcome] = field(default_factory=dict)
+    track: set[str] = field(default_factory=set)  # sources whose outcomes truth needs
+    order: dict[str, int] = field(default_factory=dict)
+
+    def add(self, record: RawItem | Reject) -> str | None:
+        """Keep or quarantine one record; return the quarantine reason, or None when kept."""
+        if isinstance(record, Reject):
+            return self._reject(record)
+        bad = _not_utf8(record)
+        if bad:
+            return self._reject(
+                Reject(
+                    record.source,
+                    record.source_key,
+                    Reason.INVALID_UTF8,
+                    f"{bad} holds characters that are not valid UTF-8",
+                )
+            )
+        if not record.captions:
+            return self._reject(
+                Reject(record.source, record.source_key, Reason.MISSING_CAPTION, "no caption")
+            )
+        stored = self._store(record)
+        if isinstance(stored, Reject):
+            return self._reject(stored)
+        sid = sample_id(stored.sha256, record.captions)
+        if sid in self.seen:
+            src, key = self.seen[sid]
+            return self._reject(
+                Reject(
+                    record.source,
+                    record.source_key,
+                    Reason.DUPLICATE_INPUT,
+                    f"same image and captions as {src}:{key}, collected earlier",
+                    {"duplicate_of": sid, "duplicate_of_source": src, "duplicate_of_key": key},
+                )
+            )
+        self.seen[sid] = (record.source, record.source_key)
+        self.samples.append(
+            {
+                "sample_id": sid,
+                "source": record.source,
+                "source_key": printable(record.source_key),
+                "image_sha256": stored.sha256,
+                "image_path": stored.relpath,
+                "image_bytes": stored.size,
+                "captions": list(record.captions),
+                "labels": list(clean_labels(record.labels)),
+                "extra": _json(record.extra),
+            }
+        )
+        self._note(record.source, record.source_key, _Outcome(sid, None))
+        return None
+
+    def _store(self, item: RawItem) -> StoredObject | Reject:
+        def reject(reason: Reason, detail: str, **evidence: Any) -> Reject:
+            return Reject(item.source, item.source_key, reason, detail, evidence)
+
+        limit = self.max_image_bytes
+        if item.data is not None:
+            size = len(item.data)
+        else:
+            assert item.path is not None
+            try:
+                size = item.path.stat().st_size
+            except OSError as e:
+                return reject(Reason.UNREADABLE_FILE, f"cannot stat the image: {e.strerror}")
+        if size == 0:
+            return reject(Reason.EMPTY_FILE, "the image file is empty (0 bytes)")
+        if size > limit:
+            return reject(
+                Reason.IMAGE_TOO_LARGE,
+                f"the image is {size} bytes, over max_image_bytes={limit}",
+                bytes=size,
+                limit=limit,
+            )
+        if item.data is not None:
+            return self.store.put_bytes(item.data)
+        assert item.path is not None
+        try:
+            return self.store.put_file(item.path, limit)
+        except TooLargeError:
+            return reject(Reason.IMAGE_TOO_LARGE, f"the image grew past max_image_bytes={limit}")
+        except OSError as e:
+            return reject(Reason.UNREADABLE_FILE, f"cannot read the image: {e.strerror or e}")
+
+    def _reject(self, r: Reject) -> str:
+        self.quarantine.append(
+            {
+                "sample_id": None,
+                "stage": STAGE,
+                "source": r.source,
+                "source_key": printable(r.source_key),
+                "reason": str(r.reason),
+                "detail": printable(r.detail),
+                "evidence": _json(r.evidence),
+            }
+        )
+        self._note(r.source, r.source_key, _Outcome(None, str(r.reason)))
+        return str(r.reason)
+
+    def _note(self, source: str, key: str, outcome: _Outcome) -> None:
+        if source in self.track:
+            self.outcomes[(source, key)] = outcome
+
+
+def _not_utf8(item: RawItem) -> str | None:
+    for what, texts in (("a caption", item.captions), ("a label", item.labels)):
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                return what
+    return None
+
+
+def _json(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return printable(text)
+
+
+def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
+    """Collect every source of ``params`` into ``out_dir``; return the metrics written.
+
+    Relative source paths are resolved against ``base_dir`` (default: the working directory).
+    Raises ``FileNotFoundError``/``ValueError`` naming the file when a source is unusable as a
+    whole, before anything is written.
+    """
+    base = base_dir if base_dir is not None else Path.cwd()
+    sources = [open_source(s, base, params.max_image_bytes) for s in params.sources]
+    kinds = {s.name: s.kind for s in params.sources}
+    store = ObjectStore(out_dir / "objects")
+    swept = store.sweep_temporary()
+    if swept:
+        log.info("removed %d temporary file(s) left by an interrupted run", swept)
+    col = _Collector(
+        store,
+        params.max_image_bytes,
+        track={s.name for s in sources if isinstance(s, SyntheticSource)},
+        order={s.name: i for i, s in enumerate(sources)},
+    )
+    per_source: dict[str, Counter[str]] = {}
+    for source in sources:
+        per_source[source.name] = _drain(col, source)
+
+    truth = [row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)]
+    metrics = _metrics(col, per_source, kinds)
+    col.samples.sort(key=lambda r: r["sample_id"])
+    col.quarantine.sort(
+        key=lambda r: (col.order[r["source"]], r["source_key"], r["reason"], r["detail"])
+    )
+    write_parquet(
+        out_dir / "quarantine.parquet", pa.Table.from_pylist(col.quarantine, schema=QUARANTINE)
+    )
+    write_parquet(
+        out_dir / "synthetic_truth.parquet", pa.Table.from_pylist(truth, schema=SYNTHETIC_TRUTH)
+    )
+    write_parquet(
+        out_dir / "samples.parquet", pa.Table.from_pylist(col.samples, schema=RAW_SAMPLES)
+    )
+    pruned = store.prune({r["image_sha256"] for r in col.samples})
+    if pruned:
+        log.info("removed %d stored image(s) no sample refers to any more", pruned)
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _drain(col: _Collector, source: Source) -> Counter[str]:
+    """Feed every record of ``source`` to the collector; count outcomes (``kept`` or reason)."""
+    counts: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    records: Iterable[RawItem | Reject] = tqdm(
+        source,
+        total=source.size_hint(),
+        desc=f"collect {source.name}",
+        unit="item",
+        disable=None,
+        mininterval=1.0,
+        leave=False,
+    )
+    for record in records:
+        if record.source != source.name:
+            raise RuntimeError(f"source {source.name!r} yielded a record of {record.source!r}")
+        counts[col.add(record) or "kept"] += 1
+    quarantined = sum(v for k, v in counts.items() if k != "kept")
+    log.info(
+        "%s: %d inputs, %d kept, %d quarantined in %.1f s",
+        source.name,
+        counts.total(),
+        counts["kept"],
+        quarantined,
+        time.perf_counter() - t0,
+    )
+    return counts
+
+
+def _truth_rows(col: _Collector, source: SyntheticSource) -> list[dict[str, Any]]:
+    rows = []
+    for d in source.truth:
+        own = col.outcomes.get((source.name, d.source_key), _Outcome(None, None))
+        orig = (
+            col.outcomes.get((source.name, d.original_source_key), _Outcome(None, None))
+            if d.original_source_key
+            else _Outcome(None, None)
+        )
+        rows.append(
+            {
+                "source": source.name,
+                "source_key": d.source_key,
+                "defect": d.defect,
+                "original_source_key": d.original_source_key,
+                "sample_id": own.sample_id,
+                "original_sample_id": orig.sample_id,
+                "collect_reason": own.reason,
+                "detail": _json(d.detail),
+            }
+        )
+    return rows
+
+
+def _metrics(
+    col: _Collector, per_source: dict[str, Counter[str]], kinds: dict[str, str]
+) -> dict[str, Any]:
+    inputs = sum(c.total() for c in per_source.values())
+    kept, quarantined = len(col.samples), len(col.quarantine)
+    if inputs != kept + quarantined:  # the stage's contract: nothing is dropped silently
+        raise AssertionError(f"inputs {inputs} != kept {kept} + quarantined {quarantined}")
+    by_reason = Counter(r["reason"] for r in col.quarantine)
+    sources = {}
+    for name, counts in per_source.items():
+        reasons = {k: v for k, v in sorted(counts.items()) if k != "kept"}
+        sources[name] = {
+            "kind": kinds[name],
+            "inputs": counts.total(),
+            "kept": counts["kept"],
+            "quarantined": sum(reasons.values()),
+            "quarantined_by_reason": reasons,
+        }
+    unique = {r["image_sha256"]: r["image_bytes"] for r in col.samples}
+    return {
+        "inputs": inputs,
+        "kept": kept,
+        "quarantined": quarantined,
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "images_stored": len(unique),
+        "image_bytes_stored": sum(unique.values()),
+        "sources": sources,
+    }
+
+
+def cli_main(args: Any) -> int:
+    """``cmrops collect --params params.yaml --out data/raw``."""
+    params = load_section(args.params, "collect", CollectParams)
+    out = Path(args.out)
+    m = run(params, out, base_dir=Path(args.params).resolve().parent)
+    reasons = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
+    print(
+        f"collect: {m['inputs']} inputs -> {m['kept']} samples kept, {m['quarantined']} "
+        f"quarantined ({reasons}); {m['images_stored']} images stored in {out / 'objects'}"
+    )
+    for name, s in m["sources"].items():
+        print(
+            f"  {name} ({s['kind']}): {s['inputs']} inputs, {s['kept']} kept, "
+            f"{s['quarantined']} quarantined"
+        )
+    return 0
