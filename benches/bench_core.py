@@ -132,6 +132,7 @@ def faiss_all_pairs(db: np.ndarray, r: int) -> np.ndarray:
     mh.nflip = r // 4
     mh.add(db.view(np.uint8))
     lims, _, ids = mh.range_search(db.view(np.uint8), r + 1)
+    lims = lims.astype(np.int64)
     qi = np.repeat(np.arange(len(db)), np.diff(lims))
     keep = qi < ids
     pairs = np.stack([qi[keep], ids[keep]], axis=1)

@@ -24,9 +24,9 @@ def planted_codes(n: int, words: int, copy_rate: float, max_flips: int, seed: in
     codes = rng.integers(0, 2**64, size=(n, words), dtype=np.uint64)
     n_copies = int(n * copy_rate)
     copies = rng.choice(n, size=n_copies, replace=False)
-    originals = rng.integers(0, n, size=n_copies)
-    keep = copies != originals
-    copies, originals = copies[keep], originals[keep]
+    is_copy = np.zeros(n, dtype=bool)
+    is_copy[copies] = True
+    originals = rng.choice(np.flatnonzero(~is_copy), size=n_copies)  # never a copy itself
     codes[copies] = codes[originals]
     n_bits = 64 * words
     for f in range(max_flips):

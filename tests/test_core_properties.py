@@ -190,8 +190,11 @@ def test_golden_cases():
     assert lims.tolist() == [0, 2, 4]
     assert dd.tolist() == [0, 1, 0, 1]
     assert ii.tolist() == [40, 20, 10, 30]
-    assert cmrops.near_duplicates(db, 1).tolist() == [[0, 2], [1, 2], [1, 3]]
-    assert cmrops.duplicate_groups(db, 1).tolist() == [0, 0, 0, 0]
+    # pairwise distances: (0,2)=1 (1,3)=1 (1,2)=2 (0,1)=3 (2,3)=3 (0,3)=4
+    assert cmrops.near_duplicates(db, 1).tolist() == [[0, 2], [1, 3]]
+    assert cmrops.near_duplicates(db, 2).tolist() == [[0, 2], [1, 2], [1, 3]]
+    assert cmrops.duplicate_groups(db, 1).tolist() == [0, 1, 0, 1]
+    assert cmrops.duplicate_groups(db, 2).tolist() == [0, 0, 0, 0]
     assert cmrops.duplicate_groups(db, 0).tolist() == [0, 1, 2, 3]
     full = np.array([[np.uint64(2**64 - 1)] * 8], dtype=np.uint64)
     d, _ = cmrops.HammingIndex(np.zeros((1, 8), np.uint64)).search(full, 1)
