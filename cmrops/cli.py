@@ -4,6 +4,11 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
 
     cmrops collect    --params params.yaml --out data/raw
     cmrops preprocess --params params.yaml --raw data/raw --out data/interim
+    cmrops label      --params params.yaml --interim data/interim --out data/labelled
+    cmrops clean      --params params.yaml --interim data/interim --labelled data/labelled
+                      --raw data/raw --out data/clean --metrics metrics/quality.json
+    cmrops split      --params params.yaml --clean data/clean --labelled data/labelled
+                      --out data/split --metrics metrics/split.json
 
 Heavy modules are imported only inside the command that needs them.
 """
@@ -38,6 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--raw", default="data/raw", help="collect's output folder")
     pre.add_argument("--out", default="data/interim", help="output folder (data/interim)")
     pre.set_defaults(handler="cmrops.stages.preprocess:cli_main")
+
+    label = sub.add_parser("label", help="label samples: source, keywords, zero-shot, manual")
+    label.add_argument("--params", default="params.yaml")
+    label.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    label.add_argument("--out", default="data/labelled", help="output folder (data/labelled)")
+    label.set_defaults(handler="cmrops.stages.label:cli_main")
+
+    clean = sub.add_parser("clean", help="drop duplicates, broken pairs and off-topic samples")
+    clean.add_argument("--params", default="params.yaml")
+    clean.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    clean.add_argument("--labelled", default="data/labelled", help="label's output folder")
+    clean.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
+    clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")
+    clean.add_argument("--metrics", default="metrics/quality.json", help="metrics file")
+    clean.set_defaults(handler="cmrops.stages.clean:cli_main")
+
+    split = sub.add_parser("split", help="group-aware stratified splits with a leakage audit")
+    split.add_argument("--params", default="params.yaml")
+    split.add_argument("--clean", default="data/clean", help="clean's output folder")
+    split.add_argument("--labelled", default="data/labelled", help="label's output folder")
+    split.add_argument("--out", default="data/split", help="output folder (data/split)")
+    split.add_argument("--metrics", default="metrics/split.json", help="metrics file")
+    split.set_defaults(handler="cmrops.stages.split:cli_main")
     return p
 
 

@@ -70,3 +70,68 @@ SYNTHETIC_TRUTH = pa.schema(
         ("detail", pa.string()),  # JSON object: transform and its parameters, bytes kept, ...
     ]
 )
+
+#: ``data/labelled/labels.parquet`` - the effective labels, one row per (sample_id, label), sorted
+#: by (sample_id, label). Precedence is per sample: reviewed > manual > auto (see stages/label.py).
+LABELS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.string()),  # a vocabulary label (data/labelled/vocabulary.json)
+        ("source", pa.string()),  # "reviewed" | "manual" | "auto"
+        ("method", pa.string()),  # "review" | "manual" | "provided" | "keyword" | "zeroshot"
+        ("confidence", pa.float64()),  # 1.0 for provided / manual / review
+    ]
+)
+
+#: ``data/labelled/evidence.parquet`` - every candidate label of every method before resolution,
+#: sorted by (sample_id, label, source, method). Only vocabulary labels; unknown ones are counted
+#: in the stage's metrics.
+LABEL_EVIDENCE = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.string()),
+        ("source", pa.string()),
+        ("method", pa.string()),
+        ("confidence", pa.float64()),
+        ("passed", pa.bool_()),  # met its method's threshold (always true for human labels)
+        ("selected", pa.bool_()),  # this row is the one written to labels.parquet
+        ("detail", pa.string()),  # JSON object: file and line, captions matched, similarity, ...
+    ]
+)
+
+#: ``data/labelled/sample_labels.parquet`` - one row per input sample (none dropped here), sorted
+#: by sample_id: which source decided its labels and whether it waits in the review queue.
+LABEL_SAMPLES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("decided_by", pa.string()),  # "reviewed" | "manual" | "auto" | "none" (no label at all)
+        ("labels", pa.list_(pa.string())),  # the effective labels, sorted (maybe empty)
+        ("n_labels", pa.int32()),
+        ("review_rank", pa.int32()),  # 1-based position in review_queue.csv; null when not queued
+        ("review_reason", pa.string()),  # disagree | no_label | uncertain; null when not queued
+    ]
+)
+
+#: ``data/clean/groups.parquet`` - every sample of a duplicate group (image or caption), kept or
+#: dropped, sorted by sample_id, so each duplicate decision can be traced. Group ids are the
+#: smallest sample_id of the group; null when the sample is in no group of that kind.
+CLEAN_GROUPS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_group", pa.string()),  # identical bytes or pHash (+ confirmations) near-duplicates
+        ("caption_group", pa.string()),  # caption SimHash near-duplicates (reported, never dropped)
+        ("kept", pa.bool_()),  # false: quarantined by clean (any rule; see quarantine.parquet)
+    ]
+)
+
+#: ``data/split/assignments.parquet`` - one row per clean sample, sorted by sample_id.
+ASSIGNMENTS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("split", pa.string()),  # train / val / test (ratio) or query / database (hashing)
+        ("in_train", pa.bool_()),  # the sample trains the model (ratio: split == "train")
+        ("group_id", pa.string()),  # near-duplicate group (smallest sample_id); never straddles
+        ("protocol", pa.string()),  # the protocol's name in params (or "imported:<file>")
+        ("seed", pa.int64()),
+    ]
+)
