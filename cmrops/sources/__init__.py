@@ -10,11 +10,13 @@ from cmrops.sources.coco import CocoSource
 from cmrops.sources.folder import FolderSource
 from cmrops.sources.manifest import ManifestSource
 from cmrops.sources.synthetic import DefectRates, SyntheticConfig, SyntheticSource
+from cmrops.sources.urls import DownloadParams, UrlsSource
 from cmrops.sources.webdataset import WebDatasetSource, expand_shards
 
 __all__ = [
     "CocoSource",
     "DefectRates",
+    "DownloadParams",
     "FolderSource",
     "ManifestSource",
     "RawItem",
@@ -24,6 +26,7 @@ __all__ = [
     "Source",
     "SyntheticConfig",
     "SyntheticSource",
+    "UrlsSource",
     "WebDatasetSource",
     "expand_shards",
 ]

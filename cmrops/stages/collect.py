@@ -38,12 +38,13 @@ from cmrops.sources.coco import CocoSource
 from cmrops.sources.folder import FolderSource
 from cmrops.sources.manifest import ManifestSource
 from cmrops.sources.synthetic import DefectRates, SyntheticConfig, SyntheticSource
+from cmrops.sources.urls import DownloadParams, UrlsSource
 from cmrops.sources.webdataset import WebDatasetSource, expand_shards
 
 log = logging.getLogger(__name__)
 
 STAGE = "collect"
-SourceKind = Literal["folder", "manifest", "coco", "webdataset", "synthetic"]
+SourceKind = Literal["folder", "manifest", "coco", "webdataset", "synthetic", "urls"]
 
 #: Which optional fields of :class:`SourceSpec` each kind reads (``name``/``kind`` always).
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -53,6 +54,17 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     ),
     "coco": frozenset({"path", "splits", "instances", "images", "labels"}),
     "webdataset": frozenset({"shards"}),
+    "urls": frozenset(
+        {
+            "path",
+            "format",
+            "url_column",
+            "captions_column",
+            "labels_column",
+            "separator",
+            "download",
+        }
+    ),
     "synthetic": frozenset(
         {
             "n",
@@ -79,7 +91,7 @@ class SourceSpec:
     # folder: the image folder; manifest: the .csv/.jsonl file; coco: root or captions JSON
     path: str | None = None
     # manifest
-    format: Literal["auto", "csv", "jsonl"] = "auto"
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"  # parquet: urls only
     image_column: str = "image"
     captions_column: str = "captions"
     labels_column: str = "labels"
@@ -91,6 +103,9 @@ class SourceSpec:
     labels: bool = True
     # webdataset: shard paths, globs or {000..009} ranges
     shards: tuple[str, ...] = ()
+    # urls (also path, format, captions_column, labels_column, separator): see sources/urls.py
+    url_column: str = "url"
+    download: DownloadParams = field(default_factory=DownloadParams)
     # synthetic
     n: int = _SYN.n
     seed: int = _SYN.seed
@@ -114,8 +129,10 @@ class SourceSpec:
                     f"source {self.name!r}: {f.name!r} does not apply to kind {self.kind!r} "
                     f"(it reads: {', '.join(sorted(allowed))})"
                 )
-        if self.kind in ("folder", "manifest", "coco") and not self.path:
+        if self.kind in ("folder", "manifest", "coco", "urls") and not self.path:
             raise ValueError(f"source {self.name!r} (kind {self.kind}) needs 'path'")
+        if self.kind == "manifest" and self.format == "parquet":
+            raise ValueError(f"source {self.name!r}: format parquet is for kind urls only")
         if self.kind == "webdataset" and not self.shards:
             raise ValueError(f"source {self.name!r} (kind webdataset) needs 'shards'")
         if self.kind == "synthetic":
@@ -157,8 +174,13 @@ class CollectParams:
             raise ValueError("max_image_bytes must be positive")
 
 
-def open_source(spec: SourceSpec, base_dir: Path, max_image_bytes: int) -> Source:
-    """Build the source a spec describes; fails fast when its input is unusable as a whole."""
+def open_source(
+    spec: SourceSpec, base_dir: Path, max_image_bytes: int, out_dir: Path | None = None
+) -> Source:
+    """Build the source a spec describes; fails fast when its input is unusable as a whole.
+
+    ``out_dir`` (the stage's output folder) is where a ``urls`` source keeps its downloads.
+    """
 
     def resolve(p: str) -> Path:
         q = Path(p).expanduser()
@@ -188,6 +210,20 @@ def open_source(spec: SourceSpec, base_dir: Path, max_image_bytes: int) -> Sourc
     if spec.kind == "webdataset":
         return WebDatasetSource(
             spec.name, expand_shards(list(spec.shards), base_dir), max_image_bytes
+        )
+    if spec.kind == "urls":
+        return UrlsSource(
+            spec.name,
+            resolve(spec.path or ""),
+            spec.format,
+            spec.url_column,
+            spec.captions_column,
+            spec.labels_column,
+            spec.separator,
+            spec.download,
+            out_dir=out_dir,
+            max_image_bytes=max_image_bytes,
+            base_dir=base_dir,
         )
     return SyntheticSource(spec.name, spec.synthetic_config())
 
@@ -336,9 +372,11 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
     whole, before anything is written.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    sources = [open_source(s, base, params.max_image_bytes) for s in params.sources]
+    sources = [open_source(s, base, params.max_image_bytes, out_dir) for s in params.sources]
     kinds = {s.name: s.kind for s in params.sources}
     store = ObjectStore(out_dir / "objects")
+    # Always present (empty without a `urls` source), so dvc.yaml can declare it as an output.
+    (out_dir / "downloads").mkdir(parents=True, exist_ok=True)
     swept = store.sweep_temporary()
     if swept:
         log.info("removed %d temporary file(s) left by an interrupted run", swept)
@@ -354,6 +392,9 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
 
     truth = [row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)]
     metrics = _metrics(col, per_source, kinds)
+    for source in sources:  # urls sources: download success rate and failure reasons
+        if isinstance(source, UrlsSource):
+            metrics["sources"][source.name]["downloads"] = source.metrics()
     col.samples.sort(key=lambda r: r["sample_id"])
     col.quarantine.sort(
         key=lambda r: (col.order[r["source"]], r["source_key"], r["reason"], r["detail"])
@@ -472,4 +513,9 @@ def cli_main(args: Any) -> int:
             f"  {name} ({s['kind']}): {s['inputs']} inputs, {s['kept']} kept, "
             f"{s['quarantined']} quarantined"
         )
+        if "downloads" in s:
+            d = s["downloads"]
+            failed = ", ".join(f"{k} {v}" for k, v in d["failed_by_reason"].items()) or "none"
+            rate = f"{100 * d['success_rate']:.1f}%" if d["success_rate"] is not None else "-"
+            print(f"    downloads: {d['ok']}/{d['rows']} ok ({rate}); failed: {failed}")
     return 0
