@@ -8,6 +8,9 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// Pools built so far, by thread count (a handful at most: one per distinct `n_threads`).
+type PoolCache = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
+
 /// A rayon pool with exactly `n` threads (`None` = all cores), cached per size.
 pub fn pool(n: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
     let n = match n {
@@ -16,7 +19,7 @@ pub fn pool(n: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
         Some(n) if n > 1024 => return Err(CoreError::invalid("n_threads", format!("{n} is more than 1024"))),
         Some(n) => n,
     };
-    static POOLS: OnceLock<Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>> = OnceLock::new();
+    static POOLS: OnceLock<PoolCache> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = pools.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, p)) = guard.iter().find(|(k, _)| *k == n) {
