@@ -1,1 +1,4 @@
-"""Pipeline stages. Each module exposes ``run(params, ...)``: a plain, idempotent function over files."""
+"""Pipeline stages.
+
+Each module exposes ``run(params, ...)``: a plain, idempotent function over files.
+"""

