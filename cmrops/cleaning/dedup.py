@@ -1,0 +1,192 @@
+"""Duplicate images: identical bytes and pHash near-duplicates, grouped, one representative kept.
+
+**Edges.** Two samples are *exact* duplicates when their image SHA-256 are equal (every member of
+a SHA-256 class is linked to the class's first row). They are *near* duplicates when their pHash
+is within ``radius`` (the Hamming engine's exact radius search) and, when configured, the
+candidate is confirmed by their dHash within ``dhash_radius`` and by the cosine of their image
+embeddings reaching ``min_image_cosine``. A confirmation only removes pHash candidates: pHash
+collides on simple, low-texture pictures (flat backgrounds, one small object), where dHash and
+an image embedding still tell the pictures apart.
+
+**Groups** are the connected components of the edges (id = smallest row, i.e. the smallest
+``sample_id`` on a table sorted by it). **Representative** of a group: among the members still
+*eligible* (not dropped by an earlier rule), the largest ``width * height``, then the smallest
+row. Every other member of a group that has a representative is a duplicate of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmrops.cleaning.graph import components, hamming, pairs_within
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Duplicate edges ``pairs[k] = (i, j)``, ``i < j``, with what was measured on each."""
+
+    pairs: np.ndarray  # (m, 2) int64
+    phash: np.ndarray  # (m,) int64 pHash distance
+    dhash: np.ndarray  # (m,) int64 dHash distance (-1 when not measured)
+    cosine: np.ndarray  # (m,) float64 image-embedding cosine (nan when not measured)
+    exact: np.ndarray  # (m,) bool: identical image bytes
+
+    @staticmethod
+    def empty() -> Edges:
+        z = np.zeros(0, np.int64)
+        return Edges(np.zeros((0, 2), np.int64), z, z.copy(), np.zeros(0), np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def select(self, mask: np.ndarray) -> Edges:
+        return Edges(
+            self.pairs[mask],
+            self.phash[mask],
+            self.dhash[mask],
+            self.cosine[mask],
+            self.exact[mask],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Edges]) -> Edges:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Edges.empty()
+        return Edges(
+            np.concatenate([p.pairs for p in parts]),
+            np.concatenate([p.phash for p in parts]),
+            np.concatenate([p.dhash for p in parts]),
+            np.concatenate([p.cosine for p in parts]),
+            np.concatenate([p.exact for p in parts]),
+        )
+
+
+def exact_edges(sha256: Sequence[str] | np.ndarray) -> Edges:
+    """Star edges (first row of each SHA-256 class, other row) for identical image bytes."""
+    keys = np.asarray(sha256, dtype=object)
+    n = len(keys)
+    if n < 2:
+        return Edges.empty()
+    _, first, inverse = np.unique(keys.astype(str), return_index=True, return_inverse=True)
+    head = first[inverse]
+    rows = np.flatnonzero(head != np.arange(n))
+    m = len(rows)
+    pairs = np.stack([head[rows], rows], axis=1).astype(np.int64)
+    z = np.zeros(m, np.int64)
+    return Edges(pairs, z, z.copy(), np.full(m, np.nan), np.ones(m, bool))
+
+
+def near_edges(
+    phash: np.ndarray,
+    radius: int,
+    *,
+    dhash: np.ndarray | None = None,
+    dhash_radius: int | None = None,
+    embeddings: np.ndarray | None = None,
+    min_image_cosine: float | None = None,
+) -> tuple[Edges, dict[str, int]]:
+    """pHash pairs within ``radius``, kept when the configured confirmations agree.
+
+    ``embeddings`` are L2-normalised rows aligned with ``phash`` (rows of NaN, e.g. samples
+    without a feature row, never confirm). Returns the edges and how many candidates each step
+    kept (``candidates``, ``after_dhash``, ``after_cosine``)."""
+    pairs, pd = pairs_within(phash, radius)
+    counts = {"candidates": len(pairs)}
+    dd = np.full(len(pairs), -1, np.int64)
+    cos = np.full(len(pairs), np.nan)
+    keep = np.ones(len(pairs), bool)
+    if dhash_radius is not None:
+        if dhash is None:
+            raise ValueError("dhash_radius is set but no dHash column was given")
+        dh = np.asarray(dhash, dtype=np.uint64)
+        dd = hamming(dh[pairs[:, 0]], dh[pairs[:, 1]])
+        keep &= dd <= dhash_radius
+        counts["after_dhash"] = int(keep.sum())
+    if min_image_cosine is not None and embeddings is not None:
+        sel = np.flatnonzero(keep)
+        a, b = embeddings[pairs[sel, 0]], embeddings[pairs[sel, 1]]
+        c = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+        cos[sel] = c
+        ok = np.zeros(len(pairs), bool)
+        ok[sel] = np.nan_to_num(c, nan=-2.0) >= min_image_cosine
+        keep &= ok
+        counts["after_cosine"] = int(keep.sum())
+    edges = Edges(pairs, pd, dd, cos, np.zeros(len(pairs), bool))
+    return edges.select(keep), counts
+
+
+def representatives(labels: np.ndarray, resolution: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Per row, the representative row of its group (-1 when no member is eligible).
+
+    Among eligible members: largest ``resolution``, then the smallest row."""
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    idx = np.arange(n)
+    order = np.lexsort((idx, -np.asarray(resolution, np.int64), ~eligible, labels))
+    lab_sorted = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    best = np.full(n, -1, np.int64)
+    heads = order[starts]
+    best[lab_sorted[starts]] = np.where(eligible[heads], heads, -1)
+    return best[labels]
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Groups of a duplicate graph and who duplicates whom."""
+
+    labels: np.ndarray  # component id per row (smallest row)
+    size: np.ndarray  # component size per row
+    rep: np.ndarray  # representative row per row, -1 when none is eligible
+    duplicate: np.ndarray  # bool: in a group of >= 2 with a representative, and not it
+
+
+def resolve(n: int, edges: Edges, resolution: np.ndarray, eligible: np.ndarray) -> Duplicates:
+    """Components of ``edges``, a representative per component, the duplicates to drop."""
+    labels = components(n, edges.pairs)
+    size = np.bincount(labels, minlength=n)[labels] if n else np.zeros(0, np.int64)
+    rep = representatives(labels, resolution, eligible)
+    duplicate = (size >= 2) & (rep >= 0) & (rep != np.arange(n))
+    return Duplicates(labels, size, rep, duplicate)
+
+
+def nearest_neighbour(n: int, edges: Edges, prefer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, its closest direct neighbour over ``edges`` (by pHash distance, then the
+    ``prefer``-red row, e.g. the representative, then the smallest row) and that distance;
+    -1 / -1 for rows without an edge."""
+    nb = np.full(n, -1, np.int64)
+    dist = np.full(n, -1, np.int64)
+    if not len(edges):
+        return nb, dist
+    src = np.concatenate([edges.pairs[:, 0], edges.pairs[:, 1]])
+    dst = np.concatenate([edges.pairs[:, 1], edges.pairs[:, 0]])
+    d = np.concatenate([edges.phash, edges.phash])
+    not_preferred = dst != prefer[src]
+    order = np.lexsort((dst, not_preferred, d, src))
+    s = src[order]
+    first = order[np.r_[True, s[1:] != s[:-1]]]
+    nb[src[first]] = dst[first]
+    dist[src[first]] = d[first]
+    return nb, dist
+
+
+def dedup_images(
+    phash: np.ndarray,
+    resolution: np.ndarray,
+    radius: int,
+    *,
+    sha256: Sequence[str] | None = None,
+    dhash: np.ndarray | None = None,
+    dhash_radius: int | None = None,
+) -> Duplicates:
+    """The dedup rule on its own (as the benchmark runs it): exact edges when ``sha256`` is given,
+    pHash (+ dHash) near edges, groups, one representative each; every row eligible."""
+    n = len(phash)
+    near, _ = near_edges(phash, radius, dhash=dhash, dhash_radius=dhash_radius)
+    parts = [near] if sha256 is None else [exact_edges(sha256), near]
+    return resolve(n, Edges.concat(parts), resolution, np.ones(n, bool))

@@ -1,0 +1,6 @@
+"""Library of the split stage.
+
+* :mod:`~cmrops.splitting.stratify` - iterative multi-label stratification of near-duplicate
+  groups, placed by a seeded hash (stable when data is added);
+* :mod:`~cmrops.splitting.audit` - the near-duplicate grouping and the leakage audit.
+"""
