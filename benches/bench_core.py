@@ -18,6 +18,12 @@ Baselines:
 
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS pool spins on the same 2 cores FAISS's OpenMP threads need; left at its
+# default it makes FAISS's 2-thread times 3-8x worse and unstable. One thread is fair to FAISS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import gc
 import json

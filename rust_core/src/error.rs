@@ -11,12 +11,18 @@ pub enum CoreError {
     /// A saved index file is truncated, corrupted, of a newer version or not an index at all.
     CorruptFile(String),
     /// Reading or writing a file failed.
-    Io { kind: std::io::ErrorKind, msg: String },
+    Io {
+        kind: std::io::ErrorKind,
+        msg: String,
+    },
 }
 
 impl CoreError {
     pub fn invalid(arg: &'static str, msg: impl Into<String>) -> Self {
-        CoreError::InvalidArgument { arg, msg: msg.into() }
+        CoreError::InvalidArgument {
+            arg,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -34,7 +40,10 @@ impl std::error::Error for CoreError {}
 
 impl From<std::io::Error> for CoreError {
     fn from(e: std::io::Error) -> Self {
-        CoreError::Io { kind: e.kind(), msg: e.to_string() }
+        CoreError::Io {
+            kind: e.kind(),
+            msg: e.to_string(),
+        }
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Number of threads used when the caller does not choose: every available core.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Pools built so far, by thread count (a handful at most: one per distinct `n_threads`).
@@ -15,8 +17,18 @@ type PoolCache = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
 pub fn pool(n: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
     let n = match n {
         None => default_threads(),
-        Some(0) => return Err(CoreError::invalid("n_threads", "must be at least 1 (or None for all cores)")),
-        Some(n) if n > 1024 => return Err(CoreError::invalid("n_threads", format!("{n} is more than 1024"))),
+        Some(0) => {
+            return Err(CoreError::invalid(
+                "n_threads",
+                "must be at least 1 (or None for all cores)",
+            ))
+        }
+        Some(n) if n > 1024 => {
+            return Err(CoreError::invalid(
+                "n_threads",
+                format!("{n} is more than 1024"),
+            ))
+        }
         Some(n) => n,
     };
     static POOLS: OnceLock<PoolCache> = OnceLock::new();
