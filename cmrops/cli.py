@@ -9,6 +9,12 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
                       --raw data/raw --out data/clean --metrics metrics/quality.json
     cmrops split      --params params.yaml --clean data/clean --labelled data/labelled
                       --out data/split --metrics metrics/split.json
+    cmrops train      --params params.yaml --split data/split --clean data/clean
+                      --interim data/interim --labelled data/labelled --models models
+                      --codes data/codes --metrics metrics/train.json
+    cmrops evaluate   --params params.yaml --codes data/codes --labelled data/labelled
+                      --split data/split --metrics metrics/retrieval.json --plots plots
+    cmrops storage check [--url URL | --remote NAME]
 
 Heavy modules are imported only inside the command that needs them.
 """
@@ -66,7 +72,61 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", default="data/split", help="output folder (data/split)")
     split.add_argument("--metrics", default="metrics/split.json", help="metrics file")
     split.set_defaults(handler="cmrops.stages.split:cli_main")
+
+    train = sub.add_parser("train", help="train cross-modal hashing models and write their codes")
+    train.add_argument("--params", default="params.yaml")
+    train.add_argument("--split", default="data/split", help="split's output folder")
+    train.add_argument("--clean", default="data/clean", help="clean's output folder")
+    train.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    train.add_argument("--labelled", default="data/labelled", help="label's output folder")
+    train.add_argument("--models", default="models", help="checkpoint folders (models)")
+    train.add_argument("--codes", default="data/codes", help="output folder (data/codes)")
+    train.add_argument("--metrics", default="metrics/train.json", help="metrics file")
+    train.add_argument(
+        "--restart", action="store_true", help="discard existing checkpoints, train from scratch"
+    )
+    train.set_defaults(handler="cmrops.stages.train:cli_main")
+
+    ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")
+    ev.add_argument("--params", default="params.yaml")
+    ev.add_argument("--codes", default="data/codes", help="train's codes folder")
+    ev.add_argument("--labelled", default="data/labelled", help="label's output folder")
+    ev.add_argument("--split", default="data/split", help="split's output folder")
+    ev.add_argument("--metrics", default="metrics/retrieval.json", help="metrics file")
+    ev.add_argument("--plots", default="plots", help="folder of the DVC plot files")
+    ev.set_defaults(handler="cmrops.stages.evaluate:cli_main")
+
+    storage = sub.add_parser("storage", help="storage roots and the DVC remote")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
+    check = storage_sub.add_parser(
+        "check", help="is the DVC remote (or --url) reachable and writable? exit 1 when not"
+    )
+    check.add_argument("--url", help="a storage root URL (folder or s3://bucket/prefix)")
+    check.add_argument("--remote", help="a DVC remote name (default: the default remote)")
+    check.add_argument("--repo", default=".", help="the DVC repository (for --remote)")
+    check.add_argument("--no-create-bucket", action="store_true", help="do not create it")
+    check.set_defaults(handler="cmrops.cli:_storage_check")
     return p
+
+
+def _storage_check(args: argparse.Namespace) -> int:
+    from cmrops import storage
+
+    endpoint = None
+    if args.url:
+        url = args.url
+    else:
+        from cmrops.versioning import remote_info
+
+        info = remote_info(args.repo, args.remote)
+        url, endpoint = info.url, info.endpoint
+    res = storage.check(url, endpoint=endpoint, create_bucket=not args.no_create_bucket)
+    state = "OK" if res.ok else "FAILED"
+    print(
+        f"storage check {state}: {res.url} reachable={res.reachable} writable={res.writable} "
+        f"({res.seconds}s) - {res.detail}"
+    )
+    return 0 if res.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
