@@ -15,6 +15,7 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
     cmrops evaluate   --params params.yaml --codes data/codes --labelled data/labelled
                       --split data/split --metrics metrics/retrieval.json --plots plots
     cmrops storage check [--url URL | --remote NAME]
+    cmrops pipeline summary [--work .]
 
 Heavy modules are imported only inside the command that needs them.
 """
@@ -87,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler="cmrops.stages.train:cli_main")
 
+    imp = sub.add_parser(
+        "import-benchmark",
+        help="import a cross-modal hashing benchmark (.mat/.h5 features: MIRFlickr, NUS-WIDE, ...)",
+    )
+    imp.add_argument("files", nargs="+", help="the benchmark's .mat / .h5 file(s)")
+    imp.add_argument("--out", required=True, help="folder to write clean/interim/labelled/split")
+    imp.add_argument("--name", default=None, help="dataset name (default: from the file name)")
+    imp.add_argument("--query", type=int, default=2000, help="query size, if no fixed split")
+    imp.add_argument("--train", type=int, default=10000, help="training set size (idem)")
+    imp.add_argument("--seed", type=int, default=0)
+    imp.add_argument("--no-normalize", action="store_true", help="keep features unnormalised")
+    imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
+
     ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")
     ev.add_argument("--params", default="params.yaml")
     ev.add_argument("--codes", default="data/codes", help="train's codes folder")
@@ -106,7 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repo", default=".", help="the DVC repository (for --remote)")
     check.add_argument("--no-create-bucket", action="store_true", help="do not create it")
     check.set_defaults(handler="cmrops.cli:_storage_check")
+
+    pipe = sub.add_parser("pipeline", help="the stage table shared by dvc.yaml and the DAG")
+    pipe_sub = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
+    summ.add_argument("--work", default=".", help="the project folder of the run")
+    summ.set_defaults(handler="cmrops.cli:_pipeline_summary")
     return p
+
+
+def _pipeline_summary(args: argparse.Namespace) -> int:
+    from cmrops.pipeline import summary
+
+    print(summary(args.work))
+    return 0
 
 
 def _storage_check(args: argparse.Namespace) -> int:

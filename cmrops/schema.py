@@ -135,3 +135,14 @@ ASSIGNMENTS = pa.schema(
         ("seed", pa.int64()),
     ]
 )
+
+#: ``data/codes/rows.parquet`` - the sample of every code row, the same for every model:
+#: row ``row`` of each ``<method>-<bits>/{image,text}_<role>.npy`` is sample ``sample_id``.
+#: Query rows first, then database rows, each in ``sample_id`` order, ``row`` = 0..n-1 per role.
+CODE_ROWS = pa.schema(
+    [
+        ("role", pa.string()),  # "query" | "database"
+        ("row", pa.int64()),
+        ("sample_id", pa.string()),
+    ]
+)

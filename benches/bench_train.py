@@ -1,0 +1,124 @@
+"""Training throughput of the train stage's loop on the CPU, in one process.
+
+    .venv/bin/python benches/bench_train.py            # 4,096 samples, 3 epochs per model
+    .venv/bin/python benches/bench_train.py --quick    # 1,024 samples, 1 epoch (a smoke run)
+
+**Data.** Synthetic paired embeddings with label structure
+(:func:`cmrops.models.synthetic.synthetic_pairs`) of the default encoders' widths: 1280-d image
+(EfficientNet-Lite0) and 384-d text (MiniLM), 24 labels (MIRFlickr-25K has 24).
+
+**Model and loop.** Exactly what ``cmrops train`` runs with the default params (one hidden layer
+of 1024 per modality, batch 128, AdamW, gradient clipping, no validation set and no
+intermediate checkpoint so that only optimisation is timed): :func:`cmrops.models.fit`, whose
+``samples_per_s`` counts the training samples of every optimiser step over the wall time of the
+steps. After one warm-up run, each model is trained for ``--epochs`` epochs; the figure is the
+best of ``--repeat`` runs.
+
+**Baseline.** The ratio column compares every row with ``dcmh-64`` (the supervised method at the
+usual code length). Torch threads: torch's default (``torch.get_num_threads()``, printed).
+Results also go to ``bench-results/train.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from cmrops.models import HasherConfig, TrainConfig, fit
+from cmrops.models.synthetic import synthetic_pairs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=4096, help="training samples")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--bits", type=int, nargs="+", default=[16, 64, 128])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="1,024 samples, 1 epoch, 1 run")
+    ap.add_argument("--out", default="bench-results/train.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.epochs, args.repeat = 1024, 1, 1
+
+    data = synthetic_pairs(args.n, n_labels=24, image_dim=1280, text_dim=384, seed=0)
+    rows = []
+    print(
+        f"training throughput on cpu ({torch.get_num_threads()} torch threads, "
+        f"{platform.processor() or platform.machine()}): {args.n} samples x {args.epochs} "
+        f"epochs, batch {args.batch_size}, heads 1280/384 -> 1024 -> bits, best of {args.repeat}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: thread pools, kernels, allocator
+        warm = TrainConfig("dcmh", epochs=1, batch_size=args.batch_size, checkpoint_every=0)
+        fit(
+            HasherConfig(1280, 384, 64),
+            warm,
+            data,
+            None,
+            Path(tmp) / "w",
+            device="cpu",
+            progress=False,
+        )
+    for method in ("dcmh", "contrastive"):
+        for bits in args.bits:
+            best = 0.0
+            for _ in range(args.repeat):
+                with tempfile.TemporaryDirectory() as tmp:
+                    r = fit(
+                        HasherConfig(1280, 384, bits),
+                        TrainConfig(
+                            method,
+                            epochs=args.epochs,
+                            batch_size=args.batch_size,
+                            checkpoint_every=0,
+                        ),  # type: ignore[arg-type]
+                        data,
+                        None,
+                        Path(tmp) / "m",
+                        device="cpu",
+                        progress=False,
+                    )
+                best = max(best, r.samples_per_s)
+            rows.append(
+                {"model": f"{method}-{bits}", "samples_per_s": round(best, 1), "steps": r.steps}
+            )
+    base = next(
+        (r["samples_per_s"] for r in rows if r["model"] == "dcmh-64"), rows[0]["samples_per_s"]
+    )
+    print(f"{'model':<16} {'samples/s':>10} {'steps':>6} {'vs dcmh-64':>11}")
+    for r in rows:
+        r["ratio_vs_dcmh_64"] = round(r["samples_per_s"] / base, 3)
+        print(
+            f"{r['model']:<16} {r['samples_per_s']:>10.0f} {r['steps']:>6} "
+            f"{r['ratio_vs_dcmh_64']:>10.2f}x"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "device": "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "n": args.n,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,601 @@
+"""Import the feature files of the standard cross-modal hashing benchmarks.
+
+The cross-modal hashing literature distributes MIRFlickr-25K, NUS-WIDE, MS-COCO and Wikipedia as
+MATLAB ``.mat`` (v5, read with ``scipy.io.loadmat``; v7.3, which is HDF5, read with ``h5py``)
+or ``.h5`` files of image features, text bag-of-words (or topic) vectors and labels.
+:func:`import_benchmark` turns one such set - one file or several (DCMH ships one variable per
+file) - into the files the train and evaluate stages read, under ``out``::
+
+    out/clean/samples.parquet                 sample_id, feature_row, source, source_key (the
+                                              other INTERIM_SAMPLES columns null)
+    out/interim/features/{image,text}.npy     float32, L2-normalised rows (``normalize=True``)
+    out/interim/features/meta.json
+    out/labelled/labels.parquet               LABELS rows (source auto, method provided)
+    out/labelled/vocabulary.json              {"labels": [...]}
+    out/split/assignments.parquet             protocol "imported:<name>"
+    out/import.json                           what was read and how
+
+so that ``cmrops train --split out/split --clean out/clean --interim out/interim --labelled
+out/labelled ...`` and ``cmrops evaluate`` run on it unchanged.
+
+**Variables** are recognised by name (case-insensitive): a modality - image ``I``, ``X``,
+``image(s)``, ``img``; text ``T``, ``Y``, ``text(s)``, ``txt``, ``tag(s)``; labels ``L``,
+``label(s)``, ``lab``, ``gnd`` - optionally followed (``_`` or ``-`` allowed) by a part: ``tr`` /
+``train`` / ``training``, ``te`` / ``test`` / ``query`` / ``qr``, ``db`` / ``database`` /
+``retrieval`` / ``ret``, or ``All`` / nothing (no fixed split). So ``I_tr``/``T_te``/``L_db``
+(DJSRH, DSAH, ...), ``XAll``/``YAll``/``LAll`` (DCMH's MIRFlickr and NUS-WIDE), ``IAll``,
+``ImgTrain``/``TagTrain``/``LabTrain`` and ``image``/``text``/``label`` all work; ``keys`` maps
+``"image"``, ``"text_query"``, ... to variable names where they do not. Other variables (file
+names, cell arrays) are ignored; an image variable holding raw pixels (more than 2 dimensions) is
+refused - run such images through collect/preprocess instead.
+
+**Orientation.** MATLAB stores matrices column-major, so ``h5py`` reads a v7.3 variable of shape
+``(n, d)`` as ``(d, n)``; some ``.h5`` files are written that way too. Each part's sample count is
+the dimension its image, text and label arrays share, and every array is turned to ``(n, d)``
+(the file's convention breaks a tie). Labels are multi-hot ``(n, C)`` 0/1 arrays, or class ids
+``(n,)`` / ``(n, 1)`` (Wikipedia: one of 10 categories; named by their id).
+
+**Split.** With ``query``, ``database`` and ``train`` parts: query = the query part, database =
+the database part, ``in_train`` = database samples that are also in the train part (matched by
+content); a training sample absent from the database becomes split ``"train"`` (it trains, it is
+never retrieved). With only ``train`` and ``query`` parts (Wikipedia): the database is the train
+part. Without parts: ``query`` samples (seeded) become the queries, the rest the database, and
+``train`` of the database samples are ``in_train`` - the DCMH protocol (MIRFlickr: query 2000,
+train 10000; NUS-WIDE: 2100 / 10500; MS-COCO: 5000 / 10000).
+
+**Sample ids** are content-derived: the first 16 hex chars of the SHA-256 of a sample's image,
+text and label rows (as float32), with an occurrence number when a part repeats a row exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cmrops import io
+from cmrops.ids import SAMPLE_ID_HEX
+from cmrops.schema import ASSIGNMENTS, INTERIM_SAMPLES, LABELS
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("image", "text", "labels")
+PARTS = ("all", "train", "query", "database")
+_MOD = {
+    "image": "images?|imgs?|i|x",
+    "text": "texts?|txts?|tags?|t|y",
+    "labels": "labels?|labs?|l|gnd",
+}
+_PART = {
+    "all": "all",
+    "train": "train|training|tr",
+    "query": "test|te|query|qr",
+    "database": "database|db|retrieval|ret",
+}
+_KEY = re.compile(
+    "^(?:"
+    + "|".join(f"(?P<{m}>{p})" for m, p in _MOD.items())
+    + ")[_-]?(?:"
+    + "|".join(f"(?P<{k}>{p})" for k, p in _PART.items())
+    + ")?$",
+    re.IGNORECASE,
+)
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class BenchmarkFormatError(ValueError):
+    """A benchmark file cannot be read or does not have a recognisable layout."""
+
+
+@dataclass
+class Variable:
+    """One numeric array of a benchmark file."""
+
+    file: str
+    key: str
+    array: Any  # numpy array, or a scipy sparse matrix
+    transposed_hint: bool  # stored column-major (MATLAB v7.3 read by h5py)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_variables(path: str | os.PathLike[str]) -> dict[str, Variable]:
+    """Every numeric variable of a ``.mat`` (v4/v5/v7.3) or ``.h5`` file, by name."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: benchmark file not found")
+    with open(p, "rb") as fh:
+        head = fh.read(512 + 8)
+    if head.startswith(b"MATLAB 7.3") or head[:8] == _HDF5_MAGIC or head[512:520] == _HDF5_MAGIC:
+        return _read_hdf5(p, matlab=head.startswith(b"MATLAB"))
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(p, squeeze_me=False, mat_dtype=False)
+    except NotImplementedError:  # v7.3 without the text header
+        return _read_hdf5(p, matlab=True)
+    except Exception as e:  # scipy raises many kinds for a foreign file
+        raise BenchmarkFormatError(f"{p}: not a readable .mat or .h5 file ({e})") from None
+    out = {}
+    for key, value in data.items():
+        if key.startswith("__"):
+            continue
+        if _is_sparse(value) or (
+            isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size
+        ):
+            out[key] = Variable(str(p), key, value, transposed_hint=False)
+    return out
+
+
+def _read_hdf5(p: Path, matlab: bool) -> dict[str, Variable]:
+    import h5py
+
+    out = {}
+    try:
+        with h5py.File(p, "r") as f:
+            for key, obj in f.items():
+                if key.startswith("#"):
+                    continue
+                if isinstance(obj, h5py.Group) and "MATLAB_sparse" in obj.attrs:
+                    import scipy.sparse
+
+                    n_rows = int(obj.attrs["MATLAB_sparse"])
+                    jc = obj["jc"][()]
+                    data = obj["data"][()] if "data" in obj else np.zeros(0)
+                    ir = obj["ir"][()] if "ir" in obj else np.zeros(0, np.int64)
+                    m = scipy.sparse.csc_matrix((data, ir, jc), shape=(n_rows, len(jc) - 1))
+                    out[key] = Variable(str(p), key, m, transposed_hint=False)
+                elif isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and obj.size:
+                    if obj.attrs.get("MATLAB_class", b"") in (b"char", b"cell"):
+                        continue
+                    out[key] = Variable(str(p), key, obj[()], transposed_hint=matlab)
+    except OSError as e:
+        raise BenchmarkFormatError(f"{p}: not a readable HDF5 file ({e})") from None
+    return out
+
+
+def _is_sparse(x: Any) -> bool:
+    try:
+        import scipy.sparse
+
+        return bool(scipy.sparse.issparse(x))
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _dense(x: Any) -> np.ndarray:
+    if _is_sparse(x):
+        return np.asarray(x.astype(np.float32).toarray())
+    return np.asarray(x)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def classify(
+    variables: Mapping[str, Variable], keys: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Variable]]:
+    """``{part: {modality: variable}}`` from variable names (``keys`` overrides: ``"image"``,
+    ``"labels_train"``, ...)."""
+    chosen: dict[tuple[str, str], list[Variable]] = {}
+    for name, var in variables.items():
+        m = _KEY.match(name)
+        if not m:
+            continue
+        groups = {k for k, v in m.groupdict().items() if v is not None}
+        mod = next(k for k in groups if k in MODALITIES)
+        part = next((k for k in groups if k in PARTS), "all")
+        chosen.setdefault((part, mod), []).append(var)
+    for spec, name in (keys or {}).items():
+        mod, _, part = spec.partition("_")
+        part = part or "all"
+        if mod not in MODALITIES or part not in PARTS:
+            raise BenchmarkFormatError(
+                f"keys: {spec!r} is not <modality>[_<part>] with modality in {MODALITIES} and "
+                f"part in {PARTS}"
+            )
+        if name not in variables:
+            raise BenchmarkFormatError(
+                f"keys: variable {name!r} not found; have {sorted(variables)}"
+            )
+        for (p, m), vs in list(chosen.items()):  # an explicit key replaces guesses for its slot
+            if m == mod:
+                chosen[p, m] = [v for v in vs if v.key != name]
+        chosen[part, mod] = [variables[name]]
+    layout: dict[str, dict[str, Variable]] = {}
+    for (part, mod), vs in chosen.items():
+        vs = [v for v in vs if mod != "image" or _image_ok(v, vs)]
+        if not vs:
+            continue
+        if len(vs) > 1:
+            raise BenchmarkFormatError(
+                f"several variables look like the {mod} of part {part!r}: "
+                f"{', '.join(v.key for v in vs)}; choose one with keys={{'{mod}_{part}': ...}}"
+            )
+        layout.setdefault(part, {})[mod] = vs[0]
+    if not layout:
+        raise BenchmarkFormatError(
+            f"no image/text/label variables recognised among {sorted(variables)} "
+            "(pass keys={'image': ..., 'text': ..., 'labels': ...})"
+        )
+    if "all" in layout and len(layout) > 1:
+        raise BenchmarkFormatError(
+            f"both split parts {sorted(p for p in layout if p != 'all')} and unsplit variables "
+            f"{sorted(v.key for v in layout['all'].values())}; choose with keys="
+        )
+    for part, mods in layout.items():
+        missing = [m for m in ("image", "text") if m not in mods]
+        if missing:
+            raise BenchmarkFormatError(
+                f"part {part!r}: no {' or '.join(missing)} variable (found "
+                f"{', '.join(v.key for v in mods.values())})"
+            )
+    label_parts = [p for p in layout if "labels" in layout[p]]
+    if label_parts and len(label_parts) != len(layout):
+        raise BenchmarkFormatError(
+            f"labels for parts {label_parts} but not for {sorted(set(layout) - set(label_parts))}"
+        )
+    return layout
+
+
+def _image_ok(v: Variable, all_candidates: list[Variable]) -> bool:
+    nd = len([s for s in v.shape if s != 1]) if len(v.shape) > 2 else 2
+    if nd <= 2:
+        return True
+    if len(all_candidates) == 1:
+        raise BenchmarkFormatError(
+            f"{v.file}: {v.key} has shape {v.shape}: raw images, not features - extract "
+            "features first (collect + preprocess) or pass keys= naming a feature variable"
+        )
+    return False
+
+
+def orient(part: str, mods: Mapping[str, Variable]) -> tuple[int, dict[str, np.ndarray], list[str]]:
+    """``(n, {modality: (n, d) array}, keys read transposed)`` for one part."""
+    shapes = {m: v.shape for m, v in mods.items()}
+    for m, s in shapes.items():
+        if len(s) not in (1, 2):
+            raise BenchmarkFormatError(f"part {part!r}: {mods[m].key} has shape {s}")
+    candidates = None
+    for s in shapes.values():
+        dims = set(s)
+        candidates = dims if candidates is None else candidates & dims
+    if not candidates:
+        raise BenchmarkFormatError(
+            f"part {part!r}: the arrays share no sample dimension: "
+            + ", ".join(f"{mods[m].key} {s}" for m, s in shapes.items())
+        )
+    if len(candidates) == 1:
+        n = next(iter(candidates))
+    else:  # ambiguous (square-ish arrays): the file's storage convention decides
+        hint = any(v.transposed_hint for v in mods.values())
+        n = shapes["image"][-1 if hint else 0]
+        if n not in candidates:
+            n = min(candidates)
+    out, transposed = {}, []
+    for m, v in mods.items():
+        a = _dense(v.array)
+        square = a.ndim == 2 and a.shape[0] == a.shape[1] == n
+        if a.ndim == 2 and (a.shape[0] != n or (square and v.transposed_hint)):
+            a = a.T
+            transposed.append(v.key)
+        out[m] = np.ascontiguousarray(a)
+    return n, out, transposed
+
+
+def _labels(a: np.ndarray, key: str) -> tuple[np.ndarray, list[str]]:
+    """Multi-hot bool ``(n, C)`` and label names from multi-hot or class-id labels."""
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim == 1:
+        if not np.all(np.equal(np.mod(a, 1), 0)):
+            raise BenchmarkFormatError(f"{key}: 1-D labels must be integer class ids")
+        ids = a.astype(np.int64)
+        classes = np.unique(ids)
+        hot = ids[:, None] == classes[None, :]
+        return hot, [f"class_{c}" for c in classes.tolist()]
+    values = np.unique(a)
+    if not np.all(np.isin(values, (0, 1))):
+        raise BenchmarkFormatError(
+            f"{key}: multi-hot labels must be 0/1, got values {values[:5].tolist()}..."
+        )
+    width = len(str(a.shape[1] - 1))
+    return a.astype(bool), [f"label_{j:0{width}d}" for j in range(a.shape[1])]
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_benchmark(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    keys: Mapping[str, str] | None = None,
+    query: int = 2000,
+    train: int = 10000,
+    seed: int = 0,
+    normalize: bool = True,
+) -> dict[str, Any]:
+    """Import one benchmark (see module docstring); returns the summary written to
+    ``out/import.json``. ``query``, ``train`` and ``seed`` apply only to files without a fixed
+    split."""
+    files = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
+    if not files:
+        raise ValueError("paths: no benchmark file given")
+    variables: dict[str, Variable] = {}
+    for f in files:
+        for key, var in read_variables(f).items():
+            if key in variables:
+                raise BenchmarkFormatError(f"variable {key!r} is in {variables[key].file} and {f}")
+            variables[key] = var
+    name = name or files[0].stem
+    layout = classify(variables, keys)
+    has_labels = "labels" in next(iter(layout.values()))
+
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    transposed: list[str] = []
+    for part, mods in layout.items():
+        _, arrays, t = orient(part, mods)
+        parts[part] = arrays
+        transposed += t
+    dims = {m: {a[m].shape[1] for a in parts.values()} for m in ("image", "text")}
+    for m, d in dims.items():
+        if len(d) != 1:
+            raise BenchmarkFormatError(f"{m} features have different widths across parts: {d}")
+
+    # Samples: unique by content across parts (a train row that is also a database row is one).
+    label_names: list[str] = []
+    if has_labels:
+        label_names = _label_names(parts)
+    ids_of: dict[str, list[str]] = {}
+    first: dict[str, tuple[str, int]] = {}
+    for part, arrays in parts.items():
+        ids_of[part] = _sample_ids(arrays, label_names)
+        for i, sid in enumerate(ids_of[part]):
+            first.setdefault(sid, (part, i))
+    ordered = sorted(first)
+    row_of = {sid: r for r, sid in enumerate(ordered)}
+    n = len(ordered)
+
+    image = np.zeros((n, next(iter(dims["image"]))), np.float32)
+    text = np.zeros((n, next(iter(dims["text"]))), np.float32)
+    hot = np.zeros((n, len(label_names)), bool)
+    for sid, (part, i) in first.items():
+        r = row_of[sid]
+        image[r] = parts[part]["image"][i]
+        text[r] = parts[part]["text"][i]
+        if has_labels:
+            hot[r] = _hot_row(parts[part], i, label_names)
+    if not (np.isfinite(image).all() and np.isfinite(text).all()):
+        raise BenchmarkFormatError("features contain NaN or infinite values")
+    if normalize:
+        for x in (image, text):
+            norm = np.linalg.norm(x, axis=1, keepdims=True)
+            np.divide(x, norm, out=x, where=norm > 0)
+
+    split, in_train, protocol_spec = _split(parts, ids_of, ordered, query, train, seed)
+    protocol = f"imported:{name}"
+    out = Path(out_dir)
+    _write(
+        out,
+        name,
+        ordered,
+        first,
+        image,
+        text,
+        hot,
+        label_names,
+        split,
+        in_train,
+        protocol,
+        seed,
+        protocol_spec,
+    )
+    summary = {
+        "name": name,
+        "files": [str(f) for f in files],
+        "variables": {p: {m: v.key for m, v in mods.items()} for p, mods in layout.items()},
+        "read_transposed": sorted(transposed),
+        "layout": "fixed split" if "all" not in layout else "no split (seeded)",
+        "protocol": {"name": protocol, **protocol_spec},
+        "samples": n,
+        "rows_per_part": {p: len(v) for p, v in ids_of.items()},
+        "merged_across_parts": sum(len(v) for v in ids_of.values()) - n,
+        "sets": {s: int((split == s).sum()) for s in sorted(set(split.tolist()))},
+        "in_train": int(in_train.sum()),
+        "image_dim": int(image.shape[1]),
+        "text_dim": int(text.shape[1]),
+        "labels": len(label_names),
+        "unlabelled_samples": int((~hot.any(axis=1)).sum()) if has_labels else n,
+        "normalized": normalize,
+    }
+    io.write_json(out / "import.json", summary)
+    return summary
+
+
+def _label_names(parts: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    kinds = {p: _labels(a["labels"], f"labels of part {p!r}") for p, a in parts.items()}
+    multi = {p for p, a in parts.items() if a["labels"].ndim == 2 and a["labels"].shape[1] > 1}
+    if multi and len(multi) != len(parts):
+        raise BenchmarkFormatError("labels are multi-hot in some parts and class ids in others")
+    if multi:
+        widths = {len(names) for _, names in kinds.values()}
+        if len(widths) != 1:
+            raise BenchmarkFormatError(f"multi-hot label widths differ across parts: {widths}")
+        return next(iter(kinds.values()))[1]
+    classes = sorted({int(n.split("_")[1]) for _, names in kinds.values() for n in names})
+    return [f"class_{c}" for c in classes]
+
+
+def _hot_row(arrays: Mapping[str, np.ndarray], i: int, names: list[str]) -> np.ndarray:
+    a = arrays["labels"]
+    if a.ndim == 2 and a.shape[1] > 1:
+        return a[i].astype(bool)
+    c = f"class_{int(np.ravel(a)[i])}"
+    return np.asarray([x == c for x in names])
+
+
+def _sample_ids(arrays: Mapping[str, np.ndarray], label_names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for i in range(len(arrays["image"])):
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(arrays["image"][i], np.float32).tobytes())
+        h.update(b"|")
+        h.update(np.ascontiguousarray(arrays["text"][i], np.float32).tobytes())
+        if label_names:
+            h.update(b"|")
+            h.update(_hot_row(arrays, i, label_names).tobytes())
+        digest = h.hexdigest()
+        k = seen.get(digest, 0)
+        seen[digest] = k + 1
+        if k:
+            digest = hashlib.sha256(f"{digest}#{k}".encode()).hexdigest()
+        out.append(digest[:SAMPLE_ID_HEX])
+    return out
+
+
+def _split(
+    parts: Mapping[str, Any],
+    ids_of: Mapping[str, list[str]],
+    ordered: list[str],
+    query: int,
+    train: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    n = len(ordered)
+    split = np.empty(n, dtype=object)
+    in_train = np.zeros(n, bool)
+    row = {sid: r for r, sid in enumerate(ordered)}
+    if "all" in parts:
+        if not 1 <= query < n or not 1 <= train <= n - query:
+            raise ValueError(
+                f"query={query}, train={train}: need 1 <= query < {n} samples and "
+                f"1 <= train <= {n} - query"
+            )
+        perm = np.random.default_rng(seed).permutation(n)
+        split[:] = "database"
+        split[perm[:query]] = "query"
+        in_train[perm[query : query + train]] = True
+        return split, in_train, {"kind": "hashing", "query": query, "train": train, "seed": seed}
+    if "query" not in parts:
+        raise BenchmarkFormatError(f"no query/test part among {sorted(parts)}")
+    database_part = "database" if "database" in parts else "train"
+    if database_part == "train" and "train" not in parts:
+        raise BenchmarkFormatError("a query part but neither database nor train part")
+    for sid in ids_of[database_part]:
+        split[row[sid]] = "database"
+    for sid in ids_of.get("train", ids_of[database_part]):
+        in_train[row[sid]] = True
+        if split[row[sid]] is None:
+            split[row[sid]] = "train"  # trains, never retrieved
+    for sid in ids_of["query"]:
+        if split[row[sid]] is not None and split[row[sid]] != "query":
+            log.warning("sample %s is in the query part and the %s", sid, split[row[sid]])
+        split[row[sid]] = "query"
+        in_train[row[sid]] = False
+    spec = {"kind": "fixed", "parts": sorted(parts), "database": database_part}
+    return split, in_train, spec
+
+
+def _write(
+    out: Path,
+    name: str,
+    ids: list[str],
+    first: Mapping[str, tuple[str, int]],
+    image: np.ndarray,
+    text: np.ndarray,
+    hot: np.ndarray,
+    label_names: list[str],
+    split: np.ndarray,
+    in_train: np.ndarray,
+    protocol: str,
+    seed: int,
+    spec: dict[str, Any],
+) -> None:
+    n = len(ids)
+    columns: dict[str, Any] = {f.name: pa.nulls(n, f.type) for f in INTERIM_SAMPLES}
+    columns["sample_id"] = pa.array(ids, pa.string())
+    columns["source"] = pa.array([name] * n, pa.string())
+    columns["source_key"] = pa.array([f"{first[s][0]}:{first[s][1]}" for s in ids], pa.string())
+    columns["feature_row"] = pa.array(np.arange(n, dtype=np.int64))
+    io.write_parquet(out / "clean" / "samples.parquet", pa.table(columns, schema=INTERIM_SAMPLES))
+
+    feat = out / "interim" / "features"
+    io.write_npy(feat / "image.npy", image)
+    io.write_npy(feat / "text.npy", text)
+    io.write_json(
+        feat / "meta.json",
+        {
+            "embeddings": True,
+            "rows": n,
+            "image": {"encoder": f"imported:{name}", "dim": int(image.shape[1])},
+            "text": {"encoder": f"imported:{name}", "dim": int(text.shape[1])},
+        },
+    )
+
+    rows_i, cols_j = np.nonzero(hot)  # sorted by (sample, label index); labels are named in order
+    io.write_parquet(
+        out / "labelled" / "labels.parquet",
+        pa.table(
+            {
+                "sample_id": pa.array([ids[i] for i in rows_i], pa.string()),
+                "label": pa.array([label_names[j] for j in cols_j], pa.string()),
+                "source": pa.array(["auto"] * len(rows_i), pa.string()),
+                "method": pa.array(["provided"] * len(rows_i), pa.string()),
+                "confidence": pa.array(np.ones(len(rows_i)), pa.float64()),
+            },
+            schema=LABELS,
+        ),
+    )
+    io.write_json(out / "labelled" / "vocabulary.json", {"labels": label_names})
+
+    table = pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "split": pa.array(split.tolist(), pa.string()),
+            "in_train": pa.array(in_train, pa.bool_()),
+            "group_id": pa.array(ids, pa.string()),
+            "protocol": pa.array([protocol] * n, pa.string()),
+            "seed": pa.array([seed] * n, pa.int64()),
+        },
+        schema=ASSIGNMENTS.with_metadata(
+            {"cmrops.protocol": json.dumps({"name": protocol, **spec}, sort_keys=True)}
+        ),
+    )
+    io.write_parquet(out / "split" / "assignments.parquet", table)
+
+
+def cli_main(args: Any) -> int:
+    """For a ``cmrops import-benchmark FILE... --out DIR [--name N] [--query Q] [--train T]
+    [--seed S] [--no-normalize]`` command."""
+    s = import_benchmark(
+        args.files,
+        args.out,
+        name=args.name,
+        query=args.query,
+        train=args.train,
+        seed=args.seed,
+        normalize=not args.no_normalize,
+    )
+    print(
+        f"imported {s['name']}: {s['samples']} samples ({s['layout']}), sets {s['sets']}, "
+        f"in_train {s['in_train']}, image {s['image_dim']}-d, text {s['text_dim']}-d, "
+        f"{s['labels']} labels; transposed on read: {', '.join(s['read_transposed']) or 'none'}"
+    )
+    return 0

@@ -1,0 +1,415 @@
+"""The one training loop, for every method and code length.
+
+:func:`fit` trains a :class:`~cmrops.models.hasher.CrossModalHasher` on paired embeddings:
+
+* device: ``auto`` picks CUDA when torch sees a GPU, else the CPU (never a fixed ``cuda:N``);
+  on CUDA the forward pass runs under bf16 autocast (losses in float32);
+* seeded: the model's initialisation comes from ``(seed, method, n_bits)``; the batch order of
+  epoch ``e`` is a permutation drawn from ``(seed, e)``, so it never depends on how the run was
+  interrupted; torch, numpy and python RNGs are seeded and their states checkpointed;
+  deterministic torch algorithms are switched on for the duration of the call;
+* AdamW, gradient-norm clipping, constant learning rate; batches of ``batch_size`` paired
+  samples (an incomplete last batch is dropped, so every InfoNCE batch has the same size);
+* after each epoch: tie-aware validation mAP (image→text and text→image, averaged) from the
+  Rust core's Hamming histograms (:mod:`cmrops.models.ranking`); the best weights are kept and
+  training stops after ``patience`` epochs without improvement (0: never early);
+* a checkpoint every ``checkpoint_every`` steps and at the end (:mod:`cmrops.models.checkpoint`):
+  a rerun after a kill resumes from it and reaches bit-identical weights on the CPU;
+* logging: a tqdm bar over steps and one log line per epoch (losses, validation mAP).
+
+The result holds the selected weights (best validation mAP, else the last ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cmrops.codes import pack_bits
+from cmrops.models import checkpoint as ckpt
+from cmrops.models.hasher import CrossModalHasher, HasherConfig
+from cmrops.models.losses import contrastive_loss, dcmh_loss, label_similarity
+from cmrops.models.ranking import cross_modal_map
+
+log = logging.getLogger(__name__)
+
+Method = Literal["dcmh", "contrastive"]
+METHODS: tuple[str, ...] = ("dcmh", "contrastive")
+ENCODE_BATCH = 4096  # fixed, so codes never depend on how many rows are encoded at once
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one model (the ``train:`` params minus what selects models)."""
+
+    method: Method
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    quantization_weight: float = 0.05  # γ: ‖B - F‖² term
+    balance_weight: float = 1.0  # η: ‖F·1‖² term
+    temperature: float = 0.1  # contrastive only
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    patience: int = 10  # epochs without a better validation mAP before stopping; 0 = never
+    checkpoint_every: int = 200  # steps; 0 = only at the end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "checkpoint_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("weight_decay", "quantization_weight", "balance_weight", "grad_clip"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class PairedData:
+    """Embeddings of paired samples (row ``i`` of ``image`` goes with row ``i`` of ``text``) and
+    their multi-hot labels (``None`` when the data has no labels)."""
+
+    image: np.ndarray  # (n, image_dim) float32
+    text: np.ndarray  # (n, text_dim) float32
+    labels: np.ndarray | None = None  # (n, n_labels) bool
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 2 or self.text.ndim != 2 or len(self.image) != len(self.text):
+            raise ValueError(
+                f"image/text: expected (n, d) arrays of equal n, got {self.image.shape} and "
+                f"{self.text.shape}"
+            )
+        if self.labels is not None and (self.labels.ndim != 2 or len(self.labels) != len(self)):
+            raise ValueError(f"labels: expected ({len(self)}, n_labels), got {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the selected model (eval mode) and how training went."""
+
+    model: CrossModalHasher
+    steps: int
+    epochs: int  # epochs completed
+    best_val_map: float | None  # None without a validation set
+    best_step: int | None
+    early_stop_step: int | None  # the step training stopped at when patience ran out
+    final_losses: dict[str, float]  # mean of each loss term over the last epoch
+    samples_per_s: float  # training samples per second of optimisation (all sessions)
+    relevance: str  # "labels" or "pairs": what validation counted as relevant
+    resumed_from_step: int | None  # step of the checkpoint this call continued from
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+
+
+def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: str) -> dict:
+    """The ``config.json`` of a run: a resume must match it exactly."""
+    return {"model": model_config.to_json(), "train": asdict(train_config), "data": data_id}
+
+
+def fit(
+    model_config: HasherConfig,
+    config: TrainConfig,
+    train: PairedData,
+    val: PairedData | None,
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    val_database: PairedData | None = None,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train (or resume, or just reload a finished run from ``checkpoint_dir``).
+
+    Validation queries are ``val``; relevance is label sharing when labels are present (the
+    database is ``val_database``, default ``train``), else the paired item (the database is
+    ``val`` itself). ``on_step(step)`` is called after every optimiser step (and after that
+    step's checkpoint), e.g. to stop a test run half-way."""
+    from cmrops.encoders import resolve_device
+
+    if config.method == "dcmh" and train.labels is None:
+        raise ValueError("method dcmh is supervised: the training samples need labels")
+    dev = torch.device(resolve_device(device))
+    if dev.type == "cuda":  # cuBLAS needs this for deterministic results; set before first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    run_cfg = run_config(model_config, config, _data_id(train, val, val_database))
+    directory = Path(checkpoint_dir)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(
+            model_config,
+            config,
+            train,
+            val,
+            val_database,
+            directory,
+            run_cfg,
+            dev,
+            progress,
+            on_step,
+        )
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(
+    model_config: HasherConfig,
+    config: TrainConfig,
+    train: PairedData,
+    val: PairedData | None,
+    val_database: PairedData | None,
+    directory: Path,
+    run_cfg: dict[str, Any],
+    dev: torch.device,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
+    seed = _model_seed(config.seed, config.method, model_config.n_bits)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - for any code that uses the global RNG
+    random.seed(seed)
+    model = CrossModalHasher(model_config).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    # Everything the loop carries from step to step lives in `state` (JSON) and `best` (tensors).
+    state: dict[str, Any] = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "done": False,
+        "best_val_map": None,
+        "best_step": None,
+        "bad_epochs": 0,
+        "early_stop_step": None,
+        "epoch_sums": {},
+        "history": [],
+        "samples_seen": 0,
+        "train_seconds": 0.0,
+    }
+    best: dict[str, torch.Tensor] | None = None
+    resumed_from = None
+    if ckpt.exists(directory):
+        saved, best = ckpt.load(directory, run_cfg, model, opt)
+        state.update({k: saved[k] for k in state if k in saved})
+        ckpt.set_rng_state(saved["rng"])
+        resumed_from = state["step"]
+        log.info("%s: resuming from step %d (epoch %d)", directory, state["step"], state["epoch"])
+    labelled = train.labels is not None and val is not None and val.labels is not None
+    relevance = "labels" if labelled else "pairs"
+    if state["done"]:
+        model.eval()
+        return _result(model, state, relevance, resumed_from)
+
+    x_img = torch.from_numpy(np.ascontiguousarray(train.image, np.float32)).to(dev)
+    x_txt = torch.from_numpy(np.ascontiguousarray(train.text, np.float32)).to(dev)
+    y = (
+        torch.from_numpy(train.labels.astype(np.float32)).to(dev)
+        if train.labels is not None
+        else None
+    )
+    n = len(train)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = n // bs
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        initial=state["step"],
+        disable=not progress,
+        desc=f"{config.method}-{model_config.n_bits}",
+        unit="step",
+        leave=False,
+    )
+
+    while state["epoch"] < config.epochs:
+        order = torch.from_numpy(_epoch_order(config.seed, state["epoch"], n)).to(dev)
+        model.train()
+        sums = {
+            k: torch.tensor(v, dtype=torch.float64, device=dev)
+            for k, v in state["epoch_sums"].items()
+        }
+        t0 = time.perf_counter()
+        while state["batch"] < steps_per_epoch:
+            idx = order[state["batch"] * bs : (state["batch"] + 1) * bs]
+            with autocast:
+                f, g = model(x_img[idx], x_txt[idx])
+            if config.method == "dcmh":
+                assert y is not None
+                s = label_similarity(y[idx], y[idx])
+                loss, parts = dcmh_loss(f, g, s, config.quantization_weight, config.balance_weight)
+            else:
+                loss, parts = contrastive_loss(
+                    f, g, config.temperature, config.quantization_weight, config.balance_weight
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+
+            state["step"] += 1
+            state["batch"] += 1
+            state["samples_seen"] += bs
+            for k, v in {"loss": loss.detach(), **parts}.items():  # summed on the device: no sync
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
+            bar.update(1)
+            if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
+                state["epoch_sums"] = {k: float(v) for k, v in sums.items()}  # syncs the device
+                state["train_seconds"] += time.perf_counter() - t0
+                ckpt.save(directory, run_cfg, model, opt, state, best=best)
+                t0 = time.perf_counter()
+            if on_step is not None:
+                on_step(state["step"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()  # the steps' kernels have run: time them, not their launch
+        state["train_seconds"] += time.perf_counter() - t0
+
+        # End of epoch: losses, validation, early stopping.
+        losses = {k: float(v) / steps_per_epoch for k, v in sums.items()}
+        bar.set_postfix(loss=f"{losses['loss']:.4f}")
+        entry: dict[str, Any] = {"epoch": state["epoch"] + 1, "step": state["step"], **losses}
+        if val is not None and len(val):
+            scores = _validate(model, val, val_database or train, relevance, dev)
+            entry.update({f"val_{k}": v for k, v in scores.items()})
+            if state["best_val_map"] is None or scores["map"] > state["best_val_map"]:
+                state.update(best_val_map=scores["map"], best_step=state["step"], bad_epochs=0)
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+        state["history"].append(entry)
+        log.info(
+            "%s-%d epoch %d: %s",
+            config.method,
+            model_config.n_bits,
+            entry["epoch"],
+            ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if isinstance(v, float)),
+        )
+        state.update(epoch=state["epoch"] + 1, batch=0, epoch_sums={})
+        if config.patience and state["bad_epochs"] >= config.patience:
+            state["early_stop_step"] = state["step"]
+            log.info(
+                "%s-%d: early stop at step %d (best val mAP %.4f at step %s)",
+                config.method,
+                model_config.n_bits,
+                state["step"],
+                state["best_val_map"],
+                state["best_step"],
+            )
+            break
+    bar.close()
+
+    state["done"] = True
+    if best is not None:
+        model.load_state_dict(best)
+    ckpt.save(directory, run_cfg, model, opt, state)
+    model.eval()
+    return _result(model, state, relevance, resumed_from)
+
+
+def encode(
+    model: CrossModalHasher, data: PairedData, device: str | torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous codes ``(image, text)``, float32 ``(n, n_bits)``, in eval mode and float32
+    (no autocast), in fixed batches of :data:`ENCODE_BATCH` rows."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[np.ndarray]] = [[], []]
+    with torch.inference_mode():
+        for j, (head, x) in enumerate(((model.image, data.image), (model.text, data.text))):
+            for lo in range(0, len(x), ENCODE_BATCH):
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(x[lo : lo + ENCODE_BATCH], np.float32)
+                )
+                out[j].append(head(batch.to(dev)).float().cpu().numpy())
+    model.train(was_training)
+    k = model.config.n_bits
+    img = np.concatenate(out[0]) if out[0] else np.zeros((0, k), np.float32)
+    txt = np.concatenate(out[1]) if out[1] else np.zeros((0, k), np.float32)
+    return img, txt
+
+
+def _validate(
+    model: CrossModalHasher,
+    val: PairedData,
+    database: PairedData,
+    relevance: str,
+    dev: torch.device,
+) -> dict[str, float]:
+    qi, qt = (pack_bits(x > 0) for x in encode(model, val, dev))
+    if relevance == "pairs":
+        return cross_modal_map(qi, qt, qi, qt, None, None)
+    di, dt = (pack_bits(x > 0) for x in encode(model, database, dev))
+    return cross_modal_map(qi, qt, di, dt, val.labels, database.labels)
+
+
+def _result(
+    model: CrossModalHasher, state: dict[str, Any], relevance: str, resumed_from: int | None
+) -> TrainResult:
+    history = state["history"]
+    last = history[-1] if history else {}
+    final = {
+        k: v for k, v in last.items() if k not in ("epoch", "step") and not k.startswith("val_")
+    }
+    secs = state["train_seconds"]
+    return TrainResult(
+        model=model,
+        steps=state["step"],
+        epochs=state["epoch"],
+        best_val_map=state["best_val_map"],
+        best_step=state["best_step"],
+        early_stop_step=state["early_stop_step"],
+        final_losses=final,
+        samples_per_s=state["samples_seen"] / secs if secs > 0 else 0.0,
+        relevance=relevance,
+        resumed_from_step=resumed_from,
+        history=history,
+    )
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _model_seed(seed: int, method: str, n_bits: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{method}:{n_bits}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _data_id(train: PairedData, val: PairedData | None, database: PairedData | None) -> str:
+    arrays = []
+    for part in (train, val, database):
+        if part is not None:
+            arrays += [part.image, part.text]
+            if part.labels is not None:
+                arrays.append(part.labels)
+        arrays.append(np.zeros(0, np.int8))  # separator: (train, None) != (None, train)
+    return ckpt.fingerprint(*arrays)

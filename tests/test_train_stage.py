@@ -1,0 +1,384 @@
+"""The train stage over files: roles per protocol, outputs (the contract with evaluate), reruns,
+params validation and the CLI. Upstream outputs are fabricated with label structure."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cmrops import cli, io, unpack_bits
+from cmrops.models.synthetic import synthetic_pairs
+from cmrops.params import ParamsError, load_section
+from cmrops.schema import ASSIGNMENTS
+from cmrops.stages.train import TrainParams, run
+
+FAST = TrainParams(
+    methods=("dcmh", "contrastive"),
+    bits=(16, 64),
+    epochs=6,
+    batch_size=64,
+    hidden=(64,),
+    patience=0,
+    checkpoint_every=0,
+)
+
+
+def fabricate(
+    root: Path, n: int = 400, protocol: str = "hashing", seed: int = 0
+) -> dict[str, Path]:
+    """Upstream outputs for ``n`` samples: clean samples, features, labels, assignments."""
+    data = synthetic_pairs(n, n_labels=6, image_dim=32, text_dim=24, noise=0.8, seed=seed)
+    ids = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()[:16] for i in range(n)]
+    # feature rows deliberately not in sample order
+    perm = np.random.default_rng(seed).permutation(n)
+    dirs = {k: root / k for k in ("clean", "interim", "labelled", "split")}
+    feat = dirs["interim"] / "features"
+    feat.mkdir(parents=True)
+    image = np.zeros_like(data.image)
+    text = np.zeros_like(data.text)
+    image[perm], text[perm] = data.image, data.text
+    io.write_npy(feat / "image.npy", image)
+    io.write_npy(feat / "text.npy", text)
+    io.write_json(
+        feat / "meta.json",
+        {
+            "embeddings": True,
+            "rows": n,
+            "image": {"encoder": "syn", "dim": 32},
+            "text": {"encoder": "syn", "dim": 24},
+        },
+    )
+    io.write_parquet(
+        dirs["clean"] / "samples.parquet",
+        pa.table({"sample_id": ids, "feature_row": perm.astype(np.int64)}),
+    )
+    names = [f"class{j}" for j in range(6)]
+    rows = [(ids[i], names[j]) for i in range(n) for j in np.flatnonzero(data.labels[i])]
+    io.write_parquet(
+        dirs["labelled"] / "labels.parquet",
+        pa.table(
+            {
+                "sample_id": [r[0] for r in rows],
+                "label": [r[1] for r in rows],
+                "source": ["auto"] * len(rows),
+                "method": ["provided"] * len(rows),
+                "confidence": [1.0] * len(rows),
+            }
+        ),
+    )
+    io.write_json(dirs["labelled"] / "vocabulary.json", {"labels": names})
+    order = np.argsort(ids)
+    r = np.random.default_rng(seed + 1).random(n)
+    if protocol == "hashing":
+        split = np.where(r < 0.2, "query", "database")
+        in_train = (split == "database") & (r < 0.8)
+    else:
+        split = np.where(r < 0.7, "train", np.where(r < 0.85, "val", "test"))
+        in_train = split == "train"
+    io.write_parquet(
+        dirs["split"] / "assignments.parquet",
+        pa.table(
+            {
+                "sample_id": [ids[i] for i in order],
+                "split": split[order].tolist(),
+                "in_train": in_train[order].tolist(),
+                "group_id": [ids[i] for i in order],
+                "protocol": [protocol] * n,
+                "seed": [7] * n,
+            },
+            schema=ASSIGNMENTS,
+        ),
+    )
+    return dirs
+
+
+def train(root: Path, dirs: dict[str, Path], p: TrainParams = FAST, **kw: Any) -> dict[str, Any]:
+    return run(
+        p,
+        dirs["split"],
+        dirs["clean"],
+        dirs["interim"],
+        kw.pop("labelled", dirs["labelled"]),
+        root / "models",
+        root / "codes",
+        metrics_path=root / "metrics" / "train.json",
+        progress=False,
+        **kw,
+    )
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    return {str(p): io.sha256_file(p) for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def test_hashing_protocol_outputs_follow_the_contract(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path)
+    m = train(tmp_path, dirs)
+    a = pq.read_table(dirs["split"] / "assignments.parquet").to_pylist()
+    n_query = sum(x["split"] == "query" for x in a)
+    n_db = sum(x["split"] == "database" for x in a)
+    n_pool = sum(x["in_train"] for x in a)
+    assert m["roles"] == {
+        "train": m["roles"]["train"],
+        "val": m["roles"]["val"],
+        "query": n_query,
+        "database": n_db,
+    }
+    assert m["roles"]["train"] + m["roles"]["val"] == n_pool
+    assert m["roles"]["val"] == round(0.1 * n_pool)
+    assert m["val_from"] == "train_slice"
+    assert set(m["models"]) == {"dcmh-16", "dcmh-64", "contrastive-16", "contrastive-64"}
+
+    rows = pq.read_table(tmp_path / "codes" / "rows.parquet").to_pylist()
+    q_ids = [x["sample_id"] for x in a if x["split"] == "query"]
+    db_ids = [x["sample_id"] for x in a if x["split"] == "database"]
+    assert [r["sample_id"] for r in rows if r["role"] == "query"] == q_ids
+    assert [r["sample_id"] for r in rows if r["role"] == "database"] == db_ids
+    assert [r["row"] for r in rows if r["role"] == "database"] == list(range(n_db))
+
+    for name, bits in (("dcmh-16", 16), ("contrastive-64", 64)):
+        out = tmp_path / "codes" / name
+        for kind in ("image", "text"):
+            for role, count in (("query", n_query), ("database", n_db)):
+                codes = np.load(out / f"{kind}_{role}.npy")
+                floats = np.load(out / f"{kind}_{role}_float.npy")
+                assert codes.dtype == np.uint64
+                assert codes.shape == (count, 1)
+                assert floats.dtype == np.float32
+                assert floats.shape == (count, bits)
+                np.testing.assert_array_equal(unpack_bits(codes, bits), floats > 0)
+                if bits < 64:  # padding bits are zero
+                    assert not (codes >> np.uint64(bits)).any()
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["method"] == name.split("-")[0]
+        assert meta["bits"] == bits
+        assert meta["protocol"] == "hashing"
+        assert meta["split_seed"] == 7
+        assert meta["n_query"] == n_query
+        assert meta["n_database"] == n_db
+        assert meta["model_dir"] == str(tmp_path / "models" / name)
+        assert meta["val_relevance"] == "labels"
+        assert meta["steps"] == m["models"][name]["steps"] > 0
+        model = tmp_path / "models" / name
+        assert {p.name for p in model.iterdir()} == {
+            "model.safetensors",
+            "optimizer.safetensors",
+            "state.json",
+            "config.json",
+        }
+    saved = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert saved == m
+    assert all(s["best_val_map"] > 0.3 for s in m["models"].values())
+
+
+def test_rerun_is_idempotent_and_resumes_nothing(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, n=250)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(32,), epochs=3)
+    train(tmp_path, dirs, p)
+    before = snapshot(tmp_path / "models", tmp_path / "codes", tmp_path / "metrics")
+    train(tmp_path, dirs, p)
+    assert snapshot(tmp_path / "models", tmp_path / "codes", tmp_path / "metrics") == before
+
+
+def test_changed_params_are_refused_then_restart_retrains(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, n=250)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(32,), epochs=2)
+    train(tmp_path, dirs, p)
+    q = dataclasses.replace(p, lr=5e-4)
+    with pytest.raises(ValueError, match=r"train\.lr: checkpoint 0\.003, now 0\.0005"):
+        train(tmp_path, dirs, q)
+    m = train(tmp_path, dirs, q, restart=True)
+    assert m["models"]["contrastive-32"]["steps"] > 0
+
+
+def test_ratio_protocol_roles(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, protocol="ratio", n=300)
+    p = dataclasses.replace(FAST, methods=("dcmh",), bits=(32,), epochs=2)
+    m = train(tmp_path, dirs, p)
+    a = pq.read_table(dirs["split"] / "assignments.parquet").to_pylist()
+    count = {s: sum(x["split"] == s for x in a) for s in ("train", "val", "test")}
+    assert m["roles"] == {
+        "train": count["train"],
+        "val": count["val"],
+        "query": count["test"],
+        "database": count["train"] + count["val"],
+    }
+    assert m["val_from"] == "split"
+    rows = pq.read_table(tmp_path / "codes" / "rows.parquet").to_pylist()
+    db = [r["sample_id"] for r in rows if r["role"] == "database"]
+    assert db == sorted(x["sample_id"] for x in a if x["split"] in ("train", "val"))
+
+
+def test_without_labels_only_contrastive_and_paired_validation(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, n=250)
+    with pytest.raises(ValueError, match="dcmh is supervised"):
+        train(tmp_path, dirs, labelled=None)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(16,), epochs=2)
+    m = train(tmp_path, dirs, p, labelled=None)
+    meta = json.loads((tmp_path / "codes" / "contrastive-16" / "meta.json").read_text())
+    assert meta["val_relevance"] == "pairs"
+    assert m["labels"] == 0
+
+
+def test_stale_code_folders_are_removed(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, n=250)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(16, 32), epochs=1)
+    train(tmp_path, dirs, p)
+    (tmp_path / "codes" / "mine").mkdir()  # not ours: kept
+    train(tmp_path, dirs, dataclasses.replace(p, bits=(32,)))
+    assert sorted(x.name for x in (tmp_path / "codes").iterdir()) == [
+        "contrastive-32",
+        "mine",
+        "rows.parquet",
+    ]
+
+
+def test_bad_upstream_is_reported(tmp_path: Path) -> None:
+    dirs = fabricate(tmp_path, n=120)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(16,), epochs=1)
+    t = pq.read_table(dirs["clean"] / "samples.parquet")
+    io.write_parquet(dirs["clean"] / "samples.parquet", t.slice(0, 100))
+    with pytest.raises(ValueError, match="split is stale"):
+        train(tmp_path, dirs, p)
+    rows = t["feature_row"].to_numpy().copy()
+    rows[3] = -1
+    io.write_parquet(
+        dirs["clean"] / "samples.parquet", t.set_column(1, "feature_row", pa.array(rows))
+    )
+    with pytest.raises(ValueError, match="no embeddings"):
+        train(tmp_path, dirs, p)
+    with pytest.raises(FileNotFoundError, match="cmrops split"):
+        train(tmp_path, {**dirs, "split": tmp_path / "nowhere"}, p)
+
+
+# --------------------------------------------------------------------------- params and CLI
+
+
+def _params(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_params_section_loads_strictly(tmp_path: Path) -> None:
+    p = load_section(
+        _params(tmp_path, "train:\n  bits: [32]\n  methods: contrastive\n"), "train", TrainParams
+    )
+    assert p.bits == (32,)
+    assert p.methods == ("contrastive",)
+    assert load_section(_params(tmp_path, "train:\n  bits: 64\n"), "train", TrainParams).bits == (
+        64,
+    )
+    bad = {
+        "  bitz: [32]\n": "unknown key",
+        "  bits: [33]\n": "not supported",
+        "  bits: [32, 32]\n": "must not repeat",
+        "  methods: [dcmh, hashnet]\n": "unknown",
+        "  lr: 0\n": "lr must be",
+        "  epochs: 0\n": "epochs must be",
+        "  val_fraction: 1.5\n": "val_fraction",
+        "  device: tpu\n": "not one of",
+        "  temperature: -1\n": "temperature",
+        "  hidden: [0]\n": "hidden widths",
+        "  finetune_encoder: openai/clip-vit-base-patch32\n": "not supported yet",
+    }
+    for line, msg in bad.items():
+        with pytest.raises(ParamsError, match=msg):
+            load_section(_params(tmp_path, "train:\n" + line), "train", TrainParams)
+
+
+def test_repository_params_yaml_has_a_valid_train_section() -> None:
+    root = Path(__file__).resolve().parents[1]
+    p = load_section(root / "params.yaml", "train", TrainParams)
+    assert p.bits == (16, 32, 64, 128)
+    assert p.finetune_encoder is None
+
+
+def test_cli_trains_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dirs = fabricate(tmp_path, n=200)
+    params = _params(
+        tmp_path,
+        "train:\n  methods: [contrastive]\n  bits: [32]\n  epochs: 2\n  batch_size: 64\n"
+        "  hidden: [32]\n",
+    )
+    args = [
+        "train",
+        "--params",
+        str(params),
+        "--split",
+        str(dirs["split"]),
+        "--clean",
+        str(dirs["clean"]),
+        "--interim",
+        str(dirs["interim"]),
+        "--labelled",
+        str(dirs["labelled"]),
+        "--models",
+        str(tmp_path / "models"),
+        "--codes",
+        str(tmp_path / "codes"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "contrastive-32:" in out
+    assert "samples/s" in out
+    assert (tmp_path / "codes" / "contrastive-32" / "image_query.npy").is_file()
+    params.write_text("train:\n  bits: [31]\n")
+    assert cli.main(args) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
+    """``dvc exp run -S 'train.bits=[32]'`` on the repository's train stage (inputs fabricated)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    bindir = Path(sys.executable).parent
+    if not (bindir / "dvc").is_file() or shutil.which("git") is None:
+        pytest.skip("dvc or git not installed")
+    repo = Path(__file__).resolve().parents[1]
+    fabricate(tmp_path / "data", n=160)
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]
+    stage["deps"] = [d for d in stage["deps"] if d.startswith("data/")]  # the code is imported
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    p = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    p.update(bits=[16, 64], epochs=1, hidden=[16], batch_size=32, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": p}))
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(repo),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+    def sh(*args: str) -> None:
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    sh("git", "init", "-q", "-b", "main")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sh("dvc", "exp", "run", "-S", "train.bits=[32]")
+    assert sorted(x.name for x in (tmp_path / "data" / "codes").iterdir()) == [
+        "contrastive-32",
+        "dcmh-32",
+        "rows.parquet",
+    ]
+    m = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert sorted(m["models"]) == ["contrastive-32", "dcmh-32"]
