@@ -1,14 +1,17 @@
 # The two commands of the README, plus helpers. Each sets itself up on a fresh machine.
-.PHONY: run test setup bench lock clean
+.PHONY: run test setup demo bench lock clean
 
-run: setup            ## the main job, end to end on embedded defaults
-	.venv/bin/cmrops demo
+run:                  ## the main job: the whole Airflow DAG on the built-in synthetic set, versioned with DVC
+	scripts/main_job.sh
 
 test:                 ## the whole test suite (what CI runs)
 	scripts/test.sh
 
 setup:
 	scripts/bootstrap.sh
+
+demo: setup           ## a short tour of the Hamming engine on generated codes
+	.venv/bin/cmrops demo
 
 bench: setup          ## benchmarks against the named baselines (prints tables)
 	.venv/bin/python benches/bench_core.py

@@ -141,6 +141,41 @@ def run(
     return metrics
 
 
+# Fan-out hooks for schedulers (Airflow dynamic task mapping): plan_shards -> run_shards on
+# each index (any order, any worker sharing the out folder) -> run, which then finds every shard
+# recorded and only merges. The bytes are those of a single `run`.
+
+
+def plan_shards(
+    params: PreprocessParams, raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> list[int]:
+    """The shard indices of this input (stale shard files of another plan are removed)."""
+    rows, _ = _load_raw(Path(raw_dir))
+    shards = _plan(rows, params)
+    shard_dir = Path(out_dir) / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale(shard_dir, len(shards))
+    return [s.index for s in shards]
+
+
+def run_shards(
+    params: PreprocessParams,
+    raw_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    indices: Sequence[int],
+) -> dict[str, Any]:
+    """Decode and embed the shards ``indices`` (those not recorded already); returns timings."""
+    raw = Path(raw_dir)
+    rows, _ = _load_raw(raw)
+    shards = _plan(rows, params)
+    bad = [i for i in indices if not 0 <= i < len(shards)]
+    if bad:
+        raise ValueError(f"shard index(es) {bad} out of range: the plan has {len(shards)} shards")
+    shard_dir = Path(out_dir) / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    return _execute([shards[i] for i in sorted(set(indices))], params, raw, shard_dir)
+
+
 # --------------------------------------------------------------------------- input and plan
 
 

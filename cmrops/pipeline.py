@@ -1,0 +1,323 @@
+"""The pipeline's stages as data: their ``cmrops`` command line, inputs and outputs.
+
+One table serves both shells, so Airflow and DVC drive the same code with the same arguments:
+``dvc.yaml``'s ``cmd`` of each stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's
+tasks call :func:`run_stage`, which runs ``cmrops.cli.main(argv)`` in-process with the same argv.
+
+Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives). With a
+storage root other than the work folder (``s3://bucket/prefix`` for workers that share no disk),
+:func:`run_stage` pulls the stage's inputs from the root first and pushes its outputs after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "Stage", "StageError", "argv", "effective_params", "run_stage", "stage_names"]
+
+
+class StageError(RuntimeError):
+    """A stage command exited non-zero; ``rc == 2`` is bad input or configuration (retrying
+    cannot help), anything else may be transient."""
+
+    def __init__(self, stage: str, rc: int) -> None:
+        super().__init__(f"cmrops {stage} failed (exit {rc}); see the log above")
+        self.stage, self.rc = stage, rc
+
+    @property
+    def retryable(self) -> bool:
+        return self.rc != 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    args: tuple[str, ...]  # after "cmrops <name> --params P"
+    inputs: tuple[str, ...]  # folders/files read (relative to the work folder)
+    outputs: tuple[str, ...]  # folders/files written
+    gpu: bool = False
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("collect", ("--out", "data/raw"), (), ("data/raw",)),
+        Stage(
+            "preprocess",
+            ("--raw", "data/raw", "--out", "data/interim"),
+            ("data/raw",),
+            ("data/interim",),
+        ),
+        Stage(
+            "label",
+            ("--interim", "data/interim", "--out", "data/labelled"),
+            ("data/interim",),
+            ("data/labelled",),
+        ),
+        Stage(
+            "clean",
+            (
+                "--interim", "data/interim", "--labelled", "data/labelled", "--raw", "data/raw",
+                "--out", "data/clean", "--metrics", "metrics/quality.json",
+            ),
+            ("data/interim", "data/labelled", "data/raw"),
+            ("data/clean", "metrics/quality.json"),
+        ),
+        Stage(
+            "split",
+            (
+                "--clean", "data/clean", "--labelled", "data/labelled",
+                "--out", "data/split", "--metrics", "metrics/split.json",
+            ),
+            ("data/clean", "data/labelled"),
+            ("data/split", "metrics/split.json"),
+        ),
+        Stage(
+            "train",
+            (
+                "--split", "data/split", "--clean", "data/clean", "--interim", "data/interim",
+                "--labelled", "data/labelled", "--models", "models", "--codes", "data/codes",
+                "--metrics", "metrics/train.json",
+            ),
+            ("data/split", "data/clean", "data/interim", "data/labelled"),
+            ("models", "data/codes", "metrics/train.json"),
+            gpu=True,
+        ),
+        Stage(
+            "evaluate",
+            (
+                "--codes", "data/codes", "--labelled", "data/labelled", "--split", "data/split",
+                "--metrics", "metrics/retrieval.json", "--plots", "plots",
+            ),
+            ("data/codes", "data/labelled", "data/split"),
+            ("metrics/retrieval.json", "plots"),
+        ),
+    )
+}  # fmt: skip
+
+
+def stage_names() -> list[str]:
+    return list(STAGES)
+
+
+def argv(name: str, params_file: str = "params.yaml", root: str | None = None) -> list[str]:
+    """``cmrops`` arguments of stage ``name``; paths prefixed with ``root`` when given."""
+    st = STAGES[name]
+    args = list(st.args)
+    if root is not None:
+        args = [a if a.startswith("--") else str(Path(root) / a) for a in args]
+    return [name, "--params", params_file, *args]
+
+
+def available(name: str) -> bool:
+    """The stage's command exists in this checkout (train/evaluate may not have landed yet)."""
+    from cmrops.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return name in sub.choices  # type: ignore[operator]
+
+
+def effective_params(params_file: str | os.PathLike[str], overrides: dict[str, Any]) -> str:
+    """``params_file`` itself when there is nothing to override; else a copy beside it (so its
+    relative paths still resolve) named by the content's hash: ``.params-<sha>.yaml``.
+
+    Overrides: ``synthetic_n`` (``n`` of every synthetic source)."""
+    overrides = {k: v for k, v in overrides.items() if v not in (None, "")}
+    if not overrides:
+        return os.fspath(params_file)
+    import yaml
+
+    path = Path(params_file)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(overrides) - {"synthetic_n"})
+    if unknown:
+        raise ValueError(f"unknown param override(s): {', '.join(unknown)}")
+    if "synthetic_n" in overrides:
+        sources = [
+            s for s in data.get("collect", {}).get("sources", []) if s.get("kind") == "synthetic"
+        ]
+        if not sources:
+            raise ValueError(f"{path}: synthetic_n given but no synthetic source in collect")
+        for s in sources:
+            s["n"] = int(overrides["synthetic_n"])
+    text = yaml.safe_dump(data, sort_keys=False)
+    out = path.with_name(f".params-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml")
+    if not out.exists():
+        from cmrops import io
+
+        io.write_bytes(out, text.encode())
+    return str(out)
+
+
+@contextlib.contextmanager
+def _staged(stage: Stage, work: Path, root: str | None) -> Iterator[None]:
+    from cmrops import storage
+
+    if root:
+        storage.pull(root, list(stage.inputs) + list(stage.outputs), work)
+    yield
+    if root:
+        storage.push(work, list(stage.outputs), root)
+
+
+def run_stage(
+    name: str,
+    work: str | os.PathLike[str],
+    params_file: str = "params.yaml",
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Run stage ``name`` with its standard argv, paths under ``work`` (pulling inputs from and
+    pushing outputs to ``root`` when it is another place). Raises on failure."""
+    from cmrops.cli import main
+
+    st = STAGES[name]
+    work = Path(work).resolve()
+    root = None if not root or _same_place(root, work) else root
+    # exactly dvc.yaml's command line, run from the work folder: stages stamp the paths they are
+    # given into their outputs (e.g. model_dir), so absolute paths would change the bytes
+    params_arg = os.path.relpath(Path(params_file).resolve(), work)
+    args = argv(name, params_arg)
+    with _staged(st, work, root), _cwd(work):
+        log.info("cmrops %s  (in %s)", " ".join(args), work)
+        rc = main(args)
+        if rc:
+            raise StageError(name, rc)
+    return {"stage": name, "outputs": list(st.outputs), "work": str(work), "root": root}
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _same_place(root: str, work: Path) -> bool:
+    from cmrops.storage import parse_root
+
+    r = parse_root(root)
+    return r.is_local and Path(r.path) == work
+
+
+# --------------------------------------------------------------------------- preprocess fan-out
+
+
+def _preprocess_params(params_file: str) -> Any:
+    from cmrops.params import load_section
+    from cmrops.stages.preprocess import STAGE, PreprocessParams
+
+    return load_section(params_file, STAGE, PreprocessParams)
+
+
+def preprocess_plan(
+    work: str | os.PathLike[str], params_file: str = "params.yaml", root: str | None = None
+) -> list[int]:
+    """Shard indices of preprocess (the unit of dynamic task mapping)."""
+    from cmrops.stages.preprocess import plan_shards
+
+    work = Path(work).resolve()
+    root = None if not root or _same_place(root, work) else root
+    with _staged(Stage("preprocess_plan", (), ("data/raw",), ("data/interim/shards",)), work, root):
+        return plan_shards(
+            _preprocess_params(params_file), work / "data/raw", work / "data/interim"
+        )
+
+
+def preprocess_shard(
+    index: int,
+    work: str | os.PathLike[str],
+    params_file: str = "params.yaml",
+    root: str | None = None,
+) -> int:
+    """Decode and embed one shard (a no-op when it is recorded already)."""
+    from cmrops.stages.preprocess import run_shards
+
+    work = Path(work).resolve()
+    root = None if not root or _same_place(root, work) else root
+    st = Stage(
+        "preprocess_shard", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
+    )
+    with _staged(st, work, root):
+        run_shards(
+            _preprocess_params(params_file), work / "data/raw", work / "data/interim", [index]
+        )
+    return index
+
+
+# --------------------------------------------------------------------------- run summary
+
+
+def summary(work: str | os.PathLike[str] = ".") -> str:
+    """A short text report of a finished run from the metrics files under ``work``: samples
+    in / kept / quarantined by stage and reason, cleaning precision/recall on the planted
+    defects, split sizes and leakage, and the mAP table by model (method-bits) and direction."""
+    import json
+
+    w = Path(work)
+
+    def load(rel: str) -> dict[str, Any]:
+        p = w / rel
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    raw, interim = load("data/raw/metrics.json"), load("data/interim/metrics.json")
+    quality, split = load("metrics/quality.json"), load("metrics/split.json")
+    retrieval = load("metrics/retrieval.json")
+    lines = [f"cmrops run summary ({w.resolve()})", ""]
+    if raw:
+        rows = [
+            ("collect", raw.get("quarantined_by_reason", {})),
+            ("preprocess", interim.get("quarantined_by_reason", {})),
+            ("clean", quality.get("quarantined_by_reason", {})),
+        ]
+        total_q = sum(n for _, by in rows for n in by.values())
+        kept = quality.get("kept", interim.get("kept", raw.get("kept")))
+        lines.append(f"samples: {raw.get('inputs')} in, {kept} kept, {total_q} quarantined")
+        for stage, by in rows:
+            for reason, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"  {stage:<11}{reason:<28}{n:>6}")
+    synth = quality.get("synthetic", {}).get("overall")
+    if synth:
+        lines += [
+            "",
+            f"cleaning on the planted defects: precision {synth.get('precision')}, recall "
+            f"{synth.get('recall')} (clean caught {synth.get('caught')} of the "
+            f"{synth.get('relevant')} planted defects that reached it; dropped "
+            f"{synth.get('dropped')})",
+        ]
+    if split:
+        sizes = ", ".join(f"{k} {v}" for k, v in split.get("sizes", {}).items())
+        leak = split.get("leakage", {}).get("total")
+        proto = split.get("protocol", {}).get("name", "")
+        lines += ["", f"split ({proto}): {sizes}; leaking near-duplicate pairs: {leak}"]
+    models = retrieval.get("models", {})
+    if models:
+        directions = list(retrieval.get("directions", []))
+        head = "mAP (hash codes)"
+        lines += ["", f"{head:<22}" + "".join(f"{d:>16}" for d in directions)]
+
+        def order(name: str) -> tuple[str, int]:
+            m = models[name]
+            return str(m.get("method", name)), int(m.get("bits", 0))
+
+        for name in sorted(models, key=order):
+            dirs = models[name].get("directions", {})
+            cells = [dirs.get(d, {}).get("hash", {}).get("map") for d in directions]
+            lines.append(
+                f"  {name:<20}"
+                + "".join(f"{c:>16.4f}" if isinstance(c, float) else f"{'-':>16}" for c in cells)
+            )
+    elif raw:
+        lines += ["", "no retrieval metrics (train/evaluate did not run)"]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""DVC helpers: configure the remote, record stage outputs, push and pull.
+
+Every call runs the ``dvc`` of this interpreter (``python -m dvc``) in the repository folder, so
+the same code serves the Airflow DAG's last task, the main job and the tests (which work on a
+temporary copy, never on the checkout's own data).
+
+The committed ``.dvc/config`` names the default remote (a local folder). An S3/MinIO remote is
+added with :func:`configure_remote`: its URL may be committed, but its endpoint and credentials
+go to ``.dvc/config.local`` (``dvc remote modify --local``) or the environment
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``) - never to a committed file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RemoteInfo",
+    "VersioningError",
+    "commit",
+    "commit_and_push",
+    "configure_remote",
+    "dvc",
+    "ensure_remote_bucket",
+    "pull",
+    "push",
+    "remote_info",
+]
+
+#: Extra environment for every dvc call: no analytics, no update check, no prompts.
+_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_UPDATER_ENDPOINT": "", "DVC_IGNORE_ISATTY": "true"}
+
+
+class VersioningError(RuntimeError):
+    """A dvc command failed; the message names the command and dvc's own error lines."""
+
+
+def dvc(
+    args: list[str], repo: str | os.PathLike[str] = ".", check: bool = True, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dvc ARGS`` in ``repo``; raise :class:`VersioningError` (dvc's error) on failure."""
+    env = {**os.environ, **_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "ERROR" in ln] or lines[-5:]
+        raise VersioningError(
+            f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors)
+        )
+    return proc
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    name: str
+    url: str
+    endpoint: str | None
+
+
+def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> RemoteInfo:
+    """The remote ``name`` (default: the default remote) as merged from every config level."""
+    from dvc.repo import Repo
+
+    with Repo(os.fspath(repo)) as r:
+        conf: dict[str, Any] = r.config
+        name = name or conf["core"].get("remote")
+        if not name:
+            raise VersioningError(f"{repo}: no default DVC remote (dvc remote add -d NAME URL)")
+        remotes = conf.get("remote", {})
+        if name not in remotes:
+            raise VersioningError(f"{repo}: no DVC remote named {name!r} ({', '.join(remotes)})")
+        section = remotes[name]
+        url = section["url"]
+        if "://" not in url and not os.path.isabs(url):  # relative to .dvc/
+            url = str((Path(repo) / ".dvc" / url).resolve())
+        return RemoteInfo(name, url, section.get("endpointurl"))
+
+
+def configure_remote(
+    repo: str | os.PathLike[str],
+    name: str,
+    url: str,
+    endpoint: str | None = None,
+    default: bool = False,
+    local: bool = False,
+) -> None:
+    """Add (or replace) remote ``name``; its ``endpoint`` is only ever written with ``--local``."""
+    level = ["--local"] if local else []
+    dvc(["remote", "add", "--force", *level, *(["-d"] if default else []), name, url], repo)
+    if endpoint:
+        dvc(["remote", "modify", "--local", name, "endpointurl", endpoint], repo)
+
+
+def ensure_remote_bucket(repo: str | os.PathLike[str] = ".", name: str | None = None) -> bool:
+    """Create the S3 bucket of remote ``name`` when missing (minio SDK). False for a local remote
+    or an existing bucket."""
+    from urllib.parse import urlparse
+
+    from cmrops.storage import ensure_bucket
+
+    info = remote_info(repo, name)
+    u = urlparse(info.url)
+    if u.scheme != "s3":
+        return False
+    return ensure_bucket(u.netloc, info.endpoint)
+
+
+def commit(repo: str | os.PathLike[str] = ".", targets: list[str] | None = None) -> None:
+    """Record the current outputs of the dvc.yaml stages in dvc.lock and the cache
+    (``dvc commit --force``): what a run produced outside ``dvc repro`` (an Airflow run)."""
+    dvc(["commit", "--force", *(targets or [])], repo)
+
+
+def push(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: int = 4) -> str:
+    """``dvc push``; resumable: a rerun sends only the objects the remote lacks."""
+    try:
+        ensure_remote_bucket(repo, remote)
+    except Exception as e:  # unreachable server: let dvc push report it with its own words too
+        raise VersioningError(
+            f"DVC remote {remote or '(default)'} is not reachable: {e}. Start the object store "
+            "(or fix its endpoint) and rerun; the push resumes where it stopped."
+        ) from e
+    try:
+        proc = dvc(["push", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)
+    except VersioningError as e:
+        raise VersioningError(
+            f"{e}. The remote may be down or unreachable; rerun once it is back - the push "
+            "resumes (objects already sent are skipped)."
+        ) from e
+    return proc.stdout.strip()
+
+
+def pull(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: int = 4) -> str:
+    proc = dvc(["pull", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)
+    return proc.stdout.strip()
+
+
+def commit_and_push(
+    repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: int = 4
+) -> str:
+    """What a pipeline run ends with: record the outputs, then push them to the remote."""
+    commit(repo)
+    return push(repo, remote, jobs)

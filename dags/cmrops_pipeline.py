@@ -1,0 +1,206 @@
+"""
+### cmrops pipeline
+
+Builds an image-text retrieval dataset and hashing models, one task per stage:
+
+`collect` → `preprocess` (planned into shards, one **mapped** task per shard, then merged) →
+`label` → `clean` → `split` → `train` (pool `gpu`) → `evaluate` → `version`
+(`dvc commit` + `dvc push` to the DVC remote).
+
+Every task runs the same code with the same arguments as `dvc repro` (`cmrops.pipeline`, which
+calls `cmrops.cli.main`), so both produce the same bytes. Tasks are idempotent: a retry or a rerun
+of a finished task rewrites the same files (stages write atomically and skip recorded work).
+
+**Params** (trigger form): `params_file` (relative to the project), `storage_root` (empty: the
+project folder; or `s3://bucket/prefix` - endpoint and credentials from the workers' environment:
+`CMROPS_S3_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), `synthetic_n` (override the
+size of the built-in synthetic set), `stop_after` (last stage to run; later ones are skipped),
+`dvc_remote` (empty: the default remote) and `push`. A run with another params file or an
+override is not versioned (`version` skips: dvc.lock would pair the outputs with params.yaml).
+Empty `storage_root` / `dvc_remote` fall back to `$CMROPS_STORAGE_ROOT` / `$CMROPS_DVC_REMOTE`
+(set by `deploy/docker-compose.yml`).
+
+The project folder is `$CMROPS_PROJECT`, else the folder above `dags/`.
+
+**Assets** updated (schedule downstream DAGs on them): `cmrops://dataset/raw`,
+`cmrops://dataset/clean`, `cmrops://dataset/split`, `cmrops://models/hashing`,
+`cmrops://metrics/retrieval`, `cmrops://dataset/versioned`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
+
+PROJECT = os.environ.get("CMROPS_PROJECT") or str(Path(__file__).resolve().parents[1])
+STAGE_ORDER = ["collect", "preprocess", "label", "clean", "split", "train", "evaluate"]
+
+RAW = Asset("cmrops://dataset/raw")
+CLEAN = Asset("cmrops://dataset/clean")
+SPLIT = Asset("cmrops://dataset/split")
+MODELS = Asset("cmrops://models/hashing")
+RETRIEVAL = Asset("cmrops://metrics/retrieval")
+VERSIONED = Asset("cmrops://dataset/versioned")
+
+DEFAULT_ARGS = {
+    "owner": "cmrops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def _read_config() -> dict[str, str]:
+    """The run's settings from the trigger form (resolved in the worker, not at parse time)."""
+    from airflow.sdk import get_current_context
+
+    from cmrops.pipeline import effective_params
+
+    p = get_current_context()["params"]
+    project = Path(PROJECT)
+    params_file = project / p["params_file"]
+    overrides = {"synthetic_n": p.get("synthetic_n")}
+    return {
+        "work": str(project),
+        "params": effective_params(params_file, overrides),
+        "root": p.get("storage_root") or os.environ.get("CMROPS_STORAGE_ROOT", ""),
+        "stop_after": p["stop_after"],
+    }
+
+
+def _config() -> dict[str, str]:
+    """The run's settings; a bad params file fails the task at once (no retries)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return _read_config()
+    except (ValueError, FileNotFoundError) as e:
+        raise AirflowFailException(str(e)) from e
+
+
+def _run(name: str) -> dict[str, str]:
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from cmrops.pipeline import StageError, run_stage
+
+    cfg = _config()
+    if STAGE_ORDER.index(name) > STAGE_ORDER.index(cfg["stop_after"]):
+        raise AirflowSkipException(f"{name} is after stop_after={cfg['stop_after']}")
+    try:
+        run_stage(name, cfg["work"], cfg["params"], cfg["root"] or None)
+    except StageError as e:
+        if not e.retryable:  # bad input or configuration: retrying cannot help
+            raise AirflowFailException(str(e)) from e
+        raise
+    return {"stage": name, "work": cfg["work"]}
+
+
+@dag(
+    dag_id="cmrops_pipeline",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["cmrops", "dataset", "hashing"],
+    doc_md=__doc__,
+    default_args=DEFAULT_ARGS,
+    params={
+        "params_file": Param("params.yaml", type="string", description="relative to the project"),
+        "storage_root": Param(
+            "", type="string", description="empty = project folder; or s3://bucket/prefix"
+        ),
+        "synthetic_n": Param(
+            None, type=["null", "integer"], minimum=1, description="override synthetic size"
+        ),
+        "stop_after": Param("evaluate", enum=STAGE_ORDER, description="last stage to run"),
+        "dvc_remote": Param("", type="string", description="empty = the default DVC remote"),
+        "push": Param(True, type="boolean", description="dvc push at the end"),
+    },
+)
+def cmrops_pipeline() -> None:
+    @task(outlets=[RAW])
+    def collect() -> dict[str, str]:
+        return _run("collect")
+
+    @task
+    def preprocess_plan(_: dict[str, str]) -> list[int]:
+        from cmrops.pipeline import preprocess_plan as plan
+
+        cfg = _config()
+        return plan(cfg["work"], cfg["params"], cfg["root"] or None)
+
+    @task(max_active_tis_per_dagrun=4)
+    def preprocess_shard(index: int) -> int:
+        from cmrops.pipeline import preprocess_shard as shard
+
+        cfg = _config()
+        return shard(index, cfg["work"], cfg["params"], cfg["root"] or None)
+
+    @task
+    def preprocess(_: list[int]) -> dict[str, str]:
+        # every shard is recorded now: this only merges them (and redoes any that went missing)
+        return _run("preprocess")
+
+    @task
+    def label(_: dict[str, str]) -> dict[str, str]:
+        return _run("label")
+
+    @task(outlets=[CLEAN])
+    def clean(_: dict[str, str]) -> dict[str, str]:
+        return _run("clean")
+
+    @task(outlets=[SPLIT])
+    def split(_: dict[str, str]) -> dict[str, str]:
+        return _run("split")
+
+    @task(pool="gpu", outlets=[MODELS])
+    def train(_: dict[str, str]) -> dict[str, str]:
+        return _run("train")
+
+    @task(outlets=[RETRIEVAL])
+    def evaluate(_: dict[str, str]) -> dict[str, str]:
+        return _run("evaluate")
+
+    @task(outlets=[VERSIONED], trigger_rule=TriggerRule.NONE_FAILED)
+    def version() -> dict[str, str]:
+        """Record this run's outputs in DVC (dvc.lock + cache) and push them to the remote."""
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from cmrops import storage, versioning
+        from cmrops.pipeline import STAGES
+
+        cfg = _config()
+        p = get_current_context()["params"]
+        if Path(cfg["params"]).resolve() != (Path(cfg["work"]) / "params.yaml").resolve():
+            # dvc.yaml's commands read params.yaml: dvc.lock would pair these outputs with
+            # params they were not made with
+            raise AirflowSkipException(
+                f"not versioned: this run used {cfg['params']}, not params.yaml (overrides are "
+                "for trying things; edit params.yaml for a versioned run)"
+            )
+        if cfg["root"]:  # DVC versions the project's workspace: bring the outputs there
+            storage.pull(cfg["root"], [o for s in STAGES.values() for o in s.outputs], cfg["work"])
+        import yaml
+
+        declared = yaml.safe_load((Path(cfg["work"]) / "dvc.yaml").read_text())["stages"]
+        ran = STAGE_ORDER[: STAGE_ORDER.index(cfg["stop_after"]) + 1]
+        last = [s for s in ran if s in declared][-1]  # the last stage dvc.yaml declares
+        versioning.dvc(["commit", "--force", "--with-deps", last], cfg["work"])
+        remote = p["dvc_remote"] or os.environ.get("CMROPS_DVC_REMOTE") or None
+        pushed = versioning.push(cfg["work"], remote) if p["push"] else ""
+        return {"committed": last, "pushed": pushed[-500:]}
+
+    raw = collect()
+    shards = preprocess_plan(raw)
+    mapped = preprocess_shard.expand(index=shards)
+    interim = preprocess(mapped)
+    done = evaluate(train(split(clean(label(interim)))))
+    done >> version()
+
+
+cmrops_pipeline()
