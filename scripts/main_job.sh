@@ -67,11 +67,16 @@ if dvc status --cloud -q >/dev/null 2>&1; then
 else
     echo "DVC: outputs committed; some are not in the remote yet (run: dvc push)"
 fi
+if [[ -f dashboards/app.py ]]; then
+    DASHBOARD="dashboard   .venv/bin/streamlit run dashboards/app.py --server.address 127.0.0.1
+              then open http://127.0.0.1:8501"
+else
+    DASHBOARD="dashboard   not built yet; meanwhile the figures are in metrics/*.json and plots/"
+fi
 cat <<MSG
 
 Finished in ${SECS}s. Next:
-  dashboard   .venv/bin/streamlit run dashboards/app.py --server.address 127.0.0.1
-              then open http://127.0.0.1:8501
+  $DASHBOARD
   Airflow UI  source scripts/airflow_env.sh && airflow standalone
               then open http://127.0.0.1:${AIRFLOW__API__PORT:-8080} and log in as "admin"; the password is
               printed by standalone and kept in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated

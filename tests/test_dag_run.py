@@ -72,8 +72,8 @@ def test_dags_test_matches_dvc_repro_and_versions(
     outs = dvc_outs(reference)
     assert "models" in outs
     assert "metrics/retrieval.json" in outs
-    # byte for byte, except the wall-clock timings train stamps into its JSON files
-    got, want = tree_hashes(project, outs, True), tree_hashes(reference, outs, True)
+    # byte for byte: every table, array, weight, code and JSON file
+    got, want = tree_hashes(project, outs), tree_hashes(reference, outs)
     assert got.keys() == want.keys()
     assert {k for k in want if got[k] != want[k]} == set()
     # the last task recorded the run in DVC and pushed it to the default (local) remote
@@ -85,7 +85,7 @@ def test_dags_test_matches_dvc_repro_and_versions(
     # a rerun of the finished DAG changes nothing
     rc, state, out = dags_test(project, airflow_home, {"push": False})
     assert (rc, state) == (0, "success"), out[-5000:]
-    assert tree_hashes(project, outs, True) == want
+    assert tree_hashes(project, outs) == want
 
 
 def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(
@@ -117,7 +117,7 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(
     rc, state, out = dags_test(project, airflow_home, {"push": False})
     assert (rc, state) == (0, "success"), out[-5000:]
     outs = dvc_outs(reference)
-    assert tree_hashes(project, outs, True) == tree_hashes(reference, outs, True)
+    assert tree_hashes(project, outs) == tree_hashes(reference, outs)
     leftovers = [p for p in (project / "data").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 

@@ -6,7 +6,6 @@ Tests never run ``dvc repro``/``dvc push`` against the checkout's own data folde
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -20,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: What the copy needs to run the pipeline (the package itself is imported from the checkout).
 COPY = [".dvc/config", ".dvcignore", "dvc.yaml", "params.yaml", "cmrops", "dags", ".gitignore"]
-#: Stage outputs compared across runs; throughput.json holds wall-clock timings and is excluded.
-VOLATILE = {"throughput.json"}
+#: Stage outputs compared across runs; the throughput files hold wall-clock timings and are
+#: excluded (they are declared as uncached metrics, never as outputs).
+VOLATILE = {"throughput.json", "train_throughput.json"}
 
 
 def env() -> dict[str, str]:
@@ -91,11 +91,9 @@ def git_commit(repo: Path, msg: str) -> None:
     )
 
 
-def tree_hashes(root: Path, rels: list[str], wall_clock_free: bool = False) -> dict[str, str]:
-    """SHA-256 of every file under ``rels`` (relative path -> digest), volatile files excluded.
-
-    ``wall_clock_free``: JSON files are hashed without their timing keys (see ``_is_timing``);
-    every other file - tables, arrays, weights, codes - byte for byte."""
+def tree_hashes(root: Path, rels: list[str]) -> dict[str, str]:
+    """SHA-256 of every file under ``rels`` (relative path -> digest), byte for byte; the
+    throughput files (wall-clock timings, uncached metrics) and resume shards are excluded."""
     out: dict[str, str] = {}
     for rel in rels:
         base = root / rel
@@ -103,24 +101,8 @@ def tree_hashes(root: Path, rels: list[str], wall_clock_free: bool = False) -> d
         for f in files:
             if f.name in VOLATILE or "shards" in f.relative_to(root).parts:
                 continue
-            data = f.read_bytes()
-            if f.suffix == ".json" and wall_clock_free:
-                data = json.dumps(_drop_timings(json.loads(data)), sort_keys=True).encode()
-            out[str(f.relative_to(root))] = hashlib.sha256(data).hexdigest()
+            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
-
-
-#: JSON keys that hold wall-clock timings (train's state.json/meta.json/metrics stamp them).
-def _is_timing(key: str) -> bool:
-    return key.endswith(("_seconds", "_per_s")) or key in {"seconds", "elapsed"}
-
-
-def _drop_timings(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _drop_timings(v) for k, v in obj.items() if not _is_timing(k)}
-    if isinstance(obj, list):
-        return [_drop_timings(v) for v in obj]
-    return obj
 
 
 def dvc_outs(project: Path) -> list[str]:

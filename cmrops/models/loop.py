@@ -120,7 +120,7 @@ class TrainResult:
     best_step: int | None
     early_stop_step: int | None  # the step training stopped at when patience ran out
     final_losses: dict[str, float]  # mean of each loss term over the last epoch
-    samples_per_s: float  # training samples per second of optimisation (all sessions)
+    samples_per_s: float  # training samples per second of optimisation (this session; not saved)
     relevance: str  # "labels" or "pairs": what validation counted as relevant
     resumed_from_step: int | None  # step of the checkpoint this call continued from
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
@@ -209,8 +209,10 @@ def _fit(
         "epoch_sums": {},
         "history": [],
         "samples_seen": 0,
-        "train_seconds": 0.0,
     }
+    # Wall-clock throughput of this session only: kept out of the checkpoint so that saved
+    # state (and everything derived from it) is identical between runs.
+    clock = {"seconds": 0.0, "samples": 0}
     best: dict[str, torch.Tensor] | None = None
     resumed_from = None
     if ckpt.exists(directory):
@@ -223,7 +225,7 @@ def _fit(
     relevance = "labels" if labelled else "pairs"
     if state["done"]:
         model.eval()
-        return _result(model, state, relevance, resumed_from)
+        return _result(model, state, relevance, resumed_from, clock)
 
     x_img = torch.from_numpy(np.ascontiguousarray(train.image, np.float32)).to(dev)
     x_txt = torch.from_numpy(np.ascontiguousarray(train.text, np.float32)).to(dev)
@@ -278,19 +280,20 @@ def _fit(
             state["step"] += 1
             state["batch"] += 1
             state["samples_seen"] += bs
+            clock["samples"] += bs
             for k, v in {"loss": loss.detach(), **parts}.items():  # summed on the device: no sync
                 sums[k] = sums[k] + v.double() if k in sums else v.double()
             bar.update(1)
             if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
                 state["epoch_sums"] = {k: float(v) for k, v in sums.items()}  # syncs the device
-                state["train_seconds"] += time.perf_counter() - t0
+                clock["seconds"] += time.perf_counter() - t0
                 ckpt.save(directory, run_cfg, model, opt, state, best=best)
                 t0 = time.perf_counter()
             if on_step is not None:
                 on_step(state["step"])
         if dev.type == "cuda":
             torch.cuda.synchronize()  # the steps' kernels have run: time them, not their launch
-        state["train_seconds"] += time.perf_counter() - t0
+        clock["seconds"] += time.perf_counter() - t0
 
         # End of epoch: losses, validation, early stopping.
         losses = {k: float(v) / steps_per_epoch for k, v in sums.items()}
@@ -331,7 +334,7 @@ def _fit(
         model.load_state_dict(best)
     ckpt.save(directory, run_cfg, model, opt, state)
     model.eval()
-    return _result(model, state, relevance, resumed_from)
+    return _result(model, state, relevance, resumed_from, clock)
 
 
 def encode(
@@ -372,14 +375,18 @@ def _validate(
 
 
 def _result(
-    model: CrossModalHasher, state: dict[str, Any], relevance: str, resumed_from: int | None
+    model: CrossModalHasher,
+    state: dict[str, Any],
+    relevance: str,
+    resumed_from: int | None,
+    clock: dict[str, float],
 ) -> TrainResult:
     history = state["history"]
     last = history[-1] if history else {}
     final = {
         k: v for k, v in last.items() if k not in ("epoch", "step") and not k.startswith("val_")
     }
-    secs = state["train_seconds"]
+    secs = clock["seconds"]
     return TrainResult(
         model=model,
         steps=state["step"],
@@ -388,7 +395,7 @@ def _result(
         best_step=state["best_step"],
         early_stop_step=state["early_stop_step"],
         final_losses=final,
-        samples_per_s=state["samples_seen"] / secs if secs > 0 else 0.0,
+        samples_per_s=clock["samples"] / secs if secs > 0 else 0.0,
         relevance=relevance,
         resumed_from_step=resumed_from,
         history=history,
