@@ -442,7 +442,6 @@ def test_zero_shot_not_run_without_an_aligned_encoder(tmp_path):
 
 
 def test_zero_shot_prompts_through_cmrops_encoders(tmp_path):
-    pytest.importorskip("transformers")
     from cmrops.encoders import load_text_encoder
     from tests.tiny_models import tiny_clip
 

