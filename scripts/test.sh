@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/system_packages.sh
 export PATH="$PWD/.venv/bin:$PATH" PYO3_PYTHON="$PWD/.venv/bin/python"
 export CMROPS_SHARED_DATA="${CMROPS_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs beyond Python's (a real browser, a real Pushgateway).
+# Installs only what is missing; needs root (or sudo) the first time on a fresh machine.
+#   chromium                 headless browser for the dashboard's end-to-end test (playwright drives it)
+#   prometheus-pushgateway   the Pushgateway that short-lived Airflow tasks push metrics to
+set -euo pipefail
+
+PACKAGES=(chromium prometheus-pushgateway)
+
+log() { printf '\033[1m[system]\033[0m %s\n' "$*" >&2; }
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -eq 0 ]]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
+    echo "missing Debian packages: ${missing[*]}; install them as root:" >&2
+    echo "    apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+log "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
