@@ -16,6 +16,8 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
                       --split data/split --metrics metrics/retrieval.json --plots plots
     cmrops storage check [--url URL | --remote NAME]
     cmrops pipeline summary [--work .]
+    cmrops metrics serve [--project .] [--host 127.0.0.1] [--port 9108]
+    cmrops metrics push [--project .] [--gateway URL] [--job cmrops]
 
 Heavy modules are imported only inside the command that needs them.
 """
@@ -26,7 +28,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +128,42 @@ def build_parser() -> argparse.ArgumentParser:
     summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
     summ.add_argument("--work", default=".", help="the project folder of the run")
     summ.set_defaults(handler="cmrops.cli:_pipeline_summary")
+
+    met = sub.add_parser("metrics", help="Prometheus metrics of a project (serve, push)")
+    met_sub = met.add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
+    serve = met_sub.add_parser("serve", help="serve /metrics over HTTP until SIGTERM/Ctrl-C")
+    serve.add_argument("--project", default=".", help="the project folder (default .)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=9108, help="TCP port (default 9108; 0: any)")
+    serve.set_defaults(handler="cmrops.cli:_metrics_serve")
+    push = met_sub.add_parser("push", help="push every stage's metrics to a Pushgateway")
+    push.add_argument("--project", default=".", help="the project folder (default .)")
+    push.add_argument("--gateway", help="Pushgateway URL (default $CMROPS_PUSHGATEWAY_URL)")
+    push.add_argument("--job", default="cmrops", help="job label (default cmrops)")
+    push.set_defaults(handler="cmrops.cli:_metrics_push")
     return p
+
+
+def _metrics_serve(args: argparse.Namespace) -> int:
+    from cmrops.telemetry.serve import serve
+
+    serve(args.project, host=args.host, port=args.port, announce=lambda s: print(s, flush=True))
+    return 0
+
+
+def _metrics_push(args: argparse.Namespace) -> int:
+    from cmrops.telemetry import push
+
+    gateway = args.gateway or push.gateway_from_env()
+    if not gateway:
+        raise ValueError(f"no Pushgateway: pass --gateway URL or set ${push.GATEWAY_ENV}")
+    try:
+        stages = push.push_project(args.project, gateway, args.job, push.timeout_from_env())
+    except push.PushError as e:
+        print(f"cmrops metrics push: {e}", file=sys.stderr)
+        return 1
+    print(f"pushed metrics of {', '.join(stages)} to {gateway} (job {args.job})")
+    return 0
 
 
 def _pipeline_summary(args: argparse.Namespace) -> int:
@@ -164,6 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module_name, func_name = args.handler.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    from cmrops.pipeline import STAGES
+
+    if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
+        from cmrops.telemetry.record import run_recorded
+
+        return run_recorded(args, lambda: _call(func, args))
+    return _call(func, args)
+
+
+def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     try:
         return int(func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as e:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RUNLOG_PATH",
     "RUN_ID_ENV",
+    "Attempt",
     "StageRun",
     "append_run",
     "current_run_id",
@@ -197,21 +198,33 @@ def _git_short_sha(root: Path) -> str | None:
     return sha if proc.returncode == 0 and sha else None
 
 
+class Attempt:
+    """Handed out by :func:`record_stage`: call :meth:`fail` when the stage reports failure
+    without raising (a non-zero exit code)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def fail(self) -> None:
+        self.failed = True
+
+
 @contextlib.contextmanager
 def record_stage(
     project: str | os.PathLike[str],
     stage: str,
     headline: Callable[[], tuple[dict[str, int], dict[str, float]]] | None = None,
-) -> Iterator[None]:
+) -> Iterator[Attempt]:
     """Time the block and append a :class:`StageRun` for it: ``success`` with the counts and
     metrics ``headline()`` returns (read after the block, from the stage's metrics files), or
-    ``failed`` when the block raises (the exception propagates). A run log that cannot be
-    written is a warning, never a stage failure."""
+    ``failed`` when the block raises (the exception propagates) or calls ``attempt.fail()``. A
+    run log that cannot be written is a warning, never a stage failure."""
     started, t0 = time.time(), time.perf_counter()
+    attempt = Attempt()
     status = "failed"
     try:
-        yield
-        status = "success"
+        yield attempt
+        status = "failed" if attempt.failed else "success"
     finally:
         duration = time.perf_counter() - t0
         counts: dict[str, int] = {}
