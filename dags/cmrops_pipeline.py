@@ -10,6 +10,8 @@ Builds an image-text retrieval dataset and hashing models, one task per stage:
 Every task runs the same code with the same arguments as `dvc repro` (`cmrops.pipeline`, which
 calls `cmrops.cli.main`), so both produce the same bytes. Tasks are idempotent: a retry or a rerun
 of a finished task rewrites the same files (stages write atomically and skip recorded work).
+Each stage task appends a line to the run log (`.cmrops/runs.jsonl`, not versioned) under this
+DAG run's `run_id`, and pushes the stage's metrics to `$CMROPS_PUSHGATEWAY_URL` when it is set.
 
 **Params** (trigger form): `params_file` (relative to the project), `storage_root` (empty: the
 project folder; or `s3://bucket/prefix` - endpoint and credentials from the workers' environment:
@@ -82,6 +84,16 @@ def _config() -> dict[str, str]:
         raise AirflowFailException(str(e)) from e
 
 
+def _use_airflow_run_id() -> None:
+    """The stage's run-log line (and its Pushgateway push, when ``$CMROPS_PUSHGATEWAY_URL`` is
+    set) carries this DAG run's ``run_id``."""
+    from airflow.sdk import get_current_context
+
+    from cmrops.runlog import RUN_ID_ENV
+
+    os.environ[RUN_ID_ENV] = str(get_current_context()["run_id"])
+
+
 def _run(name: str) -> dict[str, str]:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -90,6 +102,7 @@ def _run(name: str) -> dict[str, str]:
     cfg = _config()
     if STAGE_ORDER.index(name) > STAGE_ORDER.index(cfg["stop_after"]):
         raise AirflowSkipException(f"{name} is after stop_after={cfg['stop_after']}")
+    _use_airflow_run_id()
     try:
         run_stage(name, cfg["work"], cfg["params"], cfg["root"] or None)
     except StageError as e:
