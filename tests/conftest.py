@@ -25,3 +25,21 @@ def coco_mini() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def dashboard_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE tiny real run shared by the dashboard tests: every stage collect -> evaluate
+    (in-process, real encoders, 100 synthetic samples with planted defects, so quarantine rows
+    of several reasons exist at collect, preprocess and clean), then ``dvc commit`` so
+    ``dvc.lock`` and the run log's data version exist. About 40 s on 2 cores.
+    Treat it as read-only."""
+    from cmrops.pipeline import STAGES, run_stage
+    from tests.test_dvc_support import git_commit, make_project, sh, tiny_params
+
+    project = make_project(tmp_path_factory.mktemp("dashboard") / "project", tiny_params(100))
+    for name in STAGES:
+        run_stage(name, project, str(project / "params.yaml"))
+    sh(["dvc", "commit", "--force", "--quiet"], project, timeout=300)
+    git_commit(project, "tiny run")
+    return project
