@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--codes", default="data/codes", help="output folder (data/codes)")
     train.add_argument("--metrics", default="metrics/train.json", help="metrics file")
     train.add_argument(
+        "--raw", default=None, help="collect's output folder: images for finetune_encoder"
+    )
+    train.add_argument(
         "--restart", action="store_true", help="discard existing checkpoints, train from scratch"
     )
     train.set_defaults(handler="cmrops.stages.train:cli_main")

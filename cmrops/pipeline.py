@@ -85,10 +85,10 @@ STAGES: dict[str, Stage] = {
             "train",
             (
                 "--split", "data/split", "--clean", "data/clean", "--interim", "data/interim",
-                "--labelled", "data/labelled", "--models", "models", "--codes", "data/codes",
-                "--metrics", "metrics/train.json",
+                "--labelled", "data/labelled", "--raw", "data/raw", "--models", "models",
+                "--codes", "data/codes", "--metrics", "metrics/train.json",
             ),
-            ("data/split", "data/clean", "data/interim", "data/labelled"),
+            ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
             ("models", "data/codes", "metrics/train.json"),
             gpu=True,
         ),

@@ -95,3 +95,31 @@ def test_train_on_the_real_upstream_stages(tmp_path: Path) -> None:
         assert s["steps"] > 0, name
         codes = np.load(tmp_path / "codes" / name / "text_database.npy")
         assert codes.shape == (len(a) - 20, 1)
+
+    # End-to-end fine-tuning of a (tiny, generated) CLIP-style encoder on the same upstream
+    # outputs: the stage reads the images collect stored and the normalised captions.
+    from tests.tiny_models import tiny_clip
+
+    clip = tiny_clip(tmp_path / "tiny-clip", image_size=32)
+    p["train"].update(
+        methods=["contrastive"], epochs=2, finetune_encoder=str(clip), encoder_layers=1
+    )
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    argv = [
+        "train", *P, "--split", d["split"], "--clean", d["clean"], "--interim", d["interim"],
+        "--labelled", d["labelled"], "--raw", d["raw"], "--models", str(tmp_path / "ft-models"),
+        "--codes", str(tmp_path / "ft-codes"), "--metrics", f"{m}/ft-train.json",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    ft = json.loads(Path(f"{m}/ft-train.json").read_text())
+    assert ft["finetune"]["encoder"] == str(clip)
+    assert len(ft["finetune"]["encoder_sha256"]) == 64
+    assert ft["models"]["contrastive-32"]["steps"] > 0
+    config = json.loads((tmp_path / "ft-models" / "contrastive-32" / "config.json").read_text())
+    assert config["model"]["encoder"] == str(clip)
+    assert config["model"]["image_dim"] == 16
+    codes = np.load(tmp_path / "ft-codes" / "contrastive-32" / "image_database.npy")
+    assert codes.shape == (len(a) - 20, 1)
+    assert cli.main(argv) == 0  # a rerun reuses the finished checkpoint: identical codes
+    again = np.load(tmp_path / "ft-codes" / "contrastive-32" / "image_database.npy")
+    assert np.array_equal(codes, again)

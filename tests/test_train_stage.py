@@ -298,7 +298,9 @@ def test_params_section_loads_strictly(tmp_path: Path) -> None:
         "  device: tpu\n": "not one of",
         "  temperature: -1\n": "temperature",
         "  hidden: [0]\n": "hidden widths",
-        "  finetune_encoder: openai/clip-vit-base-patch32\n": "not supported yet",
+        "  finetune_encoder: ''\n": "finetune_encoder: empty",
+        "  encoder_layers: -2\n": "encoder_layers",
+        "  encoder_lr: 0\n": "encoder_lr must be",
     }
     for line, msg in bad.items():
         with pytest.raises(ParamsError, match=msg):

@@ -25,6 +25,11 @@ class HasherConfig:
     n_bits: int  # code length
     hidden: tuple[int, ...] = (1024,)  # hidden layer widths of each head (empty: linear head)
     dropout: float = 0.1
+    # End-to-end fine-tuning (cmrops.models.finetune): the dual encoder under the heads, how many
+    # of its last blocks train, and the SHA-256 of its weights. None: heads on embeddings.
+    encoder: str | None = None
+    encoder_layers: int = 2
+    encoder_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_dim < 1 or self.text_dim < 1:
@@ -35,10 +40,15 @@ class HasherConfig:
             raise ValueError(f"hidden widths must be >= 1, got {list(self.hidden)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.encoder_layers < -1:
+            raise ValueError(f"encoder_layers must be >= -1 (-1: all), got {self.encoder_layers}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        if self.encoder is None:  # heads on embeddings: the config of every earlier checkpoint
+            for k in ("encoder", "encoder_layers", "encoder_sha256"):
+                del d[k]
         return d
 
     @classmethod

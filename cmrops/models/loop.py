@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cmrops.codes import pack_bits
 from cmrops.models import checkpoint as ckpt
+from cmrops.models.finetune import EncoderHasher, build_hasher
 from cmrops.models.hasher import CrossModalHasher, HasherConfig
 from cmrops.models.losses import contrastive_loss, dcmh_loss, label_similarity
 from cmrops.models.ranking import cross_modal_map
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 Method = Literal["dcmh", "contrastive"]
 METHODS: tuple[str, ...] = ("dcmh", "contrastive")
 ENCODE_BATCH = 4096  # fixed, so codes never depend on how many rows are encoded at once
+Hasher = CrossModalHasher | EncoderHasher
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation mAP before stopping; 0 = never
     checkpoint_every: int = 200  # steps; 0 = only at the end
     seed: int = 0
+    encoder_lr: float = 1e-5  # learning rate of the fine-tuned encoder blocks (finetune only)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,8 +80,10 @@ class TrainConfig:
         for name in ("patience", "checkpoint_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("lr", "encoder_lr"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a positive number, got {v}")
         for name in ("weight_decay", "quantization_weight", "balance_weight", "grad_clip"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -89,17 +94,18 @@ class TrainConfig:
 
 @dataclass
 class PairedData:
-    """Embeddings of paired samples (row ``i`` of ``image`` goes with row ``i`` of ``text``) and
-    their multi-hot labels (``None`` when the data has no labels)."""
+    """Paired samples (row ``i`` of ``image`` goes with row ``i`` of ``text``) and their
+    multi-hot labels (``None`` when the data has no labels). The rows are embeddings, or, for a
+    fine-tuned encoder (:mod:`cmrops.models.finetune`), ``uint8`` pixels and ``int64`` tokens."""
 
-    image: np.ndarray  # (n, image_dim) float32
-    text: np.ndarray  # (n, text_dim) float32
+    image: np.ndarray  # (n, image_dim) float32, or (n, size, size, 3) uint8
+    text: np.ndarray  # (n, text_dim) float32, or (n, 2, length) int64
     labels: np.ndarray | None = None  # (n, n_labels) bool
 
     def __post_init__(self) -> None:
-        if self.image.ndim != 2 or self.text.ndim != 2 or len(self.image) != len(self.text):
+        if self.image.ndim < 2 or self.text.ndim < 2 or len(self.image) != len(self.text):
             raise ValueError(
-                f"image/text: expected (n, d) arrays of equal n, got {self.image.shape} and "
+                f"image/text: expected (n, ...) arrays of equal n, got {self.image.shape} and "
                 f"{self.text.shape}"
             )
         if self.labels is not None and (self.labels.ndim != 2 or len(self.labels) != len(self)):
@@ -113,7 +119,7 @@ class PairedData:
 class TrainResult:
     """What :func:`fit` returns: the selected model (eval mode) and how training went."""
 
-    model: CrossModalHasher
+    model: Hasher
     steps: int
     epochs: int  # epochs completed
     best_val_map: float | None  # None without a validation set
@@ -128,7 +134,10 @@ class TrainResult:
 
 def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: str) -> dict:
     """The ``config.json`` of a run: a resume must match it exactly."""
-    return {"model": model_config.to_json(), "train": asdict(train_config), "data": data_id}
+    train = asdict(train_config)
+    if model_config.encoder is None:  # no encoder to fine-tune: the setting means nothing
+        del train["encoder_lr"]
+    return {"model": model_config.to_json(), "train": train, "data": data_id}
 
 
 def fit(
@@ -193,8 +202,13 @@ def _fit(
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - for any code that uses the global RNG
     random.seed(seed)
-    model = CrossModalHasher(model_config).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model = build_hasher(model_config).to(dev)
+    groups = (
+        model.param_groups(config.lr, config.encoder_lr)
+        if isinstance(model, EncoderHasher)
+        else [{"params": list(model.parameters())}]
+    )
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
     # Everything the loop carries from step to step lives in `state` (JSON) and `best` (tensors).
     state: dict[str, Any] = {
@@ -227,8 +241,8 @@ def _fit(
         model.eval()
         return _result(model, state, relevance, resumed_from, clock)
 
-    x_img = torch.from_numpy(np.ascontiguousarray(train.image, np.float32)).to(dev)
-    x_txt = torch.from_numpy(np.ascontiguousarray(train.text, np.float32)).to(dev)
+    x_img = _tensor(train.image).to(dev)
+    x_txt = _tensor(train.text).to(dev)
     y = (
         torch.from_numpy(train.labels.astype(np.float32)).to(dev)
         if train.labels is not None
@@ -274,7 +288,9 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], config.grad_clip
+                )
             opt.step()
 
             state["step"] += 1
@@ -338,20 +354,19 @@ def _fit(
 
 
 def encode(
-    model: CrossModalHasher, data: PairedData, device: str | torch.device | None = None
+    model: Hasher, data: PairedData, device: str | torch.device | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuous codes ``(image, text)``, float32 ``(n, n_bits)``, in eval mode and float32
-    (no autocast), in fixed batches of :data:`ENCODE_BATCH` rows."""
+    (no autocast), in fixed batches of :data:`ENCODE_BATCH` rows (fewer for an encoder model)."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    step = int(getattr(model, "encode_batch", ENCODE_BATCH))
     was_training = model.training
     model.eval()
     out: list[list[np.ndarray]] = [[], []]
     with torch.inference_mode():
         for j, (head, x) in enumerate(((model.image, data.image), (model.text, data.text))):
-            for lo in range(0, len(x), ENCODE_BATCH):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(x[lo : lo + ENCODE_BATCH], np.float32)
-                )
+            for lo in range(0, len(x), step):
+                batch = _tensor(x[lo : lo + step])
                 out[j].append(head(batch.to(dev)).float().cpu().numpy())
     model.train(was_training)
     k = model.config.n_bits
@@ -361,7 +376,7 @@ def encode(
 
 
 def _validate(
-    model: CrossModalHasher,
+    model: Hasher,
     val: PairedData,
     database: PairedData,
     relevance: str,
@@ -375,7 +390,7 @@ def _validate(
 
 
 def _result(
-    model: CrossModalHasher,
+    model: Hasher,
     state: dict[str, Any],
     relevance: str,
     resumed_from: int | None,
@@ -400,6 +415,13 @@ def _result(
         resumed_from_step=resumed_from,
         history=history,
     )
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """Embeddings as float32; pixels (uint8) and tokens (int64) keep their type."""
+    if np.issubdtype(a.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32))
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -84,7 +84,11 @@ class TrainParams:
     val_database_max: int = 5000  # training samples the validation queries retrieve from
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    finetune_encoder: str | None = None  # end-to-end CLIP-style fine-tuning: not supported yet
+    # End-to-end fine-tuning (cmrops.models.finetune): a CLIP-style dual encoder (HF id in the
+    # local cache, or a save_pretrained directory) under the heads; null: heads on embeddings.
+    finetune_encoder: str | None = None
+    encoder_layers: int = 2  # its last blocks per tower that train with the heads (-1: all)
+    encoder_lr: float = 1e-5  # their learning rate
 
     def __post_init__(self) -> None:
         from cmrops.models.hasher import SUPPORTED_BITS
@@ -108,13 +112,8 @@ class TrainParams:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_database_max < 1:
             raise ValueError(f"val_database_max must be >= 1, got {self.val_database_max}")
-        if self.finetune_encoder is not None:
-            raise ValueError(
-                f"finetune_encoder: end-to-end fine-tuning of {self.finetune_encoder!r} is not "
-                "supported yet - the train stage learns hashing heads on the embeddings "
-                "preprocess wrote (set preprocess.image_encoder/text_encoder to the CLIP-style "
-                "model instead); leave train.finetune_encoder null"
-            )
+        if self.finetune_encoder is not None and not str(self.finetune_encoder).strip():
+            raise ValueError("finetune_encoder: empty; name a CLIP-style model or use null")
         for m in methods:  # the optimisation settings, validated once
             self.train_config(m)
         for b in bits:
@@ -136,12 +135,24 @@ class TrainParams:
             patience=self.patience,
             checkpoint_every=self.checkpoint_every,
             seed=self.seed,
+            encoder_lr=self.encoder_lr,
         )
 
-    def model_config(self, image_dim: int, text_dim: int, bits: int) -> Any:
+    def model_config(
+        self, image_dim: int, text_dim: int, bits: int, encoder_sha256: str | None = None
+    ) -> Any:
         from cmrops.models.hasher import HasherConfig
 
-        return HasherConfig(image_dim, text_dim, bits, tuple(self.hidden), self.dropout)
+        return HasherConfig(
+            image_dim,
+            text_dim,
+            bits,
+            tuple(self.hidden),
+            self.dropout,
+            encoder=self.finetune_encoder,
+            encoder_layers=self.encoder_layers,
+            encoder_sha256=encoder_sha256,
+        )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -149,7 +160,7 @@ class TrainParams:
 
 def cli_main(args: Any) -> int:
     """``cmrops train --params P --split S --clean C --interim I --labelled L --models M
-    --codes K --metrics F [--restart]``."""
+    --codes K --metrics F [--raw R] [--restart]``."""
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, TrainParams)
@@ -163,6 +174,7 @@ def cli_main(args: Any) -> int:
         args.codes,
         metrics_path=args.metrics,
         restart=args.restart,
+        raw_dir=args.raw,
     )
     r = m["roles"]
     print(
@@ -191,10 +203,12 @@ def run(
     metrics_path: str | os.PathLike[str] | None = None,
     restart: bool = False,
     progress: bool = True,
+    raw_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train every model of ``params`` and write their codes (see module docstring); returns
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
-    ``<codes>/train.json``."""
+    ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
+    the images that a fine-tuned encoder reads."""
     from cmrops.codes import pack_bits
     from cmrops.encoders import resolve_device
     from cmrops.models import checkpoint as ckpt
@@ -214,9 +228,18 @@ def run(
         )
     device = resolve_device(params.device)
 
+    image, text = data.image, data.text
+    encoder_sha = None
+    feature_dims = (data.image.shape[1], data.text.shape[1])
+    if params.finetune_encoder is not None:
+        raw = Path(raw_dir) if raw_dir is not None else Path(interim_dir).parent / "raw"
+        image, text, encoder_sha, feature_dims = load_encoder_inputs(
+            params.finetune_encoder, data.ids, Path(interim_dir), raw, progress
+        )
+
     def part(rows: np.ndarray) -> PairedData:
         return PairedData(
-            data.image[rows], data.text[rows], None if data.labels is None else data.labels[rows]
+            image[rows], text[rows], None if data.labels is None else data.labels[rows]
         )
 
     train, query, database = part(roles.train), part(roles.query), part(roles.database)
@@ -245,7 +268,7 @@ def run(
             if restart:
                 ckpt.remove(model_dir)
             result = fit(
-                params.model_config(data.image.shape[1], data.text.shape[1], bits),
+                params.model_config(*feature_dims, bits, encoder_sha),
                 params.train_config(method),
                 train,
                 val,
@@ -300,6 +323,14 @@ def run(
         "val_from": roles.val_from,
         "labels": 0 if data.labels is None else int(data.labels.shape[1]),
         "features": data.features,
+        "finetune": None
+        if params.finetune_encoder is None
+        else {
+            "encoder": params.finetune_encoder,
+            "encoder_sha256": encoder_sha,
+            "encoder_layers": params.encoder_layers,
+            "encoder_lr": params.encoder_lr,
+        },
         "models": summary,
     }
     metrics_file = Path(metrics_path) if metrics_path else codes / "train.json"
@@ -453,6 +484,49 @@ def _load_labels(labelled: Path, ids: list[str]) -> np.ndarray | None:
         log.warning("%s: no split sample has a vocabulary label; training without labels", path)
         return None
     return hot
+
+
+def load_encoder_inputs(
+    spec: str, ids: list[str], interim: Path, raw: Path, progress: bool
+) -> tuple[np.ndarray, np.ndarray, str, tuple[int, int]]:
+    """What a fine-tuned encoder trains on, for ``ids`` in order: ``uint8`` centre crops of the
+    images at the encoder's input size, the first normalised caption's tokens, the encoder
+    weights' SHA-256, and its feature widths (image, text)."""
+    from cmrops.models import finetune
+
+    directory = finetune.encoder_dir(spec)
+    sha = finetune.weights_sha256(str(directory))
+    path = interim / "samples.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found - run `cmrops preprocess` (or --interim)")
+    t = io.read_parquet(path).select(["sample_id", "image_path", "captions_norm"])
+    where = {s: i for i, s in enumerate(t["sample_id"].to_pylist())}
+    absent = [s for s in ids if s not in where]
+    if absent:
+        raise ValueError(f"{path}: {len(absent)} split sample(s) missing (e.g. {absent[0]})")
+    rows = [where[s] for s in ids]
+    rel = t["image_path"].to_pylist()
+    caps = t["captions_norm"].to_pylist()
+    paths = [raw / rel[i] for i in rows]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]}: image missing ({len(missing)} in all); fine-tuning reads the images "
+            "collect stored - pass --raw with collect's output folder"
+        )
+    captions = [caps[i][0] if caps[i] else "" for i in rows]
+    size, _, _ = finetune.image_stats(directory)
+    pixels = finetune.prepare_images(paths, size, progress)
+    tokens = finetune.tokenize_captions(directory, captions)
+    dim = finetune.projection_dim(directory)
+    log.info(
+        "fine-tuning %s: %d images at %dpx, captions of <= %d tokens",
+        spec,
+        len(ids),
+        size,
+        tokens.shape[2],
+    )
+    return pixels, tokens, sha, (dim, dim)
 
 
 # --------------------------------------------------------------------------- roles
