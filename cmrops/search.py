@@ -1,0 +1,518 @@
+"""Search the trained codes: a typed caption or a stored image in, the top ``k`` of the other
+modality out, exactly as a deployed index would answer.
+
+Everything is read from a project folder (the one ``dvc.yaml`` lives in) after ``train``:
+
+* ``data/codes/<method>-<bits>/`` - ``meta.json`` and the packed ``uint64`` codes of the query and
+  database samples (``{image,text}_{query,database}.npy``); ``data/codes/rows.parquet`` - the
+  sample of each code row;
+* ``models/<method>-<bits>/`` - the checkpoint, loaded by :func:`cmrops.models.checkpoint.load`
+  (safetensors and JSON only: nothing is unpickled; every file's hash is checked);
+* ``data/interim/features/meta.json`` - the text encoder preprocess used (a tiny run may use
+  another encoder than params.yaml names: the one the run *recorded* is the one loaded);
+* ``data/clean/samples.parquet`` - captions and image paths (images under ``data/raw/``);
+* ``data/labelled/labels.parquet`` and ``vocabulary.json`` - labels, for relevance.
+
+**Queries.** A caption is normalised as preprocess normalises captions
+(:func:`cmrops.text.normalize_caption`), embedded by the recorded text encoder (L2-normalised,
+as preprocess does; one caption is its own mean), passed through the model's text head and
+packed (``output > 0``): the same path the stored text codes took. It searches the database
+*image* codes. An image query is a query-set sample: its stored image code searches the database
+*text* codes (no image is re-encoded; the page offers the held-out query samples, so a result is
+never the query's own pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
+(distance, database row).
+
+**Relevance** follows the evaluate stage: a result is relevant when it shares at least one label
+with the query (labels below ``min_confidence`` ignored). An image query's labels are its labels
+in ``labels.parquet``. A typed caption has no stored labels, so its labels are the vocabulary
+labels the caption-keyword labeller (:class:`cmrops.labels.KeywordMatcher`, with the vocabulary's
+terms and synonyms) finds in it; when it names none - or the query sample has no label, or the
+run has no labels at all - relevance is **unknown** (``None``), never guessed.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from cmrops import io
+from cmrops.labels.keywords import KeywordMatcher
+from cmrops.labels.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from cmrops._core import HammingIndex
+    from cmrops.models.hasher import CrossModalHasher
+
+__all__ = [
+    "CaptionEncoder",
+    "Catalog",
+    "ModelCodes",
+    "ModelInfo",
+    "SearchError",
+    "SearchHit",
+    "SearchResult",
+    "SearchSettings",
+    "available_models",
+    "search_caption",
+    "search_image",
+    "thumbnail",
+]
+
+CODES_DIR = "data/codes"
+RAW_DIR = "data/raw"
+CLEAN_SAMPLES = "data/clean/samples.parquet"
+LABELLED_DIR = "data/labelled"
+FEATURES_META = "data/interim/features/meta.json"
+
+Direction = Literal["text_to_image", "image_to_text"]
+
+
+class SearchError(ValueError):
+    """The project cannot answer this search; the message says what to run or pick instead."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the query path must share with the run's stages (from its params; defaults match
+    params.yaml's)."""
+
+    caption_max_chars: int = 1000  # preprocess.caption_max_chars
+    keyword_plurals: bool = True  # label.keyword.plurals
+    min_confidence: float = 0.0  # evaluate.min_confidence
+    device: str = "cpu"  # where the text encoder and the head run for a typed caption
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SearchSettings:
+        """Settings from a parsed params.yaml (missing sections or keys keep the defaults)."""
+
+        def get(section: str, *keys: str) -> Any:
+            node: Any = params.get(section) or {}
+            for key in keys:
+                node = node.get(key) if isinstance(node, Mapping) else None
+            return node
+
+        d = cls()
+        max_chars = get("preprocess", "caption_max_chars")
+        plurals = get("label", "keyword", "plurals")
+        min_conf = get("evaluate", "min_confidence")
+        return cls(
+            caption_max_chars=d.caption_max_chars if max_chars is None else int(max_chars),
+            keyword_plurals=d.keyword_plurals if plurals is None else bool(plurals),
+            min_confidence=d.min_confidence if min_conf is None else float(min_conf),
+        )
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One trained model with codes: ``data/codes/<name>/`` and ``models/<name>/``."""
+
+    name: str  # "<method>-<bits>"
+    method: str
+    bits: int
+    codes_dir: Path
+    model_dir: Path
+    n_query: int
+    n_database: int
+
+
+def available_models(project: str | os.PathLike[str]) -> list[ModelInfo]:
+    """The models whose codes the train stage wrote, sorted by (method, bits); ``[]`` before
+    training (an empty state, not an error)."""
+    root = Path(project)
+    codes = root / CODES_DIR
+    if not codes.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in codes.iterdir() if p.is_dir()):
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("stage") != "train":
+                continue
+            out.append(
+                ModelInfo(
+                    name=d.name,
+                    method=str(meta["method"]),
+                    bits=int(meta["bits"]),
+                    codes_dir=d,
+                    model_dir=root / str(meta.get("model_dir") or f"models/{d.name}"),
+                    n_query=int(meta["n_query"]),
+                    n_database=int(meta["n_database"]),
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a finished model's codes (a partial copy): not offered
+    return sorted(out, key=lambda m: (m.method, m.bits))
+
+
+def find_model(project: str | os.PathLike[str], name: str) -> ModelInfo:
+    """The model called ``name`` (``<method>-<bits>``), or :class:`SearchError` listing those
+    there are."""
+    models = available_models(project)
+    for m in models:
+        if m.name == name:
+            return m
+    have = ", ".join(m.name for m in models) or "none - run `cmrops train` first"
+    raise SearchError(f"{Path(project) / CODES_DIR}: no codes for model {name!r} (have: {have})")
+
+
+@dataclass
+class ModelCodes:
+    """A model's stored codes with one Hamming index per database modality."""
+
+    info: ModelInfo
+    image_query: np.ndarray  # (n_query, words) uint64
+    text_query: np.ndarray
+    image_index: HammingIndex  # database image codes (what a caption searches)
+    text_index: HammingIndex  # database text codes (what an image searches)
+
+    @classmethod
+    def load(cls, info: ModelInfo) -> ModelCodes:
+        from cmrops._core import HammingIndex
+
+        arrays = {}
+        for kind in ("image", "text"):
+            for role, n in (("query", info.n_query), ("database", info.n_database)):
+                path = info.codes_dir / f"{kind}_{role}.npy"
+                if not path.is_file():
+                    raise SearchError(f"{path}: missing - re-run `cmrops train`")
+                a = np.load(path, allow_pickle=False)
+                words = (info.bits + 63) // 64
+                if a.dtype != np.uint64 or a.shape != (n, words):
+                    raise SearchError(
+                        f"{path}: {a.dtype} {a.shape}, expected uint64 ({n}, {words}) per "
+                        "meta.json - the codes are stale or damaged; re-run `cmrops train`"
+                    )
+                arrays[f"{kind}_{role}"] = np.ascontiguousarray(a)
+        if info.n_database < 1:
+            raise SearchError(f"{info.codes_dir}: the database is empty; nothing to search")
+        return cls(
+            info,
+            arrays["image_query"],
+            arrays["text_query"],
+            HammingIndex(arrays["image_database"]),
+            HammingIndex(arrays["text_database"]),
+        )
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The samples behind the code rows: captions, image files and labels."""
+
+    query_ids: tuple[str, ...]  # row i of the query codes
+    database_ids: tuple[str, ...]  # row i of the database codes
+    captions: Mapping[str, tuple[str, ...]]  # normalised captions
+    image_paths: Mapping[str, Path]  # absolute paths of the image files
+    labels: Mapping[str, frozenset[str]]  # labels with confidence >= min_confidence
+    matcher: KeywordMatcher | None  # None: the run has no vocabulary (no labels)
+    has_labels: bool
+
+    @classmethod
+    def load(cls, project: str | os.PathLike[str], settings: SearchSettings) -> Catalog:
+        root = Path(project)
+        rows_path = root / CODES_DIR / "rows.parquet"
+        if not rows_path.is_file():
+            raise SearchError(f"{rows_path}: not found - run `cmrops train` first")
+        rows = io.read_parquet(rows_path).to_pydict()
+        by_role: dict[str, list[tuple[int, str]]] = {"query": [], "database": []}
+        for role, row, sid in zip(rows["role"], rows["row"], rows["sample_id"], strict=True):
+            by_role.setdefault(role, []).append((int(row), str(sid)))
+        ids = {role: tuple(s for _, s in sorted(pairs)) for role, pairs in by_role.items()}
+
+        samples_path = root / CLEAN_SAMPLES
+        if not samples_path.is_file():
+            raise SearchError(f"{samples_path}: not found - run `cmrops clean` (or dvc pull)")
+        t = io.read_parquet(samples_path).select(["sample_id", "image_path", "captions_norm"])
+        captions: dict[str, tuple[str, ...]] = {}
+        images: dict[str, Path] = {}
+        for sid, path, caps in zip(*(t[c].to_pylist() for c in t.column_names), strict=True):
+            captions[sid] = tuple(caps or ())
+            if path:
+                images[sid] = root / RAW_DIR / path
+        missing = [s for s in (*ids["query"], *ids["database"]) if s not in captions]
+        if missing:
+            raise SearchError(
+                f"{rows_path}: {len(missing)} coded sample(s) are not in {samples_path} (e.g. "
+                f"{missing[0]}): the codes are stale - re-run `cmrops train`"
+            )
+        labels, matcher = _labels(root / LABELLED_DIR, settings)
+        return cls(
+            query_ids=ids["query"],
+            database_ids=ids["database"],
+            captions=captions,
+            image_paths=images,
+            labels=labels,
+            matcher=matcher,
+            has_labels=bool(labels),
+        )
+
+    def caption_of(self, sample_id: str) -> str:
+        caps = self.captions.get(sample_id, ())
+        return caps[0] if caps else ""
+
+
+def _labels(
+    labelled: Path, settings: SearchSettings
+) -> tuple[dict[str, frozenset[str]], KeywordMatcher | None]:
+    path = labelled / "labels.parquet"
+    per: dict[str, set[str]] = {}
+    if path.is_file():
+        t = io.read_parquet(path).to_pydict()
+        conf = t.get("confidence")
+        for i, (sid, label) in enumerate(zip(t["sample_id"], t["label"], strict=True)):
+            if label is None or (conf is not None and (conf[i] or 0.0) < settings.min_confidence):
+                continue
+            per.setdefault(sid, set()).add(label)
+    matcher = None
+    vocab_path = labelled / "vocabulary.json"
+    if vocab_path.is_file():
+        try:
+            v = json.loads(vocab_path.read_text(encoding="utf-8"))
+            labels = tuple(v["labels"])
+            terms = {k: tuple(t) for k, t in (v.get("terms") or {}).items()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise SearchError(f"{vocab_path}: not a vocabulary ({e}); re-run `cmrops label`") from e
+        if labels:
+            matcher = KeywordMatcher(Vocabulary(labels, terms), plurals=settings.keyword_plurals)
+    return {s: frozenset(v) for s, v in per.items()}, matcher
+
+
+# --------------------------------------------------------------------------- caption encoder
+
+
+class CaptionEncoder:
+    """A typed caption → the packed code the model's text head gives it (see module docstring)."""
+
+    def __init__(self, project: str | os.PathLike[str], info: ModelInfo, settings: SearchSettings):
+        from cmrops.encoders import load_text_encoder
+
+        self.info = info
+        self.settings = settings
+        self.encoder_name = _recorded_text_encoder(Path(project))
+        self.model = load_model(info)
+        self.text_encoder = load_text_encoder(self.encoder_name, settings.device)
+        want = self.model.config.text_dim
+        if self.text_encoder.dim != want:
+            raise SearchError(
+                f"{info.model_dir}: the text head takes {want}-d embeddings but the recorded "
+                f"encoder {self.encoder_name!r} gives {self.text_encoder.dim}-d ones - the "
+                "model and the features come from different runs; re-run `cmrops train`"
+            )
+
+    def normalise(self, caption: str) -> str:
+        """The caption as preprocess normalises it; :class:`SearchError` when nothing is left."""
+        from cmrops.text import normalize_caption
+
+        text, _cut = normalize_caption(caption, self.settings.caption_max_chars)
+        if not text:
+            raise SearchError("the caption is empty after normalisation: type some words")
+        return text
+
+    def embed(self, caption: str) -> np.ndarray:
+        """The ``(1, dim)`` float32 text embedding, as preprocess computes it."""
+        return self.text_encoder.encode([self.normalise(caption)], progress=False)
+
+    def head(self, embedding: np.ndarray) -> np.ndarray:
+        """The text head's continuous outputs ``(n, bits)`` for embeddings ``(n, dim)``."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(embedding, np.float32))
+            return self.model.text(x.to(self.settings.device)).float().cpu().numpy()
+
+    def encode(self, caption: str) -> np.ndarray:
+        """The packed ``(1, words)`` uint64 code of ``caption``."""
+        from cmrops.codes import pack_bits
+
+        return pack_bits(self.head(self.embed(caption)) > 0)
+
+
+def _recorded_text_encoder(project: Path) -> str:
+    path = project / FEATURES_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        name = meta["text"]["encoder"]
+    except FileNotFoundError:
+        raise SearchError(
+            f"{path}: not found - a caption search needs the text encoder preprocess used; run "
+            "`cmrops preprocess` (or `dvc pull data/interim`), or search by image"
+        ) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SearchError(f"{path}: no text encoder recorded ({e}); re-run preprocess") from e
+    if not isinstance(name, str) or not name:
+        raise SearchError(f"{path}: no text encoder recorded; re-run `cmrops preprocess`")
+    return name
+
+
+def load_model(info: ModelInfo) -> CrossModalHasher:
+    """The trained hasher of ``info`` in eval mode, from its checkpoint (hash-checked, no
+    pickle); :class:`SearchError` says what is wrong."""
+    from cmrops.models import checkpoint as ckpt
+    from cmrops.models.hasher import CrossModalHasher, HasherConfig
+
+    d = info.model_dir
+    config_path = d / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        model_cfg = config["model"]
+    except FileNotFoundError:
+        raise SearchError(f"{config_path}: not found - run `cmrops train` (or dvc pull)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SearchError(f"{config_path}: not a cmrops model config ({e})") from e
+    if isinstance(model_cfg, dict) and model_cfg.get("encoder"):
+        raise SearchError(
+            f"{d}: model {info.name} fine-tunes its encoder {model_cfg['encoder']!r}; typed "
+            "captions search models with heads on the preprocess embeddings only - search by "
+            "image, or pick another model"
+        )
+    try:
+        model = CrossModalHasher(HasherConfig.from_json(model_cfg))
+        state, _best = ckpt.load(d, config, model)
+    except ckpt.CheckpointError as e:
+        raise SearchError(f"{e} - re-run `cmrops train`") from e
+    except (TypeError, ValueError, KeyError) as e:
+        raise SearchError(f"{config_path}: model config does not fit this cmrops ({e})") from e
+    if not state.get("done"):
+        raise SearchError(
+            f"{d}: training has not finished (step {state.get('step')}): the weights are not "
+            "the selected ones - finish `cmrops train` first"
+        )
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: a database sample and how far its code is from the query's."""
+
+    rank: int  # 1-based
+    sample_id: str
+    caption: str  # the sample's first normalised caption
+    image_path: Path | None
+    distance: int  # Hamming distance in bits
+    labels: frozenset[str]
+    relevant: bool | None  # None: unknown (the query has no labels)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model: str
+    direction: Direction
+    query: str  # the normalised caption, or the query sample's id
+    query_labels: frozenset[str] | None  # None: unknown
+    relevance: str  # how relevance was decided, in words
+    hits: tuple[SearchHit, ...]
+
+    @property
+    def n_relevant(self) -> int | None:
+        if self.query_labels is None:
+            return None
+        return sum(bool(h.relevant) for h in self.hits)
+
+
+def search_caption(
+    codes: ModelCodes, encoder: CaptionEncoder, catalog: Catalog, caption: str, k: int
+) -> SearchResult:
+    """Top ``k`` database images for a typed caption (text → image)."""
+    if encoder.info.name != codes.info.name:
+        raise ValueError(f"encoder of {encoder.info.name} used with codes of {codes.info.name}")
+    text = encoder.normalise(caption)
+    query = encoder.encode(text)
+    if catalog.matcher is None:
+        found: frozenset[str] | None = None
+        why = "unknown: this run has no label vocabulary"
+    else:
+        found = frozenset(catalog.matcher.labels_in(text))
+        why = (
+            "labels the keyword labeller finds in the caption: " + ", ".join(sorted(found))
+            if found
+            else "unknown: the caption names no vocabulary label"
+        )
+        found = found or None
+    hits = _hits(codes.image_index, query, k, catalog, found)
+    return SearchResult(codes.info.name, "text_to_image", text, found, why, hits)
+
+
+def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) -> SearchResult:
+    """Top ``k`` database captions for a query-set sample's stored image code (image → text)."""
+    try:
+        row = catalog.query_ids.index(sample_id)
+    except ValueError:
+        raise SearchError(
+            f"{sample_id!r} is not a query sample of {codes.info.name}; pick one of the "
+            f"{len(catalog.query_ids)} query samples"
+        ) from None
+    labels = catalog.labels.get(sample_id)
+    if labels:
+        why = "labels of the query sample: " + ", ".join(sorted(labels))
+    else:
+        why = "unknown: the query sample has no label"
+        labels = None
+    query = codes.image_query[row : row + 1]
+    hits = _hits(codes.text_index, query, k, catalog, labels)
+    return SearchResult(codes.info.name, "image_to_text", sample_id, labels, why, hits)
+
+
+def _hits(
+    index: HammingIndex,
+    query: np.ndarray,
+    k: int,
+    catalog: Catalog,
+    query_labels: frozenset[str] | None,
+) -> tuple[SearchHit, ...]:
+    n = len(catalog.database_ids)
+    if not 1 <= k <= n:
+        raise SearchError(f"k must be between 1 and the database size {n}, got {k}")
+    dist, rows = index.search(np.ascontiguousarray(query, np.uint64), k=k)
+    out = []
+    for rank, (d, r) in enumerate(zip(dist[0].tolist(), rows[0].tolist(), strict=True), 1):
+        sid = catalog.database_ids[r]
+        labels = catalog.labels.get(sid, frozenset())
+        relevant = None if query_labels is None else bool(labels & query_labels)
+        out.append(
+            SearchHit(
+                rank=rank,
+                sample_id=sid,
+                caption=catalog.caption_of(sid),
+                image_path=catalog.image_paths.get(sid),
+                distance=int(d),
+                labels=labels,
+                relevant=relevant,
+            )
+        )
+    return tuple(out)
+
+
+def thumbnail(path: str | os.PathLike[str] | None, size: int = 160) -> bytes | None:
+    """A PNG thumbnail (longest side ``size``) of an image file; ``None`` when the file is
+    missing or no longer decodes (the page shows a placeholder)."""
+    from cmrops.imaging import ImageRejected, decode_image
+
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+        image = decode_image(data).image
+    except (OSError, ImageRejected):
+        return None
+    image.thumbnail((size, size))
+    buf = _io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

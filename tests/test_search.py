@@ -1,0 +1,223 @@
+"""Search library (cmrops/search.py) and the dashboard's Search page (AppTest), on the shared tiny
+real run (``dashboard_project``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmrops import io as cio
+from cmrops.search import (
+    CaptionEncoder,
+    Catalog,
+    ModelCodes,
+    SearchError,
+    SearchSettings,
+    available_models,
+    find_model,
+    load_model,
+    search_caption,
+    search_image,
+    thumbnail,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = SearchSettings()
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reference Hamming distances of one packed code ``a`` (1, w) to every row of ``b``."""
+    x = np.bitwise_xor(a, b).view(np.uint8)
+    return np.unpackbits(x, axis=1).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def project(dashboard_project: Path) -> Path:
+    return dashboard_project
+
+
+@pytest.fixture(scope="module")
+def catalog(project: Path) -> Catalog:
+    return Catalog.load(project, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def model_name(project: Path) -> str:
+    return available_models(project)[-1].name
+
+
+@pytest.fixture(scope="module")
+def codes(project: Path, model_name: str) -> ModelCodes:
+    return ModelCodes.load(find_model(project, model_name))
+
+
+@pytest.fixture(scope="module")
+def encoder(project: Path, model_name: str) -> CaptionEncoder:
+    return CaptionEncoder(project, find_model(project, model_name), SETTINGS)
+
+
+def test_models_are_the_trained_ones(project: Path) -> None:
+    trained = json.loads((project / "metrics/train.json").read_text())["models"]
+    models = available_models(project)
+    assert sorted(m.name for m in models) == sorted(trained)
+    for m in models:
+        assert m.name == f"{m.method}-{m.bits}"
+        assert (m.model_dir / "model.safetensors").is_file()
+    assert available_models(project / "nowhere") == []
+
+
+def test_caption_path_reproduces_the_stored_text_codes(
+    project: Path, encoder: CaptionEncoder, codes: ModelCodes, catalog: Catalog
+) -> None:
+    """A database sample with one caption: the typed-caption path gives its stored embedding,
+    its stored float head outputs and its stored packed code."""
+    samples = cio.read_parquet(project / "data/clean/samples.parquet").to_pydict()
+    row_of = dict(zip(samples["sample_id"], samples["feature_row"], strict=True))
+    single = [(i, s) for i, s in enumerate(catalog.database_ids) if len(catalog.captions[s]) == 1]
+    assert single, "the tiny run should have single-caption samples"
+    features = np.load(project / "data/interim/features/text.npy")
+    floats = np.load(codes.info.codes_dir / "text_database_float.npy")
+    stored = np.load(codes.info.codes_dir / "text_database.npy")
+    for db_row, sid in single[:3]:
+        caption = catalog.captions[sid][0]
+        emb = encoder.embed(caption)
+        assert float(emb[0] @ features[row_of[sid]]) > 0.999
+        np.testing.assert_allclose(
+            encoder.head(features[row_of[sid]][None]), floats[db_row : db_row + 1], atol=1e-5
+        )
+        out = encoder.head(emb)
+        stable = np.abs(out[0]) > 1e-3  # bits far from the sign threshold must agree
+        bits = np.unpackbits(encoder.encode(caption).view(np.uint8), bitorder="little")
+        ref = np.unpackbits(stored[db_row : db_row + 1].view(np.uint8), bitorder="little")
+        n = codes.info.bits
+        assert np.array_equal(bits[:n][stable], ref[:n][stable])
+
+
+def test_caption_search_is_exact_and_labels_relevance(
+    encoder: CaptionEncoder, codes: ModelCodes, catalog: Catalog, project: Path
+) -> None:
+    vocab = json.loads((project / "data/labelled/vocabulary.json").read_text())["labels"]
+    caption = f"  a {vocab[0]} thing beside a {vocab[-1]} one  "
+    k = 7
+    res = search_caption(codes, encoder, catalog, caption, k)
+    assert res.direction == "text_to_image"
+    assert res.query == caption.strip()
+    assert res.query_labels == {vocab[0], vocab[-1]}
+    assert len(res.hits) == k
+    ref = hamming(encoder.encode(caption), np.load(codes.info.codes_dir / "image_database.npy"))
+    order = np.lexsort((np.arange(len(ref)), ref))[:k]
+    assert [h.sample_id for h in res.hits] == [catalog.database_ids[i] for i in order]
+    assert [h.distance for h in res.hits] == ref[order].tolist()
+    for h in res.hits:
+        assert h.relevant == bool(catalog.labels.get(h.sample_id, frozenset()) & res.query_labels)
+        assert h.caption == catalog.captions[h.sample_id][0]
+        assert h.image_path is not None
+        assert h.image_path.is_file()
+    assert res.n_relevant == sum(bool(h.relevant) for h in res.hits)
+
+
+def test_caption_naming_no_label_has_unknown_relevance(
+    encoder: CaptionEncoder, codes: ModelCodes, catalog: Catalog
+) -> None:
+    res = search_caption(codes, encoder, catalog, "a picture of something", 3)
+    assert res.query_labels is None
+    assert res.relevance.startswith("unknown")
+    assert [h.relevant for h in res.hits] == [None] * 3
+    assert res.n_relevant is None
+
+
+def test_image_search_uses_the_stored_query_code(codes: ModelCodes, catalog: Catalog) -> None:
+    labelled = [s for s in catalog.query_ids if catalog.labels.get(s)]
+    sid = labelled[0]
+    row = catalog.query_ids.index(sid)
+    k = len(catalog.database_ids)  # the whole database: every distance checked
+    res = search_image(codes, catalog, sid, k)
+    assert res.direction == "image_to_text"
+    assert res.query_labels == catalog.labels[sid]
+    ref = hamming(
+        codes.image_query[row : row + 1], np.load(codes.info.codes_dir / "text_database.npy")
+    )
+    order = np.lexsort((np.arange(len(ref)), ref))
+    assert [h.distance for h in res.hits] == ref[order].tolist()
+    assert [h.sample_id for h in res.hits] == [catalog.database_ids[i] for i in order]
+    assert {h.relevant for h in res.hits} == {True, False}
+    for h in res.hits:
+        assert h.relevant == bool(
+            catalog.labels.get(h.sample_id, frozenset()) & catalog.labels[sid]
+        )
+
+
+def test_bad_queries_say_what_to_do(
+    encoder: CaptionEncoder, codes: ModelCodes, catalog: Catalog, project: Path
+) -> None:
+    with pytest.raises(SearchError, match="empty after normalisation"):
+        search_caption(codes, encoder, catalog, " \u200b\t ", 5)
+    with pytest.raises(SearchError, match="k must be between 1 and the database size"):
+        search_caption(codes, encoder, catalog, "a red star", len(catalog.database_ids) + 1)
+    with pytest.raises(SearchError, match="not a query sample"):
+        search_image(codes, catalog, catalog.database_ids[0], 3)
+    with pytest.raises(SearchError, match="no codes for model 'nope-8'"):
+        find_model(project, "nope-8")
+
+
+def _copy_run(project: Path, dest: Path) -> Path:
+    for rel in ("data/codes", "models", "data/interim/features/meta.json"):
+        src = project / rel
+        if src.is_dir():
+            shutil.copytree(src, dest / rel)
+        else:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def test_damaged_or_missing_files_are_refused_clearly(
+    project: Path, model_name: str, tmp_path: Path
+) -> None:
+    copy = _copy_run(project, tmp_path / "p")
+    info = find_model(copy, model_name)
+    weights = info.model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(
+        SearchError, match=r"model\.safetensors: contents differ.*re-run `cmrops train`"
+    ):
+        load_model(info)
+    (copy / "data/interim/features/meta.json").unlink()
+    with pytest.raises(SearchError, match=r"features/meta\.json: not found .*search by image"):
+        CaptionEncoder(copy, info, SETTINGS)
+    np.save(info.codes_dir / "image_database.npy", np.zeros((2, 1), np.uint64))
+    with pytest.raises(SearchError, match="stale or damaged"):
+        ModelCodes.load(info)
+    with pytest.raises(SearchError, match=r"samples\.parquet: not found"):
+        Catalog.load(copy, SETTINGS)
+
+
+def test_settings_follow_the_runs_params() -> None:
+    s = SearchSettings.from_params(
+        {
+            "preprocess": {"caption_max_chars": 50},
+            "label": {"keyword": {"plurals": False}},
+            "evaluate": {"min_confidence": 0.5},
+        }
+    )
+    assert (s.caption_max_chars, s.keyword_plurals, s.min_confidence) == (50, False, 0.5)
+    assert SearchSettings.from_params({}) == SearchSettings()
+
+
+def test_thumbnail_is_a_small_png(catalog: Catalog, tmp_path: Path) -> None:
+    path = catalog.image_paths[catalog.database_ids[0]]
+    png = thumbnail(path, size=64)
+    assert png is not None
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG"
+    assert max(im.size) <= 64
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"not an image")
+    assert thumbnail(bad) is None
+    assert thumbnail(tmp_path / "missing") is None
