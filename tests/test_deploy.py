@@ -109,3 +109,16 @@ def test_dockerfile_builds_from_the_lock_and_matching_airflow() -> None:
     version = re.search(r"^apache-airflow==([\d.]+)", lock, re.MULTILINE)
     assert version, "apache-airflow not pinned in the lock"
     assert f"apache/airflow:{version.group(1)}-python3.11" in text
+
+
+def test_stage_metrics_reach_prometheus_through_the_pushgateway(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gateway = services["pushgateway"]
+    assert gateway["image"].startswith("prom/pushgateway:v")
+    assert "pushgateway" in services["prometheus"]["depends_on"]
+    for svc in ("airflow-scheduler", "airflow-apiserver"):  # where the stage tasks run
+        assert services[svc]["environment"]["CMROPS_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (cmrops,) = [j for j in prom["scrape_configs"] if j["job_name"] == "cmrops"]
+    assert cmrops["honor_labels"] is True  # keep the pushed job/instance/stage labels
+    assert cmrops["static_configs"] == [{"targets": ["pushgateway:9091"]}]
