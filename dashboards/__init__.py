@@ -1,0 +1,1 @@
+"""The cmrops Streamlit dashboard: ``app.py`` (router), ``data.py`` (cached loaders), ``pages/``."""

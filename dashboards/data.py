@@ -1,0 +1,202 @@
+"""Cached loaders for the dashboard pages: thin ``st.cache_data`` wrappers over
+:mod:`cmrops.report` (plain functions over the project's files).
+
+Every table is cached under the project's *stamp* (path, mtime, size of each pipeline output,
+:func:`cmrops.report.stamp`), so a new run shows on the next rerun without a restart. Images are
+content-addressed (``data/raw/objects/<sha[:2]>/<sha>``), so thumbnails are cached by path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from cmrops import report
+from cmrops.report import ReportError, Thumbnail
+
+__all__ = ["PROJECT_ENV", "ReportError", "Thumbnail", "project_dir"]
+
+#: Environment variable naming the project folder shown (default: the current directory).
+PROJECT_ENV = "CMROPS_PROJECT_DIR"
+
+
+def project_dir() -> Path:
+    """The project shown: ``$CMROPS_PROJECT_DIR``, else the current directory."""
+    return Path(os.environ.get(PROJECT_ENV, "").strip() or ".").resolve()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _report(name: str, project: str, stamp: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+    return getattr(report, name)(Path(project), *args)
+
+
+def _load(name: str, project: Path, *args: Any) -> Any:
+    return _report(name, str(project), report.stamp(project), args)
+
+
+def missing(project: Path, *keys: str) -> list[str]:
+    """Which of these outputs (keys of :data:`cmrops.report.FILES`) are absent (not cached)."""
+    return report.missing(project, keys)
+
+
+def funnel(project: Path) -> pd.DataFrame:
+    return _load("funnel", project)
+
+
+def headline(project: Path) -> dict[str, Any]:
+    return _load("headline", project)
+
+
+def latest_run(project: Path) -> dict[str, Any]:
+    return _load("latest_run", project)
+
+
+def quarantine(project: Path) -> pd.DataFrame:
+    return _load("quarantine", project)
+
+
+def quarantine_counts(project: Path) -> pd.DataFrame:
+    return _load("quarantine_counts", project)
+
+
+def clean_rules(project: Path) -> pd.DataFrame:
+    return _load("clean_rules", project)
+
+
+def caption_lengths(project: Path) -> pd.DataFrame:
+    return _load("caption_lengths", project)
+
+
+def image_sizes(project: Path) -> pd.DataFrame:
+    return _load("image_sizes", project)
+
+
+def label_counts(project: Path) -> pd.DataFrame:
+    return _load("label_counts", project)
+
+
+def label_sources(project: Path) -> pd.DataFrame:
+    return _load("label_sources", project)
+
+
+def label_agreement(project: Path) -> dict[str, pd.DataFrame]:
+    return _load("label_agreement", project)
+
+
+def review_queue(project: Path) -> pd.DataFrame:
+    return _load("review_queue", project)
+
+
+def split_sizes(project: Path) -> pd.DataFrame:
+    return _load("split_sizes", project)
+
+
+def split_balance(project: Path) -> pd.DataFrame:
+    return _load("split_balance", project)
+
+
+def leakage(project: Path) -> dict[str, Any]:
+    return _load("leakage", project)
+
+
+def model_names(project: Path) -> list[str]:
+    return _load("model_names", project)
+
+
+def retrieval_table(project: Path) -> pd.DataFrame:
+    return _load("retrieval_table", project)
+
+
+def curves(project: Path, kind: str) -> pd.DataFrame:
+    return _load("curves", project, kind)
+
+
+def history(project: Path) -> pd.DataFrame:
+    return _load("history", project)
+
+
+def code_health(project: Path) -> pd.DataFrame:
+    return _load("code_health", project)
+
+
+def bit_stats(project: Path, model: str, modality: str) -> dict[str, Any]:
+    return _load("bit_stats", project, model, modality)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def thumbnail(path: str | None, max_side: int = 160) -> Thumbnail:
+    return report.thumbnail(path, max_side)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search page loaders (owned with dashboards/pages/search.py; the logic is cmrops/search.py).
+# Keyed by the project folder and the mtime of the files they read, so a retrain shows up.
+
+from cmrops import search  # noqa: E402 - this block's own import, kept with the block
+
+
+def _search_stamp(*paths: Path) -> tuple[int, ...]:
+    return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
+
+
+def search_settings(project: str) -> search.SearchSettings:
+    """Caption length cap, keyword plurals and min label confidence from the run's params."""
+    from cmrops.params import ParamsError, read_yaml
+
+    try:
+        return search.SearchSettings.from_params(read_yaml(Path(project) / "params.yaml"))
+    except (ParamsError, TypeError, ValueError):
+        return search.SearchSettings()
+
+
+def search_models(project: str) -> list[search.ModelInfo]:
+    codes = Path(project) / search.CODES_DIR
+    return _search_models(project, _search_stamp(codes, codes / "rows.parquet"))
+
+
+@st.cache_data(show_spinner=False)
+def _search_models(project: str, stamp: tuple[int, ...]) -> list[search.ModelInfo]:
+    return search.available_models(project)
+
+
+def search_catalog(project: str) -> search.Catalog:
+    root = Path(project)
+    files = (root / search.CODES_DIR / "rows.parquet", root / search.CLEAN_SAMPLES,
+             root / search.LABELLED_DIR / "labels.parquet", root / "params.yaml")  # fmt: skip
+    return _search_catalog(project, _search_stamp(*files))
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _search_catalog(project: str, stamp: tuple[int, ...]) -> search.Catalog:
+    return search.Catalog.load(project, search_settings(project))
+
+
+def search_codes(project: str, name: str) -> search.ModelCodes:
+    info = search.find_model(project, name)
+    return _search_codes(project, name, _search_stamp(info.codes_dir / "meta.json"))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _search_codes(project: str, name: str, stamp: tuple[int, ...]) -> search.ModelCodes:
+    return search.ModelCodes.load(search.find_model(project, name))
+
+
+def search_caption_encoder(project: str, name: str) -> search.CaptionEncoder:
+    info = search.find_model(project, name)
+    stamp = _search_stamp(info.model_dir / "state.json", Path(project) / search.FEATURES_META)
+    return _search_caption_encoder(project, name, stamp)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _search_caption_encoder(
+    project: str, name: str, stamp: tuple[int, ...]
+) -> search.CaptionEncoder:
+    info = search.find_model(project, name)
+    return search.CaptionEncoder(project, info, search_settings(project))
+
+
+# ----------------------------------------------------------------------- end of Search loaders

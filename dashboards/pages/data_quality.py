@@ -1,0 +1,206 @@
+"""Data quality: quarantine by reason with examples and evidence, the cleaning rules, caption
+length / image size / label histograms, label sources and agreement, the review queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboards import data, ui
+
+THUMB = 160
+
+
+def _thumb(slot: Any, path: Any, caption: str) -> None:
+    t = data.thumbnail(path if isinstance(path, str) else None, THUMB)
+    if t.png is not None:
+        slot.image(t.png, caption=caption, width=THUMB)
+    else:  # a corrupt or missing image is shown as its evidence, never decoded again
+        slot.warning(f"{caption}: {t.error}", icon=":material/broken_image:")
+
+
+def _pair_text(row: pd.Series) -> str:
+    parts = []
+    if isinstance(row["distance_kind"], str):
+        what = row["distance_kind"].replace("_", " ").replace("phash", "pHash")
+        parts.append(f"{what} **{ui.num(row['distance'], 0)}**")
+    if isinstance(row["score_kind"], str):
+        parts.append(f"{row['score_kind']} **{ui.num(row['score'])}**")
+    return " · ".join(parts)
+
+
+def _examples(project: Path) -> None:
+    counts = data.quarantine_counts(project)
+    if counts.empty:
+        st.success("Nothing was quarantined in this run.")
+        return
+    options = [f"{s}: {r}" for s, r in zip(counts["stage"], counts["reason"], strict=True)]
+    n_by = dict(zip(options, counts["count"], strict=True))
+    c = st.columns([3, 1])
+    choice = c[0].selectbox(
+        "Reason", options, key="dq_reason", format_func=lambda o: f"{o} ({n_by[o]})"
+    )
+    limit = c[1].number_input("Examples", 1, 50, 6, key="dq_limit")
+    stage, reason = choice.split(": ", 1)
+    q = data.quarantine(project)
+    rows = q[(q["stage"] == stage) & (q["reason"] == reason)]
+    st.metric("Quarantined for this reason", len(rows))
+    for _, row in rows.head(int(limit)).iterrows():
+        with st.container(border=True):
+            left, mid, right = st.columns([1, 1, 2])
+            name = row["sample_id"] if isinstance(row["sample_id"], str) else row["source_key"]
+            _thumb(left, row["image"], f"{name} (quarantined)")
+            if isinstance(row["other_id"], str):
+                _thumb(mid, row["other_image"], f"{row['other_id']} (kept)")
+            right.markdown(f"**{row['source']}:{row['source_key']}** — {row['detail']}")
+            pair = _pair_text(row)
+            if pair:
+                right.markdown(pair)
+            try:
+                right.json(json.loads(row["evidence"]), expanded=False)
+            except (TypeError, ValueError):
+                right.code(str(row["evidence"]), language=None)
+
+
+def _histograms(project: Path) -> None:
+    lengths, sizes, labels = (
+        data.caption_lengths(project),
+        data.image_sizes(project),
+        data.label_counts(project),
+    )
+    c = st.columns(2)
+    if len(lengths):
+        c[0].markdown("**Caption length** (tokens per caption)")
+        c[0].altair_chart(
+            alt.Chart(lengths)
+            .mark_bar()
+            .encode(
+                x=alt.X("tokens:Q", bin=alt.Bin(maxbins=40), title="tokens"),
+                y=alt.Y("count():Q", title="captions"),
+            ),
+            width="stretch",
+            key="dq_caption_hist",
+        )
+    if len(sizes):
+        c[1].markdown("**Image size** (decoded width × height)")
+        c[1].altair_chart(
+            alt.Chart(sizes)
+            .mark_circle(opacity=0.5)
+            .encode(
+                x=alt.X("width:Q"),
+                y=alt.Y("height:Q"),
+                color="format:N",
+                tooltip=["sample_id", "width", "height", "format"],
+            ),
+            width="stretch",
+            key="dq_size_scatter",
+        )
+    if len(labels):
+        st.markdown("**Labels** (samples per label)")
+        st.altair_chart(
+            alt.Chart(labels)
+            .mark_bar()
+            .encode(
+                x=alt.X("label:N", sort="-y", title=None),
+                y=alt.Y("samples:Q"),
+                tooltip=["label", "samples"],
+            ),
+            width="stretch",
+            key="dq_label_hist",
+        )
+
+
+def _labels(project: Path) -> None:
+    sources = data.label_sources(project)
+    agree = data.label_agreement(project)
+    c = st.columns(2)
+    c[0].markdown("**Label sources** (labels kept, by source and method)")
+    c[0].dataframe(sources, hide_index=True, key="dq_label_sources")
+    c[1].markdown("**Samples decided by**")
+    c[1].dataframe(agree["decided_by"], hide_index=True, key="dq_decided_by")
+    if len(agree["pairs"]):
+        st.markdown("**Agreement between methods**")
+        st.dataframe(agree["pairs"], hide_index=True, key="dq_agreement")
+        st.altair_chart(
+            alt.Chart(agree["per_label"])
+            .mark_bar()
+            .encode(
+                x=alt.X("label:N", sort="y", title=None),
+                y=alt.Y("kappa:Q", title="Cohen's kappa", scale=alt.Scale(domain=[-1, 1])),
+                color="pair:N",
+                tooltip=["pair", "label", "kappa"],
+            ),
+            width="stretch",
+            key="dq_kappa",
+        )
+    else:
+        st.caption("No agreement figures: fewer than two labelling methods ran.")
+
+
+def _review(project: Path) -> None:
+    queue = data.review_queue(project)
+    if queue.empty:
+        st.caption("The review queue is empty.")
+        return
+    reasons = ["all", *sorted(queue["reason"].astype(str).unique())] if "reason" in queue else []
+    pick = st.selectbox("Review reason", reasons, key="dq_review_reason") if reasons else "all"
+    shown = queue if pick == "all" else queue[queue["reason"].astype(str) == pick]
+    st.metric("Samples to review", len(shown))
+    cols = [c for c in shown.columns if c not in ("image_path", "image")]
+    st.dataframe(shown[cols], hide_index=True, key="dq_review")
+    st.caption(
+        "Fill in `answer` in a copy of `data/labelled/review_queue.csv` (or import into Label "
+        "Studio: `review_tasks.json`), set `label.review.answers` in params.yaml, rerun label."
+    )
+
+
+def render(project: Path) -> None:
+    st.title("Data quality")
+    absent = data.missing(project, "raw_quarantine", "interim_samples", "quality")
+    if len(absent) == 3:
+        ui.empty_state(project, "quarantine or quality data", absent,
+                       ["collect", "preprocess", "label", "clean"])  # fmt: skip
+        return
+    counts = data.quarantine_counts(project)
+    st.subheader("Quarantine by reason")
+    if len(counts):
+        c = st.columns([2, 1])
+        c[0].altair_chart(
+            alt.Chart(counts)
+            .mark_bar()
+            .encode(
+                y=alt.Y("reason:N", sort="-x", title=None),
+                x=alt.X("count:Q", title="samples"),
+                color="stage:N",
+                tooltip=["stage", "reason", "count"],
+            ),
+            width="stretch",
+            key="dq_reason_chart",
+        )
+        c[1].dataframe(counts, hide_index=True, key="dq_counts")
+    st.subheader("Examples and evidence")
+    _examples(project)
+    rules = data.clean_rules(project)
+    if len(rules):
+        st.subheader("Cleaning rules")
+        st.dataframe(rules, hide_index=True, key="dq_rules")
+    else:
+        ui.empty_state(project, "cleaning report", data.missing(project, "quality"), ["clean"])
+    st.subheader("Distributions")
+    _histograms(project)
+    st.subheader("Labels")
+    if data.missing(project, "labels", "label_metrics"):
+        ui.empty_state(project, "labels", data.missing(project, "labels", "label_metrics"),
+                       ["label"])  # fmt: skip
+    else:
+        _labels(project)
+        st.subheader("Review queue")
+        _review(project)
+
+
+ui.render(render)
