@@ -1,6 +1,6 @@
 """One prepared check that training runs on CUDA with bf16 autocast, and how fast.
 
-    python scripts/gpu_check.py results/gpu_check.json              # on a GPU machine (~1-2 min)
+    python scripts/gpu_check.py results/gpu_check.json              # on a GPU machine (~1.5 min)
     python scripts/gpu_check.py out.json --device cpu --quick       # the same code path, on a CPU
 
 Needs no data files: it generates synthetic paired embeddings with label structure of the
@@ -13,6 +13,11 @@ methods (dcmh, contrastive) at 64 bits, trains with :func:`cmrops.models.fit` - 
 * the training loss decreases (last epoch's mean below the first's);
 * the validation mAP beats random codes by a margin (0.15);
 * samples/s on the device, and on the CPU for a few epochs of the same model, and their ratio.
+
+Then (unless ``--no-finetune``) end-to-end fine-tuning (``train.finetune_encoder``): a CLIP with
+ViT-B/32's shapes (random weights, generated on the spot: no hub is reachable) trained with its
+last two blocks per tower on synthetic pictures and captions (:func:`synthetic_images`), with the
+same checks (bf16 reaching the encoder, loss, mAP margin) and samples/s on the device and CPU.
 
 Writes everything (device name, torch and CUDA versions, per method: samples/s on both devices,
 speedup, losses, mAP, steps, seconds) as JSON to the path given, and exits 1 when a check fails.
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: deterministic
@@ -49,6 +55,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
     ap.add_argument("--quick", action="store_true", help="small data, few epochs (a smoke run)")
     ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--no-finetune", action="store_true", help="skip the CLIP fine-tuning part")
     args = ap.parse_args()
 
     n, epochs, cpu_epochs, batch = (2000, 3, 1, 128) if args.quick else (40000, 12, 1, 512)
@@ -139,12 +146,94 @@ def main() -> int:
             f"{learned:.4f} vs {baseline:.4f}",
         )
 
+    if not args.no_finetune:
+        report["finetune"] = finetune_check(device, args.quick, args.bits, check)
+
     report["ok"] = ok
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'}; results in {out}")
     return 0 if ok else 1
+
+
+def finetune_check(device: str, quick: bool, bits: int, check: Any) -> dict[str, Any]:
+    """End-to-end fine-tuning (train.finetune_encoder) of a CLIP with ViT-B/32's shapes (random
+    weights: no hub here) on synthetic pictures and captions: the loop's bf16 autocast reaches
+    the encoder, the loss falls, codes beat random ones, and samples/s on the device and CPU."""
+    from cmrops.models.finetune import EncoderHasher, tokenize_captions, weights_sha256
+    from cmrops.models.loop import PairedData
+    from cmrops.models.synthetic import synthetic_images
+    from tests.tiny_models import tiny_clip
+
+    if quick:
+        size, n, epochs, batch = 64, 384, 6, 32
+        shape: dict[str, int] = dict(width=64, layers=2, heads=2, patch=16, projection=32)
+    else:  # ViT-B/32: vision 768 x 12 (patch 32, 224 px), text 512 x 12, projection 512
+        size, n, epochs, batch = 224, 8192, 4, 256
+        shape = dict(width=768, layers=12, heads=12, patch=32, text_width=512, text_heads=8,
+                     projection=512)  # fmt: skip
+    entry: dict[str, Any] = {"image_size": size, "samples": n, "epochs": epochs, "batch": batch,
+                             "architecture": shape}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = tiny_clip(Path(tmp) / "clip", image_size=size, **shape)
+        images, captions, labels = synthetic_images(n + n // 8, size, seed=0)
+        tokens = tokenize_captions(clip, captions)
+        # one class per (colour, thing): relevance is the whole caption, random codes ~ 1/6
+        combo = labels[:, :2].argmax(1) * 3 + labels[:, 2:].argmax(1)
+        data = PairedData(images, tokens, np.eye(6, dtype=bool)[combo])
+        train, query = subset(data, np.arange(n)), subset(data, np.arange(n, len(labels)))
+        dim = shape["projection"]
+        model_cfg = HasherConfig(
+            dim, dim, bits, (1024,), 0.1, encoder=str(clip), encoder_layers=2,
+            encoder_sha256=weights_sha256(str(clip)),
+        )  # fmt: skip
+        m = EncoderHasher(model_cfg)
+        entry["parameters"] = sum(p.numel() for p in m.parameters())
+        entry["trained_parameters"] = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        if device == "cuda":
+            m = m.to(device)
+            x = torch.from_numpy(train.image[:4]).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                feats = m.encoder.get_image_features(pixel_values=x.permute(0, 3, 1, 2).float())
+            dtype = getattr(feats, "pooler_output", feats).dtype
+            check("autocast runs the encoder in bf16", dtype == torch.bfloat16, str(dtype))
+        del m
+        cfg = TrainConfig("dcmh", epochs=epochs, batch_size=batch, lr=1e-3, encoder_lr=1e-5,
+                          patience=0, checkpoint_every=0)  # fmt: skip
+        t0 = time.perf_counter()
+        r = fit(model_cfg, cfg, train, None, Path(tmp) / "m", device=device, progress=False)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        qi, qt = (pack_bits(x > 0) for x in encode(r.model, query))
+        di, dt = (pack_bits(x > 0) for x in encode(r.model, train))
+        learned = cross_modal_map(qi, qt, di, dt, query.labels, train.labels)["map"]
+        rng = np.random.default_rng(1)
+        rand = [pack_bits(rng.random((len(x), bits)) < 0.5) for x in (qi, qt, di, dt)]
+        baseline = cross_modal_map(*rand, query.labels, train.labels)["map"]
+        first, last, samples_per_s = r.history[0]["loss"], r.history[-1]["loss"], r.samples_per_s
+        del r
+        cpu_cfg = TrainConfig("dcmh", epochs=1, batch_size=min(batch, 32), patience=0,
+                              checkpoint_every=0)  # fmt: skip
+        cpu_train = subset(train, np.arange(min(n, 4 * cpu_cfg.batch_size)))
+        cpu = fit(model_cfg, cpu_cfg, cpu_train, None, Path(tmp) / "c", device="cpu",
+                  progress=False)  # fmt: skip
+    entry.update(
+        samples_per_s=round(samples_per_s, 1),
+        cpu_samples_per_s=round(cpu.samples_per_s, 1),
+        speedup_vs_cpu=round(samples_per_s / max(cpu.samples_per_s, 1e-9), 2),
+        loss_first_epoch=first,
+        loss_last_epoch=last,
+        test_map=learned,
+        random_codes_map=baseline,
+    )
+    print(f"finetune: {entry}")
+    check("finetune: loss decreases", last < first, f"{first:.4f} -> {last:.4f}")
+    check(
+        f"finetune: mAP beats random codes by {MARGIN}",
+        learned >= baseline + MARGIN,
+        f"{learned:.4f} vs {baseline:.4f}",
+    )
+    return entry
 
 
 if __name__ == "__main__":

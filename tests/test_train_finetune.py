@@ -20,10 +20,8 @@ from cmrops.models.finetune import (
     weights_sha256,
 )
 from cmrops.models.ranking import cross_modal_map
+from cmrops.models.synthetic import synthetic_images
 from tests.tiny_models import tiny_bert, tiny_clip
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220)}
-THINGS = ("bus", "cat", "dog")
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +30,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _data(clip: Path, n: int, seed: int) -> PairedData:
-    """Images whose colour and stripe direction follow the caption's words; labels = words."""
-    rng = np.random.default_rng(seed)
-    images = np.empty((n, 32, 32, 3), np.uint8)
-    captions, labels = [], np.zeros((n, len(COLOURS) + len(THINGS)), bool)
-    for i in range(n):
-        c, t = i % 2, (i // 2) % 3
-        colour = list(COLOURS)[c]
-        img = rng.integers(0, 40, (32, 32, 3)).astype(np.int32) + np.array(COLOURS[colour]) // 2
-        stripes = (np.arange(32) // (2 + 2 * t)) % 2 == 0
-        img[:, stripes] += 90  # the thing: stripe width
-        images[i] = np.clip(img, 0, 255).astype(np.uint8)
-        captions.append(f"a photo of the {colour} {THINGS[t]}")
-        labels[i, c] = labels[i, len(COLOURS) + t] = True
+    images, captions, labels = synthetic_images(n, 32, seed)
     return PairedData(images, tokenize_captions(clip, captions), labels)
 
 

@@ -29,9 +29,23 @@ def tiny_bert(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def tiny_clip(out: Path, seed: int = 0, image_size: int = 32) -> Path:
+def tiny_clip(
+    out: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    *,
+    width: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    patch: int = 8,
+    text_width: int | None = None,
+    text_layers: int | None = None,
+    text_heads: int | None = None,
+    projection: int = 16,
+) -> Path:
     """A tiny CLIP dual encoder (projection 16) with a byte-level BPE tokenizer and an image
-    processor that resizes to ``image_size``."""
+    processor that resizes to ``image_size``. The keyword arguments size it up (e.g. to
+    ViT-B/32's shapes for a GPU throughput check); the weights are always random."""
     import torch
     from transformers import (
         CLIPConfig,
@@ -55,27 +69,28 @@ def tiny_clip(out: Path, seed: int = 0, image_size: int = 32) -> Path:
             merged = pieces[0] + pieces[1]
             vocab.setdefault(merged, len(vocab))
             pieces = [merged, *pieces[2:]]
+    tw = text_width or width
     text = CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=tw,
+        intermediate_size=2 * tw if tw <= 32 else 4 * tw,
+        num_hidden_layers=text_layers or layers,
+        num_attention_heads=text_heads or heads,
         max_position_embeddings=32,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
     )
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=width,
+        intermediate_size=2 * width if width <= 32 else 4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         image_size=image_size,
-        patch_size=8,
+        patch_size=patch,
     )
     config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection
     )
     CLIPModel(config).eval().save_pretrained(out)
     CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges))).save_pretrained(out)

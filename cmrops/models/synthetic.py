@@ -42,3 +42,30 @@ def subset(data: PairedData, rows: np.ndarray) -> PairedData:
     return PairedData(
         data.image[rows], data.text[rows], None if data.labels is None else data.labels[rows]
     )
+
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220)}
+THINGS = ("bus", "cat", "dog")
+
+
+def synthetic_images(
+    n: int, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``n`` pictures with captions and labels for fine-tuning an image-text encoder: the
+    colour (red/blue) and the stripe width (one per thing: bus/cat/dog) follow the caption
+    ("a photo of the red cat"); labels are its two words, multi-hot over ``COLOURS + THINGS``.
+    Returns ``(uint8 (n, size, size, 3), captions, bool (n, 5))``."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.zeros((n, len(COLOURS) + len(THINGS)), bool)
+    captions = []
+    cols = np.arange(size) * 32 // size  # stripe pattern defined at 32 px, scaled to size
+    for i in range(n):
+        c, t = i % 2, (i // 2) % 3
+        colour = list(COLOURS)[c]
+        img = rng.integers(0, 40, (size, size, 3)).astype(np.int32) + np.array(COLOURS[colour]) // 2
+        img[:, (cols // (2 + 2 * t)) % 2 == 0] += 90
+        images[i] = np.clip(img, 0, 255).astype(np.uint8)
+        captions.append(f"a photo of the {colour} {THINGS[t]}")
+        labels[i, c] = labels[i, len(COLOURS) + t] = True
+    return images, captions, labels
