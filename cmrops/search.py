@@ -32,7 +32,6 @@ run has no labels at all - relevance is **unknown** (``None``), never guessed.
 
 from __future__ import annotations
 
-import io as _io
 import json
 import os
 from collections.abc import Mapping
@@ -62,7 +61,6 @@ __all__ = [
     "available_models",
     "search_caption",
     "search_image",
-    "thumbnail",
 ]
 
 CODES_DIR = "data/codes"
@@ -498,21 +496,3 @@ def _hits(
             )
         )
     return tuple(out)
-
-
-def thumbnail(path: str | os.PathLike[str] | None, size: int = 160) -> bytes | None:
-    """A PNG thumbnail (longest side ``size``) of an image file; ``None`` when the file is
-    missing or no longer decodes (the page shows a placeholder)."""
-    from cmrops.imaging import ImageRejected, decode_image
-
-    if path is None:
-        return None
-    try:
-        data = Path(path).read_bytes()
-        image = decode_image(data).image
-    except (OSError, ImageRejected):
-        return None
-    image.thumbnail((size, size))
-    buf = _io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()

@@ -3,14 +3,14 @@ real run (``dashboard_project``)."""
 
 from __future__ import annotations
 
-import io
 import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cmrops import io as cio
 from cmrops.search import (
@@ -24,7 +24,6 @@ from cmrops.search import (
     load_model,
     search_caption,
     search_image,
-    thumbnail,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,14 +209,99 @@ def test_settings_follow_the_runs_params() -> None:
     assert SearchSettings.from_params({}) == SearchSettings()
 
 
-def test_thumbnail_is_a_small_png(catalog: Catalog, tmp_path: Path) -> None:
-    path = catalog.image_paths[catalog.database_ids[0]]
-    png = thumbnail(path, size=64)
-    assert png is not None
-    im = Image.open(io.BytesIO(png))
-    assert im.format == "PNG"
-    assert max(im.size) <= 64
-    bad = tmp_path / "bad"
-    bad.write_bytes(b"not an image")
-    assert thumbnail(bad) is None
-    assert thumbnail(tmp_path / "missing") is None
+# --------------------------------------------------------------------------- the Search page
+
+APP = str(REPO / "dashboards" / "app.py")
+PAGE = "pages/search.py"
+
+
+def open_search_page(project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CMROPS_PROJECT_DIR", str(project))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Search"]
+    return at
+
+
+def shown_cards(at: Any) -> list[tuple[int, int, bool | None]]:
+    """(rank, distance, relevance shown) of each result card, in page order."""
+    cards = []
+    texts = [m.value for m in at.markdown]
+    for i, text in enumerate(texts):
+        m = re.fullmatch(r"\*\*#(\d+)\*\* · distance \*\*(\d+)\*\*", text)
+        if m:
+            mark = texts[i + 1]
+            relevant = None if "unknown" in mark else "not relevant" not in mark
+            cards.append((int(m.group(1)), int(m.group(2)), relevant))
+    return cards
+
+
+def test_page_searches_a_caption_like_the_library(
+    project: Path,
+    model_name: str,
+    encoder: CaptionEncoder,
+    codes: ModelCodes,
+    catalog: Catalog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = open_search_page(project, monkeypatch)
+    method, bits = model_name.rsplit("-", 1)
+    at.selectbox(key="search_method").set_value(method).run()
+    at.selectbox(key="search_bits").set_value(int(bits)).run()
+    at.slider(key="search_k").set_value(6).run()
+    assert shown_cards(at) == []  # nothing typed yet: a hint, no results
+    caption = "two red circles and a blue star"
+    at.text_input(key="search_caption").input(caption).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    ref = search_caption(codes, encoder, catalog, caption, 6)
+    expected = [(h.rank, h.distance, h.relevant) for h in ref.hits]
+    assert shown_cards(at) == expected
+    shown_ids = [c.value.split(" · ")[0] for c in at.caption if " · " in c.value]
+    assert shown_ids[-6:] == [h.sample_id for h in ref.hits]
+    assert any(f"model **{model_name}**" in m.value for m in at.markdown)
+
+
+def test_page_searches_a_query_image(
+    project: Path,
+    codes: ModelCodes,
+    catalog: Catalog,
+    model_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at = open_search_page(project, monkeypatch)
+    method, bits = model_name.rsplit("-", 1)
+    at.selectbox(key="search_method").set_value(method).run()
+    at.selectbox(key="search_bits").set_value(int(bits)).run()
+    at.radio(key="search_mode").set_value("image").run()
+    sid = catalog.query_ids[-1]
+    at.selectbox(key="search_image").set_value(sid).run()
+    at.slider(key="search_k").set_value(4).run()
+    assert not at.exception, at.exception
+    ref = search_image(codes, catalog, sid, 4)
+    assert shown_cards(at) == [(h.rank, h.distance, h.relevant) for h in ref.hits]
+
+
+def test_page_empty_state_and_clear_errors(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_search_page(tmp_path / "empty", monkeypatch)
+    assert any("No trained codes to search yet" in i.value for i in at.info)
+
+    copy = _copy_run(project, tmp_path / "p")
+    for rel in ("data/clean/samples.parquet", "data/labelled"):
+        src = project / rel
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / rel)
+    (copy / "data/interim/features/meta.json").unlink()
+    at = open_search_page(copy, monkeypatch)
+    at.text_input(key="search_caption").input("a red star").run()
+    assert not at.exception, at.exception
+    assert any("search by image" in e.value for e in at.error)
+    at.radio(key="search_mode").set_value("image").run()  # image search still works
+    assert not at.error
+    assert len(shown_cards(at)) == at.slider(key="search_k").value
