@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers. Each sets itself up on a fresh machine.
-.PHONY: run test setup demo bench lock clean
+.PHONY: run test setup demo bench dashboard screenshots lock clean
 
 run:                  ## the main job: the whole Airflow DAG on the built-in synthetic set, versioned with DVC
 	scripts/main_job.sh
@@ -15,6 +15,12 @@ demo: setup           ## a short tour of the Hamming engine on generated codes
 
 bench: setup          ## benchmarks against the named baselines (prints tables)
 	.venv/bin/python benches/bench_core.py
+
+dashboard: setup      ## the Streamlit dashboard on http://127.0.0.1:8501 for CMROPS_PROJECT_DIR (default: here)
+	.venv/bin/streamlit run dashboards/app.py --server.address 127.0.0.1
+
+screenshots: setup    ## refresh docs/screenshots/*.png: every dashboard page on a fresh tiny run
+	.venv/bin/python scripts/dashboard_screenshots.py
 
 lock:                 ## re-pin requirements/lock.txt after editing requirements.in
 	.venv/bin/uv pip compile requirements/requirements.in -o requirements/lock.txt \
