@@ -69,12 +69,15 @@ def test_overview_shows_the_run_and_the_headline_numbers(
     dashboard_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = dashboard_project
-    m = _metrics(_app(p, monkeypatch))
+    at = _app(p, monkeypatch)
+    m = _metrics(at)
+    text = " ".join(md.value for md in at.markdown)
     raw, quality = _json(p, "data/raw/metrics.json"), _json(p, "metrics/quality.json")
     interim = _json(p, "data/interim/metrics.json")
     last = json.loads((p / ".cmrops" / "runs.jsonl").read_text().splitlines()[-1])
-    assert m["Run id"] == last["run_id"]
-    assert m["Data version (DVC)"] == runlog.data_version(p)
+    assert f"Run id  \n`{last['run_id']}`" in text
+    assert f"Data version (DVC)  \n`{runlog.data_version(p)}`" in text
+    assert int(m["Stages"]) == 7
     assert m["Status"] == "success"
     assert int(m["Samples in"]) == raw["inputs"]
     assert int(m["Kept after clean"]) == quality["kept"]

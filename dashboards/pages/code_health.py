@@ -50,14 +50,20 @@ def render(project: Path) -> None:
         )
     )
     left.altair_chart(alt.layer(bars, rule), width="stretch", key="ch_balance_chart")
-    right.markdown("**Bit correlation** — Pearson, blank where a bit is constant")
+    right.markdown("**Bit correlation** — Pearson, grey where a bit is constant")
+    corr = stats["correlation"].assign(live=lambda d: d["corr"].notna())
+    corr["corr"] = corr["corr"].fillna(0.0)  # Vega-Lite drops null cells: keep the grid whole
     heat = (
-        alt.Chart(stats["correlation"].dropna())
+        alt.Chart(corr)
         .mark_rect()
         .encode(
             x=alt.X("bit_i:O", title="bit"),
             y=alt.Y("bit_j:O", title="bit"),
-            color=alt.Color("corr:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue")),
+            color=alt.condition(
+                "datum.live",
+                alt.Color("corr:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue")),
+                alt.value("#dddddd"),
+            ),
             tooltip=["bit_i", "bit_j", alt.Tooltip("corr:Q", format=".3f")],
         )
     )

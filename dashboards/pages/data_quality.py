@@ -175,7 +175,7 @@ def render(project: Path) -> None:
             .mark_bar()
             .encode(
                 y=alt.Y("reason:N", sort="-x", title=None),
-                x=alt.X("count:Q", title="samples"),
+                x=alt.X("count:Q", title="samples", axis=alt.Axis(format="d", tickMinStep=1)),
                 color="stage:N",
                 tooltip=["stage", "reason", "count"],
             ),

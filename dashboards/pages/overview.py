@@ -22,11 +22,18 @@ def render(project: Path) -> None:
 
     st.subheader("Latest run")
     if run:
-        c = st.columns([3, 2, 1, 2])
-        c[0].metric("Run id", run["run_id"])
-        c[1].metric("Data version (DVC)", run["data_version"] or "no dvc.lock / git yet")
-        c[2].metric("Status", run["status"])
-        c[3].metric("Finished (UTC)", run["finished_at"].strftime("%Y-%m-%d %H:%M:%S"))
+        c = st.columns(2)
+        c[0].markdown(f"Run id  \n`{run['run_id']}`")
+        version = run["data_version"]
+        c[1].markdown(
+            f"Data version (DVC)  \n`{version}`"
+            if version
+            else "Data version (DVC)  \nnone yet: no `dvc.lock` and no git commit"
+        )
+        c = st.columns(3)
+        c[0].metric("Status", run["status"])
+        c[1].metric("Stages", len(run["stages"]))
+        c[2].metric("Finished (UTC)", run["finished_at"].strftime("%Y-%m-%d %H:%M:%S"))
         st.dataframe(
             run["stages"],
             hide_index=True,
@@ -74,7 +81,7 @@ def render(project: Path) -> None:
             .mark_bar()
             .encode(
                 y=alt.Y("stage:N", sort=list(funnel["stage"]), title=None),
-                x=alt.X("samples:Q", stack="zero", title="samples"),
+                x=alt.X("samples:Q", stack="zero", title="samples", axis=alt.Axis(format="d")),
                 color=alt.Color("outcome:N", scale=alt.Scale(range=["#4c78a8", "#e45756"])),
                 order=alt.Order("outcome:N"),
                 tooltip=["stage", "outcome", "samples"],

@@ -66,7 +66,7 @@ def _history(project: Path, direction: str, models: list[str]) -> None:
         alt.Chart(hist)
         .mark_line(point=True)
         .encode(
-            x=alt.X("finished_at:T", title="finished (UTC)"),
+            x=alt.X("finished_at:T", title="finished (UTC)", axis=alt.Axis(format="%m-%d %H:%M")),
             y=alt.Y("map:Q", title="mAP (hash, tie-aware)"),
             color="model:N",
             tooltip=["run_id", "data_version", "model", "direction", "map", "finished_at"],
