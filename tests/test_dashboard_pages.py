@@ -234,3 +234,28 @@ def test_a_damaged_metrics_file_is_an_error_box_saying_what_to_rerun(
     at.switch_page("pages/splits.py").run()
     assert not at.exception
     assert "rerun `cmrops split`" in at.error[0].value
+
+
+def test_a_new_run_shows_without_a_restart(
+    dashboard_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = tmp_path / "data" / "raw" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    raw = _json(dashboard_project, "data/raw/metrics.json")
+    metrics.write_text(json.dumps(raw))
+    at = _app(tmp_path, monkeypatch)
+    assert int(_metrics(at)["Samples in"]) == raw["inputs"]
+    raw = {**raw, "inputs": raw["inputs"] + 23}
+    metrics.write_text(json.dumps(raw))  # a stage rewrites its metrics: new mtime and size
+    at.run()
+    _ok(at)
+    assert int(_metrics(at)["Samples in"]) == raw["inputs"]
+
+
+def test_streamlit_serves_on_loopback_headless_without_usage_stats() -> None:
+    import tomllib
+
+    config = tomllib.loads((APP.parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"]["headless"] is True
+    assert config["browser"]["gatherUsageStats"] is False
