@@ -16,8 +16,9 @@ Everything is read from a project folder (the one ``dvc.yaml`` lives in) after `
 **Queries.** A caption is normalised as preprocess normalises captions
 (:func:`cmrops.text.normalize_caption`), embedded by the recorded text encoder (L2-normalised,
 as preprocess does; one caption is its own mean), passed through the model's text head and
-packed (``output > 0``): the same path the stored text codes took. It searches the database
-*image* codes. An image query is a query-set sample: its stored image code searches the database
+packed (``output > 0``): the same path the stored text codes took. A model that fine-tunes a
+dual encoder (``train.finetune_encoder``) takes the caption's tokens instead, as training
+tokenised each sample's first caption. It searches the database *image* codes. An image query is a query-set sample: its stored image code searches the database
 *text* codes (no image is re-encoded; the page offers the held-out query samples, so a result is
 never the query's own pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
 (distance, database row).
@@ -46,8 +47,9 @@ from cmrops.labels.keywords import KeywordMatcher
 from cmrops.labels.vocab import Vocabulary
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from cmrops._core import HammingIndex
-    from cmrops.models.hasher import CrossModalHasher
 
 __all__ = [
     "CaptionEncoder",
@@ -59,6 +61,9 @@ __all__ = [
     "SearchResult",
     "SearchSettings",
     "available_models",
+    "find_model",
+    "load_model",
+    "read_config",
     "search_caption",
     "search_image",
 ]
@@ -294,15 +299,31 @@ def _labels(
 
 
 class CaptionEncoder:
-    """A typed caption → the packed code the model's text head gives it (see module docstring)."""
+    """A typed caption → the packed code the model's text tower gives it (see module docstring).
+
+    Heads on embeddings: the caption is embedded by the text encoder preprocess recorded, then
+    the text head runs. A fine-tuned dual encoder (``train.finetune_encoder``): the caption is
+    tokenised for its text tower, as the train stage tokenised the first caption of each sample.
+    """
 
     def __init__(self, project: str | os.PathLike[str], info: ModelInfo, settings: SearchSettings):
-        from cmrops.encoders import load_text_encoder
-
         self.info = info
         self.settings = settings
+        config = read_config(info)
+        finetuned = config["model"].get("encoder")
+        if finetuned:
+            from cmrops.models.finetune import encoder_dir
+
+            self.encoder_name = str(finetuned)
+            self.model = load_model(info, config)
+            self._tokenizer_dir: Path | None = encoder_dir(self.encoder_name)
+            self.text_encoder = None
+            return
+        from cmrops.encoders import load_text_encoder
+
         self.encoder_name = _recorded_text_encoder(Path(project))
-        self.model = load_model(info)
+        self.model = load_model(info, config)
+        self._tokenizer_dir = None
         self.text_encoder = load_text_encoder(self.encoder_name, settings.device)
         want = self.model.config.text_dim
         if self.text_encoder.dim != want:
@@ -321,23 +342,33 @@ class CaptionEncoder:
             raise SearchError("the caption is empty after normalisation: type some words")
         return text
 
-    def embed(self, caption: str) -> np.ndarray:
-        """The ``(1, dim)`` float32 text embedding, as preprocess computes it."""
-        return self.text_encoder.encode([self.normalise(caption)], progress=False)
+    def text_input(self, caption: str) -> np.ndarray:
+        """What the text tower takes for ``caption``: its ``(1, dim)`` float32 embedding as
+        preprocess computes it, or, for a fine-tuned encoder, its ``(1, 2, length)`` tokens."""
+        text = self.normalise(caption)
+        if self._tokenizer_dir is not None:
+            from cmrops.models.finetune import tokenize_captions
 
-    def head(self, embedding: np.ndarray) -> np.ndarray:
-        """The text head's continuous outputs ``(n, bits)`` for embeddings ``(n, dim)``."""
+            return tokenize_captions(self._tokenizer_dir, [text])
+        assert self.text_encoder is not None
+        return self.text_encoder.encode([text], progress=False)
+
+    def head(self, inputs: np.ndarray) -> np.ndarray:
+        """The text tower's continuous outputs ``(n, bits)`` for :meth:`text_input` rows."""
         import torch
 
+        x = np.ascontiguousarray(inputs)
+        if x.dtype.kind == "f":
+            x = x.astype(np.float32, copy=False)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(embedding, np.float32))
-            return self.model.text(x.to(self.settings.device)).float().cpu().numpy()
+            out = self.model.text(torch.from_numpy(x).to(self.settings.device))
+            return out.float().cpu().numpy()
 
     def encode(self, caption: str) -> np.ndarray:
         """The packed ``(1, words)`` uint64 code of ``caption``."""
         from cmrops.codes import pack_bits
 
-        return pack_bits(self.head(self.embed(caption)) > 0)
+        return pack_bits(self.head(self.text_input(caption)) > 0)
 
 
 def _recorded_text_encoder(project: Path) -> str:
@@ -357,34 +388,37 @@ def _recorded_text_encoder(project: Path) -> str:
     return name
 
 
-def load_model(info: ModelInfo) -> CrossModalHasher:
-    """The trained hasher of ``info`` in eval mode, from its checkpoint (hash-checked, no
-    pickle); :class:`SearchError` says what is wrong."""
+def read_config(info: ModelInfo) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` (what was trained); :class:`SearchError` when absent."""
+    path = info.model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SearchError(f"{path}: not found - run `cmrops train` (or dvc pull)") from None
+    except ValueError as e:
+        raise SearchError(f"{path}: not valid JSON ({e}) - re-run `cmrops train`") from e
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise SearchError(f"{path}: not a cmrops model config - re-run `cmrops train`")
+    return config
+
+
+def load_model(info: ModelInfo, config: dict[str, Any] | None = None) -> nn.Module:
+    """The trained model of ``info`` in eval mode - heads on embeddings, or heads on a
+    fine-tuned encoder - from its checkpoint (hash-checked, no pickle); :class:`SearchError`
+    says what is wrong."""
     from cmrops.models import checkpoint as ckpt
-    from cmrops.models.hasher import CrossModalHasher, HasherConfig
+    from cmrops.models.finetune import build_hasher
+    from cmrops.models.hasher import HasherConfig
 
     d = info.model_dir
-    config_path = d / "config.json"
+    config = config if config is not None else read_config(info)
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        model_cfg = config["model"]
-    except FileNotFoundError:
-        raise SearchError(f"{config_path}: not found - run `cmrops train` (or dvc pull)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise SearchError(f"{config_path}: not a cmrops model config ({e})") from e
-    if isinstance(model_cfg, dict) and model_cfg.get("encoder"):
-        raise SearchError(
-            f"{d}: model {info.name} fine-tunes its encoder {model_cfg['encoder']!r}; typed "
-            "captions search models with heads on the preprocess embeddings only - search by "
-            "image, or pick another model"
-        )
-    try:
-        model = CrossModalHasher(HasherConfig.from_json(model_cfg))
+        model = build_hasher(HasherConfig.from_json(config["model"]))
         state, _best = ckpt.load(d, config, model)
     except ckpt.CheckpointError as e:
         raise SearchError(f"{e} - re-run `cmrops train`") from e
-    except (TypeError, ValueError, KeyError) as e:
-        raise SearchError(f"{config_path}: model config does not fit this cmrops ({e})") from e
+    except (TypeError, ValueError, KeyError, OSError) as e:
+        raise SearchError(f"{d}: cannot rebuild model {info.name} ({e})") from e
     if not state.get("done"):
         raise SearchError(
             f"{d}: training has not finished (step {state.get('step')}): the weights are not "

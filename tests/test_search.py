@@ -85,7 +85,7 @@ def test_caption_path_reproduces_the_stored_text_codes(
     stored = np.load(codes.info.codes_dir / "text_database.npy")
     for db_row, sid in single[:3]:
         caption = catalog.captions[sid][0]
-        emb = encoder.embed(caption)
+        emb = encoder.text_input(caption)
         assert float(emb[0] @ features[row_of[sid]]) > 0.999
         np.testing.assert_allclose(
             encoder.head(features[row_of[sid]][None]), floats[db_row : db_row + 1], atol=1e-5
@@ -305,3 +305,41 @@ def test_page_empty_state_and_clear_errors(
     at.radio(key="search_mode").set_value("image").run()  # image search still works
     assert not at.error
     assert len(shown_cards(at)) == at.slider(key="search_k").value
+
+
+def test_caption_search_through_a_finetuned_encoder(tmp_path: Path) -> None:
+    """A model trained end to end on a (tiny) CLIP: a typed caption goes through the model's
+    own tokenizer and text tower and gives the code training stored for that caption."""
+    from cmrops import pack_bits
+    from cmrops.models import HasherConfig, PairedData, TrainConfig, encode, fit
+    from cmrops.models.finetune import tokenize_captions, weights_sha256
+    from cmrops.models.synthetic import synthetic_images
+    from tests.tiny_models import tiny_clip
+
+    clip = tiny_clip(tmp_path / "tiny-clip", image_size=32)
+    images, captions, labels = synthetic_images(24, 32, 0)
+    data = PairedData(images, tokenize_captions(clip, captions), labels)
+    config = HasherConfig(
+        16, 16, 16, (32,), 0.0, encoder=str(clip), encoder_layers=1,
+        encoder_sha256=weights_sha256(str(clip)),
+    )  # fmt: skip
+    project = tmp_path / "p"
+    train = TrainConfig("dcmh", epochs=2, batch_size=8, patience=0, checkpoint_every=0)
+    result = fit(config, train, data, None, project / "models/dcmh-16", device="cpu",
+                 progress=False)  # fmt: skip
+    _, text_out = encode(result.model, data)
+    codes = project / "data/codes/dcmh-16"
+    codes.mkdir(parents=True)
+    meta = {"stage": "train", "method": "dcmh", "bits": 16, "model_dir": "models/dcmh-16",
+            "n_query": 4, "n_database": 20}  # fmt: skip
+    (codes / "meta.json").write_text(json.dumps(meta))
+
+    encoder = CaptionEncoder(project, find_model(project, "dcmh-16"), SETTINGS)
+    assert encoder.encoder_name == str(clip)
+    for i in (0, 7, 23):
+        out = encoder.head(encoder.text_input(captions[i]))
+        np.testing.assert_allclose(out, text_out[i : i + 1], atol=1e-5)
+        got = np.unpackbits(encoder.encode(captions[i]).view(np.uint8), bitorder="little")[:16]
+        want = np.unpackbits(pack_bits(text_out[i : i + 1] > 0).view(np.uint8), bitorder="little")
+        stable = np.abs(text_out[i]) > 1e-4  # a bit this close to 0 may flip in float rounding
+        assert np.array_equal(got[stable], want[:16][stable])
