@@ -18,9 +18,10 @@ Everything is read from a project folder (the one ``dvc.yaml`` lives in) after `
 as preprocess does; one caption is its own mean), passed through the model's text head and
 packed (``output > 0``): the same path the stored text codes took. A model that fine-tunes a
 dual encoder (``train.finetune_encoder``) takes the caption's tokens instead, as training
-tokenised each sample's first caption. It searches the database *image* codes. An image query is a query-set sample: its stored image code searches the database
-*text* codes (no image is re-encoded; the page offers the held-out query samples, so a result is
-never the query's own pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
+tokenised each sample's first caption. It searches the database *image* codes. An image query
+is a query-set sample: its stored image code searches the database *text* codes (no image is
+re-encoded; the page offers the held-out query samples, so a result is never the query's own
+pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
 (distance, database row).
 
 **Relevance** follows the evaluate stage: a result is relevant when it shares at least one label
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from cmrops._core import HammingIndex
+    from cmrops.encoders import TextEncoder
 
 __all__ = [
     "CaptionEncoder",
@@ -307,6 +309,14 @@ class CaptionEncoder:
     """
 
     def __init__(self, project: str | os.PathLike[str], info: ModelInfo, settings: SearchSettings):
+        from cmrops.encoders import ModelNotFoundError
+
+        try:
+            self._load(Path(project), info, settings)
+        except ModelNotFoundError as e:  # the encoder's files are not on this machine
+            raise SearchError(f"{e} - or search by image (no encoder needed)") from e
+
+    def _load(self, project: Path, info: ModelInfo, settings: SearchSettings) -> None:
         self.info = info
         self.settings = settings
         config = read_config(info)
@@ -317,11 +327,11 @@ class CaptionEncoder:
             self.encoder_name = str(finetuned)
             self.model = load_model(info, config)
             self._tokenizer_dir: Path | None = encoder_dir(self.encoder_name)
-            self.text_encoder = None
+            self.text_encoder: TextEncoder | None = None
             return
         from cmrops.encoders import load_text_encoder
 
-        self.encoder_name = _recorded_text_encoder(Path(project))
+        self.encoder_name = _recorded_text_encoder(project)
         self.model = load_model(info, config)
         self._tokenizer_dir = None
         self.text_encoder = load_text_encoder(self.encoder_name, settings.device)

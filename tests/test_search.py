@@ -181,6 +181,11 @@ def test_damaged_or_missing_files_are_refused_clearly(
 ) -> None:
     copy = _copy_run(project, tmp_path / "p")
     info = find_model(copy, model_name)
+    meta = copy / "data/interim/features/meta.json"
+    recorded = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**recorded, "text": {"encoder": str(tmp_path / "no-encoder")}}))
+    with pytest.raises(SearchError, match=r"no-encoder.*or search by image"):
+        CaptionEncoder(copy, info, SETTINGS)
     weights = info.model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(
