@@ -67,12 +67,8 @@ if dvc status --cloud -q >/dev/null 2>&1; then
 else
     echo "DVC: outputs committed; some are not in the remote yet (run: dvc push)"
 fi
-if [[ -f dashboards/app.py ]]; then
-    DASHBOARD="dashboard   .venv/bin/streamlit run dashboards/app.py --server.address 127.0.0.1
+DASHBOARD="dashboard   make dashboard   (Streamlit on 127.0.0.1 only)
               then open http://127.0.0.1:8501"
-else
-    DASHBOARD="dashboard   not built yet; meanwhile the figures are in metrics/*.json and plots/"
-fi
 cat <<MSG
 
 Finished in ${SECS}s. Next:

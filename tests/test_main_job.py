@@ -46,7 +46,7 @@ def test_main_job_runs_and_prints_the_summary(tmp_path: Path) -> None:
         "every output is committed",
         "airflow standalone",
         "http://127.0.0.1:8080",
-        "dashboard   ",
+        "make dashboard",
     ):
         assert text in out, text
     assert (project / "dvc.lock").is_file()
