@@ -5,8 +5,7 @@ Run from the repository root::
     streamlit run dashboards/app.py            # the project in the current directory
     CMROPS_PROJECT_DIR=/path/to/project streamlit run dashboards/app.py
 
-``.streamlit/config.toml`` serves it on 127.0.0.1. The Search page is listed (between Retrieval
-and Code health) when ``pages/search.py`` exists.
+``.streamlit/config.toml`` serves it on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ if str(HERE.parent) not in sys.path:  # `dashboards` importable when run outside
 
 from dashboards import data  # noqa: E402
 
-#: (file under pages/, title, icon); a missing optional page is left out.
+#: (file under pages/, title, icon), in menu order.
 PAGES: tuple[tuple[str, str, str], ...] = (
     ("overview.py", "Overview", ":material/dashboard:"),
     ("data_quality.py", "Data quality", ":material/rule:"),
@@ -34,12 +33,10 @@ PAGES: tuple[tuple[str, str, str], ...] = (
 
 
 def pages() -> list[st.Page]:
-    out = []
-    for i, (file, title, icon) in enumerate(PAGES):
-        path = HERE / "pages" / file
-        if path.is_file():
-            out.append(st.Page(path, title=title, icon=icon, default=i == 0))
-    return out
+    return [
+        st.Page(HERE / "pages" / file, title=title, icon=icon, default=i == 0)
+        for i, (file, title, icon) in enumerate(PAGES)
+    ]
 
 
 st.set_page_config(page_title="cmrops", page_icon=":material/hub:", layout="wide")
