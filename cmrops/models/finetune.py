@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmrops.encoders import _features
 from cmrops.models.hasher import HasherConfig, HashHead
 
 log = logging.getLogger(__name__)
@@ -308,12 +309,6 @@ def _freeze(encoder: nn.Module, layers: int) -> None:
     for m in trainable:
         for p in m.parameters():
             p.requires_grad_(True)
-
-
-def _features(out: Any) -> torch.Tensor:
-    from cmrops.encoders import _features as features
-
-    return features(out)
 
 
 # --------------------------------------------------------------------------- construction
