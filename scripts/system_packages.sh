@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs beyond Python's (a real browser, a real Pushgateway).
+# Debian packages the test suite needs beyond Python's (a real browser, a real Pushgateway, a
+# real Redis).
 # Installs only what is missing; needs root (or sudo) the first time on a fresh machine.
 #   chromium                 headless browser for the dashboard's end-to-end test (playwright drives it)
 #   prometheus-pushgateway   the Pushgateway that short-lived Airflow tasks push metrics to
+#   redis-server             the Celery broker of the CeleryExecutor test (started on 127.0.0.1 by the test)
 set -euo pipefail
 
-PACKAGES=(chromium prometheus-pushgateway)
+PACKAGES=(chromium prometheus-pushgateway redis-server)
 
 log() { printf '\033[1m[system]\033[0m %s\n' "$*" >&2; }
 
