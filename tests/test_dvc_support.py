@@ -123,7 +123,7 @@ def reproduced_project(base: Path) -> Path:
     """One tiny project reproduced with ``dvc repro`` per test session (shared by modules)."""
     if "p" not in _REPRO:
         project = make_project(base / "repro", tiny_params())
-        sh(["dvc", "repro", "--quiet"], project, timeout=900)
+        sh(["dvc", "repro", "--quiet"], project, timeout=1800)
         git_commit(project, "dvc repro")
         _REPRO["p"] = project
     return _REPRO["p"]

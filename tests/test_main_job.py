@@ -12,7 +12,9 @@ import pytest
 
 from tests.test_dvc_support import REPO, env, make_project, sh, tiny_params
 
-pytestmark = pytest.mark.slow
+# Budgets hold on a busy 2-core machine (a CI run once took 39 minutes in all): each command may
+# take several times its idle duration before the test calls it a failure.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def _project(base: Path) -> Path:
@@ -27,7 +29,7 @@ def _run(project: Path, **extra: str):
         if k.startswith(("AIRFLOW", "CMROPS_")):
             del e[k]
     e.update(CMROPS_SKIP_SETUP="1", **extra)  # the test session's .venv is the set-up
-    return sh(["bash", "scripts/main_job.sh"], project, check=False, env=e, timeout=900)
+    return sh(["bash", "scripts/main_job.sh"], project, check=False, env=e, timeout=2400)
 
 
 def test_main_job_runs_and_prints_the_summary(tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ def test_the_readme_main_job_runs_on_the_default_params(tmp_path: Path) -> None:
         if k.startswith(("AIRFLOW", "CMROPS_")):
             del e[k]
     e.update(CMROPS_SKIP_SETUP="1")
-    proc = sh(["make", "run"], project, check=False, env=e, timeout=1800)
+    proc = sh(["make", "run"], project, check=False, env=e, timeout=3300)
     out = proc.stdout
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     assert "samples: 2000 in," in out
