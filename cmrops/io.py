@@ -53,6 +53,37 @@ def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
+@contextlib.contextmanager
+def atomic_npy_memmap(
+    path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...]
+) -> Iterator[np.ndarray]:
+    """A ``.npy`` written in place through a memory map (no copy of the whole array in memory),
+    atomically: a temporary file beside ``path`` is filled, flushed, fsynced, then renamed. The
+    bytes equal ``np.save`` of the same array."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if int(np.prod(shape)) == 0:  # nothing to map: an empty array's header alone
+            empty = np.zeros(shape, dtype)
+            yield empty
+            with open(tmp, "wb") as fh:
+                np.save(fh, empty, allow_pickle=False)
+        else:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            yield mm
+            mm.flush()
+            del mm
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 

@@ -22,7 +22,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "Stage", "StageError", "argv", "effective_params", "run_stage", "stage_names"]
+__all__ = [
+    "STAGES",
+    "Stage",
+    "StageError",
+    "argv",
+    "effective_params",
+    "run_stage",
+    "stage_names",
+]
 
 
 class StageError(RuntimeError):
@@ -223,8 +231,9 @@ def _preprocess_params(params_file: str) -> Any:
 
 def preprocess_plan(
     work: str | os.PathLike[str], params_file: str = "params.yaml", root: str | None = None
-) -> list[int]:
-    """Shard indices of preprocess (the unit of dynamic task mapping)."""
+) -> list[list[int]]:
+    """Groups of shard indices, one per mapped task (whole shards, about
+    ``preprocess.task_rows`` raw rows each)."""
     from cmrops.stages.preprocess import plan_shards
 
     work = Path(work).resolve()
@@ -235,25 +244,25 @@ def preprocess_plan(
         )
 
 
-def preprocess_shard(
-    index: int,
+def preprocess_shards(
+    indices: list[int],
     work: str | os.PathLike[str],
     params_file: str = "params.yaml",
     root: str | None = None,
-) -> int:
-    """Decode and embed one shard (a no-op when it is recorded already)."""
+) -> list[int]:
+    """Decode and embed a group of shards (a no-op for those recorded already)."""
     from cmrops.stages.preprocess import run_shards
 
     work = Path(work).resolve()
     root = None if not root or _same_place(root, work) else root
     st = Stage(
-        "preprocess_shard", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
+        "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
     with _staged(st, work, root):
         run_shards(
-            _preprocess_params(params_file), work / "data/raw", work / "data/interim", [index]
+            _preprocess_params(params_file), work / "data/raw", work / "data/interim", indices
         )
-    return index
+    return list(indices)
 
 
 # --------------------------------------------------------------------------- run summary

@@ -18,13 +18,20 @@ under ``out_dir``:
 * ``throughput.json`` - wall-clock timings of this run (the only output that differs between runs).
 
 **Shards and resume.** The raw rows, sorted by ``sample_id``, are cut into shards of
-``shard_size``. Worker processes (``spawn``) decode, hash and normalise one shard each and write
+``shard_size``; ``shards/plan.parquet`` records which shard each sample is in. Worker processes
+(``spawn``; Ray tasks with ``engine: ray``) decode, hash and normalise one shard each and write
 ``shards/shard-NNNNN.{samples,quarantine}.parquet`` atomically; the main process then records
 ``shard-NNNNN.json`` holding the shard's input hash (its rows plus every parameter that shapes the
 result) and the files' SHA-256. Embeddings are computed batched in the main process (GPU when
 there is one) per shard and recorded the same way (``shard-NNNNN.emb.json``). A rerun - after a
 kill, or with nothing changed - redoes only shards whose record is missing or stale, then merges
-all shards in order, so its outputs are byte-identical to an uninterrupted run.
+all shards, so its outputs are byte-identical to an uninterrupted run.
+
+**Incremental.** A rerun on a raw table with added samples keeps every known sample in the shard
+the plan gave it and appends the new samples as new shards, so only they are decoded and
+embedded (a shard that lost samples is redone). The merge sorts by ``sample_id`` and streams each
+shard's embeddings into place through memory-mapped ``.npy`` files, so memory holds the (image-
+free) sample tables and one shard's embeddings, never all images or all features twice.
 
 After every run: inputs = kept + quarantined (asserted).
 """
@@ -82,9 +89,13 @@ class PreprocessParams:
     batch_size: int = 64  # embedding batch size
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embeddings: bool = True  # compute features/{image,text}.npy
+    task_rows: int = 4096  # raw rows per Airflow mapped task (whole shards; scheduling only)
 
     def __post_init__(self) -> None:
-        for name in ("n_workers", "shard_size", "encoder_size", "caption_max_chars", "batch_size"):
+        for name in (
+            "n_workers", "shard_size", "encoder_size", "caption_max_chars", "batch_size",
+            "task_rows",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         DecodeLimits(self.max_pixels, self.min_side, self.max_aspect)  # validates the limits
@@ -126,36 +137,48 @@ def run(
     """Preprocess ``raw_dir`` into ``out_dir`` (see module docstring); returns the metrics."""
     t_start = time.perf_counter()
     raw, out = Path(raw_dir), Path(out_dir)
-    rows, stage_quarantine = _load_raw(raw)
-    shards = _plan(rows, params)
+    table, stage_quarantine = _load_raw(raw)
     shard_dir = out / "shards"
+    shards = _plan(table, params, shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale(shard_dir, len(shards))
 
     timing = _execute(shards, params, raw, shard_dir)
     for leftover in shard_dir.glob("shard-*.pixels.npy"):  # all embedded (or not wanted) now
         leftover.unlink()
-    metrics = _merge(shards, stage_quarantine, params, out, len(rows) + len(stage_quarantine))
+    n_in = table.num_rows + len(stage_quarantine)
+    del table
+    metrics = _merge(shards, stage_quarantine, params, out, n_in)
     timing["seconds_total"] = round(time.perf_counter() - t_start, 3)
     io.write_json(out / "throughput.json", timing)
     return metrics
 
 
 # Fan-out hooks for schedulers (Airflow dynamic task mapping): plan_shards -> run_shards on
-# each index (any order, any worker sharing the out folder) -> run, which then finds every shard
-# recorded and only merges. The bytes are those of a single `run`.
+# each group of indices (any order, any worker sharing the out folder) -> run, which then finds
+# every shard recorded and only merges. The bytes are those of a single `run`.
 
 
 def plan_shards(
     params: PreprocessParams, raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
-) -> list[int]:
-    """The shard indices of this input (stale shard files of another plan are removed)."""
-    rows, _ = _load_raw(Path(raw_dir))
-    shards = _plan(rows, params)
+) -> list[list[int]]:
+    """The shard indices of this input in groups of about ``task_rows`` rows (whole shards): one
+    group per mapped task, so a task is coarse (thousands of samples) while a shard stays the unit
+    of resume. Stale shard files of another plan are removed."""
+    table, _ = _load_raw(Path(raw_dir))
     shard_dir = Path(out_dir) / "shards"
+    shards = _plan(table, params, shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale(shard_dir, len(shards))
-    return [s.index for s in shards]
+    groups: list[list[int]] = []
+    rows = 0
+    for s in shards:
+        if not groups or rows >= params.task_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(s.index)
+        rows += s.num_rows
+    return groups
 
 
 def run_shards(
@@ -166,12 +189,12 @@ def run_shards(
 ) -> dict[str, Any]:
     """Decode and embed the shards ``indices`` (those not recorded already); returns timings."""
     raw = Path(raw_dir)
-    rows, _ = _load_raw(raw)
-    shards = _plan(rows, params)
+    table, _ = _load_raw(raw)
+    shard_dir = Path(out_dir) / "shards"
+    shards = _plan(table, params, shard_dir)
     bad = [i for i in indices if not 0 <= i < len(shards)]
     if bad:
         raise ValueError(f"shard index(es) {bad} out of range: the plan has {len(shards)} shards")
-    shard_dir = Path(out_dir) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     return _execute([shards[i] for i in sorted(set(indices))], params, raw, shard_dir)
 
@@ -179,9 +202,10 @@ def run_shards(
 # --------------------------------------------------------------------------- input and plan
 
 
-def _load_raw(raw: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Raw rows sorted by (sample_id, source, source_key), first of each id kept; the others
-    become ``duplicate_sample_id`` quarantine rows."""
+def _load_raw(raw: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Raw rows as one columnar table sorted by (sample_id, source, source_key), first of each id
+    kept; the others become ``duplicate_sample_id`` quarantine rows. Only the metadata columns are
+    held (image bytes stay in the store), as Arrow arrays, never as Python rows."""
     path = raw / "samples.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found - run `cmrops collect` first (or pass --raw)")
@@ -201,45 +225,115 @@ def _load_raw(raw: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     order = pc.sort_indices(
         table, [("sample_id", "ascending"), ("source", "ascending"), ("source_key", "ascending")]
     )
-    kept: list[dict[str, Any]] = []
+    table = table.take(order).combine_chunks()
+    ids = table["sample_id"]
+    if table.num_rows < 2:
+        return table, []
+    same = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+    repeat = np.flatnonzero(same) + 1  # rows whose id the row before them holds too
+    if not len(repeat):
+        return table, []
+    first_of = np.flatnonzero(np.concatenate([[True], ~same]))  # start of each id's run
+    firsts = first_of[np.searchsorted(first_of, repeat, side="right") - 1]
     dupes: list[dict[str, Any]] = []
-    for row in table.take(order).to_pylist():
-        if kept and kept[-1]["sample_id"] == row["sample_id"]:
-            first = kept[-1]
-            dupes.append(
-                _qrow(
-                    row,
-                    "duplicate_sample_id",
-                    f"sample_id also used by {first['source']}:{first['source_key']}",
-                    {"kept_source": first["source"], "kept_source_key": first["source_key"]},
-                )
+    for i, f in zip(repeat.tolist(), firsts.tolist(), strict=True):
+        row, first = table.slice(i, 1).to_pylist()[0], table.slice(f, 1).to_pylist()[0]
+        dupes.append(
+            _qrow(
+                row,
+                "duplicate_sample_id",
+                f"sample_id also used by {first['source']}:{first['source_key']}",
+                {"kept_source": first["source"], "kept_source_key": first["source_key"]},
             )
-        else:
-            kept.append(row)
-    return kept, dupes
+        )
+    keep = np.ones(table.num_rows, bool)
+    keep[repeat] = False
+    return table.filter(pa.array(keep)), dupes
 
 
 @dataclass(frozen=True)
 class Shard:
     index: int
-    rows: list[dict[str, Any]]
+    table: pa.Table  # its raw rows (RAW_SAMPLES), sorted by sample_id
     input_hash: str
 
     @property
     def stem(self) -> str:
         return f"shard-{self.index:05d}"
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The shard's raw rows as dicts (materialised per call: one shard, not the table)."""
+        return self.table.to_pylist()
 
-def _plan(rows: list[dict[str, Any]], params: PreprocessParams) -> list[Shard]:
-    fingerprint = json.dumps(params.shard_fingerprint(), sort_keys=True)
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+
+#: The shard plan: which shard each sample belongs to (``sample_id``, ``shard``), with the
+#: fingerprint of the planning parameters in the schema metadata.
+PLAN_FILE = "plan.parquet"
+_PLAN_SCHEMA = pa.schema([("sample_id", pa.string()), ("shard", pa.int32())])
+
+
+def _plan_fingerprint(params: PreprocessParams) -> str:
+    spec = {"shard_size": params.shard_size, **params.shard_fingerprint()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _read_plan(shard_dir: Path, fingerprint: str) -> pa.Table | None:
+    """The recorded plan when it was made with these parameters; else None (plan afresh)."""
+    path = shard_dir / PLAN_FILE
+    try:
+        table = io.read_parquet(path)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(b"fingerprint") != fingerprint.encode() or table.schema.names != _PLAN_SCHEMA.names:
+        return None
+    return table.cast(_PLAN_SCHEMA)
+
+
+def _plan(table: pa.Table, params: PreprocessParams, shard_dir: Path) -> list[Shard]:
+    """Cut the raw rows into shards, **incrementally**: a sample the recorded plan
+    (``shards/plan.parquet``) already places stays in its shard, so a rerun with added samples
+    redoes only the new shards (appended after the last one, ``shard_size`` new samples each)
+    and shards that lost samples. Without a plan (or after a change of ``shard_size`` or of the
+    decode parameters), sorted rows are cut in order. Each shard's rows stay sorted by id."""
+    fingerprint = _plan_fingerprint(params)
+    n = table.num_rows
+    previous = _read_plan(shard_dir, fingerprint)
+    if previous is None or previous.num_rows == 0:
+        assignment = np.arange(n, dtype=np.int64) // params.shard_size
+    else:
+        where = pc.index_in(table["sample_id"], value_set=previous["sample_id"])
+        known = where.is_valid().to_numpy(zero_copy_only=False)
+        assignment = np.full(n, -1, np.int64)
+        prev_shard = previous["shard"].to_numpy()
+        assignment[known] = prev_shard[where.drop_null().to_numpy()]
+        fresh = np.flatnonzero(~known)
+        start = int(prev_shard.max()) + 1
+        assignment[fresh] = start + np.arange(len(fresh)) // params.shard_size
+    n_shards = int(assignment.max()) + 1 if n else 0
+    order = np.argsort(assignment, kind="stable")  # rows by shard, sorted by id within each
+    bounds = np.searchsorted(assignment[order], np.arange(n_shards + 1))
+    hash_fp = json.dumps(params.shard_fingerprint(), sort_keys=True)
     shards = []
-    for i, lo in enumerate(range(0, len(rows), params.shard_size)):
-        chunk = rows[lo : lo + params.shard_size]
-        h = hashlib.sha256(fingerprint.encode())
-        for row in chunk:
+    for i in range(n_shards):
+        part = table.take(pa.array(order[bounds[i] : bounds[i + 1]]))
+        h = hashlib.sha256(hash_fp.encode())
+        for row in part.to_pylist():
             h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
             h.update(b"\n")
-        shards.append(Shard(i, chunk, h.hexdigest()))
+        shards.append(Shard(i, part, h.hexdigest()))
+    plan = pa.table(
+        {"sample_id": table["sample_id"], "shard": pa.array(assignment, pa.int32())},
+        schema=_PLAN_SCHEMA,
+    ).replace_schema_metadata({"fingerprint": fingerprint})
+    if previous is None or not plan.equals(previous):
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        io.write_parquet(shard_dir / PLAN_FILE, plan)
     return shards
 
 
@@ -373,7 +467,7 @@ def _execute(
                     "decode",
                     shard.input_hash,
                     [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
-                    rows=len(shard.rows),
+                    rows=shard.num_rows,
                     kept=summary["kept"],
                 )
                 timing["images_decoded"] += summary["images"]
@@ -633,13 +727,21 @@ def _merge(
     out: Path,
     n_in: int,
 ) -> dict[str, Any]:
+    """Concatenate the shards' (small, image-free) tables, sort them by ``sample_id`` - shards
+    hold id-sorted runs, and an incremental plan appends new shards after old ones - and stream
+    each shard's embeddings into the sorted position of the memory-mapped feature files."""
     shard_dir = out / "shards"
     samples = [io.read_parquet(shard_dir / f"{s.stem}.samples.parquet") for s in shards]
     table = pa.concat_tables(samples) if samples else INTERIM_SAMPLES.empty_table()
     table = table.cast(INTERIM_SAMPLES)
-    ids = table["sample_id"].to_pylist()
-    if ids != sorted(ids) or len(set(ids)) != len(ids):
-        raise AssertionError("merged samples are not sorted by unique sample_id")
+    sizes = [t.num_rows for t in samples]
+    del samples
+    order = pc.sort_indices(table, [("sample_id", "ascending")]).to_numpy()
+    if not np.array_equal(order, np.arange(len(order))):
+        table = table.take(pa.array(order))
+    ids, n = table["sample_id"], table.num_rows
+    if ids.null_count or (n > 1 and pc.any(pc.equal(ids.slice(1), ids.slice(0, n - 1))).as_py()):
+        raise AssertionError("merged samples are not unique, non-null sample_ids")
     n_kept = table.num_rows
     feature_rows = np.arange(n_kept, dtype=np.int64) if params.embeddings else np.full(n_kept, -1)
     table = table.set_column(
@@ -658,7 +760,10 @@ def _merge(
         raise AssertionError(
             f"inputs ({n_in}) != kept ({n_kept}) + quarantined ({quarantine.num_rows})"
         )
-    meta = _write_features(shards, params, out, n_kept)
+    # where each concatenated row lands in the sorted table
+    position = np.empty(n_kept, np.int64)
+    position[order] = np.arange(n_kept, dtype=np.int64)
+    meta = _write_features(shards, sizes, position, params, out)
     # one chunk each: the bytes written must not depend on how the rows were sharded
     io.write_parquet(out / "samples.parquet", table.combine_chunks())
     io.write_parquet(out / "quarantine.parquet", quarantine.combine_chunks())
@@ -668,10 +773,17 @@ def _merge(
 
 
 def _write_features(
-    shards: list[Shard], params: PreprocessParams, out: Path, n_kept: int
+    shards: list[Shard],
+    sizes: list[int],
+    position: np.ndarray,
+    params: PreprocessParams,
+    out: Path,
 ) -> dict[str, Any]:
+    """``features/{image,text}.npy`` written through memory maps, one shard at a time (row
+    ``position[j]`` holds concatenated row ``j``): memory stays one shard's embeddings."""
     feat = out / "features"
     feat.mkdir(parents=True, exist_ok=True)
+    n_kept = len(position)
     if not params.embeddings:
         for name in ("image.npy", "text.npy"):
             (feat / name).unlink(missing_ok=True)
@@ -680,29 +792,34 @@ def _write_features(
         return meta
     shard_dir = out / "shards"
     records = [json.loads(_record_path(shard_dir, s, "embed").read_text()) for s in shards]
-    arrays = {}
+    dims = {}
     for kind in ("image", "text"):
-        parts = [io.read_npy(shard_dir / f"{s.stem}.{kind}.npy") for s in shards]
         dim = records[0][f"{kind}_dim"] if records else 0
-        arrays[kind] = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-        if len(arrays[kind]) != n_kept:
-            raise AssertionError(
-                f"{kind} features have {len(arrays[kind])} rows for {n_kept} samples"
-            )
-    for kind, arr in arrays.items():
-        io.write_npy(feat / f"{kind}.npy", arr.astype(np.float32, copy=False))
+        dims[kind] = dim
+        with io.atomic_npy_memmap(feat / f"{kind}.npy", np.float32, (n_kept, dim)) as dest:
+            offset = 0
+            for s, size in zip(shards, sizes, strict=True):
+                part = np.load(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
+                if len(part) != size or (size and part.shape[1] != dim):
+                    raise AssertionError(
+                        f"{s.stem}.{kind}.npy holds {part.shape} for {size} samples of dim {dim}"
+                    )
+                dest[position[offset : offset + size]] = part
+                offset += size
+            if offset != n_kept:
+                raise AssertionError(f"{kind} features have {offset} rows for {n_kept} samples")
     first = records[0] if records else {}
     meta = {
         "embeddings": True,
         "rows": n_kept,
         "image": {
             "encoder": first.get("image_encoder", params.image_encoder),
-            "dim": int(arrays["image"].shape[1]),
+            "dim": int(dims["image"]),
             "input_size": params.encoder_size,
         },
         "text": {
             "encoder": first.get("text_encoder", params.text_encoder),
-            "dim": int(arrays["text"].shape[1]),
+            "dim": int(dims["text"]),
             "pooling": "mean of the sample's caption embeddings, L2-renormalised",
         },
         "dtype": "float32",
