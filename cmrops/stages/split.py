@@ -32,6 +32,9 @@ the name is stamped into every row:
 3. *Anchor* (``anchor: path`` to an earlier assignments file of the same protocol): its samples
    keep their set (and ``in_train``) and only new groups are placed; a group that joins anchored
    samples of different sets goes where most of them are, the others are moved and listed.
+   ``anchor: previous`` anchors on the ``assignments.parquet`` this stage wrote last time in its
+   out folder (an incremental release: scheduled runs add data, nothing earlier moves); on the
+   first run, or when that file was made with another protocol or seed, the split is made afresh.
 
 Stability: without an anchor, adding data changes an existing sample's set only where a
 label's demand now runs out at a different group (measured: a few percent for +10% data); with
@@ -128,7 +131,8 @@ class SplitParams:
     stratify: bool = True  # iterative stratification by labels (false: hash and sizes only)
     image_radius: int = 8  # pHash radius linking samples into one group (looser than clean)
     caption_radius: int = 3  # caption SimHash radius linking samples into one group
-    anchor: str | None = None  # earlier assignments.parquet whose samples keep their set
+    anchor: str | None = None  # earlier assignments.parquet whose samples keep their set;
+    # "previous": the one this stage wrote last time (incremental releases)
     import_assignments: str | None = None  # audit these assignments instead of splitting
     audit_max_listed: int = 50  # leaking pairs listed in metrics (all are counted)
 
@@ -165,6 +169,12 @@ def cli_main(args: Any) -> int:
         f"{m['groups']['count']} groups -> {sizes}; in_train {m['in_train']}; "
         f"leaking near-duplicate pairs {m['leakage']['total']}"
     )
+    if "release" in m:
+        r = m["release"]
+        print(
+            f"split: anchored on the previous assignments: {r['anchored_samples']} kept their "
+            f"set, {r['new_samples']} new, {r['moved']} moved"
+        )
     return 0
 
 
@@ -204,13 +214,29 @@ def run(
         proto = params.protocols[params.protocol]
         protocol_name, spec, mode, sets = params.protocol, proto.spec(), "assigned", proto.sets
         anchor = None
-        if params.anchor:
-            anchor = _load_anchor(_resolve(base, params.anchor), ids, proto, params.protocol)
+        anchor_path = _anchor_path(params, base, out, spec)
+        if anchor_path is not None:
+            anchor = _load_anchor(anchor_path, ids, proto, params.protocol)
         used_labels = sample_labels if params.stratify else [[] for _ in ids]
         split, in_train, extra = _assign(
             proto, params.seed, keys, weights, group_idx, used_labels, len(label_names), anchor, ids
         )
 
+    release = None
+    if params.anchor == PREVIOUS and mode == "assigned":
+        # what this release added is history, not a property of the split: it goes beside the
+        # output (data/split/release.json, not versioned), so a rerun on the same data writes
+        # the same versioned bytes as the run that made them
+        counts = extra.pop("anchor", None) or {"anchored_samples": 0, "new_samples": n, "moved": 0}
+        release = {
+            "anchored_on": "previous" if anchor_path is not None else None,
+            **{k: counts[k] for k in ("anchored_samples", "new_samples", "moved")},
+        }
+        extra["anchor"] = {
+            "mode": PREVIOUS,
+            "moved": counts["moved"],
+            "moved_samples": counts.get("moved_samples", []),
+        }
     if mode == "assigned":  # an imported split is audited as it is, empty sets included
         _check_nonempty(split, in_train, sets, n, len(roots), spec)
     membership = {s: split == s for s in sets}
@@ -246,7 +272,46 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "assignments.parquet", table)
     io.write_json(Path(metrics_path) if metrics_path else out / "split.json", metrics)
+    if release is not None:
+        io.write_json(out / RELEASE_FILE, release)
+        metrics = {**metrics, "release": release}
     return metrics
+
+
+#: ``anchor: previous`` - anchor on this stage's own last output
+PREVIOUS = "previous"
+#: Beside the assignments with ``anchor: previous``: samples anchored / new / moved this run.
+RELEASE_FILE = "release.json"
+
+
+def _anchor_path(params: SplitParams, base: Path, out: Path, spec: dict[str, Any]) -> Path | None:
+    """The anchor file to use, or None. With ``previous``: ``<out>/assignments.parquet`` when it
+    exists and was made with this protocol (name and spec) and seed; else a fresh split."""
+    if not params.anchor:
+        return None
+    if params.anchor != PREVIOUS:
+        return _resolve(base, params.anchor)
+    path = out / "assignments.parquet"
+    if not path.is_file():
+        return None
+    want = json.dumps({"name": params.protocol, **spec}, sort_keys=True)
+    try:
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+        seeds = pc.unique(io.read_parquet(path).column("seed")).to_pylist()
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        log.warning("split: ignoring the previous assignments %s (%s): splitting afresh", path, e)
+        return None
+    got = (schema.metadata or {}).get(b"cmrops.protocol", b"").decode()
+    if got != want or seeds not in ([], [params.seed]):
+        log.warning(
+            "split: the previous assignments %s were made with protocol %s, seed %s (now %s, "
+            "seed %s): splitting afresh",
+            path, got or "?", seeds, want, params.seed,
+        )  # fmt: skip
+        return None
+    return path
 
 
 def _resolve(base: Path, p: str) -> Path:
