@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "Changes",
     "RemoteInfo",
     "VersioningError",
+    "changes_since_versioned",
     "commit",
     "commit_and_push",
     "configure_remote",
@@ -153,3 +155,72 @@ def commit_and_push(
     """What a pipeline run ends with: record the outputs, then push them to the remote."""
     commit(repo)
     return push(repo, remote, jobs)
+
+
+# --------------------------------------------------------------------------- incremental runs
+
+#: The table whose sample ids tell what a run added (collect's output).
+RAW_SAMPLES = "data/raw/samples.parquet"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How the workspace differs from the last versioned run (``dvc.lock``)."""
+
+    versioned: bool  # dvc.lock exists: some run was versioned
+    up_to_date: bool  # every stage's deps and outs match dvc.lock: a run has nothing to do
+    stages: tuple[str, ...]  # the stages dvc status reports changed
+    new_samples: int | None  # raw sample ids not in the versioned raw table (None: unknown)
+    removed_samples: int | None
+
+    def describe(self) -> str:
+        if not self.versioned:
+            return "no versioned run yet (no dvc.lock): every stage runs"
+        if self.up_to_date:
+            return "nothing new since the last versioned run: every output matches dvc.lock"
+        counts = (
+            f"{self.new_samples} new and {self.removed_samples} removed sample(s)"
+            if self.new_samples is not None
+            else "sample counts unknown (the versioned raw table is not in the DVC cache)"
+        )
+        return f"changed since the last versioned run: {counts}; stages {', '.join(self.stages)}"
+
+
+def changes_since_versioned(repo: str | os.PathLike[str] = ".") -> Changes:
+    """Compare the workspace with ``dvc.lock`` (``dvc status``) and count the raw samples added
+    and removed since the versioned run (sample ids are content hashes, so this is exact)."""
+    import json
+
+    import yaml
+
+    root = Path(repo)
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        return Changes(False, False, (), None, None)
+    status = json.loads(dvc(["status", "--json"], root).stdout or "{}")
+    stages = tuple(sorted(k for k in status if not k.startswith(".")))
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    new = removed = None
+    versioned_raw = _locked_file(root, lock, RAW_SAMPLES)
+    current_raw = root / RAW_SAMPLES
+    if versioned_raw is not None and current_raw.is_file():
+        before, now = _sample_ids(versioned_raw), _sample_ids(current_raw)
+        new, removed = len(now - before), len(before - now)
+    return Changes(True, not status, stages, new, removed)
+
+
+def _locked_file(root: Path, lock: dict[str, Any], rel: str) -> Path | None:
+    """The cached copy of output ``rel`` as dvc.lock records it (None: not in the local cache)."""
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == rel and out.get("md5"):
+                md5 = str(out["md5"])
+                path = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+                return path if path.is_file() else None
+    return None
+
+
+def _sample_ids(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
