@@ -3,9 +3,17 @@
 
 Builds an image-text retrieval dataset and hashing models, one task per stage:
 
-`collect` → `preprocess` (planned into shards, one **mapped** task per shard, then merged) →
-`label` → `clean` → `split` → `train` (pool `gpu`) → `evaluate` → `version`
-(`dvc commit` + `dvc push` to the DVC remote).
+`collect` → `changes` → `preprocess` (planned into shards, one **mapped** task per group of
+shards of about `preprocess.task_rows` samples, then merged) → `label` → `clean` → `split` →
+`train` (pool `gpu`) → `evaluate` → `version` (`dvc commit` + `dvc push` to the DVC remote).
+
+**Schedule** (`schedule:` in params.yaml, read when the DAG file is parsed): a cron (`cron`, UTC;
+daily by default) and/or asset URIs (`assets`) whose updates also start a run. Every run is
+incremental: `collect` rescans the sources (stored images are not copied again); `changes`
+compares the workspace with the last versioned run (`dvc.lock`, `dvc status`) and, when nothing is
+new, skips every later task (a fast no-op). Otherwise only the new samples are decoded and embedded
+(preprocess keeps known samples in their shards), deduplicated against the whole set (the Rust
+index), and placed in sets while every earlier sample keeps its own (`split.anchor: previous`).
 
 Every task runs the same code with the same arguments as `dvc repro` (`cmrops.pipeline`, which
 calls `cmrops.cli.main`), so both produce the same bytes. Tasks are idempotent: a retry or a rerun
@@ -35,7 +43,16 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import (
+    Asset,
+    AssetAny,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    TriggerRule,
+    dag,
+    task,
+)
 
 PROJECT = os.environ.get("CMROPS_PROJECT") or str(Path(__file__).resolve().parents[1])
 STAGE_ORDER = ["collect", "preprocess", "label", "clean", "split", "train", "evaluate"]
@@ -46,6 +63,31 @@ SPLIT = Asset("cmrops://dataset/split")
 MODELS = Asset("cmrops://models/hashing")
 RETRIEVAL = Asset("cmrops://metrics/retrieval")
 VERSIONED = Asset("cmrops://dataset/versioned")
+
+
+def schedule_from_params(params_file: Path) -> object:
+    """The DAG's schedule from the ``schedule:`` section of ``params_file`` (a small file read at
+    parse time: Airflow needs the schedule before any run exists; nothing else is read here).
+
+    ``cron`` (UTC, default daily at 03:00; null: no timed runs) and ``assets`` (URIs whose updates
+    also start a run); Airflow itself validates both."""
+    import yaml
+
+    known = {"cron": "0 3 * * *", "assets": []}
+    data = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.is_file() else {}
+    section = (data or {}).get("schedule") or {}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ValueError(f"{params_file}:schedule: unknown key(s) {unknown}; allowed: cron, assets")
+    cron = section.get("cron", known["cron"])
+    assets = [Asset(str(uri)) for uri in section.get("assets") or []]
+    timetable = CronTriggerTimetable(str(cron), timezone="UTC") if cron else None
+    if timetable is not None and assets:
+        return AssetOrTimeSchedule(timetable=timetable, assets=AssetAny(*assets))
+    if assets:
+        return AssetAny(*assets)
+    return timetable
+
 
 DEFAULT_ARGS = {
     "owner": "cmrops",
@@ -114,7 +156,7 @@ def _run(name: str) -> dict[str, str]:
 
 @dag(
     dag_id="cmrops_pipeline",
-    schedule=None,
+    schedule=schedule_from_params(Path(PROJECT) / "params.yaml"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -139,22 +181,40 @@ def cmrops_pipeline() -> None:
     def collect() -> dict[str, str]:
         return _run("collect")
 
+    @task.short_circuit
+    def changes(_: dict[str, str]) -> dict[str, object] | bool:
+        """Skip every later task when nothing changed since the last versioned run."""
+        from airflow.sdk import get_current_context
+
+        from cmrops.versioning import changes_since_versioned
+
+        cfg = _config()
+        if Path(cfg["params"]).resolve() != (Path(cfg["work"]) / "params.yaml").resolve():
+            return {"checked": False}  # an override run is never versioned: always run it
+        if cfg["root"]:
+            return {"checked": False}  # outputs live in the storage root, not this workspace
+        c = changes_since_versioned(cfg["work"])
+        get_current_context()["ti"].log.info("changes: %s", c.describe())
+        if c.up_to_date:
+            return False
+        return {"checked": True, "new_samples": c.new_samples, "stages": list(c.stages)}
+
     @task
-    def preprocess_plan(_: dict[str, str]) -> list[int]:
+    def preprocess_plan(_: object) -> list[list[int]]:
         from cmrops.pipeline import preprocess_plan as plan
 
         cfg = _config()
         return plan(cfg["work"], cfg["params"], cfg["root"] or None)
 
     @task(max_active_tis_per_dagrun=4)
-    def preprocess_shard(index: int) -> int:
-        from cmrops.pipeline import preprocess_shard as shard
+    def preprocess_shards(indices: list[int]) -> list[int]:
+        from cmrops.pipeline import preprocess_shards as run_group
 
         cfg = _config()
-        return shard(index, cfg["work"], cfg["params"], cfg["root"] or None)
+        return run_group(indices, cfg["work"], cfg["params"], cfg["root"] or None)
 
     @task
-    def preprocess(_: list[int]) -> dict[str, str]:
+    def preprocess(_: list[list[int]]) -> dict[str, str]:
         # every shard is recorded now: this only merges them (and redoes any that went missing)
         return _run("preprocess")
 
@@ -209,8 +269,8 @@ def cmrops_pipeline() -> None:
         return {"committed": last, "pushed": pushed[-500:]}
 
     raw = collect()
-    shards = preprocess_plan(raw)
-    mapped = preprocess_shard.expand(index=shards)
+    groups = preprocess_plan(changes(raw))
+    mapped = preprocess_shards.expand(indices=groups)
     interim = preprocess(mapped)
     done = evaluate(train(split(clean(label(interim)))))
     done >> version()

@@ -48,16 +48,20 @@ def test_pipeline_shape(dagbag) -> None:
     dag = dagbag.dags["cmrops_pipeline"]
     tasks = {t.task_id: t for t in dag.tasks}
     stages = ["collect", "preprocess", "label", "clean", "split", "train", "evaluate"]
-    assert set(stages) | {"preprocess_plan", "preprocess_shard", "version"} == set(tasks)
+    assert set(stages) | {"changes", "preprocess_plan", "preprocess_shards", "version"} == set(
+        tasks
+    )
     assert tasks["train"].pool == "gpu"
     assert all(tasks[s].pool != "gpu" for s in stages if s != "train")
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-    assert isinstance(tasks["preprocess_shard"], MappedOperator)  # dynamic task mapping
+    assert isinstance(tasks["preprocess_shards"], MappedOperator)  # dynamic task mapping
     assert tasks["collect"].retry_exponential_backoff
     for a, b in itertools.pairwise(stages):
         assert a in tasks[b].upstream_task_ids or b == "preprocess", (a, b)
-    assert "preprocess_shard" in tasks["preprocess"].upstream_task_ids
+    assert "collect" in tasks["changes"].upstream_task_ids
+    assert "changes" in tasks["preprocess_plan"].upstream_task_ids
+    assert "preprocess_shards" in tasks["preprocess"].upstream_task_ids
     assert "evaluate" in tasks["version"].upstream_task_ids
     uris = {o.uri for t in dag.tasks for o in getattr(t, "outlets", [])}
     assert {"cmrops://dataset/clean", "cmrops://metrics/retrieval"} <= uris
@@ -120,3 +124,39 @@ def test_effective_params_override(tmp_path: Path) -> None:
     assert effective_params(src, {"synthetic_n": 50}) == str(out)  # idempotent
     with pytest.raises(ValueError, match="unknown"):
         effective_params(src, {"nope": 1})
+
+
+def test_the_schedule_comes_from_params(dagbag, tmp_path: Path) -> None:
+    """params.yaml's schedule: a daily cron by default; with assets, runs on either."""
+    from airflow.sdk import CronTriggerTimetable
+
+    timetable = dagbag.dags["cmrops_pipeline"].timetable
+    assert isinstance(timetable, CronTriggerTimetable)
+    assert timetable.expression == "0 3 * * *"
+
+    def parse(section: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "params.yaml").write_text(section)
+        code = (
+            "import runpy, sys; ns = runpy.run_path(sys.argv[1]); "
+            "dag = ns['cmrops_pipeline'](); "
+            "print(type(dag.timetable).__name__)"
+        )
+        env = {
+            "AIRFLOW_HOME": str(tmp_path),
+            "CMROPS_PROJECT": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+        }
+        return subprocess.run(
+            [sys.executable, "-c", code, str(DAGS / "cmrops_pipeline.py")],
+            capture_output=True, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+
+    both = parse('schedule:\n  cron: "*/30 * * * *"\n  assets: ["cmrops://sources/incoming"]\n')
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert both.stdout.split()[0] == "AssetOrTimeSchedule"
+    only_assets = parse('schedule:\n  cron: null\n  assets: ["cmrops://sources/incoming"]\n')
+    assert only_assets.returncode == 0, only_assets.stderr[-2000:]
+    assert "Asset" in only_assets.stdout
+    bad = parse("schedule:\n  crn: daily\n")
+    assert bad.returncode != 0
+    assert "unknown key(s) ['crn']" in bad.stderr
