@@ -184,7 +184,7 @@ def cmrops_pipeline() -> None:
     @task.short_circuit
     def changes(_: dict[str, str]) -> dict[str, object] | bool:
         """Skip every later task when nothing changed since the last versioned run."""
-        from airflow.sdk import get_current_context
+        import logging
 
         from cmrops.versioning import changes_since_versioned
 
@@ -194,7 +194,7 @@ def cmrops_pipeline() -> None:
         if cfg["root"]:
             return {"checked": False}  # outputs live in the storage root, not this workspace
         c = changes_since_versioned(cfg["work"])
-        get_current_context()["ti"].log.info("changes: %s", c.describe())
+        logging.getLogger("cmrops.changes").info("changes: %s", c.describe())
         if c.up_to_date:
             return False
         return {"checked": True, "new_samples": c.new_samples, "stages": list(c.stages)}

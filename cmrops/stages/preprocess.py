@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -251,11 +252,13 @@ def _load_raw(raw: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
     return table.filter(pa.array(keep)), dupes
 
 
-@dataclass(frozen=True)
 class Shard:
-    index: int
-    table: pa.Table  # its raw rows (RAW_SAMPLES), sorted by sample_id
-    input_hash: str
+    """One shard of the plan: its index and raw rows (RAW_SAMPLES, sorted by sample_id). The
+    input hash (rows + decode parameters) is computed on first use, so a task that runs a few
+    shards of a large plan hashes only those."""
+
+    def __init__(self, index: int, table: pa.Table, fingerprint: str = "") -> None:
+        self.index, self.table, self._fingerprint = index, table, fingerprint
 
     @property
     def stem(self) -> str:
@@ -269,6 +272,14 @@ class Shard:
     @property
     def num_rows(self) -> int:
         return self.table.num_rows
+
+    @functools.cached_property
+    def input_hash(self) -> str:
+        h = hashlib.sha256(self._fingerprint.encode())
+        for row in self.rows:
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            h.update(b"\n")
+        return h.hexdigest()
 
 
 #: The shard plan: which shard each sample belongs to (``sample_id``, ``shard``), with the
@@ -319,14 +330,10 @@ def _plan(table: pa.Table, params: PreprocessParams, shard_dir: Path) -> list[Sh
     order = np.argsort(assignment, kind="stable")  # rows by shard, sorted by id within each
     bounds = np.searchsorted(assignment[order], np.arange(n_shards + 1))
     hash_fp = json.dumps(params.shard_fingerprint(), sort_keys=True)
-    shards = []
-    for i in range(n_shards):
-        part = table.take(pa.array(order[bounds[i] : bounds[i + 1]]))
-        h = hashlib.sha256(hash_fp.encode())
-        for row in part.to_pylist():
-            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-            h.update(b"\n")
-        shards.append(Shard(i, part, h.hexdigest()))
+    shards = [
+        Shard(i, table.take(pa.array(order[bounds[i] : bounds[i + 1]])), hash_fp)
+        for i in range(n_shards)
+    ]
     plan = pa.table(
         {"sample_id": table["sample_id"], "shard": pa.array(assignment, pa.int32())},
         schema=_PLAN_SCHEMA,
