@@ -44,7 +44,6 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -449,8 +448,9 @@ def _execute(
     t0 = time.perf_counter()
     workers = min(params.n_workers, len(todo_decode))
     if workers:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        from cmrops.procpool import spawn_pool
+
+        with spawn_pool(workers) as pool:
             futures = {
                 pool.submit(
                     _process_shard,

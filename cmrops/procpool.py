@@ -1,0 +1,43 @@
+"""Worker processes that start clean wherever the parent runs.
+
+``spawn`` workers re-run the parent's ``__main__`` script before they unpickle their work. Under
+an Airflow 3 task that script is ``airflow``: importing it in the child fails, because the task
+supervisor blocks metadata-DB access in task processes (``sql_alchemy_conn`` =
+``airflow-db-not-allowed:///``). The work itself never needs the parent's ``__main__`` (it is a
+function of an importable module), so :func:`spawn_pool` hides that script from
+:mod:`multiprocessing` while its pool lives, then puts it back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import sys
+from collections.abc import Iterator
+
+__all__ = ["spawn_pool"]
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield  # started with -m or interactively: multiprocessing imports it by name or not at all
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+@contextlib.contextmanager
+def spawn_pool(max_workers: int) -> Iterator[cf.ProcessPoolExecutor]:
+    """A ``spawn`` process pool (a context manager, like the executor itself) whose workers do
+    not re-run the parent's ``__main__`` script: it stays hidden while the pool lives, since
+    workers start on demand."""
+    ctx = multiprocessing.get_context("spawn")
+    with _main_script_hidden(), cf.ProcessPoolExecutor(max_workers, mp_context=ctx) as pool:
+        yield pool
