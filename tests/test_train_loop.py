@@ -3,6 +3,7 @@ followed by a resume reaches bit-identical codes. CPU only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -226,3 +227,22 @@ def test_resume_after_sigkill_gives_identical_codes(tmp_path: Path) -> None:
     )
     assert resumed.resumed_from_step == 21
     _assert_same_run(tmp_path / "a", tmp_path / "b", whole, resumed, query)
+
+
+def test_new_data_trains_a_new_model_other_settings_are_refused(tmp_path: Path) -> None:
+    """A finished checkpoint on other data (a scheduled run added samples) is a model of an
+    earlier release: the run trains afresh, as on an empty folder. Other settings are refused."""
+    from cmrops.models.checkpoint import CheckpointError
+
+    train, val, _ = _data(360)
+    fit(RESUME_MODEL, RESUME_CFG, train, val, tmp_path / "m", device="cpu", progress=False)
+    train2, val2, query2 = _data(420, seed=2)  # a new release of the data
+    again = fit(RESUME_MODEL, RESUME_CFG, train2, val2, tmp_path / "m", device="cpu",
+                progress=False)  # fmt: skip
+    assert again.resumed_from_step is None
+    fresh = fit(RESUME_MODEL, RESUME_CFG, train2, val2, tmp_path / "f", device="cpu",
+                progress=False)  # fmt: skip
+    _assert_same_run(tmp_path / "m", tmp_path / "f", again, fresh, query2)
+    other = dataclasses.replace(RESUME_CFG, lr=RESUME_CFG.lr * 2)
+    with pytest.raises(CheckpointError, match="config differs"):
+        fit(RESUME_MODEL, other, train2, val2, tmp_path / "m", device="cpu", progress=False)

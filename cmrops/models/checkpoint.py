@@ -85,6 +85,22 @@ def exists(directory: str | os.PathLike[str]) -> bool:
     return False
 
 
+def stale_data(directory: str | os.PathLike[str], config: dict[str, Any]) -> bool:
+    """The checkpoint in ``directory`` was made with this run's model and training settings on
+    other data (``config["data"]`` differs): a model of an earlier release, not a run to resume."""
+    if not exists(directory):
+        return False
+    try:
+        saved = _read_json(Path(directory) / "config.json")
+    except CheckpointError:
+        return False  # let load() report what is wrong
+    if not isinstance(saved, dict) or saved.get("data") == config.get("data"):
+        return False
+    return {k: v for k, v in saved.items() if k != "data"} == {
+        k: v for k, v in config.items() if k != "data"
+    }
+
+
 def remove(directory: str | os.PathLike[str]) -> None:
     """Delete a checkpoint (a directory that is not one is refused, see :func:`exists`)."""
     d = Path(directory)

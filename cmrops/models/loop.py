@@ -167,6 +167,11 @@ def fit(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     run_cfg = run_config(model_config, config, _data_id(train, val, val_database))
     directory = Path(checkpoint_dir)
+    if ckpt.stale_data(directory, run_cfg):
+        # same settings, new data (a scheduled run added samples): this is a new model, not a
+        # resume; the old one stays in DVC with the release it was trained on
+        log.info("%s: the training data changed since this checkpoint: training afresh", directory)
+        ckpt.remove(directory)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:

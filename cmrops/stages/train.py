@@ -33,8 +33,10 @@ group_id)``), held out from training. Validation queries retrieve from the train
 
 **Reruns.** A finished checkpoint with the same config (params and a fingerprint of the data) is
 reused: a rerun trains nothing and rewrites byte-identical codes and metrics. An unfinished one
-is resumed (a kill costs at most ``checkpoint_every`` steps). A checkpoint of another config is
-refused (``--restart`` discards it). Code folders of models no longer in params are removed.
+is resumed (a kill costs at most ``checkpoint_every`` steps). A checkpoint with the same params
+on other data (a scheduled run added samples) is a model of an earlier release: training starts
+afresh. A checkpoint of other params is refused (``--restart`` discards it). Code folders of
+models no longer in params are removed.
 """
 
 from __future__ import annotations
