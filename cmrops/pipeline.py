@@ -242,6 +242,7 @@ def preprocess_shard(
     root: str | None = None,
 ) -> int:
     """Decode and embed one shard (a no-op when it is recorded already)."""
+    from cmrops import engine
     from cmrops.stages.preprocess import run_shards
 
     work = Path(work).resolve()
@@ -249,7 +250,7 @@ def preprocess_shard(
     st = Stage(
         "preprocess_shard", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
-    with _staged(st, work, root):
+    with _staged(st, work, root), engine.session(engine.load_params(params_file)):
         run_shards(
             _preprocess_params(params_file), work / "data/raw", work / "data/interim", [index]
         )
