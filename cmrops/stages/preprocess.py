@@ -18,14 +18,11 @@ under ``out_dir``:
 * ``throughput.json`` - wall-clock timings of this run (the only output that differs between runs).
 
 **Shards and resume.** The raw rows, sorted by ``sample_id``, are cut into shards of
-``shard_size``. Engine workers (:mod:`cmrops.engine`: ``spawn`` processes, or Ray tasks with
-``engine: ray``) decode, hash and normalise one shard each and write
+``shard_size``. Worker processes (``spawn``) decode, hash and normalise one shard each and write
 ``shards/shard-NNNNN.{samples,quarantine}.parquet`` atomically; the main process then records
-``shard-NNNNN.decode.json`` holding the shard's input hash (its rows plus every parameter that
-shapes the result) and the files' SHA-256. Embeddings are computed batched per shard - in the
-main process on the local engine, in encoder actors on Ray (one GPU each when the cluster has
-them) - and recorded the same way (``shard-NNNNN.embed.json``). Both engines write the same
-bytes. A rerun - after a
+``shard-NNNNN.json`` holding the shard's input hash (its rows plus every parameter that shapes the
+result) and the files' SHA-256. Embeddings are computed batched in the main process (GPU when
+there is one) per shard and recorded the same way (``shard-NNNNN.emb.json``). A rerun - after a
 kill, or with nothing changed - redoes only shards whose record is missing or stale, then merges
 all shards in order, so its outputs are byte-identical to an uninterrupted run.
 
