@@ -55,7 +55,7 @@ def bench_preprocess(tmp: Path, n: int, embeddings: list[bool]) -> list[dict[str
     )
     collect.run(collect.CollectParams(sources=(spec,)), raw)
     t0 = time.perf_counter()
-    ray_engine = engine.RayEngine(engine.EngineParams(kind="ray"))
+    ray_engine = engine.RayEngine(engine.EngineParams(kind="ray")).start()
     print(f"ray local cluster start: {time.perf_counter() - t0:.1f} s")
     rows = []
     try:

@@ -6,7 +6,8 @@ One interface, two implementations, chosen by the ``engine:`` section of ``param
 * :class:`LocalEngine` (``kind: local``) - ``spawn`` worker processes on this machine
   (``concurrent.futures.ProcessPoolExecutor``) and stateful workers (an encoder) in this process;
 * :class:`RayEngine` (``kind: ray``) - Ray tasks and actors, on the cluster at ``address`` or on a
-  local cluster bound to 127.0.0.1 when ``address`` is null. Ray is imported only here, only then.
+  local cluster bound to 127.0.0.1 when ``address`` is null. Ray is imported only here, only then,
+  and connected on first use (a stage run with nothing to compute starts no cluster).
 
 A stage asks for :func:`current` (set by :func:`session` around a stage's run; the local engine
 with no session), then:
@@ -229,6 +230,14 @@ class RayEngine(Engine):
 
     def __init__(self, params: EngineParams) -> None:
         self.params = params
+        self._ray: Any = None  # connected on first use: a stage with nothing to do starts nothing
+        self._owned = False
+        self._died_types: tuple[type[BaseException], ...] = ()
+
+    def _connect(self) -> Any:
+        if self._ray is not None:
+            return self._ray
+        params = self.params
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if params.address is None:
             # Ray otherwise advertises this node on its first routable address, not loopback
@@ -237,8 +246,6 @@ class RayEngine(Engine):
             import ray
         except ImportError as e:  # pragma: no cover - ray is in the pinned environment
             raise ImportError("engine kind ray needs the ray package (pip install 'ray')") from e
-        self._ray = ray
-        self._owned = False
         if not ray.is_initialized():
             if params.address is None:
                 ray.init(
@@ -257,27 +264,35 @@ class RayEngine(Engine):
                         " start one with `ray start --head` or set address: null for a local one"
                     ) from e
             self._owned = True
-        self._errors = ray.exceptions
-        self._died_types: tuple[type[BaseException], ...] = (
-            ray.exceptions.WorkerCrashedError,
-            ray.exceptions.ActorDiedError,
-            ray.exceptions.ActorUnavailableError,
-            ray.exceptions.NodeDiedError,
-            ray.exceptions.OutOfMemoryError,
-            ray.exceptions.ObjectLostError,
-            ray.exceptions.LocalRayletDiedError,
+        x = ray.exceptions
+        self._died_types = (
+            x.WorkerCrashedError,
+            x.ActorDiedError,
+            x.ActorUnavailableError,
+            x.NodeDiedError,
+            x.OutOfMemoryError,
+            x.ObjectLostError,
+            x.LocalRayletDiedError,
         )
+        self._ray = ray
+        return ray
+
+    def start(self) -> RayEngine:
+        """Connect now (else on first use)."""
+        self._connect()
+        return self
 
     def gpus(self) -> int:
-        return int(self._ray.cluster_resources().get("GPU", 0))
+        return int(self._connect().cluster_resources().get("GPU", 0))
 
     def get(self, ref: Any, fn: Callable[..., Any], k: int, n: int) -> Any:
         """``ray.get`` with a dead worker turned into :class:`EngineError`."""
+        ray = self._connect()
         try:
-            return self._ray.get(ref)
+            return ray.get(ref)
         except self._died_types as e:
             raise _died(fn, k, n, type(e).__name__) from e
-        except self._errors.RayTaskError as e:
+        except ray.exceptions.RayTaskError as e:
             cause = e.as_instanceof_cause()
             if isinstance(cause, self._died_types):
                 raise _died(fn, k, n, type(cause).__name__) from e
@@ -291,7 +306,9 @@ class RayEngine(Engine):
         workers: int | None = None,
         shared: Any = None,
     ) -> Iterator[tuple[T, Any]]:
-        ray = self._ray
+        if not items:
+            return
+        ray = self._connect()
         task = ray.remote(fn).options(num_cpus=1, max_retries=self.params.max_retries)
         head = () if shared is None else (ray.put(shared),)
         pending = {task.remote(*head, it): (k, it) for k, it in enumerate(items)}
@@ -305,7 +322,8 @@ class RayEngine(Engine):
                 ray.cancel(ref, force=True)
 
     def actors(self, factory: Callable[[], Any], *, size: int, gpu: bool) -> Actors:
-        host = self._ray.remote(_Host).options(
+        ray = self._connect()
+        host = ray.remote(_Host).options(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, max_task_retries=0
         )
         return _RayActors(self, [host.remote(factory) for _ in range(max(size, 1))])
@@ -314,6 +332,7 @@ class RayEngine(Engine):
         if self._owned:
             self._ray.shutdown()
             self._owned = False
+        self._ray = None
 
 
 class _RayActors(Actors):

@@ -46,7 +46,7 @@ def _bytes(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def ray_engine() -> Iterator[RayEngine]:
-    eng = RayEngine(EngineParams(kind="ray", num_cpus=2, search_chunk=16))
+    eng = RayEngine(EngineParams(kind="ray", num_cpus=2, search_chunk=16)).start()
     yield eng
     eng.close()
 

@@ -103,7 +103,8 @@ def search_pairs(
     ``queried`` (a bool mask; None: every row, i.e. all pairs), sorted, and their distances.
 
     The queried rows are searched in chunks of ``chunk`` (default: the engine's
-    ``search_chunk``) against an index of all rows; the chunks are engine tasks."""
+    ``search_chunk``) against an index of all rows; on Ray, with more than one chunk, the chunks
+    are engine tasks, else they run here one after another."""
     from cmrops import engine as engines
 
     if radius < 0:
@@ -117,9 +118,12 @@ def search_pairs(
     rows = np.flatnonzero(is_queried)
     size = chunk or eng.params.search_chunk
     chunks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
-    # the local engine searches in this process (the index uses every core); Ray one per task
-    shared = (as_codes(h), is_queried, int(radius), None if eng.kind == "local" else 1)
-    parts = [p for _, p in eng.map_unordered(_search_chunk, chunks, workers=0, shared=shared)]
+    if len(chunks) <= 1 or eng.kind == "local":  # in this process: the index uses every core
+        shared = (as_codes(h), is_queried, int(radius), None)
+        parts = [_search_chunk(shared, rows) for rows in chunks]
+    else:  # engine tasks of one thread each, the codes shipped once
+        shared = (as_codes(h), is_queried, int(radius), 1)
+        parts = [p for _, p in eng.map_unordered(_search_chunk, chunks, shared=shared)]
     pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     return pairs, hamming(h[pairs[:, 0]], h[pairs[:, 1]])
