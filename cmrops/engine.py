@@ -267,8 +267,7 @@ class RayEngine(Engine):
         x = ray.exceptions
         self._died_types = (
             x.WorkerCrashedError,
-            x.ActorDiedError,
-            x.ActorUnavailableError,
+            x.RayActorError,  # ActorDiedError, ActorUnavailableError
             x.NodeDiedError,
             x.OutOfMemoryError,
             x.ObjectLostError,

@@ -7,6 +7,7 @@ One real local Ray cluster (127.0.0.1, 2 CPUs) serves the whole module."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from cmrops.stages.clean import CleanParams
 from cmrops.stages.clean import run as clean
 from cmrops.stages.label import LabelParams
 from cmrops.stages.label import run as label
+from tests.tiny_models import tiny_clip
 
 PRE = preprocess.PreprocessParams(n_workers=2, shard_size=25, device="cpu", embeddings=True)
 PRE_NO_EMB = dataclasses.replace(PRE, embeddings=False, tokenizer="words")
@@ -179,6 +181,57 @@ def test_killed_ray_worker_is_a_clear_error_and_the_rerun_completes(
     assert {n: (shards / n).stat().st_mtime_ns for n in recorded} == recorded
     assert _bytes(out, PRE_FILES) == _bytes(fresh, PRE_FILES)
     assert not list(shards.glob(".*.tmp"))
+
+
+class KillingEmbedder(preprocess._Embedder):
+    """An encoder worker that SIGKILLs its own Ray actor on the shard named in ``KILL_FILE``."""
+
+    def embed(self, shard_dir: str, stem: str) -> dict[str, Any]:
+        marker = Path(shard_dir).parent / KILL_FILE
+        if marker.is_file() and f"shard-{int(marker.read_text()):05d}" == stem:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().embed(shard_dir, stem)
+
+
+def killing_embedders(eng: Any, params: Any, device: str, n_shards: int) -> Any:
+    factory = functools.partial(KillingEmbedder, params, device, 1)
+    return eng.actors(factory, size=1, gpu=False)
+
+
+def test_killed_encoder_actor_is_a_clear_error_and_the_rerun_completes(
+    ray_engine: RayEngine,
+    raw: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+    params = dataclasses.replace(
+        PRE, tokenizer="words", image_encoder=str(model), text_encoder=str(model), batch_size=8
+    )
+    monkeypatch.setattr(preprocess, "_embedders", killing_embedders)  # 1 thread, on Ray
+    fresh = tmp_path / "fresh"
+    with engine.session(ray_engine):
+        preprocess.run(params, raw, fresh)
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / KILL_FILE).write_text("1")
+    with engine.session(ray_engine), pytest.raises(EngineError, match="worker died"):
+        preprocess.run(params, raw, out)
+    shards = out / "shards"
+    assert not (out / "samples.parquet").exists()
+    assert not (shards / "shard-00001.embed.json").exists()
+    embedded = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.embed.json")}
+
+    (out / KILL_FILE).unlink()
+    with engine.session(ray_engine):
+        preprocess.run(params, raw, out)
+    timing = json.loads((out / "throughput.json").read_text())
+    assert timing["shards_embedded"] == 4 - len(embedded)
+    assert {n: (shards / n).stat().st_mtime_ns for n in embedded} == embedded
+    assert _bytes(out, PRE_FILES) == _bytes(fresh, PRE_FILES)
+    assert len(_bytes(out, PRE_FILES)) == len(PRE_FILES)
+    assert not list(shards.glob("*.pixels.npy"))
 
 
 def test_engine_section_loads_strictly(tmp_path: Path) -> None:
