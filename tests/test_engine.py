@@ -234,6 +234,20 @@ def test_killed_encoder_actor_is_a_clear_error_and_the_rerun_completes(
     assert not list(shards.glob("*.pixels.npy"))
 
 
+def die_on_two(x: int) -> int:
+    if x == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+def test_local_engine_worker_death_is_the_same_clear_error() -> None:
+    eng = engine.LocalEngine()
+    assert sorted(eng.map_unordered(die_on_two, [0, 1, 3], workers=2)) == [(0, 0), (1, 10), (3, 30)]
+    assert list(eng.map_unordered(die_on_two, [1], workers=0, shared=None)) == [(1, 10)]
+    with pytest.raises(EngineError, match=r"died running die_on_two .*rerun the stage"):
+        list(eng.map_unordered(die_on_two, [2], workers=1))
+
+
 def test_engine_section_loads_strictly(tmp_path: Path) -> None:
     assert engine.load_params(Path(__file__).parents[1] / "params.yaml") == EngineParams()
     bad = tmp_path / "params.yaml"
