@@ -251,6 +251,7 @@ def preprocess_shards(
     root: str | None = None,
 ) -> list[int]:
     """Decode and embed a group of shards (a no-op for those recorded already)."""
+    from cmrops import engine
     from cmrops.stages.preprocess import run_shards
 
     work = Path(work).resolve()
@@ -258,7 +259,7 @@ def preprocess_shards(
     st = Stage(
         "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
-    with _staged(st, work, root):
+    with _staged(st, work, root), engine.session(engine.load_params(params_file)):
         run_shards(
             _preprocess_params(params_file), work / "data/raw", work / "data/interim", indices
         )

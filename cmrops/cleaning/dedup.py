@@ -8,6 +8,13 @@ embeddings reaching ``min_image_cosine``. A confirmation only removes pHash cand
 collides on simple, low-texture pictures (flat backgrounds, one small object), where dHash and
 an image embedding still tell the pictures apart.
 
+**Candidate search** (:func:`search_pairs`) is partitioned: the query rows are cut into chunks,
+each chunk searched against a :class:`cmrops.HammingIndex` of every row, the chunks run as tasks
+of the current engine (:mod:`cmrops.engine`: in this process on the local engine, Ray tasks over
+codes put in the object store once on Ray). Querying only some rows (new samples) against all of
+them finds every pair that has a queried end, which is what an incremental rerun needs
+(:mod:`cmrops.cleaning.candidates`).
+
 **Groups** are the connected components of the edges (id = smallest row, i.e. the smallest
 ``sample_id`` on a table sorted by it). **Representative** of a group: among the members still
 *eligible* (not dropped by an earlier rule), the largest ``width * height``, then the smallest
@@ -18,10 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cmrops.cleaning.graph import components, hamming, pairs_within
+from cmrops.cleaning.graph import as_codes, components, hamming, pairs_within
+
+if TYPE_CHECKING:
+    from cmrops.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,61 @@ def exact_edges(sha256: Sequence[str] | np.ndarray) -> Edges:
     return Edges(pairs, z, z.copy(), np.full(m, np.nan), np.ones(m, bool))
 
 
+def search_pairs(
+    phash: np.ndarray,
+    radius: int,
+    *,
+    queried: np.ndarray | None = None,
+    engine: Engine | None = None,
+    chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """pHash pairs ``(i, j)``, ``i < j``, within ``radius`` that have at least one end in
+    ``queried`` (a bool mask; None: every row, i.e. all pairs), sorted, and their distances.
+
+    The queried rows are searched in chunks of ``chunk`` (default: the engine's
+    ``search_chunk``) against an index of all rows; on Ray, with more than one chunk, the chunks
+    are engine tasks, else they run here one after another."""
+    from cmrops import engine as engines
+
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    eng = engine or engines.current()
+    h = np.asarray(phash, dtype=np.uint64)
+    n = len(h)
+    is_queried = np.ones(n, bool) if queried is None else np.asarray(queried, bool)
+    if is_queried.shape != (n,):
+        raise ValueError(f"queried must be a bool mask of {n} rows, got {is_queried.shape}")
+    rows = np.flatnonzero(is_queried)
+    size = chunk or eng.params.search_chunk
+    chunks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
+    if len(chunks) <= 1 or eng.kind == "local":  # in this process: the index uses every core
+        shared = (as_codes(h), is_queried, int(radius), None)
+        parts = [_search_chunk(shared, rows) for rows in chunks]
+    else:  # engine tasks of one thread each, the codes shipped once
+        shared = (as_codes(h), is_queried, int(radius), 1)
+        parts = [p for _, p in eng.map_unordered(_search_chunk, chunks, shared=shared)]
+    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return pairs, hamming(h[pairs[:, 0]], h[pairs[:, 1]])
+
+
+def _search_chunk(shared: tuple[Any, ...], rows: np.ndarray) -> np.ndarray:
+    """An engine task: pairs of the query ``rows`` with every row within the radius (a pair of
+    two queried rows comes from its smaller row only)."""
+    import cmrops
+
+    codes, is_queried, radius, n_threads = shared
+    if len(rows) == 0 or len(codes) == 0:
+        return np.zeros((0, 2), np.int64)
+    index = cmrops.HammingIndex(codes, n_threads=n_threads)
+    lims, _, ids = index.range_search(np.ascontiguousarray(codes[rows]), radius)
+    q = np.repeat(rows.astype(np.int64), np.diff(lims))
+    ids = np.asarray(ids, np.int64)
+    keep = (ids != q) & (~is_queried[ids] | (q < ids))
+    a, b = q[keep], ids[keep]
+    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+
+
 def near_edges(
     phash: np.ndarray,
     radius: int,
@@ -88,13 +154,16 @@ def near_edges(
     dhash_radius: int | None = None,
     embeddings: np.ndarray | None = None,
     min_image_cosine: float | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Edges, dict[str, int]]:
     """pHash pairs within ``radius``, kept when the configured confirmations agree.
 
-    ``embeddings`` are L2-normalised rows aligned with ``phash`` (rows of NaN, e.g. samples
-    without a feature row, never confirm). Returns the edges and how many candidates each step
-    kept (``candidates``, ``after_dhash``, ``after_cosine``)."""
-    pairs, pd = pairs_within(phash, radius)
+    ``candidates``: the pHash pairs and distances found already (:func:`search_pairs`, e.g.
+    incrementally); None: all pairs are searched here. ``embeddings`` are L2-normalised rows
+    aligned with ``phash`` (rows of NaN, e.g. samples without a feature row, never confirm).
+    Returns the edges and how many candidates each step kept (``candidates``, ``after_dhash``,
+    ``after_cosine``)."""
+    pairs, pd = candidates if candidates is not None else pairs_within(phash, radius)
     counts = {"candidates": len(pairs)}
     dd = np.full(len(pairs), -1, np.int64)
     cos = np.full(len(pairs), np.nan)

@@ -13,7 +13,15 @@
   group, kept or dropped;
 * ``metrics_path`` (``metrics/quality.json``) - counts by rule, kept / dropped, group sizes, the
   rules that did not run and why, and the precision / recall of every rule on the planted
-  defects when a synthetic truth is there (:mod:`cmrops.cleaning.scoring`).
+  defects when a synthetic truth is there (:mod:`cmrops.cleaning.scoring`);
+* ``<out>/throughput.json`` - what the pHash candidate search did this run (samples queried,
+  cached pairs reused, index size, seconds): differs between a first run and an incremental one,
+  so it is apart from the deterministic outputs.
+
+The pHash candidates are cached in ``<out>/.dedup-cache/`` (not a DVC output, git-ignored): a
+rerun with added samples queries only the new ones against an index of all samples and reuses
+the cached pairs among the others (:mod:`cmrops.cleaning.candidates`), with the same result as a
+search of all pairs. The searches run on the current engine (:mod:`cmrops.engine`).
 
 **Rules**, each ``enabled`` in params with its thresholds; a sample is quarantined with the
 *first* rule of this order that flags it (every rule is still evaluated on every sample, so the
@@ -71,7 +79,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cmrops import io
-from cmrops.cleaning import dedup, scoring
+from cmrops.cleaning import candidates, dedup, scoring
 from cmrops.cleaning.graph import components, hamming, pairs_within, size_histogram
 from cmrops.schema import CLEAN_GROUPS, INTERIM_SAMPLES, QUARANTINE
 
@@ -92,6 +100,8 @@ RULE_ORDER = (
     "near_duplicate_image_caption",
 )
 REPORTED = ("near_duplicate_caption",)  # evaluated and reported, never a quarantine reason
+#: Under the output folder, not a DVC output (git-ignored): the near-duplicate candidate cache.
+CACHE_DIR = ".dedup-cache"
 _EXAMPLES = 20  # example pairs listed per reported rule in the metrics
 
 
@@ -228,12 +238,19 @@ class CleanParams:
 
 def cli_main(args: Any) -> int:
     """``cmrops clean --params P --interim I --labelled L --raw R --out O --metrics M``."""
+    from cmrops import engine
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, CleanParams)
-    m = run(
-        params, args.interim, args.labelled, args.out, raw_dir=args.raw, metrics_path=args.metrics
-    )
+    with engine.session(engine.load_params(args.params)):
+        m = run(
+            params,
+            args.interim,
+            args.labelled,
+            args.out,
+            raw_dir=args.raw,
+            metrics_path=args.metrics,
+        )
     by = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
     print(f"clean: {m['inputs']} in, {m['kept']} kept, {m['quarantined']} quarantined ({by})")
     for rule, why in m["not_run"].items():
@@ -296,7 +313,7 @@ def run(
     reason_of: dict[int, str] = {}
     for name in RULE_ORDER[:7]:
         _claim(rules[name], dropped, reason_of)
-    dup = _duplicates(params, cols, image_emb, ~dropped)
+    dup = _duplicates(params, cols, image_emb, ~dropped, out / CACHE_DIR)
     rules.update(dup.rules)
     for name in RULE_ORDER[7:]:
         _claim(rules[name], dropped, reason_of)
@@ -335,6 +352,7 @@ def run(
     io.write_parquet(out / "groups.parquet", groups)
     io.write_parquet(out / "samples.parquet", table.take(pa.array(kept_idx)))
     io.write_json(Path(metrics_path) if metrics_path else out / "quality.json", metrics)
+    io.write_json(out / "throughput.json", {"near_image_search": dup.search})
     return metrics
 
 
@@ -737,10 +755,15 @@ class _Dup:
     caption_size: np.ndarray
     drop: dedup.Duplicates  # the graph duplicates are dropped on
     report: dict[str, Any]
+    search: dict[str, Any]  # what the pHash candidate search did (throughput.json, volatile)
 
 
 def _duplicates(
-    params: CleanParams, c: dict[str, Any], image_emb: np.ndarray | None, eligible: np.ndarray
+    params: CleanParams,
+    c: dict[str, Any],
+    image_emb: np.ndarray | None,
+    eligible: np.ndarray,
+    cache_dir: Path | None,
 ) -> _Dup:
     n = len(c["sample_id"])
     ex, near_p, cap_p = (
@@ -758,12 +781,17 @@ def _duplicates(
         "min_image_cosine": near_p.min_image_cosine,
         "drop": near_p.drop,
     }
+    search: dict[str, Any] = {"queried": 0, "reused_pairs": 0, "index_size": n, "cache": "off"}
     if near_p.enabled:
         use_cos = near_p.min_image_cosine is not None and image_emb is not None
+        pairs, dist, search = candidates.near_candidates(
+            c["sample_id"], c["phash"], near_p.radius, cache_dir=cache_dir
+        )
         near, steps = dedup.near_edges(
             c["phash"], near_p.radius, dhash=c["dhash"], dhash_radius=near_p.dhash_radius,
             embeddings=image_emb if use_cos else None,
             min_image_cosine=near_p.min_image_cosine if use_cos else None,
+            candidates=(pairs, dist),
         )  # fmt: skip
         report["near_image_pairs"] = {**steps, "kept": len(near)}
         if near_p.min_image_cosine is not None and not use_cos:
@@ -900,7 +928,7 @@ def _duplicates(
     report["caption_groups"] = size_histogram(caption_group[caption_group >= 0])
     report["drop_groups"] = size_histogram(drop.labels)
     report["representative_rule"] = "largest width*height, then smallest sample_id"
-    return _Dup(rules, image_group, image_size, caption_group, caption_size, drop, report)
+    return _Dup(rules, image_group, image_size, caption_group, caption_size, drop, report, search)
 
 
 # --------------------------------------------------------------------------- outputs

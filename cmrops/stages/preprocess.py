@@ -22,8 +22,8 @@ under ``out_dir``:
 (``spawn``; Ray tasks with ``engine: ray``) decode, hash and normalise one shard each and write
 ``shards/shard-NNNNN.{samples,quarantine}.parquet`` atomically; the main process then records
 ``shard-NNNNN.json`` holding the shard's input hash (its rows plus every parameter that shapes the
-result) and the files' SHA-256. Embeddings are computed batched in the main process (GPU when
-there is one) per shard and recorded the same way (``shard-NNNNN.emb.json``). A rerun - after a
+result) and the files' SHA-256. Embeddings are computed batched per shard in the main process
+(Ray actors with ``engine: ray``; a GPU when there is one) and recorded the same way (``shard-NNNNN.emb.json``). A rerun - after a
 kill, or with nothing changed - redoes only shards whose record is missing or stale, then merges
 all shards, so its outputs are byte-identical to an uninterrupted run.
 
@@ -38,7 +38,6 @@ After every run: inputs = kept + quarantined (asserted).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import functools
 import hashlib
@@ -119,10 +118,12 @@ class PreprocessParams:
 
 def cli_main(args: Any) -> int:
     """``cmrops preprocess --params P --raw R --out O``."""
+    from cmrops import engine
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, PreprocessParams)
-    metrics = run(params, args.raw, args.out)
+    with engine.session(engine.load_params(args.params)):
+        metrics = run(params, args.raw, args.out)
     q = metrics["quarantined"]
     print(
         f"preprocess: {metrics['in']} in, {metrics['kept']} kept, {q} quarantined "
@@ -406,8 +407,13 @@ def _embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
 def _execute(
     shards: list[Shard], params: PreprocessParams, raw: Path, shard_dir: Path
 ) -> dict[str, Any]:
-    """Run the unrecorded shards in worker processes and embed each as it finishes."""
-    device = _device(params) if params.embeddings else "none"
+    """Run the unrecorded shards on the current engine (:mod:`cmrops.engine`): decode tasks,
+    encoder workers fed each shard as it is decoded; the records are written here, in this
+    process, only for what finished."""
+    from cmrops import engine as engines
+
+    eng = engines.current()
+    device = _engine_device(eng, params) if params.embeddings else "none"
     keys = {s.index: _embed_key(s, params, device) for s in shards}
     todo_decode = [s for s in shards if not _is_recorded(shard_dir, s, "decode", s.input_hash)]
     todo_embed = [
@@ -424,12 +430,14 @@ def _execute(
     todo_decode.sort(key=lambda s: s.index)
     embed_set = {s.index for s in todo_embed}
     log.info(
-        "preprocess: %d shards, %d to decode, %d to embed",
+        "preprocess: %d shards, %d to decode, %d to embed (engine %s)",
         len(shards),
         len(todo_decode),
         len(embed_set),
+        eng.kind,
     )
     timing: dict[str, Any] = {
+        "engine": eng.kind,
         "shards": len(shards),
         "shards_decoded": len(todo_decode),
         "shards_embedded": len(embed_set),
@@ -443,47 +451,48 @@ def _execute(
         "image_embed_seconds": 0.0,
         "text_embed_seconds": 0.0,
     }
-    embedder = _Embedder(params, device) if embed_set else None
-    ready = [s for s in shards if s.index in embed_set and s.index not in redo]
-    t0 = time.perf_counter()
-    workers = min(params.n_workers, len(todo_decode))
-    if workers:
-        from cmrops.procpool import spawn_pool
+    by_index = {s.index: s for s in shards}
+    embedders = _embedders(eng, params, device, len(embed_set)) if embed_set else None
 
-        with spawn_pool(workers) as pool:
-            futures = {
-                pool.submit(
-                    _process_shard,
-                    s.index,
-                    s.rows,
-                    str(raw),
-                    str(shard_dir),
-                    params,
-                    s.index in embed_set,
-                ): s
-                for s in todo_decode
-            }
-            for s in ready:  # embed what is decoded already while the workers run
-                _embed_shard(embedder, s, shard_dir, keys[s.index], timing)
-            for fut in cf.as_completed(futures):
-                shard = futures[fut]
-                summary = fut.result()
-                _record(
-                    shard_dir,
-                    shard,
-                    "decode",
-                    shard.input_hash,
-                    [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
-                    rows=shard.num_rows,
-                    kept=summary["kept"],
-                )
-                timing["images_decoded"] += summary["images"]
-                timing["decode_cpu_seconds"] += summary["cpu_seconds"]
-                if shard.index in embed_set:
-                    _embed_shard(embedder, shard, shard_dir, keys[shard.index], timing)
-    else:
-        for s in ready:
-            _embed_shard(embedder, s, shard_dir, keys[s.index], timing)
+    def embed(shard: Shard) -> None:
+        assert embedders is not None
+        embedders.submit(shard.index, "embed", str(shard_dir), shard.stem)
+
+    def finish(results: Any) -> None:
+        for index, result in results:
+            _embed_shard(result, by_index[index], shard_dir, keys[index], timing)
+
+    t0 = time.perf_counter()
+    try:
+        for s in shards:  # embed what is decoded already
+            if s.index in embed_set and s.index not in redo:
+                embed(s)
+        jobs = [  # Arrow slices, not Python rows: the worker makes its shard's rows
+            (s.index, s.table, str(raw), str(shard_dir), params, s.index in embed_set)
+            for s in todo_decode
+        ]
+        for job, summary in eng.map_unordered(_decode_job, jobs, workers=params.n_workers):
+            shard = by_index[job[0]]
+            _record(
+                shard_dir,
+                shard,
+                "decode",
+                shard.input_hash,
+                [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
+                rows=shard.num_rows,
+                kept=summary["kept"],
+            )
+            timing["images_decoded"] += summary["images"]
+            timing["decode_cpu_seconds"] += summary["cpu_seconds"]
+            if shard.index in embed_set:
+                embed(shard)
+            if embedders is not None:
+                finish(embedders.ready())
+        if embedders is not None:
+            finish(embedders.drain())
+    finally:
+        if embedders is not None:
+            embedders.close()
     timing["decode_seconds"] = round(time.perf_counter() - t0, 3)
     if timing["decode_cpu_seconds"]:
         timing["images_per_s_per_worker"] = round(
@@ -495,6 +504,39 @@ def _execute(
         if timing[secs]:
             timing[f"{kind}_embedded_per_s"] = round(timing[f"{kind}_embedded"] / timing[secs], 1)
     return timing
+
+
+def _decode_job(job: tuple[Any, ...]) -> dict[str, Any]:
+    """An engine task: :func:`_process_shard` on one shard (its rows arrive as an Arrow table)."""
+    index, table, *rest = job
+    return _process_shard(index, table.to_pylist(), *rest)
+
+
+def _engine_device(eng: Any, params: PreprocessParams) -> str:
+    """Where the encoders run: resolved here for the local engine, from the cluster's GPUs on
+    Ray (``auto``: cuda when the cluster has a GPU)."""
+    gpus = eng.gpus()
+    if gpus is None:
+        return _device(params)
+    if params.device == "cuda" and not gpus:
+        raise ValueError('preprocess.device is "cuda" but the Ray cluster has no GPU; use "auto"')
+    return "cuda" if params.device != "cpu" and gpus else "cpu"
+
+
+def _embedders(eng: Any, params: PreprocessParams, device: str, n_shards: int) -> Any:
+    """The encoder workers: this process on the local engine, Ray actors otherwise (one GPU
+    each on cuda). A CPU actor uses this process's torch thread count, so its floats are those
+    the local engine computes."""
+    if eng.kind == "local":
+        return eng.actors(functools.partial(_Embedder, params, device), size=1, gpu=False)
+    threads = None
+    if device == "cpu":
+        import torch
+
+        threads = torch.get_num_threads()
+    size = eng.params.embed_actors or (eng.gpus() if device == "cuda" else 1)
+    factory = functools.partial(_Embedder, params, device, threads)
+    return eng.actors(factory, size=min(size, n_shards), gpu=device == "cuda")
 
 
 def _pixels_ready(shard_dir: Path, shard: Shard, size: int) -> bool:
@@ -521,19 +563,28 @@ def _device(params: PreprocessParams) -> str:
 
 
 class _Embedder:
-    """Both encoders, loaded on first use in the main process."""
+    """Both encoders, loaded on first use, wherever the engine runs it (this process or a Ray
+    actor); ``threads`` pins torch's CPU threads (float sums depend on it)."""
 
-    def __init__(self, params: PreprocessParams, device: str) -> None:
+    def __init__(self, params: PreprocessParams, device: str, threads: int | None = None) -> None:
         self.params = params
         self.device = device
+        self.threads = threads
         self._image: Any = None
         self._text: Any = None
+
+    def _pin_threads(self) -> None:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     @property
     def image(self) -> Any:
         if self._image is None:
             from cmrops.encoders import load_image_encoder
 
+            self._pin_threads()
             self._image = load_image_encoder(self.params.image_encoder, self.device)
         return self._image
 
@@ -542,52 +593,69 @@ class _Embedder:
         if self._text is None:
             from cmrops.encoders import load_text_encoder
 
+            self._pin_threads()
             self._text = load_text_encoder(self.params.text_encoder, self.device)
         return self._text
 
+    def embed(self, shard_dir: str, stem: str) -> dict[str, Any]:
+        """Embed a decoded shard's pixels and captions (read from ``shard_dir``)."""
+        params = self.params
+        progress = sys.stderr.isatty()
+        pixels_path = Path(shard_dir) / f"{stem}.pixels.npy"
+        pixels = io.read_npy(pixels_path)
+        table = io.read_parquet(Path(shard_dir) / f"{stem}.samples.parquet")
+        if len(pixels) != table.num_rows:
+            raise RuntimeError(
+                f"{pixels_path}: {len(pixels)} images for {table.num_rows} kept rows"
+            )
+
+        image_encoder, text_encoder = self.image, self.text  # loaded outside the timings
+        t0 = time.perf_counter()
+        image = image_encoder.encode(pixels, params.batch_size, progress)
+        t1 = time.perf_counter()
+        captions = table["captions_norm"].to_pylist()
+        flat = [c for caps in captions for c in caps]
+        per_caption = text_encoder.encode(flat, params.batch_size, progress)
+        owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+        text = np.zeros((len(captions), per_caption.shape[1]), np.float64)
+        np.add.at(text, owner, per_caption.astype(np.float64))
+        text /= np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        t2 = time.perf_counter()
+        return {
+            "image": image.astype(np.float32),
+            "text": text.astype(np.float32),
+            "facts": {
+                "image_encoder": image_encoder.name,
+                "image_dim": image_encoder.dim,
+                "text_encoder": text_encoder.name,
+                "text_dim": text_encoder.dim,
+            },
+            "images": len(pixels),
+            "texts": len(flat),
+            "image_seconds": t1 - t0,
+            "text_seconds": t2 - t1,
+        }
+
 
 def _embed_shard(
-    embedder: Any, shard: Shard, shard_dir: Path, key: str, timing: dict[str, Any]
+    result: dict[str, Any], shard: Shard, shard_dir: Path, key: str, timing: dict[str, Any]
 ) -> None:
-    params: PreprocessParams = embedder.params
-    progress = sys.stderr.isatty()
-    pixels_path = shard_dir / f"{shard.stem}.pixels.npy"
-    pixels = io.read_npy(pixels_path)
-    table = io.read_parquet(shard_dir / f"{shard.stem}.samples.parquet")
-    if len(pixels) != table.num_rows:
-        raise RuntimeError(f"{pixels_path}: {len(pixels)} images for {table.num_rows} kept rows")
-
-    image_encoder, text_encoder = embedder.image, embedder.text  # loaded outside the timings
-    t0 = time.perf_counter()
-    image = image_encoder.encode(pixels, params.batch_size, progress)
-    t1 = time.perf_counter()
-    captions = table["captions_norm"].to_pylist()
-    flat = [c for caps in captions for c in caps]
-    per_caption = text_encoder.encode(flat, params.batch_size, progress)
-    owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-    text = np.zeros((len(captions), per_caption.shape[1]), np.float64)
-    np.add.at(text, owner, per_caption.astype(np.float64))
-    text /= np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    t2 = time.perf_counter()
-
-    io.write_npy(shard_dir / f"{shard.stem}.image.npy", image.astype(np.float32))
-    io.write_npy(shard_dir / f"{shard.stem}.text.npy", text.astype(np.float32))
+    """Write and record what :meth:`_Embedder.embed` computed for ``shard``."""
+    io.write_npy(shard_dir / f"{shard.stem}.image.npy", result["image"])
+    io.write_npy(shard_dir / f"{shard.stem}.text.npy", result["text"])
     _record(
         shard_dir,
         shard,
         "embed",
         key,
         [f"{shard.stem}.image.npy", f"{shard.stem}.text.npy"],
-        image_encoder=image_encoder.name,
-        image_dim=image_encoder.dim,
-        text_encoder=text_encoder.name,
-        text_dim=text_encoder.dim,
+        **result["facts"],
     )
-    pixels_path.unlink()
-    timing["images_embedded"] += len(pixels)
-    timing["texts_embedded"] += len(flat)
-    timing["image_embed_seconds"] += t1 - t0
-    timing["text_embed_seconds"] += t2 - t1
+    (shard_dir / f"{shard.stem}.pixels.npy").unlink()
+    timing["images_embedded"] += result["images"]
+    timing["texts_embedded"] += result["texts"]
+    timing["image_embed_seconds"] += result["image_seconds"]
+    timing["text_embed_seconds"] += result["text_seconds"]
 
 
 # --------------------------------------------------------------------------- worker
