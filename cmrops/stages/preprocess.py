@@ -23,9 +23,10 @@ under ``out_dir``:
 ``shards/shard-NNNNN.{samples,quarantine}.parquet`` atomically; the main process then records
 ``shard-NNNNN.json`` holding the shard's input hash (its rows plus every parameter that shapes the
 result) and the files' SHA-256. Embeddings are computed batched per shard in the main process
-(Ray actors with ``engine: ray``; a GPU when there is one) and recorded the same way (``shard-NNNNN.emb.json``). A rerun - after a
-kill, or with nothing changed - redoes only shards whose record is missing or stale, then merges
-all shards, so its outputs are byte-identical to an uninterrupted run.
+(Ray actors with ``engine: ray``; a GPU when there is one) and recorded the same way
+(``shard-NNNNN.emb.json``). A rerun - after a kill, or with nothing changed - redoes only shards
+whose record is missing or stale, then merges all shards, so its outputs are byte-identical to an
+uninterrupted run.
 
 **Incremental.** A rerun on a raw table with added samples keeps every known sample in the shard
 the plan gave it and appends the new samples as new shards, so only they are decoded and
