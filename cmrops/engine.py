@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import contextvars
+import multiprocessing
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -163,7 +164,9 @@ class LocalEngine(Engine):
         args: Callable[[T], tuple[Any, ...]] = (
             (lambda it: (it,)) if shared is None else (lambda it: (shared, it))
         )
-        if workers == 0:
+        if workers == 0 or multiprocessing.current_process().daemon:
+            # a daemonic process (e.g. a worker of a process pool) may not have children: the
+            # same function runs here, one item after another, with the same results
             for item in items:
                 yield item, fn(*args(item))
             return

@@ -120,18 +120,19 @@ def test_clean_on_ray_is_byte_identical_to_local(
 def test_dag_shard_path_runs_on_the_engine_of_params(
     ray_engine: RayEngine, raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """preprocess_plan -> preprocess_shard per index (engine: ray from params) -> the stage's
+    """preprocess_plan -> preprocess_shards per group (engine: ray from params) -> the stage's
     own run, which only merges: the bytes of a local run."""
     work = tmp_path / "project"
     (work / "data").mkdir(parents=True)
     (work / "data" / "raw").symlink_to(raw)
-    params = {"engine": {"kind": "ray"}, "preprocess": dataclasses.asdict(PRE_NO_EMB)}
+    pre = dataclasses.replace(PRE_NO_EMB, task_rows=1)  # one shard per mapped task
+    params = {"engine": {"kind": "ray"}, "preprocess": dataclasses.asdict(pre)}
     (work / "params.yaml").write_text(json.dumps(params))
     caplog.set_level(logging.INFO, logger="cmrops.stages.preprocess")
-    indices = pipeline.preprocess_plan(work, str(work / "params.yaml"))
-    assert indices == [0, 1, 2, 3]
-    for i in indices:
-        assert pipeline.preprocess_shard(i, work, str(work / "params.yaml")) == i
+    groups = pipeline.preprocess_plan(work, str(work / "params.yaml"))
+    assert groups == [[0], [1], [2], [3]]
+    for g in groups:
+        assert pipeline.preprocess_shards(g, work, str(work / "params.yaml")) == g
     assert sum("(engine ray)" in r.getMessage() for r in caplog.records) == 4
     merged = preprocess.run(PRE_NO_EMB, raw, work / "data" / "interim")
     fresh = tmp_path / "fresh"
@@ -150,7 +151,8 @@ def killing_decode_job(job: tuple[Any, ...]) -> dict[str, Any]:
     marker = shard_dir.parent / KILL_FILE
     if marker.is_file() and int(marker.read_text()) == index:
         os.kill(os.getpid(), signal.SIGKILL)
-    return preprocess._process_shard(*job)
+    index, table, *rest = job  # the shard's rows arrive as an Arrow table
+    return preprocess._process_shard(index, table.to_pylist(), *rest)
 
 
 def test_killed_ray_worker_is_a_clear_error_and_the_rerun_completes(

@@ -102,9 +102,10 @@ def search_pairs(
     """pHash pairs ``(i, j)``, ``i < j``, within ``radius`` that have at least one end in
     ``queried`` (a bool mask; None: every row, i.e. all pairs), sorted, and their distances.
 
-    The queried rows are searched in chunks of ``chunk`` (default: the engine's
-    ``search_chunk``) against an index of all rows; on Ray, with more than one chunk, the chunks
-    are engine tasks, else they run here one after another."""
+    Every row queried (a first run): the core's all-pairs search, in this process. Else the
+    queried rows are searched in chunks of ``chunk`` (default: the engine's ``search_chunk``)
+    against all rows; on Ray, with more than one chunk, the chunks are engine tasks, else they
+    run here one after another."""
     from cmrops import engine as engines
 
     if radius < 0:
@@ -117,6 +118,8 @@ def search_pairs(
         raise ValueError(f"queried must be a bool mask of {n} rows, got {is_queried.shape}")
     rows = np.flatnonzero(is_queried)
     size = chunk or eng.params.search_chunk
+    if len(rows) == n and (n <= size or eng.kind == "local"):
+        return pairs_within(h, radius)  # every row: the core's all-pairs multi-index search
     chunks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
     if len(chunks) <= 1 or eng.kind == "local":  # in this process: the index uses every core
         shared = (as_codes(h), is_queried, int(radius), None)
@@ -137,10 +140,12 @@ def _search_chunk(shared: tuple[Any, ...], rows: np.ndarray) -> np.ndarray:
     codes, is_queried, radius, n_threads = shared
     if len(rows) == 0 or len(codes) == 0:
         return np.zeros((0, 2), np.int64)
-    index = cmrops.HammingIndex(codes, n_threads=n_threads)
-    lims, _, ids = index.range_search(np.ascontiguousarray(codes[rows]), radius)
-    q = np.repeat(rows.astype(np.int64), np.diff(lims))
-    ids = np.asarray(ids, np.int64)
+    # the core picks multi-index hashing or blocked brute force for these sizes and radius
+    found = cmrops.near_duplicates(
+        np.ascontiguousarray(codes[rows]), radius, other=codes, n_threads=n_threads
+    )
+    q = rows.astype(np.int64)[found[:, 0]]
+    ids = found[:, 1].astype(np.int64)
     keep = (ids != q) & (~is_queried[ids] | (q < ids))
     a, b = q[keep], ids[keep]
     return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
