@@ -4,8 +4,8 @@
 Builds an image-text retrieval dataset and hashing models, one task per stage:
 
 `collect` → `preprocess` (planned into shards, one **mapped** task per shard, then merged) →
-`label` → `clean` → `split` → `train` (pool `gpu`) → `evaluate` → `version`
-(`dvc commit` + `dvc push` to the DVC remote).
+`label` → `clean` → `split` → `train` (pool `gpu`; Celery queue `$CMROPS_GPU_QUEUE` when set) →
+`evaluate` → `version` (`dvc commit` + `dvc push` to the DVC remote).
 
 Every task runs the same code with the same arguments as `dvc repro` (`cmrops.pipeline`, which
 calls `cmrops.cli.main`), so both produce the same bytes. Tasks are idempotent: a retry or a rerun
@@ -46,6 +46,11 @@ SPLIT = Asset("cmrops://dataset/split")
 MODELS = Asset("cmrops://models/hashing")
 RETRIEVAL = Asset("cmrops://metrics/retrieval")
 VERSIONED = Asset("cmrops://dataset/versioned")
+
+#: Celery queue of the ``gpu``-pool task (train) when ``$CMROPS_GPU_QUEUE`` is set where DAGs are
+#: parsed (GPU machines serve it: ``airflow celery worker --queues default,gpu``); unset, it runs
+#: on Airflow's default queue. Executors without queues ignore it.
+GPU_QUEUE = os.environ.get("CMROPS_GPU_QUEUE") or None
 
 DEFAULT_ARGS = {
     "owner": "cmrops",
@@ -170,7 +175,7 @@ def cmrops_pipeline() -> None:
     def split(_: dict[str, str]) -> dict[str, str]:
         return _run("split")
 
-    @task(pool="gpu", outlets=[MODELS])
+    @task(pool="gpu", outlets=[MODELS], **({"queue": GPU_QUEUE} if GPU_QUEUE else {}))
     def train(_: dict[str, str]) -> dict[str, str]:
         return _run("train")
 
