@@ -347,7 +347,32 @@ def _execute(
     ready = [s for s in shards if s.index in embed_set and s.index not in redo]
     t0 = time.perf_counter()
     workers = min(params.n_workers, len(todo_decode))
-    if workers:
+
+    def decoded(shard: Shard, summary: dict[str, Any]) -> None:
+        _record(
+            shard_dir,
+            shard,
+            "decode",
+            shard.input_hash,
+            [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
+            rows=len(shard.rows),
+            kept=summary["kept"],
+        )
+        timing["images_decoded"] += summary["images"]
+        timing["decode_cpu_seconds"] += summary["cpu_seconds"]
+        if shard.index in embed_set:
+            _embed_shard(embedder, shard, shard_dir, keys[shard.index], timing)
+
+    if len(todo_decode) == 1 and not ready:
+        # one shard and nothing to embed meanwhile (a mapped Airflow task): decode it here. A
+        # worker process would add nothing but its start-up, and inside Airflow it cannot always
+        # start: an Airflow 3 task process's spawned children re-import its ``airflow``
+        # __main__ with the metadata DB blocked, and Celery's prefork pool runs tasks in
+        # daemonic processes, which may not have children.
+        (s,) = todo_decode
+        args = (str(raw), str(shard_dir), params, s.index in embed_set)
+        decoded(s, _process_shard(s.index, s.rows, *args))
+    elif workers:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             futures = {
@@ -365,21 +390,7 @@ def _execute(
             for s in ready:  # embed what is decoded already while the workers run
                 _embed_shard(embedder, s, shard_dir, keys[s.index], timing)
             for fut in cf.as_completed(futures):
-                shard = futures[fut]
-                summary = fut.result()
-                _record(
-                    shard_dir,
-                    shard,
-                    "decode",
-                    shard.input_hash,
-                    [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
-                    rows=len(shard.rows),
-                    kept=summary["kept"],
-                )
-                timing["images_decoded"] += summary["images"]
-                timing["decode_cpu_seconds"] += summary["cpu_seconds"]
-                if shard.index in embed_set:
-                    _embed_shard(embedder, shard, shard_dir, keys[shard.index], timing)
+                decoded(futures[fut], fut.result())
     else:
         for s in ready:
             _embed_shard(embedder, s, shard_dir, keys[s.index], timing)
