@@ -19,7 +19,7 @@ import pytest
 
 from cmrops import storage, versioning
 from cmrops.pipeline import STAGES
-from tests.airflow_cluster import AirflowCluster, ClusterError, Worker, free_port
+from tests.airflow_cluster import TERMINAL, AirflowCluster, ClusterError, Worker, free_port
 from tests.test_dvc_support import (
     dvc_outs,
     make_project,
@@ -195,7 +195,7 @@ def test_celery_worker_sigkilled_mid_shard_loses_and_duplicates_nothing(
     deadline = time.monotonic() + 900
     victim: dict[str, Any] = {}
     while not victim:
-        if time.monotonic() > deadline or cluster.run(run_id)["state"] != "running":
+        if time.monotonic() > deadline or cluster.run(run_id)["state"] in TERMINAL:
             raise ClusterError(f"no shard seen running\n{cluster.describe(run_id)}")
         for ti in cluster.task_instances(run_id):
             running = ti["task_id"] == "preprocess_shard" and ti["state"] == "running"
