@@ -10,8 +10,8 @@
 * ``airflow scheduler`` and ``airflow dag-processor`` (DAGs from ``project/dags``);
 * with ``executor="CeleryExecutor"``: ``redis-server`` on a free loopback port (broker and result
   backend) and one ``airflow celery worker`` per :class:`Worker`, each with its *own*
-  ``AIRFLOW_HOME``, ``CMROPS_PROJECT`` (its DAG folder and work folder) and cwd: the workers share
-  no folder with each other or with the scheduler.
+  ``AIRFLOW_HOME`` (``home/workers/<name>``, task logs there), ``CMROPS_PROJECT`` (its DAG folder
+  and work folder) and cwd: the workers share no folder with each other or with the scheduler.
 
 Task instances record the worker's :attr:`Worker.name` as their ``hostname``
 (``[core] hostname_callable`` = :func:`hostname`), so a test can tell which worker ran what.
