@@ -62,8 +62,20 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def celery_loads() -> None:
+    """What the scheduler imports first: fail here, not in its log (celery 5.7 breaks it)."""
+    try:
+        import airflow.providers.celery.executors.celery_executor  # noqa: F401
+    except ImportError as e:
+        pytest.fail(f"the CeleryExecutor does not load ({e}): install requirements/lock.txt")
+
+
+@pytest.fixture(scope="module")
 def cluster(
-    s3: dict[str, str], reference: Path, tmp_path_factory: pytest.TempPathFactory
+    celery_loads: None,
+    s3: dict[str, str],
+    reference: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AirflowCluster]:
     """Scheduler, DAG processor and API server with their own copy of the project; the tests
     start their workers. ``CMROPS_GPU_QUEUE=gpu``: train goes to the ``gpu`` queue."""
