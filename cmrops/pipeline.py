@@ -97,7 +97,7 @@ STAGES: dict[str, Stage] = {
                 "--codes", "data/codes", "--metrics", "metrics/train.json",
             ),
             ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
-            ("models", "data/codes", "metrics/train.json"),
+            ("models", "data/codes", "metrics/train.json", "metrics/train_throughput.json"),
             gpu=True,
         ),
         Stage(

@@ -254,5 +254,10 @@ def push(work: str | os.PathLike[str], rels: list[str], root_url: str) -> None:
         src = work / rel
         if src.is_dir():
             fs.put(str(src) + "/", root.join(rel) + "/", recursive=True)
+            # S3 has no folders: an empty one (an output DVC declares, e.g. data/raw/downloads)
+            # is kept as a zero-byte "name/" marker, which pull makes a folder again
+            for d in [src, *(p for p in src.rglob("*") if p.is_dir())]:
+                if not any(d.iterdir()):
+                    fs.pipe_file(root.join(d.relative_to(work).as_posix()) + "/", b"")
         elif src.is_file():
             fs.put_file(str(src), root.join(rel))

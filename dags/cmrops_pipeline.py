@@ -5,7 +5,8 @@ Builds an image-text retrieval dataset and hashing models, one task per stage:
 
 `collect` → `changes` → `preprocess` (planned into shards, one **mapped** task per group of
 shards of about `preprocess.task_rows` samples, then merged) → `label` → `clean` → `split` →
-`train` (pool `gpu`) → `evaluate` → `version` (`dvc commit` + `dvc push` to the DVC remote).
+`train` (pool `gpu`; Celery queue `$CMROPS_GPU_QUEUE` when set) → `evaluate` → `version`
+(`dvc commit` + `dvc push` to the DVC remote).
 
 **Schedule** (`schedule:` in params.yaml, read when the DAG file is parsed): a cron (`cron`, UTC;
 daily by default) and/or asset URIs (`assets`) whose updates also start a run. Every run is
@@ -88,6 +89,11 @@ def schedule_from_params(params_file: Path) -> object:
         return AssetAny(*assets)
     return timetable
 
+
+#: Celery queue of the ``gpu``-pool task (train) when ``$CMROPS_GPU_QUEUE`` is set where DAGs are
+#: parsed (GPU machines serve it: ``airflow celery worker --queues default,gpu``); unset, it runs
+#: on Airflow's default queue. Executors without queues ignore it.
+GPU_QUEUE = os.environ.get("CMROPS_GPU_QUEUE") or None
 
 DEFAULT_ARGS = {
     "owner": "cmrops",
@@ -230,7 +236,7 @@ def cmrops_pipeline() -> None:
     def split(_: dict[str, str]) -> dict[str, str]:
         return _run("split")
 
-    @task(pool="gpu", outlets=[MODELS])
+    @task(pool="gpu", outlets=[MODELS], **({"queue": GPU_QUEUE} if GPU_QUEUE else {}))
     def train(_: dict[str, str]) -> dict[str, str]:
         return _run("train")
 

@@ -107,8 +107,10 @@ def test_dag_tasks_run_the_dvc_yaml_commands() -> None:
         declared = [next(iter(o)) if isinstance(o, dict) else o for o in spec[name].get("outs", [])]
         declared += [next(iter(o)) for o in spec[name].get("metrics", [])]
         declared += [next(iter(o)) for o in spec[name].get("plots", [])]
-        for out in stage.outputs:  # every declared output lives under a folder the task ships
+        for out in stage.outputs:  # every shipped output is declared ...
             assert any(d == out or d.startswith(out + "/") for d in declared), (name, out)
+        for d in declared:  # ... and every declared one is shipped (pushed to the storage root)
+            assert any(d == out or d.startswith(out + "/") for out in stage.outputs), (name, d)
 
 
 def test_effective_params_override(tmp_path: Path) -> None:
