@@ -173,8 +173,8 @@ def test_celery_two_workers_no_shared_disk_same_bytes_as_dvc_repro(
     tis = cluster.task_instances(run_id)
     assert {ti["state"] for ti in tis} == {"success"}, cluster.describe(run_id)
     host = {(ti["task_id"], ti["map_index"]): ti["hostname"] for ti in tis}
-    shards = {h for (t, _), h in host.items() if t == "preprocess_shard"}
-    assert sum(t == "preprocess_shard" for t, _ in host) == 3  # 80 samples, 32 a shard
+    shards = {h for (t, _), h in host.items() if t == "preprocess_shards"}
+    assert sum(t == "preprocess_shards" for t, _ in host) == 3  # 80 samples, 32 a shard
     assert shards == {"a", "b"}, cluster.describe(run_id)  # the mapped shards ran on both
     assert host[("train", -1)] == "a"  # only "a" serves the gpu queue
     assert set(host.values()) == {"a", "b"}
@@ -210,7 +210,7 @@ def test_celery_worker_sigkilled_mid_shard_loses_and_duplicates_nothing(
         if time.monotonic() > deadline or cluster.run(run_id)["state"] in TERMINAL:
             raise ClusterError(f"no shard seen running\n{cluster.describe(run_id)}")
         for ti in cluster.task_instances(run_id):
-            running = ti["task_id"] == "preprocess_shard" and ti["state"] == "running"
+            running = ti["task_id"] == "preprocess_shards" and ti["state"] == "running"
             if running and ti["hostname"] in projects:
                 victim = ti
                 break
@@ -231,13 +231,13 @@ def test_celery_worker_sigkilled_mid_shard_loses_and_duplicates_nothing(
           f"{time.monotonic() - t0:.0f}s")  # fmt: skip
 
     # the killed try failed (no heartbeat) and a retry on the other worker finished the shard
-    tries = cluster.tries(run_id, "preprocess_shard", victim["map_index"])
+    tries = cluster.tries(run_id, "preprocess_shards", victim["map_index"])
     assert [t["hostname"] for t in tries][:: len(tries) - 1] == [killed, survivor], tries
     assert tries[0]["state"] != "success", tries
     assert tries[-1]["state"] == "success", tries
     tis = cluster.task_instances(run_id)
     assert {ti["state"] for ti in tis} == {"success"}, cluster.describe(run_id)
-    assert sum(ti["task_id"] == "preprocess_shard" for ti in tis) == 3
+    assert sum(ti["task_id"] == "preprocess_shards" for ti in tis) == 3
 
     got = _pulled(root, base / "from-s3")
     _assert_same_bytes(got, reference)

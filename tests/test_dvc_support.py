@@ -48,7 +48,8 @@ def tiny_params(n: int = 80) -> dict[str, Any]:
     """The project's params with a tiny synthetic set; real encoders, embeddings on."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["collect"]["sources"] = [{**p["collect"]["sources"][0], "n": n}]
-    p["preprocess"].update(shard_size=32, n_workers=2, device="cpu")
+    # one shard per mapped task (task_rows = shard_size): the DAG tests spread shards over workers
+    p["preprocess"].update(shard_size=32, n_workers=2, device="cpu", task_rows=32)
     p["split"]["protocols"]["hashing"] = {"kind": "hashing", "query": 10, "train": 40}
     p["train"].update(bits=[16, 32], epochs=3, hidden=[64], batch_size=32, device="cpu")
     return p
