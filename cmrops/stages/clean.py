@@ -459,19 +459,19 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
     vocab = _vocabulary(vpath)
     if not vocab and params.irrelevant.enabled:
         raise ValueError(f"{vpath}: the vocabulary is empty - every sample would be irrelevant")
-    row_of = {sid: i for i, sid in enumerate(ids)}
+    ids_arr = pa.array(ids, pa.string())
     table = io.read_parquet(lpath)
     for c in ("sample_id", "label"):
         if c not in table.column_names:
             raise ValueError(f"{lpath}: missing column {c!r} (expected the LABELS contract)")
     effective: list[set[str]] = [set() for _ in ids]
     outside: Counter[str] = Counter()
-    stale = 0
-    for sid, label in zip(table["sample_id"].to_pylist(), table["label"].to_pylist(), strict=True):
-        i = row_of.get(sid)
-        if i is None:
-            stale += 1
-        elif label not in vocab:
+    rows = _rows_of(table["sample_id"], ids_arr)
+    stale = int((rows < 0).sum())
+    for i, label in zip(rows.tolist(), table["label"].to_pylist(), strict=True):
+        if i < 0:
+            continue
+        if label not in vocab:
             outside[str(label)] += 1
         else:
             effective[i].add(label)
@@ -479,20 +479,22 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
     present: set[str] = set()
     epath = labelled / "evidence.parquet"
     if epath.is_file():
-        ev = io.read_parquet(epath)
+        ev = io.read_parquet(epath, columns=None)
         if {"sample_id", "label", "method", "passed"} <= set(ev.column_names):
-            for sid, label, method, passed in zip(
-                ev["sample_id"].to_pylist(),
-                ev["label"].to_pylist(),
-                ev["method"].to_pylist(),
-                ev["passed"].to_pylist(),
-                strict=True,
-            ):
-                present.add(method)
-                i = row_of.get(sid)
-                if i is None or not passed or label not in vocab:
+            ev_rows = _rows_of(ev["sample_id"], ids_arr)
+            passed = ev["passed"].fill_null(False).to_numpy(zero_copy_only=False)
+            methods = ev["method"].to_pylist()
+            present.update(methods)
+            keep = np.flatnonzero(passed & (ev_rows >= 0))
+            labels_kept = ev["label"].take(pa.array(keep)).to_pylist()
+            for j, label in zip(keep.tolist(), labels_kept, strict=True):
+                if label not in vocab:
                     continue
-                by_method.setdefault(method, [set() for _ in ids])[i].add(label)
+                method = methods[j]
+                sets = by_method.get(method)
+                if sets is None:
+                    sets = by_method[method] = [set() for _ in ids]
+                sets[ev_rows[j]].add(label)
     return _Labels(
         True,
         vocabulary=frozenset(vocab),
@@ -502,6 +504,12 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
         outside_vocabulary=dict(sorted(outside.items())),
         stale_rows=stale,
     )
+
+
+def _rows_of(sample_ids: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """The row of each of ``sample_ids`` in ``ids`` (int64, -1 where it is not there)."""
+    rows = pc.index_in(sample_ids, value_set=ids).fill_null(-1)
+    return np.asarray(rows.to_numpy(), dtype=np.int64)
 
 
 def _vocabulary(path: Path) -> set[str]:
