@@ -1,0 +1,291 @@
+"""Time and peak memory of collect -> split at growing sizes (embeddings off), stage by stage.
+
+    .venv/bin/python benches/bench_scale.py --sizes 10000 100000 1000000
+    .venv/bin/python benches/bench_scale.py --sizes 2000 --keep       # a smoke run; keep the data
+
+For each size N the bench writes a synthetic *manifest* data set under ``--workdir``: N distinct
+tiny images (32-48 px JPEG/PNG, a seeded 6 x 6 colour field blown up, so pHashes differ), 1-3
+captions each from a small vocabulary (so keyword labels exist), provided labels on half the
+rows, and planted defects (about 0.5% exact copies, 0.5% near copies, 0.2% repeated rows, 0.2%
+caption-less rows). It writes a params file (the repository's defaults, a manifest source,
+``embeddings: false``, the ``words`` tokenizer, a label vocabulary) and runs collect,
+preprocess, label, clean and split, each as its own ``cmrops`` process.
+
+Per stage it records the wall time and two memory figures:
+
+- ``peak_rss``: the peak of the summed RSS of the stage's process tree (the stage and its worker
+  processes), sampled every 50 ms with psutil. Pages shared between a parent and its forked
+  workers count once per process, so this is an upper bound of the real footprint;
+- ``max_proc_rss``: the largest RSS any single process of the stage reached (``wait4``'s
+  ``ru_maxrss``, exact, not sampled).
+
+The table shows both per size and how each grows from one size to the next (``x9.8`` = 9.8 times
+the smaller size's figure; bounded memory shows as about x1). Results go to
+``benches/results/scale.json``; the generated data is deleted unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+import itertools
+
+import psutil
+import yaml
+from PIL import Image
+
+from cmrops.pipeline import argv
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("collect", "preprocess", "label", "clean", "split")
+VOCAB = (
+    "cat", "dog", "bird", "horse", "car", "bus", "boat", "tree", "house", "bridge",
+    "flower", "chair", "table", "clock", "bottle", "apple", "train", "kite", "river", "road",
+)  # fmt: skip
+SCENES = ("on a sunny day", "at night", "in the snow", "near the water", "in a small town")
+#: Filler words (pseudo-words from syllables) so that captions, like real ones, rarely repeat.
+FILLER = tuple(
+    a + b + c
+    for a in ("ka", "lo", "mi", "su", "te", "ro", "na", "vi")
+    for b in ("ra", "po", "li", "me", "du", "sa", "fe", "go")
+    for c in "nrlstmkpdgbz"
+)
+CHUNK = 5000  # images per generation task
+PER_DIR = 1000  # images per folder
+
+
+def _caption(rng: np.random.Generator, labels: list[str]) -> str:
+    words = " and a ".join(labels)
+    filler = " ".join(FILLER[j] for j in rng.integers(len(FILLER), size=8))
+    return f"a photo of a {words} {SCENES[int(rng.integers(len(SCENES)))]} with {filler}"
+
+
+def _image(seed: int) -> tuple[bytes, str]:
+    """A distinct tiny image: a seeded 6 x 6 colour field, bilinearly enlarged."""
+    rng = np.random.default_rng(seed)
+    side = int(rng.integers(32, 49))
+    field = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(field).resize((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    if seed % 4 == 0:
+        im.save(buf, format="PNG")
+        return buf.getvalue(), "png"
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue(), "jpg"
+
+
+def _near_copy(data: bytes) -> bytes:
+    """The same picture, slightly brighter and re-encoded: a near duplicate, new bytes."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    arr = np.clip(np.asarray(im).astype(np.int16) + 3, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _generate_chunk(task: tuple[Path, int, int, int]) -> list[str]:
+    """Write images ``start .. start+count`` of set ``seed``; return their manifest lines."""
+    root, seed, start, count = task
+    lines = []
+    last: bytes | None = None
+    for i in range(start, start + count):
+        rng = np.random.default_rng((seed, i))
+        kind = rng.random()
+        folder = root / "images" / f"{i // PER_DIR:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if kind < 0.005 and last is not None:  # exact copy, new captions: clean exact_duplicate
+            data, ext = last, "jpg"
+        elif kind < 0.01 and last is not None:  # near copy: clean near_duplicate_image
+            data, ext = _near_copy(last), "jpg"
+        else:
+            data, ext = _image(seed * 10_000_000 + i)
+        rel = f"images/{i // PER_DIR:05d}/{i:07d}.{ext}"
+        (root / rel).write_bytes(data)
+        last = data
+        labels = sorted(set(rng.choice(VOCAB, size=int(rng.integers(1, 3))).tolist()))
+        n_caps = int(rng.integers(1, 4))
+        caps = [_caption(rng, labels) for _ in range(n_caps)]
+        if 0.01 <= kind < 0.012:
+            caps = []  # collect quarantines it: missing_caption
+        row: dict[str, Any] = {"image": rel, "captions": caps}
+        if rng.random() < 0.5:
+            row["labels"] = labels
+        line = json.dumps(row, separators=(",", ":"))
+        lines.append(line)
+        if 0.012 <= kind < 0.014:
+            lines.append(line)  # the same row again: collect quarantines it (duplicate_input)
+    return lines
+
+
+def generate(root: Path, n: int, seed: int = 0, procs: int = 2) -> float:
+    """Write the manifest data set of ``n`` images under ``root``; return the seconds taken."""
+    t0 = time.perf_counter()
+    if (root / "pairs.jsonl").is_file() and (root / ".n").read_text() == str(n):
+        return 0.0  # kept from an earlier --keep run
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    tasks = [(root, seed, s, min(CHUNK, n - s)) for s in range(0, n, CHUNK)]
+    with mp.get_context("fork").Pool(procs) as pool, (root / "pairs.jsonl").open("w") as fh:
+        for lines in pool.imap(_generate_chunk, tasks):
+            fh.write("\n".join(lines) + "\n")
+    (root / ".n").write_text(str(n))
+    return time.perf_counter() - t0
+
+
+def write_params(root: Path) -> Path:
+    """The repository's params with the bench's source, embeddings off and a vocabulary."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    data["collect"]["sources"] = [
+        {"name": "bench", "kind": "manifest", "path": str(root / "pairs.jsonl")}
+    ]
+    data["preprocess"].update({"embeddings": False, "tokenizer": "words", "n_workers": 2})
+    data["label"]["vocabulary"] = list(VOCAB)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def run_stage(name: str, params: Path, root: Path, log: Path) -> dict[str, Any]:
+    """Run one stage as its own process; its wall time, sampled tree RSS peak and max RSS."""
+    cmd = [sys.executable, "-m", "cmrops.cli", *argv(name, str(params), str(root))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        child = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = psutil.Process(child.pid)
+        peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_rss(proc))
+                done.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        done.set()
+        sampler.join()
+        child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if child.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"cmrops {name} failed (exit {child.returncode}); log {log}:\n{tail}")
+    return {
+        "seconds": seconds,
+        "peak_rss": peak,
+        "max_proc_rss": usage.ru_maxrss * 1024,  # KiB on Linux
+    }
+
+
+def bench_size(workdir: Path, n: int, keep: bool) -> dict[str, Any]:
+    root = workdir / f"n{n}"
+    gen = generate(root, n)
+    print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
+    for out in ("data", "metrics"):
+        shutil.rmtree(root / out, ignore_errors=True)
+    params = write_params(root)
+    stages: dict[str, Any] = {}
+    for name in STAGES:
+        stages[name] = r = run_stage(name, params, root, root / f"{name}.log")
+        print(
+            f"  {name:<10} {r['seconds']:8.1f} s  peak tree RSS {_mib(r['peak_rss'])}  "
+            f"max process RSS {_mib(r['max_proc_rss'])}",
+            flush=True,
+        )
+    raw = json.loads((root / "data/raw/metrics.json").read_text())
+    split = json.loads((root / "metrics/split.json").read_text())
+    disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
+    result = {
+        "n": n,
+        "generate_seconds": gen,
+        "kept_by_collect": raw["kept"],
+        "split_sizes": split.get("sizes"),
+        "data_bytes": disk,
+        "stages": stages,
+    }
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:7.0f} MiB"
+
+
+def _growth(a: float, b: float) -> str:
+    return f"x{b / a:.1f}" if a > 0 else "-"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    sizes = [r["n"] for r in results]
+    head = ["stage", "metric", *(f"N={n:,}" for n in sizes)]
+    head += [f"{a:,}->{b:,}" for a, b in itertools.pairwise(sizes)]
+    rows = [head]
+    for name in STAGES:
+        for metric, fmt in (
+            ("seconds", lambda v: f"{v:.1f} s"),
+            ("peak_rss", lambda v: f"{v / 2**20:.0f} MiB"),
+            ("max_proc_rss", lambda v: f"{v / 2**20:.0f} MiB"),
+        ):
+            vals = [r["stages"][name][metric] for r in results]
+            row = [name, metric, *(fmt(v) for v in vals)]
+            row += [_growth(a, b) for a, b in itertools.pairwise(vals)]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/cmrops-bench-scale"))
+    ap.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
+    ap.add_argument("--out", type=Path, default=REPO / "benches" / "results" / "scale.json")
+    args = ap.parse_args()
+    results = [bench_size(args.workdir, n, args.keep) for n in sorted(args.sizes)]
+    print()
+    print(table(results))
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+            "python": platform.python_version(),
+        },
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    main()
