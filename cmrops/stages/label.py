@@ -45,7 +45,7 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,9 +239,9 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     selected = {id(c) for d in decisions.values() for c in d.selected.values()}
-    io.write_parquet(out / "labels.parquet", _labels_table(decisions))
-    io.write_parquet(out / "evidence.parquet", _evidence_table(ev, selected))
-    io.write_parquet(out / "sample_labels.parquet", _samples_table(ids, decisions, queue))
+    _write_rows(out / "labels.parquet", LABELS, _label_rows(decisions))
+    _write_rows(out / "evidence.parquet", LABEL_EVIDENCE, _evidence_rows(ev, selected))
+    _write_rows(out / "sample_labels.parquet", LABEL_SAMPLES, _sample_rows(ids, decisions, queue))
     io.write_json(out / "vocabulary.json", vocab_json)
     review.write_queue_csv(out / "review_queue.csv", rows)
     review.write_tasks(
@@ -561,40 +561,48 @@ def _queue_rows(
 # --------------------------------------------------------------------------- outputs
 
 
-def _labels_table(decisions: dict[str, Decision]) -> pa.Table:
-    rows = [
-        {"sample_id": sid, "label": label, "source": c.source, "method": c.method,
-         "confidence": float(c.confidence)}
-        for sid in sorted(decisions)
-        for label, c in sorted(decisions[sid].selected.items())
-    ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABELS)
+def _batched(rows: Iterator[dict[str, Any]], n: int = io.ROW_GROUP_ROWS) -> Iterator[list[Any]]:
+    while batch := list(itertools.islice(rows, n)):
+        yield batch
 
 
-def _evidence_table(ev: _Evidence, selected: set[int]) -> pa.Table:
-    rows = [
-        {"sample_id": c.sample_id, "label": c.label, "source": c.source, "method": c.method,
-         "confidence": float(c.confidence), "passed": c.passed, "selected": id(c) in selected,
-         "detail": c.detail}
-        for sid in sorted(ev.by_sample)
-        for c in sorted(ev.by_sample[sid], key=lambda c: (c.label, c.source, c.method, c.detail))
-    ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABEL_EVIDENCE)
+def _write_rows(path: Path, schema: pa.Schema, rows: Iterator[dict[str, Any]]) -> None:
+    """Stream rows into ``path`` a row group at a time (never the whole table as dicts)."""
+    with io.parquet_writer(path, schema) as writer:
+        for batch in _batched(rows):
+            writer.write_rows(batch)
 
 
-def _samples_table(
+def _label_rows(decisions: dict[str, Decision]) -> Iterator[dict[str, Any]]:
+    for sid in sorted(decisions):
+        for label, c in sorted(decisions[sid].selected.items()):
+            yield {"sample_id": sid, "label": label, "source": c.source, "method": c.method,
+                   "confidence": float(c.confidence)}  # fmt: skip
+
+
+def _evidence_rows(ev: _Evidence, selected: set[int]) -> Iterator[dict[str, Any]]:
+    for sid in sorted(ev.by_sample):
+        for c in sorted(ev.by_sample[sid], key=lambda c: (c.label, c.source, c.method, c.detail)):
+            yield {"sample_id": c.sample_id, "label": c.label, "source": c.source,
+                   "method": c.method, "confidence": float(c.confidence), "passed": c.passed,
+                   "selected": id(c) in selected, "detail": c.detail}  # fmt: skip
+
+
+def _sample_rows(
     ids: list[str], decisions: dict[str, Decision], queue: Sequence[review.QueueItem]
-) -> pa.Table:
+) -> Iterator[dict[str, Any]]:
     queued = {q.sample_id: (rank, q.reason) for rank, q in enumerate(queue, 1)}
-    rows = []
     for sid in ids:
         d = decisions[sid]
         rank, reason = queued.get(sid, (None, None))
-        rows.append(
-            {"sample_id": sid, "decided_by": d.decided_by, "labels": d.labels,
-             "n_labels": len(d.selected), "review_rank": rank, "review_reason": reason}
-        )  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABEL_SAMPLES)
+        yield {
+            "sample_id": sid,
+            "decided_by": d.decided_by,
+            "labels": d.labels,
+            "n_labels": len(d.selected),
+            "review_rank": rank,
+            "review_reason": reason,
+        }
 
 
 def _metrics(
