@@ -2,6 +2,7 @@
 
     .venv/bin/python benches/bench_scale.py --sizes 10000 100000 1000000
     .venv/bin/python benches/bench_scale.py --sizes 2000 --keep       # a smoke run; keep the data
+    .venv/bin/python benches/bench_scale.py --sizes 1000000 --generate-only   # data only (kept)
 
 For each size N the bench writes a synthetic *manifest* data set under ``--workdir``: N distinct
 tiny images (32-48 px JPEG/PNG, a seeded 6 x 6 colour field blown up, so pHashes differ), 1-3
@@ -71,65 +72,67 @@ CHUNK = 5000  # images per generation task
 PER_DIR = 1000  # images per folder
 
 
-def _caption(rng: np.random.Generator, labels: list[str]) -> str:
-    words = " and a ".join(labels)
-    filler = " ".join(FILLER[j] for j in rng.integers(len(FILLER), size=8))
-    return f"a photo of a {words} {SCENES[int(rng.integers(len(SCENES)))]} with {filler}"
-
-
-def _image(seed: int) -> tuple[bytes, str]:
-    """A distinct tiny image: a seeded 6 x 6 colour field, bilinearly enlarged."""
-    rng = np.random.default_rng(seed)
-    side = int(rng.integers(32, 49))
-    field = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
-    im = Image.fromarray(field).resize((side, side), Image.Resampling.BILINEAR)
+def _encode(im: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
-    if seed % 4 == 0:
-        im.save(buf, format="PNG")
-        return buf.getvalue(), "png"
-    im.save(buf, format="JPEG", quality=85)
-    return buf.getvalue(), "jpg"
-
-
-def _near_copy(data: bytes) -> bytes:
-    """The same picture, slightly brighter and re-encoded: a near duplicate, new bytes."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    arr = np.clip(np.asarray(im).astype(np.int16) + 3, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
+    if fmt == "png":
+        im.save(buf, format="PNG", compress_level=1)
+    else:
+        im.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
 def _generate_chunk(task: tuple[Path, int, int, int]) -> list[str]:
-    """Write images ``start .. start+count`` of set ``seed``; return their manifest lines."""
+    """Write images ``start .. start+count`` of set ``seed``; return their manifest lines.
+
+    Every random draw of the chunk is made up front (one generator per chunk, seeded by its
+    start), so a chunk costs little more than encoding its images."""
     root, seed, start, count = task
+    rng = np.random.default_rng((seed, start))
+    kind = rng.random(count)
+    sides = rng.integers(32, 49, size=count)
+    fields = (rng.random((count, 6, 6, 3)) * 255).astype(np.uint8)
+    n_labels = rng.integers(1, 3, size=count)
+    label_ids = rng.integers(len(VOCAB), size=(count, 2))
+    n_caps = rng.integers(1, 4, size=count)
+    scenes = rng.integers(len(SCENES), size=(count, 3))
+    filler = rng.integers(len(FILLER), size=(count, 3, 8))
+    provided = rng.random(count) < 0.5
     lines = []
-    last: bytes | None = None
-    for i in range(start, start + count):
-        rng = np.random.default_rng((seed, i))
-        kind = rng.random()
-        folder = root / "images" / f"{i // PER_DIR:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if kind < 0.005 and last is not None:  # exact copy, new captions: clean exact_duplicate
+    last = b""
+    for j, i in enumerate(range(start, start + count)):
+        folder = f"images/{i // PER_DIR:05d}"
+        if i % PER_DIR == 0 or j == 0:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        if kind[j] < 0.005 and last:  # exact copy, new captions: clean exact_duplicate
             data, ext = last, "jpg"
-        elif kind < 0.01 and last is not None:  # near copy: clean near_duplicate_image
-            data, ext = _near_copy(last), "jpg"
-        else:
-            data, ext = _image(seed * 10_000_000 + i)
-        rel = f"images/{i // PER_DIR:05d}/{i:07d}.{ext}"
-        (root / rel).write_bytes(data)
+        elif kind[j] < 0.01 and last:  # near copy: a little brighter, re-encoded
+            im = np.asarray(Image.open(io.BytesIO(last)).convert("RGB")).astype(np.int16)
+            brighter = Image.fromarray(np.clip(im + 3, 0, 255).astype(np.uint8))
+            data, ext = _encode(brighter, "jpg"), "jpg"
+        else:  # a distinct image: the chunk's 6 x 6 colour field, bilinearly enlarged
+            side = int(sides[j])
+            im = Image.fromarray(fields[j]).resize((side, side), Image.Resampling.BILINEAR)
+            ext = "png" if i % 4 == 0 else "jpg"
+            data = _encode(im, ext)
+        rel = f"{folder}/{i:07d}.{ext}"
+        with open(root / rel, "wb") as fh:
+            fh.write(data)
         last = data
-        labels = sorted(set(rng.choice(VOCAB, size=int(rng.integers(1, 3))).tolist()))
-        n_caps = int(rng.integers(1, 4))
-        caps = [_caption(rng, labels) for _ in range(n_caps)]
-        if 0.01 <= kind < 0.012:
+        labels = sorted({VOCAB[k] for k in label_ids[j, : n_labels[j]]})
+        words = " and a ".join(labels)
+        caps = [
+            f"a photo of a {words} {SCENES[scenes[j, c]]} with "
+            + " ".join(FILLER[w] for w in filler[j, c])
+            for c in range(n_caps[j])
+        ]
+        if 0.01 <= kind[j] < 0.012:
             caps = []  # collect quarantines it: missing_caption
         row: dict[str, Any] = {"image": rel, "captions": caps}
-        if rng.random() < 0.5:
+        if provided[j]:
             row["labels"] = labels
         line = json.dumps(row, separators=(",", ":"))
         lines.append(line)
-        if 0.012 <= kind < 0.014:
+        if 0.012 <= kind[j] < 0.014:
             lines.append(line)  # the same row again: collect quarantines it (duplicate_input)
     return lines
 
@@ -204,7 +207,8 @@ def run_stage(name: str, params: Path, root: Path, log: Path) -> dict[str, Any]:
     }
 
 
-def bench_size(workdir: Path, n: int, keep: bool) -> dict[str, Any]:
+def bench_size(workdir: Path, n: int, keep: bool, partial: Path) -> dict[str, Any]:
+    """Generate and run size ``n``; after each stage its figures so far go to ``partial``."""
     root = workdir / f"n{n}"
     gen = generate(root, n)
     print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
@@ -214,6 +218,9 @@ def bench_size(workdir: Path, n: int, keep: bool) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for name in STAGES:
         stages[name] = r = run_stage(name, params, root, root / f"{name}.log")
+        r["load_average_1min"] = os.getloadavg()[0]  # the machine is shared: how busy it was
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"n": n, "stages": stages}, indent=2) + "\n")
         print(
             f"  {name:<10} {r['seconds']:8.1f} s  peak tree RSS {_mib(r['peak_rss'])}  "
             f"max process RSS {_mib(r['max_proc_rss'])}",
@@ -270,8 +277,19 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cmrops-bench-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     ap.add_argument("--out", type=Path, default=REPO / "benches" / "results" / "scale.json")
+    ap.add_argument(
+        "--generate-only", action="store_true", help="write the data sets (kept) and stop"
+    )
     args = ap.parse_args()
-    results = [bench_size(args.workdir, n, args.keep) for n in sorted(args.sizes)]
+    if args.generate_only:
+        for n in sorted(args.sizes):
+            print(f"N={n}: generated in {generate(args.workdir / f'n{n}', n):.0f} s", flush=True)
+        return
+    results = []
+    for n in sorted(args.sizes):
+        partial = args.out.with_name(f"{args.out.stem}-n{n}.partial.json")
+        results.append(bench_size(args.workdir, n, args.keep, partial))
+        partial.unlink()
     print()
     print(table(results))
     report = {
