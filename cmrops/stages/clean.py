@@ -69,6 +69,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.cleaning import dedup, scoring
@@ -275,11 +276,12 @@ def run(
     ``labelled_dir`` may be None only when the label rules (``irrelevant``,
     ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``."""
     interim, out = Path(interim_dir), Path(out_dir)
-    table = _load_interim(interim)
+    table, file_rows = _load_interim(interim)
     n = table.num_rows
     if n == 0:
         raise ValueError(f"{interim / 'samples.parquet'}: no samples to clean")
     cols = _columns(table)
+    del table  # the kept rows are streamed from the file at the end
     meta, image_emb, text_emb = _load_features(interim, cols["feature_row"])
     labels = _load_labels(Path(labelled_dir) if labelled_dir else None, params, cols["sample_id"])
 
@@ -333,7 +335,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "quarantine.parquet", quarantine)
     io.write_parquet(out / "groups.parquet", groups)
-    io.write_parquet(out / "samples.parquet", table.take(pa.array(kept_idx)))
+    _write_kept(interim / "samples.parquet", out / "samples.parquet", file_rows[kept_idx])
     io.write_json(Path(metrics_path) if metrics_path else out / "quality.json", metrics)
     return metrics
 
@@ -349,28 +351,56 @@ def _claim(rule: _Rule, dropped: np.ndarray, reason_of: dict[int, str]) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def _load_interim(interim: Path) -> pa.Table:
+#: The interim columns the rules read (:func:`_columns`); the others are only copied to the output.
+_RULE_COLUMNS = (
+    "sample_id", "source", "source_key", "image_sha256", "labels", "width", "height", "phash",
+    "dhash", "caption_simhash", "captions_norm", "token_counts", "feature_row",
+)  # fmt: skip
+
+
+def _load_interim(interim: Path) -> tuple[pa.Table, np.ndarray]:
+    """The rule columns of the interim samples sorted by sample_id, and the file row of each."""
     path = interim / "samples.parquet"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: not found - run `cmrops preprocess` first (or pass --interim)"
         )
-    table = io.read_parquet(path)
-    missing = [c for c in INTERIM_SAMPLES.names if c not in table.column_names]
+    names = pq.read_schema(path).names
+    missing = [c for c in INTERIM_SAMPLES.names if c not in names]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; expected the INTERIM_SAMPLES "
             "contract of cmrops/schema.py (re-run `cmrops preprocess`)"
         )
-    table = table.select(INTERIM_SAMPLES.names).cast(INTERIM_SAMPLES)
+    table = io.read_parquet(path, columns=list(_RULE_COLUMNS))
+    table = table.cast(pa.schema([INTERIM_SAMPLES.field(c) for c in _RULE_COLUMNS]))
     if table["sample_id"].null_count:
         raise ValueError(f"{path}: sample_id holds nulls; re-run `cmrops preprocess`")
-    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+    order = pc.sort_indices(table, [("sample_id", "ascending")])
+    table = table.take(order)
     ids = table["sample_id"].to_pylist()
     dup = sorted({a for a, b in itertools.pairwise(ids) if a == b})
     if dup:
         raise ValueError(f"{path}: sample_id repeated: {', '.join(dup[:5])}")
-    return table
+    return table, np.asarray(order.to_numpy(), dtype=np.int64)
+
+
+def _write_kept(src: Path, dst: Path, file_rows: np.ndarray) -> None:
+    """Copy rows ``file_rows`` (file positions, in sample_id order) of ``src`` to ``dst``, every
+    INTERIM_SAMPLES column. Preprocess writes its table sorted, so the rows usually ascend and
+    are streamed batch by batch; otherwise the table is read whole and reordered."""
+    with io.parquet_writer(dst, INTERIM_SAMPLES) as writer:
+        if len(file_rows) > 1 and (np.diff(file_rows) < 0).any():
+            table = io.read_parquet(src, columns=INTERIM_SAMPLES.names)
+            writer.write(table.take(pa.array(file_rows)))
+            return
+        start = 0
+        for batch in io.iter_parquet(src, columns=INTERIM_SAMPLES.names):
+            end = start + batch.num_rows
+            lo, hi = np.searchsorted(file_rows, [start, end])
+            if hi > lo:
+                writer.write(batch.take(pa.array(file_rows[lo:hi] - start)))
+            start = end
 
 
 def _columns(table: pa.Table) -> dict[str, Any]:
