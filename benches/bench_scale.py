@@ -5,12 +5,13 @@
     .venv/bin/python benches/bench_scale.py --sizes 1000000 --generate-only   # data only (kept)
 
 For each size N the bench writes a synthetic *manifest* data set under ``--workdir``: N distinct
-tiny images (32-48 px JPEG/PNG, a seeded 6 x 6 colour field blown up, so pHashes differ), 1-3
-captions each from a small vocabulary (so keyword labels exist), provided labels on half the
-rows, and planted defects (about 0.5% exact copies, 0.5% near copies, 0.2% repeated rows, 0.2%
-caption-less rows). It writes a params file (the repository's defaults, a manifest source,
-``embeddings: false``, the ``words`` tokenizer, a label vocabulary) and runs collect,
-preprocess, label, clean and split, each as its own ``cmrops`` process.
+tiny images (32 px BMP, one in 16 JPEG: a seeded 6 x 6 colour field enlarged, so pHashes
+differ), 1-3 captions each from a small vocabulary and filler words (so keyword labels exist and
+captions rarely repeat), provided labels on half the rows, and planted defects (about 0.5%
+exact copies, 0.5% near copies, 0.2% repeated rows, 0.2% caption-less rows). It writes a params
+file (the repository's defaults, a manifest source, ``embeddings: false``, the ``words``
+tokenizer, a label vocabulary) and runs collect, preprocess, label, clean and split, each as its
+own ``cmrops`` process.
 
 Per stage it records the wall time and two memory figures:
 
@@ -72,12 +73,37 @@ CHUNK = 5000  # images per generation task
 PER_DIR = 1000  # images per folder
 
 
-def _encode(im: Image.Image, fmt: str) -> bytes:
+SIDE = 32  # image side in pixels (a 3 KiB BMP): tiny, so 1M images fit a few GB of disk
+
+
+def _bilinear(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of bilinear interpolation from n_in to n_out samples."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = np.zeros((n_out, n_in))
+    w[np.arange(n_out), lo] += 1 - (pos - lo)
+    w[np.arange(n_out), hi] += pos - lo
+    return w
+
+
+_UP = _bilinear(6, SIDE)
+_BMP_HEADER = (
+    b"BM" + (54 + SIDE * SIDE * 3).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little")
+    + (40).to_bytes(4, "little") + SIDE.to_bytes(4, "little") + SIDE.to_bytes(4, "little")
+    + (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + bytes(4)
+    + (SIDE * SIDE * 3).to_bytes(4, "little") + bytes(16)
+)  # fmt: skip
+
+
+def _bmp(pixels: np.ndarray) -> bytes:
+    """A 24-bit BMP of an RGB (SIDE, SIDE, 3) array: rows bottom-up, BGR (no padding needed)."""
+    return _BMP_HEADER + np.ascontiguousarray(pixels[::-1, :, ::-1]).tobytes()
+
+
+def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
-    if fmt == "png":
-        im.save(buf, format="PNG", compress_level=1)
-    else:
-        im.save(buf, format="JPEG", quality=85)
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -85,12 +111,13 @@ def _generate_chunk(task: tuple[Path, int, int, int]) -> list[str]:
     """Write images ``start .. start+count`` of set ``seed``; return their manifest lines.
 
     Every random draw of the chunk is made up front (one generator per chunk, seeded by its
-    start), so a chunk costs little more than encoding its images."""
+    start) and the images are seeded 6 x 6 colour fields enlarged bilinearly, all at once, so
+    pHashes differ. Most are BMP (encoding is a header and a copy); one in 16 is JPEG."""
     root, seed, start, count = task
     rng = np.random.default_rng((seed, start))
     kind = rng.random(count)
-    sides = rng.integers(32, 49, size=count)
-    fields = (rng.random((count, 6, 6, 3)) * 255).astype(np.uint8)
+    fields = rng.random((count, 3, 6, 6)) * 255
+    pixels = (_UP @ fields @ _UP.T).round().astype(np.uint8).transpose(0, 2, 3, 1)
     n_labels = rng.integers(1, 3, size=count)
     label_ids = rng.integers(len(VOCAB), size=(count, 2))
     n_caps = rng.integers(1, 4, size=count)
@@ -98,26 +125,25 @@ def _generate_chunk(task: tuple[Path, int, int, int]) -> list[str]:
     filler = rng.integers(len(FILLER), size=(count, 3, 8))
     provided = rng.random(count) < 0.5
     lines = []
-    last = b""
+    last = -1
     for j, i in enumerate(range(start, start + count)):
         folder = f"images/{i // PER_DIR:05d}"
         if i % PER_DIR == 0 or j == 0:
             (root / folder).mkdir(parents=True, exist_ok=True)
-        if kind[j] < 0.005 and last:  # exact copy, new captions: clean exact_duplicate
-            data, ext = last, "jpg"
-        elif kind[j] < 0.01 and last:  # near copy: a little brighter, re-encoded
-            im = np.asarray(Image.open(io.BytesIO(last)).convert("RGB")).astype(np.int16)
-            brighter = Image.fromarray(np.clip(im + 3, 0, 255).astype(np.uint8))
-            data, ext = _encode(brighter, "jpg"), "jpg"
-        else:  # a distinct image: the chunk's 6 x 6 colour field, bilinearly enlarged
-            side = int(sides[j])
-            im = Image.fromarray(fields[j]).resize((side, side), Image.Resampling.BILINEAR)
-            ext = "png" if i % 4 == 0 else "jpg"
-            data = _encode(im, ext)
+        if kind[j] < 0.005 and last >= 0:  # exact copy, new captions: clean exact_duplicate
+            data, ext = _bmp(pixels[last]), "bmp"
+        elif kind[j] < 0.01 and last >= 0:  # near copy: a little brighter, as JPEG
+            brighter = np.clip(pixels[last].astype(np.int16) + 3, 0, 255).astype(np.uint8)
+            data, ext = _jpeg(brighter, 90), "jpg"
+        elif i % 16 == 0:
+            data, ext = _jpeg(pixels[j], 85), "jpg"
+        else:
+            data, ext = _bmp(pixels[j]), "bmp"
         rel = f"{folder}/{i:07d}.{ext}"
         with open(root / rel, "wb") as fh:
             fh.write(data)
-        last = data
+        if kind[j] >= 0.01:
+            last = j
         labels = sorted({VOCAB[k] for k in label_ids[j, : n_labels[j]]})
         words = " and a ".join(labels)
         caps = [
