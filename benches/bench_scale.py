@@ -178,6 +178,67 @@ def generate(root: Path, n: int, seed: int = 0, procs: int = 2) -> float:
     return time.perf_counter() - t0
 
 
+def synthesise_interim(root: Path, n: int, seed: int = 0) -> float:
+    """Write ``data/interim`` as preprocess would for ``n`` such samples (embeddings off), with
+    no images: the hashes are drawn (0.5% exact and 0.5% near copies planted) instead of
+    measured. Lets label, clean and split run at a size the image stages would take hours to
+    reach on a busy machine; the seconds taken are returned."""
+
+    from cmrops.io import parquet_writer, write_json
+    from cmrops.schema import INTERIM_SAMPLES, QUARANTINE
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng((seed, n, 1))
+    ids = np.unique(rng.integers(0, 2**63, size=n + n // 100, dtype=np.uint64))[:n]
+    ids = np.sort(ids)  # sorted numbers = sorted fixed-width hex strings
+    phash = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    dhash = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    simhash = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    sha = rng.integers(0, 2**63, size=(n, 4), dtype=np.uint64)
+    kind = rng.random(n)
+    copy_of = rng.integers(0, n, size=n)
+    exact = kind < 0.005
+    near = (kind >= 0.005) & (kind < 0.01)
+    for arr in (phash, dhash):
+        arr[exact | near] = arr[copy_of[exact | near]]
+        arr[near] ^= np.uint64(1) << rng.integers(0, 64, size=int(near.sum())).astype(np.uint64)
+    sha[exact] = sha[copy_of[exact]]
+    out = root / "data" / "interim"
+    (out / "features").mkdir(parents=True, exist_ok=True)
+    write_json(out / "features" / "meta.json", {"embeddings": False, "rows": 0})
+    with parquet_writer(out / "quarantine.parquet", QUARANTINE):
+        pass
+    step = 65_536
+    with parquet_writer(out / "samples.parquet", INTERIM_SAMPLES) as writer:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            rows = []
+            for i in range(lo, hi):
+                r = np.random.default_rng((seed, i))
+                labels = sorted({VOCAB[k] for k in r.integers(len(VOCAB), size=r.integers(1, 3))})
+                words = " and a ".join(labels)
+                caps = [
+                    f"a photo of a {words} {SCENES[r.integers(len(SCENES))]} with "
+                    + " ".join(FILLER[w] for w in r.integers(len(FILLER), size=8))
+                    for _ in range(int(r.integers(1, 4)))
+                ]
+                digest = "".join(f"{int(x):016x}" for x in sha[i])
+                rows.append({
+                    "sample_id": f"{int(ids[i]):016x}", "source": "bench",
+                    "source_key": f"{i + 1}:images/{i // PER_DIR:05d}/{i:07d}.bmp",
+                    "image_sha256": digest, "image_path": f"objects/{digest[:2]}/{digest}",
+                    "image_bytes": 3126, "captions": caps,
+                    "labels": labels if r.random() < 0.5 else [], "extra": "{}",
+                    "width": SIDE, "height": SIDE, "format": "BMP", "n_frames": 1,
+                    "phash": int(phash[i]), "dhash": int(dhash[i]),
+                    "caption_simhash": int(simhash[i]), "captions_norm": caps,
+                    "caption_chars_cut": 0, "token_counts": [len(c.split()) for c in caps],
+                    "feature_row": -1,
+                })  # fmt: skip
+            writer.write_rows(rows)
+    return time.perf_counter() - t0
+
+
 def write_params(root: Path) -> Path:
     """The repository's params with the bench's source, embeddings off and a vocabulary."""
     data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -237,16 +298,24 @@ def run_stage(name: str, params: Path, root: Path, log: Path) -> dict[str, Any]:
     }
 
 
-def bench_size(workdir: Path, n: int, keep: bool, partial: Path) -> dict[str, Any]:
-    """Generate and run size ``n``; after each stage its figures so far go to ``partial``."""
+def bench_size(
+    workdir: Path, n: int, keep: bool, partial: Path, interim_only: bool = False
+) -> dict[str, Any]:
+    """Generate and run size ``n``; after each stage its figures so far go to ``partial``.
+    ``interim_only``: synthesise the interim table and run label, clean and split only."""
     root = workdir / f"n{n}"
-    gen = generate(root, n)
-    print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
     for out in ("data", "metrics"):
         shutil.rmtree(root / out, ignore_errors=True)
+    if interim_only:
+        root.mkdir(parents=True, exist_ok=True)
+        gen = synthesise_interim(root, n)
+        print(f"N={n}: interim table synthesised in {gen:.0f} s under {root}", flush=True)
+    else:
+        gen = generate(root, n)
+        print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
     params = write_params(root)
     stages: dict[str, Any] = {}
-    for name in STAGES:
+    for name in STAGES[2:] if interim_only else STAGES:
         stages[name] = r = run_stage(name, params, root, root / f"{name}.log")
         r["load_average_1min"] = os.getloadavg()[0]  # the machine is shared: how busy it was
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -256,13 +325,14 @@ def bench_size(workdir: Path, n: int, keep: bool, partial: Path) -> dict[str, An
             f"max process RSS {_mib(r['max_proc_rss'])}",
             flush=True,
         )
-    raw = json.loads((root / "data/raw/metrics.json").read_text())
+    raw = root / "data/raw/metrics.json"
     split = json.loads((root / "metrics/split.json").read_text())
     disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
     result = {
         "n": n,
+        "input": "synthesised interim table" if interim_only else "manifest and images",
         "generate_seconds": gen,
-        "kept_by_collect": raw["kept"],
+        "kept_by_collect": json.loads(raw.read_text())["kept"] if raw.is_file() else None,
         "split_sizes": split.get("sizes"),
         "data_bytes": disk,
         "stages": stages,
@@ -291,9 +361,12 @@ def table(results: list[dict[str, Any]]) -> str:
             ("peak_rss", lambda v: f"{v / 2**20:.0f} MiB"),
             ("max_proc_rss", lambda v: f"{v / 2**20:.0f} MiB"),
         ):
-            vals = [r["stages"][name][metric] for r in results]
-            row = [name, metric, *(fmt(v) for v in vals)]
-            row += [_growth(a, b) for a, b in itertools.pairwise(vals)]
+            vals = [r["stages"].get(name, {}).get(metric) for r in results]
+            row = [name, metric, *("-" if v is None else fmt(v) for v in vals)]
+            row += [
+                "-" if a is None or b is None else _growth(a, b)
+                for a, b in itertools.pairwise(vals)
+            ]
             rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -310,7 +383,31 @@ def main() -> None:
     ap.add_argument(
         "--generate-only", action="store_true", help="write the data sets (kept) and stop"
     )
+    ap.add_argument(
+        "--interim-only",
+        action="store_true",
+        help="no images: synthesise data/interim and run label, clean and split only",
+    )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="no run: print one table of these result files (and write it to --out); a size in "
+        "several files is merged stage by stage, later files winning",
+    )
     args = ap.parse_args()
+    if args.merge:
+        by_n: dict[int, dict[str, Any]] = {}
+        for f in args.merge:
+            data = json.loads(f.read_text())
+            for r in data.get("results", [data]):  # a .partial.json is one bare result
+                merged = by_n.setdefault(r["n"], {"n": r["n"], "stages": {}, "inputs": []})
+                merged["stages"].update(r["stages"])
+                merged["inputs"].append({k: v for k, v in r.items() if k != "stages"})
+        results = [by_n[n] for n in sorted(by_n)]
+        print(table(results))
+        _write(args.out, results)
+        return
     if args.generate_only:
         for n in sorted(args.sizes):
             print(f"N={n}: generated in {generate(args.workdir / f'n{n}', n):.0f} s", flush=True)
@@ -318,10 +415,14 @@ def main() -> None:
     results = []
     for n in sorted(args.sizes):
         partial = args.out.with_name(f"{args.out.stem}-n{n}.partial.json")
-        results.append(bench_size(args.workdir, n, args.keep, partial))
+        results.append(bench_size(args.workdir, n, args.keep, partial, args.interim_only))
         partial.unlink()
     print()
     print(table(results))
+    _write(args.out, results)
+
+
+def _write(out: Path, results: list[dict[str, Any]]) -> None:
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -330,9 +431,9 @@ def main() -> None:
         },
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":
