@@ -53,6 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.labels import review, zeroshot
@@ -263,14 +264,13 @@ def _load_samples(interim: Path) -> dict[str, list[Any]]:
         raise FileNotFoundError(
             f"{path}: not found - run `cmrops preprocess` first (or pass --interim)"
         )
-    table = io.read_parquet(path)
-    missing = [c for c in _NEEDED if c not in table.column_names]
+    missing = [c for c in _NEEDED if c not in pq.read_schema(path).names]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; expected the INTERIM_SAMPLES "
             "contract of cmrops/schema.py (re-run `cmrops preprocess`)"
         )
-    table = table.select(list(_NEEDED))
+    table = io.read_parquet(path, columns=list(_NEEDED))  # not the raw captions, extra, ...
     if table["sample_id"].null_count:
         raise ValueError(f"{path}: sample_id holds nulls; re-run `cmrops preprocess`")
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
@@ -289,7 +289,8 @@ def _quarantined(interim: Path) -> list[tuple[str | None, str | None, str | None
     path = interim / "quarantine.parquet"
     if not path.is_file():
         return []
-    t = io.read_parquet(path)
+    present = [c for c in ("sample_id", "source", "source_key") if c in pq.read_schema(path).names]
+    t = io.read_parquet(path, columns=present)
     cols = [t[c].to_pylist() if c in t.column_names else [None] * t.num_rows
             for c in ("sample_id", "source", "source_key")]  # fmt: skip
     return list(zip(*cols, strict=True))
