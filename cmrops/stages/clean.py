@@ -403,6 +403,33 @@ def _write_kept(src: Path, dst: Path, file_rows: np.ndarray) -> None:
             start = end
 
 
+class _Columns(dict[str, Any]):
+    """The rule columns: numpy arrays for numbers, Python lists for text, each list made from
+    the Arrow table the first time a rule asks for it (``captions`` only with a language
+    detector, ``provided`` / ``source`` / ``source_key`` for evidence and quarantine rows)."""
+
+    _LISTS: Mapping[str, tuple[str, bool]] = {  # key -> (column, None as [])
+        "source": ("source", False),
+        "source_key": ("source_key", False),
+        "sha256": ("image_sha256", False),
+        "provided": ("labels", True),
+        "captions": ("captions_norm", True),
+        "tokens": ("token_counts", True),
+    }
+
+    def __init__(self, table: pa.Table, eager: Mapping[str, Any]) -> None:
+        super().__init__(eager)
+        self._table = table
+
+    def __missing__(self, key: str) -> list[Any]:
+        if key not in self._LISTS:
+            raise KeyError(key)
+        column, as_list = self._LISTS[key]
+        values = self._table[column].to_pylist()
+        self[key] = values = [list(x or []) for x in values] if as_list else values
+        return values
+
+
 def _columns(table: pa.Table) -> dict[str, Any]:
     def u64(name: str) -> np.ndarray:
         return table[name].fill_null(0).to_numpy().astype(np.uint64)
@@ -410,21 +437,18 @@ def _columns(table: pa.Table) -> dict[str, Any]:
     def i64(name: str, fill: int) -> np.ndarray:
         return table[name].fill_null(fill).to_numpy().astype(np.int64)
 
-    return {
-        "sample_id": table["sample_id"].to_pylist(),
-        "source": table["source"].to_pylist(),
-        "source_key": table["source_key"].to_pylist(),
-        "sha256": table["image_sha256"].to_pylist(),
-        "provided": [list(x or []) for x in table["labels"].to_pylist()],
-        "width": i64("width", 0),
-        "height": i64("height", 0),
-        "phash": u64("phash"),
-        "dhash": u64("dhash"),
-        "simhash": u64("caption_simhash"),
-        "captions": [list(x or []) for x in table["captions_norm"].to_pylist()],
-        "tokens": [list(x or []) for x in table["token_counts"].to_pylist()],
-        "feature_row": i64("feature_row", -1),
-    }
+    return _Columns(
+        table,
+        {
+            "sample_id": table["sample_id"].to_pylist(),
+            "width": i64("width", 0),
+            "height": i64("height", 0),
+            "phash": u64("phash"),
+            "dhash": u64("dhash"),
+            "simhash": u64("caption_simhash"),
+            "feature_row": i64("feature_row", -1),
+        },
+    )
 
 
 def _load_features(
@@ -461,8 +485,9 @@ class _Labels:
     available: bool
     why: str | None = None
     vocabulary: frozenset[str] = frozenset()
-    effective: list[set[str]] = field(default_factory=list)  # labels.parquet, vocabulary only
-    by_method: dict[str, list[set[str]]] = field(default_factory=dict)  # evidence, passed
+    # Per row; rows with the same labels share one frozenset (a handful of distinct sets).
+    effective: list[frozenset[str]] = field(default_factory=list)  # labels.parquet, vocabulary
+    by_method: dict[str, list[frozenset[str]]] = field(default_factory=dict)  # evidence, passed
     methods_present: frozenset[str] = frozenset()
     outside_vocabulary: dict[str, int] = field(default_factory=dict)
     stale_rows: int = 0  # label rows of samples not in the interim table
@@ -494,37 +519,33 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
     for c in ("sample_id", "label"):
         if c not in table.column_names:
             raise ValueError(f"{lpath}: missing column {c!r} (expected the LABELS contract)")
-    effective: list[set[str]] = [set() for _ in ids]
     outside: Counter[str] = Counter()
     rows = _rows_of(table["sample_id"], ids_arr)
     stale = int((rows < 0).sum())
-    for i, label in zip(rows.tolist(), table["label"].to_pylist(), strict=True):
-        if i < 0:
-            continue
-        if label not in vocab:
-            outside[str(label)] += 1
-        else:
-            effective[i].add(label)
-    by_method: dict[str, list[set[str]]] = {}
+    labels = table["label"].to_pylist()
+    known = np.flatnonzero(rows >= 0).tolist()
+    for i in known:
+        if labels[i] not in vocab:
+            outside[str(labels[i])] += 1
+    effective = _row_sets(len(ids), rows, labels, [i for i in known if labels[i] in vocab])
+    by_method: dict[str, list[frozenset[str]]] = {}
     present: set[str] = set()
     epath = labelled / "evidence.parquet"
-    if epath.is_file():
-        ev = io.read_parquet(epath, columns=None)
-        if {"sample_id", "label", "method", "passed"} <= set(ev.column_names):
-            ev_rows = _rows_of(ev["sample_id"], ids_arr)
-            passed = ev["passed"].fill_null(False).to_numpy(zero_copy_only=False)
-            methods = ev["method"].to_pylist()
-            present.update(methods)
-            keep = np.flatnonzero(passed & (ev_rows >= 0))
-            labels_kept = ev["label"].take(pa.array(keep)).to_pylist()
-            for j, label in zip(keep.tolist(), labels_kept, strict=True):
-                if label not in vocab:
-                    continue
-                method = methods[j]
-                sets = by_method.get(method)
-                if sets is None:
-                    sets = by_method[method] = [set() for _ in ids]
-                sets[ev_rows[j]].add(label)
+    need = ["sample_id", "label", "method", "passed"]
+    if epath.is_file() and set(need) <= set(pq.read_schema(epath).names):
+        ev = io.read_parquet(epath, columns=need)
+        ev_rows = _rows_of(ev["sample_id"], ids_arr)
+        passed = ev["passed"].fill_null(False).to_numpy(zero_copy_only=False)
+        methods = ev["method"].to_pylist()
+        ev_labels = ev["label"].to_pylist()
+        present.update(methods)
+        keep = np.flatnonzero(passed & (ev_rows >= 0)).tolist()
+        per_method: dict[str, list[int]] = {}
+        for j in keep:
+            if ev_labels[j] in vocab:
+                per_method.setdefault(methods[j], []).append(j)
+        for method, picked in per_method.items():
+            by_method[method] = _row_sets(len(ids), ev_rows, ev_labels, picked)
     return _Labels(
         True,
         vocabulary=frozenset(vocab),
@@ -534,6 +555,24 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
         outside_vocabulary=dict(sorted(outside.items())),
         stale_rows=stale,
     )
+
+
+def _row_sets(
+    n: int, rows: np.ndarray, labels: list[Any], picked: list[int]
+) -> list[frozenset[str]]:
+    """For each of ``n`` rows, the set of ``labels[j]`` over the ``picked`` j with
+    ``rows[j]`` = that row. Equal sets are one shared object: memory per row is a pointer."""
+    per: dict[int, set[str]] = {}
+    row_list = rows.tolist()
+    for j in picked:
+        per.setdefault(row_list[j], set()).add(labels[j])
+    empty: frozenset[str] = frozenset()
+    shared: dict[frozenset[str], frozenset[str]] = {empty: empty}
+    out = [empty] * n
+    for i, got in per.items():
+        key = frozenset(got)
+        out[i] = shared.setdefault(key, key)
+    return out
 
 
 def _rows_of(sample_ids: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
