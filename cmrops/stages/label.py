@@ -40,6 +40,8 @@ Deterministic: the same inputs give byte-identical outputs, each written atomica
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import json
 import logging
@@ -218,8 +220,13 @@ def run(
         else:
             methods[method] = _zeroshot(ev, samples, interim, params.zeroshot, prompt_embedder)
 
-    index = KeyIndex(
-        zip(ids, samples["source"], samples["source_key"], strict=True), _quarantined(interim)
+    index = (  # only human label files name samples by key: no index of a million keys without
+        KeyIndex(
+            zip(ids, samples["source"], samples["source_key"], strict=True),
+            _quarantined(interim),
+        )
+        if params.manual or params.review.answers is not None
+        else KeyIndex(())
     )
     files: dict[str, Any] = {}
     for spec in params.manual:
@@ -274,7 +281,7 @@ def _load_samples(interim: Path) -> dict[str, list[Any]]:
     if table["sample_id"].null_count:
         raise ValueError(f"{path}: sample_id holds nulls; re-run `cmrops preprocess`")
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
-    cols = {name: table[name].to_pylist() for name in _NEEDED}
+    cols = _LazyColumns(table, {name: table[name].to_pylist() for name in _EAGER})
     sids = cols["sample_id"]
     dup = sorted({a for a, b in itertools.pairwise(sids) if a == b})
     if dup:
@@ -283,6 +290,24 @@ def _load_samples(interim: Path) -> dict[str, list[Any]]:
     cols["captions_norm"] = [list(x or []) for x in cols["captions_norm"]]
     cols["feature_row"] = [-1 if x is None else int(x) for x in cols["feature_row"]]
     return cols
+
+
+#: Read for every sample; the other _NEEDED columns only for the review queue and key index.
+_EAGER = ("sample_id", "labels", "captions_norm", "feature_row")
+
+
+class _LazyColumns(dict[str, list[Any]]):
+    """Columns as Python lists; those not in ``_EAGER`` are converted on first use."""
+
+    def __init__(self, table: pa.Table, eager: dict[str, list[Any]]) -> None:
+        super().__init__(eager)
+        self._table = table
+
+    def __missing__(self, key: str) -> list[Any]:
+        if key not in _NEEDED:
+            raise KeyError(key)
+        self[key] = values = self._table[key].to_pylist()
+        return values
 
 
 def _quarantined(interim: Path) -> list[tuple[str | None, str | None, str | None]]:
@@ -337,6 +362,7 @@ class _Evidence:
         self.human_empty: dict[str, set[str]] = {"reviewed": set(), "manual": set()}
         self.thresholds: dict[str, float] = {}
         self._seen: set[tuple[str, str, str]] = set()  # (sample, label, human source)
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
 
     def add(self, c: Candidate) -> None:
         self.by_sample[c.sample_id].append(c)
@@ -350,12 +376,22 @@ class _Evidence:
         return True
 
     def record(self, method: str, sid: str, passed: set[str]) -> None:
-        self.kept.setdefault(method, {})[sid] = frozenset(passed)
+        key = frozenset(passed)  # a handful of distinct sets: one shared object each
+        self.kept.setdefault(method, {})[sid] = self._sets.setdefault(key, key)
         self.applicable.setdefault(method, set()).add(sid)
 
 
 def _detail(**facts: Any) -> str:
-    return json.dumps(facts, sort_keys=True, ensure_ascii=False)
+    """The JSON detail of a candidate; the few distinct ones are shared strings."""
+    try:
+        return _shared_detail(tuple(sorted(facts.items())))
+    except TypeError:  # an unhashable fact (a list)
+        return json.dumps(facts, sort_keys=True, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_detail(items: tuple[tuple[str, Any], ...]) -> str:
+    return json.dumps(dict(items), sort_keys=True, ensure_ascii=False)
 
 
 def _provided(ev: _Evidence, samples: dict[str, list[Any]]) -> dict[str, Any]:
@@ -535,10 +571,10 @@ def _queue_rows(
     ev: _Evidence,
     decisions: dict[str, Decision],
 ) -> list[dict[str, Any]]:
-    at = {sid: i for i, sid in enumerate(samples["sample_id"])}
+    ids = samples["sample_id"]  # sorted: a queued sample is found by bisection
     rows = []
     for rank, q in enumerate(queue, 1):
-        i = at[q.sample_id]
+        i = bisect.bisect_left(ids, q.sample_id)
         cands = sorted(ev.by_sample.get(q.sample_id, []), key=lambda c: (c.label, c.method))
         rows.append(
             {
