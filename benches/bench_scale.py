@@ -179,10 +179,10 @@ def generate(root: Path, n: int, seed: int = 0, procs: int = 2) -> float:
 
 
 def synthesise_interim(root: Path, n: int, seed: int = 0) -> float:
-    """Write ``data/interim`` as preprocess would for ``n`` such samples (embeddings off), with
-    no images: the hashes are drawn (0.5% exact and 0.5% near copies planted) instead of
-    measured. Lets label, clean and split run at a size the image stages would take hours to
-    reach on a busy machine; the seconds taken are returned."""
+    """Write into ``root`` the ``data/interim`` folder preprocess would write for ``n`` such
+    samples (embeddings off), with no images: the hashes are drawn (0.5% exact and 0.5% near
+    copies planted) instead of measured. Lets label, clean and split run at a size the image
+    stages would take hours to reach on a busy machine; returns the seconds taken."""
 
     from cmrops.io import parquet_writer, write_json
     from cmrops.schema import INTERIM_SAMPLES, QUARANTINE
@@ -203,7 +203,7 @@ def synthesise_interim(root: Path, n: int, seed: int = 0) -> float:
         arr[exact | near] = arr[copy_of[exact | near]]
         arr[near] ^= np.uint64(1) << rng.integers(0, 64, size=int(near.sum())).astype(np.uint64)
     sha[exact] = sha[copy_of[exact]]
-    out = root / "data" / "interim"
+    out = root
     (out / "features").mkdir(parents=True, exist_ok=True)
     write_json(out / "features" / "meta.json", {"embeddings": False, "rows": 0})
     with parquet_writer(out / "quarantine.parquet", QUARANTINE):
@@ -306,10 +306,13 @@ def bench_size(
     root = workdir / f"n{n}"
     for out in ("data", "metrics"):
         shutil.rmtree(root / out, ignore_errors=True)
+    cache = workdir / f"n{n}-interim"  # the synthesised table, reused by a --keep rerun
     if interim_only:
-        root.mkdir(parents=True, exist_ok=True)
-        gen = synthesise_interim(root, n)
-        print(f"N={n}: interim table synthesised in {gen:.0f} s under {root}", flush=True)
+        gen = 0.0
+        if not (cache / "samples.parquet").is_file():
+            gen = synthesise_interim(cache, n)
+        shutil.copytree(cache, root / "data" / "interim")
+        print(f"N={n}: interim table synthesised in {gen:.0f} s under {cache}", flush=True)
     else:
         gen = generate(root, n)
         print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
@@ -339,6 +342,7 @@ def bench_size(
     }
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
     return result
 
 
