@@ -299,7 +299,12 @@ def run_stage(name: str, params: Path, root: Path, log: Path) -> dict[str, Any]:
 
 
 def bench_size(
-    workdir: Path, n: int, keep: bool, partial: Path, interim_only: bool = False
+    workdir: Path,
+    n: int,
+    keep: bool,
+    partial: Path,
+    interim_only: bool = False,
+    only: tuple[str, ...] = STAGES,
 ) -> dict[str, Any]:
     """Generate and run size ``n``; after each stage its figures so far go to ``partial``.
     ``interim_only``: synthesise the interim table and run label, clean and split only."""
@@ -318,7 +323,7 @@ def bench_size(
         print(f"N={n}: data set generated in {gen:.0f} s under {root}", flush=True)
     params = write_params(root)
     stages: dict[str, Any] = {}
-    for name in STAGES[2:] if interim_only else STAGES:
+    for name in [s for s in (STAGES[2:] if interim_only else STAGES) if s in only]:
         stages[name] = r = run_stage(name, params, root, root / f"{name}.log")
         r["load_average_1min"] = os.getloadavg()[0]  # the machine is shared: how busy it was
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +334,8 @@ def bench_size(
             flush=True,
         )
     raw = root / "data/raw/metrics.json"
-    split = json.loads((root / "metrics/split.json").read_text())
+    split_path = root / "metrics/split.json"
+    split = json.loads(split_path.read_text()) if split_path.is_file() else {}
     disk = sum(f.stat().st_size for f in (root / "data").rglob("*") if f.is_file())
     result = {
         "n": n,
@@ -393,6 +399,13 @@ def main() -> None:
         help="no images: synthesise data/interim and run label, clean and split only",
     )
     ap.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="run only these (in pipeline order; each needs its inputs, e.g. collect first)",
+    )
+    ap.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -419,7 +432,9 @@ def main() -> None:
     results = []
     for n in sorted(args.sizes):
         partial = args.out.with_name(f"{args.out.stem}-n{n}.partial.json")
-        results.append(bench_size(args.workdir, n, args.keep, partial, args.interim_only))
+        results.append(
+            bench_size(args.workdir, n, args.keep, partial, args.interim_only, tuple(args.stages))
+        )
         partial.unlink()
     print()
     print(table(results))
