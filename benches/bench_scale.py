@@ -3,6 +3,9 @@
     .venv/bin/python benches/bench_scale.py --sizes 10000 100000 1000000
     .venv/bin/python benches/bench_scale.py --sizes 2000 --keep       # a smoke run; keep the data
     .venv/bin/python benches/bench_scale.py --sizes 1000000 --generate-only   # data only (kept)
+    .venv/bin/python benches/bench_scale.py --sizes 1000000 --interim-only    # label/clean/split
+    .venv/bin/python benches/bench_scale.py --sizes 1000000 --stages collect  # a prefix only
+    .venv/bin/python benches/bench_scale.py --merge a.json b.json   # one table of several runs
 
 For each size N the bench writes a synthetic *manifest* data set under ``--workdir``: N distinct
 tiny images (32 px BMP, one in 16 JPEG: a seeded 6 x 6 colour field enlarged, so pHashes
