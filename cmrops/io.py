@@ -88,18 +88,169 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+#: Rows per Parquet row group of every table cmrops writes: fixed, so the bytes of an output
+#: depend on its rows only, never on how a stage happened to batch them.
+ROW_GROUP_ROWS = 65_536
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "write_statistics": True,
+    "store_schema": True,
+}
+
+
 def write_parquet(path: str | os.PathLike[str], table: Any) -> None:
     """Write a ``pyarrow.Table`` atomically, without wall-clock metadata (byte-stable reruns)."""
+    with parquet_writer(path, table.schema) as writer:
+        writer.write(table)
+
+
+class ParquetStreamWriter:
+    """Appends record batches / tables to one Parquet file in row groups of ``ROW_GROUP_ROWS``.
+
+    Rows are buffered until a full row group is there, so the file is the same whatever sizes
+    the batches come in; memory holds at most one row group. Made by :func:`parquet_writer`.
+    """
+
+    def __init__(self, writer: Any, schema: Any, row_group_rows: int) -> None:
+        self._writer = writer
+        self.schema = schema
+        self._rows = row_group_rows
+        self._pending: list[Any] = []
+        self._pending_rows = 0
+        self.rows_written = 0
+
+    def write(self, data: Any) -> None:
+        """Append a ``pyarrow.Table`` or ``RecordBatch`` (cast to the writer's schema)."""
+        import pyarrow as pa
+
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        if table.schema != self.schema:
+            table = table.select(self.schema.names).cast(self.schema)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self._rows:
+            self._flush(self._rows)
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append Python rows (dicts keyed by column)."""
+        import pyarrow as pa
+
+        if rows:
+            self.write(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def _flush(self, n: int) -> None:
+        import pyarrow as pa
+
+        table = pa.concat_tables(self._pending)
+        head, rest = table.slice(0, n), table.slice(n)
+        self._writer.write_table(head.combine_chunks(), row_group_size=n)
+        self.rows_written += head.num_rows
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        if self._pending_rows or self.rows_written == 0:
+            import pyarrow as pa
+
+            if not self._pending:
+                self._pending = [self.schema.empty_table()]
+            table = pa.concat_tables(self._pending).combine_chunks()
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+            self.rows_written += table.num_rows
+            self._pending, self._pending_rows = [], 0
+        self._writer.close()
+
+
+@contextlib.contextmanager
+def parquet_writer(
+    path: str | os.PathLike[str], schema: Any, row_group_rows: int = ROW_GROUP_ROWS
+) -> Iterator[ParquetStreamWriter]:
+    """Stream a Parquet file to ``path`` atomically: batches go to a temporary file beside it,
+    renamed over ``path`` only when the block ends without an error."""
     import pyarrow.parquet as pq
 
     with atomic_output(path, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd", write_statistics=True, store_schema=True)
+        writer = ParquetStreamWriter(
+            pq.ParquetWriter(fh, schema, **_PARQUET_OPTIONS), schema, row_group_rows
+        )
+        yield writer
+        writer.close()
 
 
-def read_parquet(path: str | os.PathLike[str]) -> Any:
+class HexKeySorter:
+    """Sorts rows by a hex-string key (a content hash, so uniformly spread) in bounded memory.
+
+    Rows are spilled, in batches, to one Arrow IPC file per leading hex digit of the key under
+    ``folder``; :meth:`write_sorted` then loads one bucket at a time (about 1/16 of the rows),
+    sorts it and streams it to a :class:`ParquetStreamWriter`. The caller owns ``folder``.
+    """
+
+    BUCKETS = "0123456789abcdef"
+
+    def __init__(self, folder: Path, schema: Any, key: str, batch_rows: int = 2048) -> None:
+        self.folder, self.schema, self.key = folder, schema, key
+        self._batch_rows = batch_rows
+        self._rows: dict[str, list[dict[str, Any]]] = {b: [] for b in self.BUCKETS}
+        self._writers: dict[str, Any] = {}
+        self._sinks: dict[str, Any] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict[str, Any]) -> None:
+        bucket = row[self.key][:1]
+        if bucket not in self._rows:
+            raise ValueError(f"{self.key} {row[self.key]!r} is not a lower-case hex string")
+        rows = self._rows[bucket]
+        rows.append(row)
+        if len(rows) >= self._batch_rows:
+            self._spill(bucket)
+
+    def _spill(self, bucket: str) -> None:
+        import pyarrow as pa
+
+        rows = self._rows[bucket]
+        if not rows:
+            return
+        if bucket not in self._writers:
+            sink = pa.OSFile(str(self.folder / f"{bucket}.arrow"), "wb")
+            self._sinks[bucket] = sink
+            self._writers[bucket] = pa.ipc.new_stream(sink, self.schema)
+        self._writers[bucket].write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self._rows[bucket] = []
+
+    def write_sorted(self, writer: ParquetStreamWriter) -> None:
+        """Stream every row, sorted by the key (ascending, byte order), into ``writer``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for bucket in self.BUCKETS:
+            self._spill(bucket)
+        for bucket in self.BUCKETS:
+            if bucket not in self._writers:
+                continue
+            self._writers.pop(bucket).close()
+            self._sinks.pop(bucket).close()
+            path = self.folder / f"{bucket}.arrow"
+            with pa.OSFile(str(path), "rb") as fh:
+                table = pa.ipc.open_stream(fh).read_all()
+            writer.write(table.take(pc.sort_indices(table, [(self.key, "ascending")])))
+            del table
+            path.unlink()
+
+
+def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None) -> Any:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+    return pq.read_table(path, columns=columns)
+
+
+def iter_parquet(
+    path: str | os.PathLike[str], columns: list[str] | None = None, batch_rows: int = 65_536
+) -> Iterator[Any]:
+    """The record batches of a Parquet file, ``batch_rows`` at a time (bounded memory)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as pf:
+        yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

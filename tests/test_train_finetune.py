@@ -15,6 +15,7 @@ from cmrops.models import HasherConfig, PairedData, TrainConfig, encode, fit
 from cmrops.models.finetune import (
     EncoderError,
     EncoderHasher,
+    StoredCrops,
     prepare_images,
     tokenize_captions,
     weights_sha256,
@@ -114,6 +115,48 @@ def test_kill_and_resume_gives_the_same_codes(clip_dir: Path, tmp_path: Path) ->
     resumed = fit(config, cfg, train, val, tmp_path / "b", device="cpu", progress=False)
     assert resumed.resumed_from_step == 4
     for a, b in zip(encode(whole.model, val), encode(resumed.model, val), strict=True):
+        assert np.array_equal(pack_bits(a > 0), pack_bits(b > 0))
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_crops_read_from_the_store_train_exactly_like_decoded_ones(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    images, captions, labels = synthetic_images(32, 32, 0)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).save(paths[-1])  # lossless: the crops are the arrays again
+    stored = prepare_images(paths, 32, progress=False)
+    assert isinstance(stored, StoredCrops)
+    assert stored.shape == images.shape
+    assert stored.dtype == np.uint8
+    assert np.array_equal(np.asarray(stored), images)
+    assert np.array_equal(np.asarray(stored[np.array([3, 1])]), images[[3, 1]])
+    assert np.array_equal(stored[5], images[5])
+    tokens = tokenize_captions(clip_dir, captions)
+    cfg = TrainConfig("contrastive", epochs=2, batch_size=8, patience=0, checkpoint_every=3)
+    config = _config(clip_dir, bits=16)
+    in_memory = fit(
+        config, cfg, PairedData(images, tokens, labels), None, tmp_path / "a", device="cpu",
+        progress=False,
+    )  # fmt: skip
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int) -> None:
+        if step == 5:
+            raise Killed
+
+    lazy = PairedData(stored, tokens, labels)
+    with pytest.raises(Killed):
+        fit(config, cfg, lazy, None, tmp_path / "b", device="cpu", progress=False, on_step=kill)
+    resumed = fit(config, cfg, lazy, None, tmp_path / "b", device="cpu", progress=False)
+    assert resumed.resumed_from_step == 3
+    for a, b in zip(encode(in_memory.model, lazy), encode(resumed.model, lazy), strict=True):
         assert np.array_equal(pack_bits(a > 0), pack_bits(b > 0))
         np.testing.assert_allclose(a, b, atol=1e-6)
 

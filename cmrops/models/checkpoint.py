@@ -353,11 +353,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         raise CheckpointError(f"state.json: malformed RNG state ({e!r})") from None
 
 
-def fingerprint(*arrays: np.ndarray) -> str:
+_FINGERPRINT_ROWS = 1024
+
+
+def fingerprint(*arrays: Any) -> str:
     """SHA-256 over the arrays' dtypes, shapes and bytes (the training data's identity)."""
     h = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(f"{a.dtype.str}{tuple(a.shape)}".encode())
+        if a.ndim == 0:
+            h.update(np.ascontiguousarray(a).tobytes())
+            continue
+        # Row blocks: the same bytes as the whole array, but an array-like that reads its rows
+        # on demand (finetune.StoredCrops) is never materialised at once.
+        for lo in range(0, len(a), _FINGERPRINT_ROWS):
+            h.update(np.ascontiguousarray(a[lo : lo + _FINGERPRINT_ROWS]).tobytes())
     return h.hexdigest()

@@ -12,7 +12,8 @@ Inputs are what the encoder needs, prepared once by :func:`prepare_images` and
 :func:`tokenize_captions`:
 
 * images: ``uint8`` ``(n, size, size, 3)`` centre crops at the encoder's input size, normalised
-  on the device with the processor's mean and std (so a dataset costs 1 byte per pixel);
+  on the device with the processor's mean and std; from the stage, a :class:`StoredCrops` that
+  decodes them from collect's store batch by batch (memory does not grow with the data set);
 * captions: ``int64`` ``(n, 2, length)`` - token ids and attention mask stacked, one caption per
   sample.
 
@@ -127,26 +128,70 @@ def image_stats(directory: str | Path) -> tuple[int, tuple[float, ...], tuple[fl
     return _processor_size(processor), mean, std
 
 
-def prepare_images(paths: Sequence[Path], size: int, progress: bool = True) -> np.ndarray:
-    """Safe-decode each image and centre-crop it to ``size`` x ``size``: ``uint8 (n, s, s, 3)``.
-
-    The images passed preprocess already; one that no longer decodes (the store was changed
-    under the pipeline) raises with its path rather than training on a blank."""
-    from tqdm.auto import tqdm
-
+def _crop(path: str | Path, size: int) -> np.ndarray:
+    """One image of the store, safe-decoded and centre-cropped: ``uint8 (size, size, 3)``."""
     from cmrops.imaging import ImageRejected, decode_image, resize_for_encoder
 
-    out = np.empty((len(paths), size, size, 3), np.uint8)
-    for i, p in enumerate(tqdm(paths, desc="images", unit="img", disable=not progress)):
-        try:
-            decoded = decode_image(Path(p).read_bytes())
-        except (OSError, ImageRejected) as e:
-            raise EncoderError(
-                f"{p}: cannot read this image for fine-tuning ({e}); re-run `cmrops collect` "
-                "and `cmrops preprocess`"
-            ) from e
-        out[i] = resize_for_encoder(decoded.image, size)
-    return out
+    try:
+        decoded = decode_image(Path(path).read_bytes())
+    except (OSError, ImageRejected) as e:
+        raise EncoderError(
+            f"{path}: cannot read this image for fine-tuning ({e}); re-run `cmrops collect` "
+            "and `cmrops preprocess`"
+        ) from e
+    return resize_for_encoder(decoded.image, size)
+
+
+class StoredCrops:
+    """Centre crops of images in collect's store, decoded when read: an array-like of ``uint8``
+    ``(n, size, size, 3)`` that never holds more than the rows asked for.
+
+    Indexing with an int gives one crop (an ndarray); with a slice, an index array or a mask, it
+    gives another :class:`StoredCrops` over those rows (nothing decoded yet); ``np.asarray``
+    decodes the rows. Batches of a training epoch are therefore read from the store one batch
+    at a time, with the same pixels as a decoded array (decoding is deterministic)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, paths: Sequence[str | Path], size: int) -> None:
+        self._paths = np.asarray([str(p) for p in paths], dtype=object)
+        self.size = size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self._paths), self.size, self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, key: Any) -> Any:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, int | np.integer):
+            crop = _crop(self._paths[first], self.size)
+            return crop[rest] if rest else crop
+        view = StoredCrops([], self.size)
+        view._paths = self._paths[np.asarray(first) if isinstance(first, list) else first]
+        return np.asarray(view)[(slice(None), *rest)] if rest else view
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        for i, p in enumerate(self._paths):
+            out[i] = _crop(p, self.size)
+        return out if dtype is None else out.astype(dtype)
+
+
+def prepare_images(paths: Sequence[Path], size: int, progress: bool = True) -> StoredCrops:
+    """The centre crops of ``paths`` at ``size`` x ``size``, read from the store on demand.
+
+    The images passed preprocess already; each is decoded once here, so that one that no longer
+    decodes (the store was changed under the pipeline) raises with its path before training
+    starts rather than half-way. Nothing is kept: memory does not grow with the data set."""
+    from tqdm.auto import tqdm
+
+    for p in tqdm(paths, desc="images", unit="img", disable=not progress):
+        _crop(p, size)
+    return StoredCrops(paths, size)
 
 
 def tokenize_captions(directory: str | Path, captions: Sequence[str]) -> np.ndarray:
@@ -245,9 +290,7 @@ class EncoderHasher(nn.Module):
         self.text = _TextTower(
             encoder, HashHead(config.text_dim, config.hidden, config.n_bits, config.dropout)
         )
-        self._trained = {
-            name for name, p in self.named_parameters() if p.requires_grad
-        }
+        self._trained = {name for name, p in self.named_parameters() if p.requires_grad}
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image(image), self.text(text)

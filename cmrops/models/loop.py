@@ -246,7 +246,9 @@ def _fit(
         model.eval()
         return _result(model, state, relevance, resumed_from, clock)
 
-    x_img = _tensor(train.image).to(dev)
+    # Pixels read from the store (finetune.StoredCrops) stay there; a batch is read when used.
+    lazy = not isinstance(train.image, np.ndarray)
+    x_img = train.image if lazy else _tensor(train.image).to(dev)
     x_txt = _tensor(train.text).to(dev)
     y = (
         torch.from_numpy(train.labels.astype(np.float32)).to(dev)
@@ -281,7 +283,8 @@ def _fit(
         while state["batch"] < steps_per_epoch:
             idx = order[state["batch"] * bs : (state["batch"] + 1) * bs]
             with autocast:
-                f, g = model(x_img[idx], x_txt[idx])
+                images = _tensor(x_img[idx.cpu().numpy()]).to(dev) if lazy else x_img[idx]
+                f, g = model(images, x_txt[idx])
             if config.method == "dcmh":
                 assert y is not None
                 s = label_similarity(y[idx], y[idx])
@@ -422,7 +425,7 @@ def _result(
     )
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
+def _tensor(a: Any) -> torch.Tensor:
     """Embeddings as float32; pixels (uint8) and tokens (int64) keep their type."""
     if np.issubdtype(a.dtype, np.floating):
         return torch.from_numpy(np.ascontiguousarray(a, np.float32))

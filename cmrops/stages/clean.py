@@ -77,6 +77,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.cleaning import candidates, dedup, scoring
@@ -292,11 +293,12 @@ def run(
     ``labelled_dir`` may be None only when the label rules (``irrelevant``,
     ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``."""
     interim, out = Path(interim_dir), Path(out_dir)
-    table = _load_interim(interim)
+    table, file_rows = _load_interim(interim)
     n = table.num_rows
     if n == 0:
         raise ValueError(f"{interim / 'samples.parquet'}: no samples to clean")
     cols = _columns(table)
+    del table  # the kept rows are streamed from the file at the end
     meta, image_emb, text_emb = _load_features(interim, cols["feature_row"])
     labels = _load_labels(Path(labelled_dir) if labelled_dir else None, params, cols["sample_id"])
 
@@ -350,7 +352,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "quarantine.parquet", quarantine)
     io.write_parquet(out / "groups.parquet", groups)
-    io.write_parquet(out / "samples.parquet", table.take(pa.array(kept_idx)))
+    _write_kept(interim / "samples.parquet", out / "samples.parquet", file_rows[kept_idx])
     io.write_json(Path(metrics_path) if metrics_path else out / "quality.json", metrics)
     io.write_json(out / "throughput.json", {"near_image_search": dup.search})
     return metrics
@@ -367,28 +369,83 @@ def _claim(rule: _Rule, dropped: np.ndarray, reason_of: dict[int, str]) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def _load_interim(interim: Path) -> pa.Table:
+#: The interim columns the rules read (:func:`_columns`); the others are only copied to the output.
+_RULE_COLUMNS = (
+    "sample_id", "source", "source_key", "image_sha256", "labels", "width", "height", "phash",
+    "dhash", "caption_simhash", "captions_norm", "token_counts", "feature_row",
+)  # fmt: skip
+
+
+def _load_interim(interim: Path) -> tuple[pa.Table, np.ndarray]:
+    """The rule columns of the interim samples sorted by sample_id, and the file row of each."""
     path = interim / "samples.parquet"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: not found - run `cmrops preprocess` first (or pass --interim)"
         )
-    table = io.read_parquet(path)
-    missing = [c for c in INTERIM_SAMPLES.names if c not in table.column_names]
+    names = pq.read_schema(path).names
+    missing = [c for c in INTERIM_SAMPLES.names if c not in names]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; expected the INTERIM_SAMPLES "
             "contract of cmrops/schema.py (re-run `cmrops preprocess`)"
         )
-    table = table.select(INTERIM_SAMPLES.names).cast(INTERIM_SAMPLES)
+    table = io.read_parquet(path, columns=list(_RULE_COLUMNS))
+    table = table.cast(pa.schema([INTERIM_SAMPLES.field(c) for c in _RULE_COLUMNS]))
     if table["sample_id"].null_count:
         raise ValueError(f"{path}: sample_id holds nulls; re-run `cmrops preprocess`")
-    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+    order = pc.sort_indices(table, [("sample_id", "ascending")])
+    table = table.take(order)
     ids = table["sample_id"].to_pylist()
     dup = sorted({a for a, b in itertools.pairwise(ids) if a == b})
     if dup:
         raise ValueError(f"{path}: sample_id repeated: {', '.join(dup[:5])}")
-    return table
+    return table, np.asarray(order.to_numpy(), dtype=np.int64)
+
+
+def _write_kept(src: Path, dst: Path, file_rows: np.ndarray) -> None:
+    """Copy rows ``file_rows`` (file positions, in sample_id order) of ``src`` to ``dst``, every
+    INTERIM_SAMPLES column. Preprocess writes its table sorted, so the rows usually ascend and
+    are streamed batch by batch; otherwise the table is read whole and reordered."""
+    with io.parquet_writer(dst, INTERIM_SAMPLES) as writer:
+        if len(file_rows) > 1 and (np.diff(file_rows) < 0).any():
+            table = io.read_parquet(src, columns=INTERIM_SAMPLES.names)
+            writer.write(table.take(pa.array(file_rows)))
+            return
+        start = 0
+        for batch in io.iter_parquet(src, columns=INTERIM_SAMPLES.names):
+            end = start + batch.num_rows
+            lo, hi = np.searchsorted(file_rows, [start, end])
+            if hi > lo:
+                writer.write(batch.take(pa.array(file_rows[lo:hi] - start)))
+            start = end
+
+
+class _Columns(dict[str, Any]):
+    """The rule columns: numpy arrays for numbers, Python lists for text, each list made from
+    the Arrow table the first time a rule asks for it (``captions`` only with a language
+    detector, ``provided`` / ``source`` / ``source_key`` for evidence and quarantine rows)."""
+
+    _LISTS: Mapping[str, tuple[str, bool]] = {  # key -> (column, None as [])
+        "source": ("source", False),
+        "source_key": ("source_key", False),
+        "sha256": ("image_sha256", False),
+        "provided": ("labels", True),
+        "captions": ("captions_norm", True),
+        "tokens": ("token_counts", True),
+    }
+
+    def __init__(self, table: pa.Table, eager: Mapping[str, Any]) -> None:
+        super().__init__(eager)
+        self._table = table
+
+    def __missing__(self, key: str) -> list[Any]:
+        if key not in self._LISTS:
+            raise KeyError(key)
+        column, as_list = self._LISTS[key]
+        values = self._table[column].to_pylist()
+        self[key] = values = [list(x or []) for x in values] if as_list else values
+        return values
 
 
 def _columns(table: pa.Table) -> dict[str, Any]:
@@ -398,21 +455,18 @@ def _columns(table: pa.Table) -> dict[str, Any]:
     def i64(name: str, fill: int) -> np.ndarray:
         return table[name].fill_null(fill).to_numpy().astype(np.int64)
 
-    return {
-        "sample_id": table["sample_id"].to_pylist(),
-        "source": table["source"].to_pylist(),
-        "source_key": table["source_key"].to_pylist(),
-        "sha256": table["image_sha256"].to_pylist(),
-        "provided": [list(x or []) for x in table["labels"].to_pylist()],
-        "width": i64("width", 0),
-        "height": i64("height", 0),
-        "phash": u64("phash"),
-        "dhash": u64("dhash"),
-        "simhash": u64("caption_simhash"),
-        "captions": [list(x or []) for x in table["captions_norm"].to_pylist()],
-        "tokens": [list(x or []) for x in table["token_counts"].to_pylist()],
-        "feature_row": i64("feature_row", -1),
-    }
+    return _Columns(
+        table,
+        {
+            "sample_id": table["sample_id"].to_pylist(),
+            "width": i64("width", 0),
+            "height": i64("height", 0),
+            "phash": u64("phash"),
+            "dhash": u64("dhash"),
+            "simhash": u64("caption_simhash"),
+            "feature_row": i64("feature_row", -1),
+        },
+    )
 
 
 def _load_features(
@@ -449,8 +503,9 @@ class _Labels:
     available: bool
     why: str | None = None
     vocabulary: frozenset[str] = frozenset()
-    effective: list[set[str]] = field(default_factory=list)  # labels.parquet, vocabulary only
-    by_method: dict[str, list[set[str]]] = field(default_factory=dict)  # evidence, passed
+    # Per row; rows with the same labels share one frozenset (a handful of distinct sets).
+    effective: list[frozenset[str]] = field(default_factory=list)  # labels.parquet, vocabulary
+    by_method: dict[str, list[frozenset[str]]] = field(default_factory=dict)  # evidence, passed
     methods_present: frozenset[str] = frozenset()
     outside_vocabulary: dict[str, int] = field(default_factory=dict)
     stale_rows: int = 0  # label rows of samples not in the interim table
@@ -477,40 +532,38 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
     vocab = _vocabulary(vpath)
     if not vocab and params.irrelevant.enabled:
         raise ValueError(f"{vpath}: the vocabulary is empty - every sample would be irrelevant")
-    row_of = {sid: i for i, sid in enumerate(ids)}
+    ids_arr = pa.array(ids, pa.string())
     table = io.read_parquet(lpath)
     for c in ("sample_id", "label"):
         if c not in table.column_names:
             raise ValueError(f"{lpath}: missing column {c!r} (expected the LABELS contract)")
-    effective: list[set[str]] = [set() for _ in ids]
     outside: Counter[str] = Counter()
-    stale = 0
-    for sid, label in zip(table["sample_id"].to_pylist(), table["label"].to_pylist(), strict=True):
-        i = row_of.get(sid)
-        if i is None:
-            stale += 1
-        elif label not in vocab:
-            outside[str(label)] += 1
-        else:
-            effective[i].add(label)
-    by_method: dict[str, list[set[str]]] = {}
+    rows = _rows_of(table["sample_id"], ids_arr)
+    stale = int((rows < 0).sum())
+    labels = table["label"].to_pylist()
+    known = np.flatnonzero(rows >= 0).tolist()
+    for i in known:
+        if labels[i] not in vocab:
+            outside[str(labels[i])] += 1
+    effective = _row_sets(len(ids), rows, labels, [i for i in known if labels[i] in vocab])
+    by_method: dict[str, list[frozenset[str]]] = {}
     present: set[str] = set()
     epath = labelled / "evidence.parquet"
-    if epath.is_file():
-        ev = io.read_parquet(epath)
-        if {"sample_id", "label", "method", "passed"} <= set(ev.column_names):
-            for sid, label, method, passed in zip(
-                ev["sample_id"].to_pylist(),
-                ev["label"].to_pylist(),
-                ev["method"].to_pylist(),
-                ev["passed"].to_pylist(),
-                strict=True,
-            ):
-                present.add(method)
-                i = row_of.get(sid)
-                if i is None or not passed or label not in vocab:
-                    continue
-                by_method.setdefault(method, [set() for _ in ids])[i].add(label)
+    need = ["sample_id", "label", "method", "passed"]
+    if epath.is_file() and set(need) <= set(pq.read_schema(epath).names):
+        ev = io.read_parquet(epath, columns=need)
+        ev_rows = _rows_of(ev["sample_id"], ids_arr)
+        passed = ev["passed"].fill_null(False).to_numpy(zero_copy_only=False)
+        methods = ev["method"].to_pylist()
+        ev_labels = ev["label"].to_pylist()
+        present.update(methods)
+        keep = np.flatnonzero(passed & (ev_rows >= 0)).tolist()
+        per_method: dict[str, list[int]] = {}
+        for j in keep:
+            if ev_labels[j] in vocab:
+                per_method.setdefault(methods[j], []).append(j)
+        for method, picked in per_method.items():
+            by_method[method] = _row_sets(len(ids), ev_rows, ev_labels, picked)
     return _Labels(
         True,
         vocabulary=frozenset(vocab),
@@ -520,6 +573,30 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
         outside_vocabulary=dict(sorted(outside.items())),
         stale_rows=stale,
     )
+
+
+def _row_sets(
+    n: int, rows: np.ndarray, labels: list[Any], picked: list[int]
+) -> list[frozenset[str]]:
+    """For each of ``n`` rows, the set of ``labels[j]`` over the ``picked`` j with
+    ``rows[j]`` = that row. Equal sets are one shared object: memory per row is a pointer."""
+    per: dict[int, set[str]] = {}
+    row_list = rows.tolist()
+    for j in picked:
+        per.setdefault(row_list[j], set()).add(labels[j])
+    empty: frozenset[str] = frozenset()
+    shared: dict[frozenset[str], frozenset[str]] = {empty: empty}
+    out = [empty] * n
+    for i, got in per.items():
+        key = frozenset(got)
+        out[i] = shared.setdefault(key, key)
+    return out
+
+
+def _rows_of(sample_ids: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """The row of each of ``sample_ids`` in ``ids`` (int64, -1 where it is not there)."""
+    rows = pc.index_in(sample_ids, value_set=ids).fill_null(-1)
+    return np.asarray(rows.to_numpy(), dtype=np.int64)
 
 
 def _vocabulary(path: Path) -> set[str]:

@@ -11,6 +11,11 @@ Outputs (under ``out``)::
 Every record a source yields is either kept or quarantined: inputs = kept + quarantined, checked
 before anything is written. The tables are written last, atomically, and objects not referenced by
 ``samples.parquet`` are removed, so a rerun (after a kill, too) leaves byte-identical outputs.
+
+Memory stays bounded as sources grow: records are streamed from the sources, sample rows are
+spilled to ``.collect-spill/`` in batches (bucketed by the first hex digit of ``sample_id``) and
+streamed back sorted, one bucket at a time, into ``samples.parquet`` in fixed-size row groups.
+Per sample only its id, source key and image digest stay in memory (duplicate detection).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -26,11 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from cmrops.cas import ObjectStore, StoredObject, TooLargeError
 from cmrops.ids import sample_id
-from cmrops.io import write_json, write_parquet
+from cmrops.io import HexKeySorter, parquet_writer, write_json, write_parquet
 from cmrops.params import load_section
 from cmrops.schema import QUARANTINE, RAW_SAMPLES, SYNTHETIC_TRUTH
 from cmrops.sources.base import RawItem, Reason, Reject, Source, clean_labels, printable
@@ -234,14 +241,27 @@ class _Outcome:
     reason: str | None
 
 
+#: Quarantine rows held as Python dicts before they are packed into an Arrow table.
+_QUARANTINE_BATCH = 8192
+
+
 @dataclass
 class _Collector:
-    """Turns records into sample rows and quarantine rows, storing image bytes."""
+    """Turns records into sample rows and quarantine rows, storing image bytes.
+
+    Sample rows go straight to ``samples`` (spilled to disk in batches, sorted at the end);
+    quarantine rows are packed into Arrow tables every few thousand rows. What stays in memory
+    per sample is its id, its image digest and (for duplicate evidence) its source key.
+    """
 
     store: ObjectStore
     max_image_bytes: int
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples: HexKeySorter
+    kept: int = 0
+    digests: dict[str, int] = field(default_factory=dict)  # image sha256 -> bytes
     quarantine: list[dict[str, Any]] = field(default_factory=list)
+    quarantine_tables: list[pa.Table] = field(default_factory=list)
+    by_reason: Counter[str] = field(default_factory=Counter)
     seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # sample_id -> (src, key)
     outcomes: dict[tuple[str, str], _Outcome] = field(default_factory=dict)
     track: set[str] = field(default_factory=set)  # sources whose outcomes truth needs
@@ -281,7 +301,9 @@ class _Collector:
                 )
             )
         self.seen[sid] = (record.source, record.source_key)
-        self.samples.append(
+        self.kept += 1
+        self.digests[stored.sha256] = stored.size
+        self.samples.add(
             {
                 "sample_id": sid,
                 "source": record.source,
@@ -341,8 +363,30 @@ class _Collector:
                 "evidence": _json(r.evidence),
             }
         )
+        self.by_reason[str(r.reason)] += 1
+        if len(self.quarantine) >= _QUARANTINE_BATCH:
+            self._pack()
         self._note(r.source, r.source_key, _Outcome(None, str(r.reason)))
         return str(r.reason)
+
+    def _pack(self) -> None:
+        if self.quarantine:
+            self.quarantine_tables.append(pa.Table.from_pylist(self.quarantine, schema=QUARANTINE))
+            self.quarantine = []
+
+    def quarantine_table(self) -> pa.Table:
+        """Every quarantine row, sorted by source (in params order), source_key, reason, detail."""
+        self._pack()
+        table = pa.concat_tables([QUARANTINE.empty_table(), *self.quarantine_tables])
+        self.quarantine_tables = []
+        names = pa.array(sorted(self.order, key=self.order.__getitem__), pa.string())
+        rank = pc.index_in(table["source"], value_set=names)
+        keyed = table.append_column("_order", rank)
+        order = pc.sort_indices(
+            keyed,
+            [(c, "ascending") for c in ("_order", "source_key", "reason", "detail")],
+        )
+        return table.take(order).combine_chunks()
 
     def _note(self, source: str, key: str, outcome: _Outcome) -> None:
         if source in self.track:
@@ -380,35 +424,38 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
     swept = store.sweep_temporary()
     if swept:
         log.info("removed %d temporary file(s) left by an interrupted run", swept)
-    col = _Collector(
-        store,
-        params.max_image_bytes,
-        track={s.name for s in sources if isinstance(s, SyntheticSource)},
-        order={s.name: i for i, s in enumerate(sources)},
-    )
-    per_source: dict[str, Counter[str]] = {}
-    for source in sources:
-        per_source[source.name] = _drain(col, source)
+    spill = out_dir / ".collect-spill"  # sample rows, bucketed by sample_id, until sorted
+    shutil.rmtree(spill, ignore_errors=True)  # left by a killed run
+    try:
+        col = _Collector(
+            store,
+            params.max_image_bytes,
+            HexKeySorter(spill, RAW_SAMPLES, "sample_id"),
+            track={s.name for s in sources if isinstance(s, SyntheticSource)},
+            order={s.name: i for i, s in enumerate(sources)},
+        )
+        per_source: dict[str, Counter[str]] = {}
+        for source in sources:
+            per_source[source.name] = _drain(col, source)
 
-    truth = [row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)]
-    metrics = _metrics(col, per_source, kinds)
-    for source in sources:  # urls sources: download success rate and failure reasons
-        if isinstance(source, UrlsSource):
-            metrics["sources"][source.name]["downloads"] = source.metrics()
-    col.samples.sort(key=lambda r: r["sample_id"])
-    col.quarantine.sort(
-        key=lambda r: (col.order[r["source"]], r["source_key"], r["reason"], r["detail"])
-    )
-    write_parquet(
-        out_dir / "quarantine.parquet", pa.Table.from_pylist(col.quarantine, schema=QUARANTINE)
-    )
-    write_parquet(
-        out_dir / "synthetic_truth.parquet", pa.Table.from_pylist(truth, schema=SYNTHETIC_TRUTH)
-    )
-    write_parquet(
-        out_dir / "samples.parquet", pa.Table.from_pylist(col.samples, schema=RAW_SAMPLES)
-    )
-    pruned = store.prune({r["image_sha256"] for r in col.samples})
+        truth = [
+            row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)
+        ]
+        metrics = _metrics(col, per_source, kinds)
+        for source in sources:  # urls sources: download success rate and failure reasons
+            if isinstance(source, UrlsSource):
+                metrics["sources"][source.name]["downloads"] = source.metrics()
+        col.seen.clear()
+        write_parquet(out_dir / "quarantine.parquet", col.quarantine_table())
+        write_parquet(
+            out_dir / "synthetic_truth.parquet",
+            pa.Table.from_pylist(truth, schema=SYNTHETIC_TRUTH),
+        )
+        with parquet_writer(out_dir / "samples.parquet", RAW_SAMPLES) as writer:
+            col.samples.write_sorted(writer)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    pruned = store.prune(set(col.digests))
     if pruned:
         log.info("removed %d stored image(s) no sample refers to any more", pruned)
     write_json(out_dir / "metrics.json", metrics)
@@ -472,10 +519,10 @@ def _metrics(
     col: _Collector, per_source: dict[str, Counter[str]], kinds: dict[str, str]
 ) -> dict[str, Any]:
     inputs = sum(c.total() for c in per_source.values())
-    kept, quarantined = len(col.samples), len(col.quarantine)
+    kept, quarantined = col.kept, col.by_reason.total()
     if inputs != kept + quarantined:  # the stage's contract: nothing is dropped silently
         raise AssertionError(f"inputs {inputs} != kept {kept} + quarantined {quarantined}")
-    by_reason = Counter(r["reason"] for r in col.quarantine)
+    by_reason = col.by_reason
     sources = {}
     for name, counts in per_source.items():
         reasons = {k: v for k, v in sorted(counts.items()) if k != "kept"}
@@ -486,7 +533,7 @@ def _metrics(
             "quarantined": sum(reasons.values()),
             "quarantined_by_reason": reasons,
         }
-    unique = {r["image_sha256"]: r["image_bytes"] for r in col.samples}
+    unique = col.digests
     return {
         "inputs": inputs,
         "kept": kept,

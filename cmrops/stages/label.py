@@ -40,12 +40,14 @@ Deterministic: the same inputs give byte-identical outputs, each written atomica
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.labels import review, zeroshot
@@ -217,8 +220,13 @@ def run(
         else:
             methods[method] = _zeroshot(ev, samples, interim, params.zeroshot, prompt_embedder)
 
-    index = KeyIndex(
-        zip(ids, samples["source"], samples["source_key"], strict=True), _quarantined(interim)
+    index = (  # only human label files name samples by key: no index of a million keys without
+        KeyIndex(
+            zip(ids, samples["source"], samples["source_key"], strict=True),
+            _quarantined(interim),
+        )
+        if params.manual or params.review.answers is not None
+        else KeyIndex(())
     )
     files: dict[str, Any] = {}
     for spec in params.manual:
@@ -239,9 +247,9 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     selected = {id(c) for d in decisions.values() for c in d.selected.values()}
-    io.write_parquet(out / "labels.parquet", _labels_table(decisions))
-    io.write_parquet(out / "evidence.parquet", _evidence_table(ev, selected))
-    io.write_parquet(out / "sample_labels.parquet", _samples_table(ids, decisions, queue))
+    _write_rows(out / "labels.parquet", LABELS, _label_rows(decisions))
+    _write_rows(out / "evidence.parquet", LABEL_EVIDENCE, _evidence_rows(ev, selected))
+    _write_rows(out / "sample_labels.parquet", LABEL_SAMPLES, _sample_rows(ids, decisions, queue))
     io.write_json(out / "vocabulary.json", vocab_json)
     review.write_queue_csv(out / "review_queue.csv", rows)
     review.write_tasks(
@@ -263,18 +271,17 @@ def _load_samples(interim: Path) -> dict[str, list[Any]]:
         raise FileNotFoundError(
             f"{path}: not found - run `cmrops preprocess` first (or pass --interim)"
         )
-    table = io.read_parquet(path)
-    missing = [c for c in _NEEDED if c not in table.column_names]
+    missing = [c for c in _NEEDED if c not in pq.read_schema(path).names]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; expected the INTERIM_SAMPLES "
             "contract of cmrops/schema.py (re-run `cmrops preprocess`)"
         )
-    table = table.select(list(_NEEDED))
+    table = io.read_parquet(path, columns=list(_NEEDED))  # not the raw captions, extra, ...
     if table["sample_id"].null_count:
         raise ValueError(f"{path}: sample_id holds nulls; re-run `cmrops preprocess`")
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
-    cols = {name: table[name].to_pylist() for name in _NEEDED}
+    cols = _LazyColumns(table, {name: table[name].to_pylist() for name in _EAGER})
     sids = cols["sample_id"]
     dup = sorted({a for a, b in itertools.pairwise(sids) if a == b})
     if dup:
@@ -285,11 +292,30 @@ def _load_samples(interim: Path) -> dict[str, list[Any]]:
     return cols
 
 
+#: Read for every sample; the other _NEEDED columns only for the review queue and key index.
+_EAGER = ("sample_id", "labels", "captions_norm", "feature_row")
+
+
+class _LazyColumns(dict[str, list[Any]]):
+    """Columns as Python lists; those not in ``_EAGER`` are converted on first use."""
+
+    def __init__(self, table: pa.Table, eager: dict[str, list[Any]]) -> None:
+        super().__init__(eager)
+        self._table = table
+
+    def __missing__(self, key: str) -> list[Any]:
+        if key not in _NEEDED:
+            raise KeyError(key)
+        self[key] = values = self._table[key].to_pylist()
+        return values
+
+
 def _quarantined(interim: Path) -> list[tuple[str | None, str | None, str | None]]:
     path = interim / "quarantine.parquet"
     if not path.is_file():
         return []
-    t = io.read_parquet(path)
+    present = [c for c in ("sample_id", "source", "source_key") if c in pq.read_schema(path).names]
+    t = io.read_parquet(path, columns=present)
     cols = [t[c].to_pylist() if c in t.column_names else [None] * t.num_rows
             for c in ("sample_id", "source", "source_key")]  # fmt: skip
     return list(zip(*cols, strict=True))
@@ -336,6 +362,7 @@ class _Evidence:
         self.human_empty: dict[str, set[str]] = {"reviewed": set(), "manual": set()}
         self.thresholds: dict[str, float] = {}
         self._seen: set[tuple[str, str, str]] = set()  # (sample, label, human source)
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
 
     def add(self, c: Candidate) -> None:
         self.by_sample[c.sample_id].append(c)
@@ -349,12 +376,22 @@ class _Evidence:
         return True
 
     def record(self, method: str, sid: str, passed: set[str]) -> None:
-        self.kept.setdefault(method, {})[sid] = frozenset(passed)
+        key = frozenset(passed)  # a handful of distinct sets: one shared object each
+        self.kept.setdefault(method, {})[sid] = self._sets.setdefault(key, key)
         self.applicable.setdefault(method, set()).add(sid)
 
 
 def _detail(**facts: Any) -> str:
-    return json.dumps(facts, sort_keys=True, ensure_ascii=False)
+    """The JSON detail of a candidate; the few distinct ones are shared strings."""
+    try:
+        return _shared_detail(tuple(sorted(facts.items())))
+    except TypeError:  # an unhashable fact (a list)
+        return json.dumps(facts, sort_keys=True, ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_detail(items: tuple[tuple[str, Any], ...]) -> str:
+    return json.dumps(dict(items), sort_keys=True, ensure_ascii=False)
 
 
 def _provided(ev: _Evidence, samples: dict[str, list[Any]]) -> dict[str, Any]:
@@ -534,10 +571,10 @@ def _queue_rows(
     ev: _Evidence,
     decisions: dict[str, Decision],
 ) -> list[dict[str, Any]]:
-    at = {sid: i for i, sid in enumerate(samples["sample_id"])}
+    ids = samples["sample_id"]  # sorted: a queued sample is found by bisection
     rows = []
     for rank, q in enumerate(queue, 1):
-        i = at[q.sample_id]
+        i = bisect.bisect_left(ids, q.sample_id)
         cands = sorted(ev.by_sample.get(q.sample_id, []), key=lambda c: (c.label, c.method))
         rows.append(
             {
@@ -561,40 +598,48 @@ def _queue_rows(
 # --------------------------------------------------------------------------- outputs
 
 
-def _labels_table(decisions: dict[str, Decision]) -> pa.Table:
-    rows = [
-        {"sample_id": sid, "label": label, "source": c.source, "method": c.method,
-         "confidence": float(c.confidence)}
-        for sid in sorted(decisions)
-        for label, c in sorted(decisions[sid].selected.items())
-    ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABELS)
+def _batched(rows: Iterator[dict[str, Any]], n: int = io.ROW_GROUP_ROWS) -> Iterator[list[Any]]:
+    while batch := list(itertools.islice(rows, n)):
+        yield batch
 
 
-def _evidence_table(ev: _Evidence, selected: set[int]) -> pa.Table:
-    rows = [
-        {"sample_id": c.sample_id, "label": c.label, "source": c.source, "method": c.method,
-         "confidence": float(c.confidence), "passed": c.passed, "selected": id(c) in selected,
-         "detail": c.detail}
-        for sid in sorted(ev.by_sample)
-        for c in sorted(ev.by_sample[sid], key=lambda c: (c.label, c.source, c.method, c.detail))
-    ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABEL_EVIDENCE)
+def _write_rows(path: Path, schema: pa.Schema, rows: Iterator[dict[str, Any]]) -> None:
+    """Stream rows into ``path`` a row group at a time (never the whole table as dicts)."""
+    with io.parquet_writer(path, schema) as writer:
+        for batch in _batched(rows):
+            writer.write_rows(batch)
 
 
-def _samples_table(
+def _label_rows(decisions: dict[str, Decision]) -> Iterator[dict[str, Any]]:
+    for sid in sorted(decisions):
+        for label, c in sorted(decisions[sid].selected.items()):
+            yield {"sample_id": sid, "label": label, "source": c.source, "method": c.method,
+                   "confidence": float(c.confidence)}  # fmt: skip
+
+
+def _evidence_rows(ev: _Evidence, selected: set[int]) -> Iterator[dict[str, Any]]:
+    for sid in sorted(ev.by_sample):
+        for c in sorted(ev.by_sample[sid], key=lambda c: (c.label, c.source, c.method, c.detail)):
+            yield {"sample_id": c.sample_id, "label": c.label, "source": c.source,
+                   "method": c.method, "confidence": float(c.confidence), "passed": c.passed,
+                   "selected": id(c) in selected, "detail": c.detail}  # fmt: skip
+
+
+def _sample_rows(
     ids: list[str], decisions: dict[str, Decision], queue: Sequence[review.QueueItem]
-) -> pa.Table:
+) -> Iterator[dict[str, Any]]:
     queued = {q.sample_id: (rank, q.reason) for rank, q in enumerate(queue, 1)}
-    rows = []
     for sid in ids:
         d = decisions[sid]
         rank, reason = queued.get(sid, (None, None))
-        rows.append(
-            {"sample_id": sid, "decided_by": d.decided_by, "labels": d.labels,
-             "n_labels": len(d.selected), "review_rank": rank, "review_reason": reason}
-        )  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=LABEL_SAMPLES)
+        yield {
+            "sample_id": sid,
+            "decided_by": d.decided_by,
+            "labels": d.labels,
+            "n_labels": len(d.selected),
+            "review_rank": rank,
+            "review_reason": reason,
+        }
 
 
 def _metrics(

@@ -58,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.cleaning.graph import size_histogram
@@ -326,15 +327,15 @@ def _load_clean(clean: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     path = clean / "samples.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found - run `cmrops clean` first (or pass --clean)")
-    table = io.read_parquet(path)
     need = ("sample_id", "phash", "caption_simhash")
-    missing = [c for c in need if c not in table.column_names]
+    missing = [c for c in need if c not in pq.read_schema(path).names]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; expected the INTERIM_SAMPLES "
             "contract (re-run `cmrops clean`)"
         )
-    table = table.select(list(need)).cast(pa.schema([INTERIM_SAMPLES.field(c) for c in need]))
+    table = io.read_parquet(path, columns=list(need))  # only these: bounded by N, not captions
+    table = table.cast(pa.schema([INTERIM_SAMPLES.field(c) for c in need]))
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
     ids = table["sample_id"].to_pylist()
     if not ids:
@@ -358,16 +359,22 @@ def _load_labels(
                 "set split.stratify: false"
             )
         return [], [[] for _ in ids]
-    t = io.read_parquet(path)
-    row_of = {sid: i for i, sid in enumerate(ids)}
-    per: list[set[str]] = [set() for _ in ids]
-    for sid, label in zip(t["sample_id"].to_pylist(), t["label"].to_pylist(), strict=True):
-        i = row_of.get(sid)
-        if i is not None and label is not None:
-            per[i].add(label)
-    names = sorted({x for s in per for x in s})
-    index = {name: j for j, name in enumerate(names)}
-    return names, [sorted(index[x] for x in s) for s in per]
+    t = io.read_parquet(path, columns=["sample_id", "label"])
+    t = t.filter(pc.is_valid(t["label"]))
+    rows = pc.index_in(t["sample_id"], value_set=pa.array(ids, pa.string())).fill_null(-1)
+    rows = np.asarray(rows.to_numpy(), dtype=np.int64)
+    ok = rows >= 0
+    labels = t["label"].filter(pa.array(ok))
+    rows = rows[ok]
+    names = sorted(pc.unique(labels).to_pylist())
+    lab = np.asarray(
+        pc.index_in(labels, value_set=pa.array(names, pa.string())).to_numpy(), dtype=np.int64
+    )
+    pairs = np.unique(rows * max(len(names), 1) + lab)  # (row, label) sorted, repeats dropped
+    rows, lab = pairs // max(len(names), 1), pairs % max(len(names), 1)
+    ends = np.cumsum(np.bincount(rows, minlength=len(ids))).tolist()
+    flat = lab.tolist()
+    return names, [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _load_anchor(
