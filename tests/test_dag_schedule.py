@@ -1,8 +1,8 @@
 """Scheduled, incremental runs through Airflow itself: a real scheduler (LocalExecutor, API server,
 DAG processor) runs the DAG on the cron of params.yaml. Data is added between two scheduled runs:
-the second decodes and embeds only the new samples, moves no earlier sample between sets and
-versions the result with DVC; a third scheduled run with nothing new skips every stage after
-``changes``."""
+the second decodes and embeds only the new samples, searches only them for near-duplicates
+against the whole set, moves no earlier sample between sets and versions the result with DVC; a
+third scheduled run with nothing new skips every stage after ``changes``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def _records(shards: Path) -> dict[str, tuple[int, bytes]]:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards.glob("shard-*.json")}
 
 
+def _ids(table: Path) -> set[str]:
+    return set(pq.read_table(table, columns=["sample_id"])["sample_id"].to_pylist())
+
+
 def _assignments(project: Path) -> dict[str, tuple[str, bool]]:
     t = pq.read_table(project / "data/split/assignments.parquet").to_pydict()
     return {s: (sp, tr) for s, sp, tr in zip(t["sample_id"], t["split"], t["in_train"],
@@ -94,7 +98,8 @@ def test_scheduled_runs_are_incremental(tmp_path_factory: pytest.TempPathFactory
         records = _records(shards)
         plan1 = pq.read_table(shards / "plan.parquet").to_pydict()
         before = _assignments(project)
-        raw1 = set(pq.read_table(project / "data/raw/samples.parquet")["sample_id"].to_pylist())
+        raw1 = _ids(project / "data/raw/samples.parquet")
+        interim1 = _ids(project / "data/interim/samples.parquet")
 
         _add_incoming(project / "data/incoming", 10, 16)  # six new images arrive
         # the next runs: the first to see them does the work, the one after it has nothing new
@@ -112,7 +117,7 @@ def test_scheduled_runs_are_incremental(tmp_path_factory: pytest.TempPathFactory
         no_op = af.task_states(str(third["dag_run_id"]))
 
     assert {first["run_type"], second["run_type"], third["run_type"]} == {"scheduled"}
-    raw2 = set(pq.read_table(project / "data/raw/samples.parquet")["sample_id"].to_pylist())
+    raw2 = _ids(project / "data/raw/samples.parquet")
     new = raw2 - raw1
     assert len(new) == 6
     assert raw1 <= raw2
@@ -131,6 +136,14 @@ def test_scheduled_runs_are_incremental(tmp_path_factory: pytest.TempPathFactory
     assert set(after) - set(records) == {
         f"shard-{i:05d}.{kind}.json" for i in new_shards for kind in ("decode", "embed")
     }
+
+    # clean searched only the new samples against the index of all of them
+    search = json.loads((project / "data/clean/throughput.json").read_text())["near_image_search"]
+    interim2 = _ids(project / "data/interim/samples.parquet")
+    assert interim1 <= interim2
+    assert search["cache"] == "used"
+    assert search["queried"] == len(interim2 - interim1) > 0
+    assert search["index_size"] == len(interim2)
 
     # the split moved no earlier sample; the new ones that survived cleaning were placed
     now = _assignments(project)
