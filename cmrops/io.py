@@ -19,21 +19,29 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path``; when the block succeeds, the file there is fsynced and
+    renamed over ``path``; when it fails, it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    with _atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -60,11 +68,7 @@ def atomic_npy_memmap(
     """A ``.npy`` written in place through a memory map (no copy of the whole array in memory),
     atomically: a temporary file beside ``path`` is filled, flushed, fsynced, then renamed. The
     bytes equal ``np.save`` of the same array."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with _atomic_path(path) as tmp:
         if int(np.prod(shape)) == 0:  # nothing to map: an empty array's header alone
             empty = np.zeros(shape, dtype)
             yield empty
@@ -75,13 +79,6 @@ def atomic_npy_memmap(
             yield mm
             mm.flush()
             del mm
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
