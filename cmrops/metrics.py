@@ -50,6 +50,13 @@ Definitions
 * P@K = relevant in top K / K; R@K = relevant in top K / all relevant (0 without any);
   NDCG@K with binary gains and ``1 / log2(position + 1)`` discounts, the ideal DCG putting
   ``min(R, K)`` relevant items first (0 without any relevant item).
+* rank of the first relevant item (caption retrieval with pair relevance, Flickr8k/30k style):
+  its 1-based position; R@K (success) = the share of queries with a relevant item in the top K
+  (with one relevant item per query, as under pair relevance, R@K = recall@K); median and mean
+  rank over the queries that have a relevant item. Tie-aware, a block of ``t`` tied items holding
+  ``r`` relevant ones puts the first of them at expected position ``before + (t + 1) / (r + 1)``,
+  and the chance that none of the ``m = K - before`` items taken from the cut block is relevant
+  is ``C(t - r, m) / C(t, m)``; the median and mean are those of the per-query expected ranks.
 * within radius ``rho`` (Hamming ranking as a lookup): precision = relevant within ``rho`` /
   retrieved within ``rho``, recall = relevant within ``rho`` / all relevant, per query, averaged
   over the queries with at least one relevant item (precision over those that retrieve
@@ -82,8 +89,10 @@ __all__ = [
     "code_health",
     "cosine_metrics",
     "database_order_metrics",
+    "first_relevant_rank",
     "hamming_metrics",
     "histograms",
+    "hit_at",
     "ndcg_at",
     "pair_labels",
     "precision_at",
@@ -314,6 +323,43 @@ def _ndcg_at(b: _Blocks, k: int) -> NDArray[np.float64]:
     return _ratio(dcg, disc[np.minimum(b.n_relevant, k)])
 
 
+def first_relevant_rank(total: ArrayLike, relevant: ArrayLike) -> NDArray[np.float64]:
+    """Tie-aware expected 1-based position of each query's first relevant item (NaN for a query
+    with none): ``before + (t + 1) / (r + 1)`` in the first block holding a relevant item."""
+    return _first_rank(_blocks(total, relevant))
+
+
+def _first_rank(b: _Blocks) -> NDArray[np.float64]:
+    rows = np.arange(b.total.shape[0])
+    if not b.total.shape[1]:
+        return np.full(len(rows), np.nan)
+    first = (b.relevant > 0).argmax(axis=1)
+    t, r = b.total[rows, first], b.relevant[rows, first]
+    rank = b.before[rows, first] + (t + 1) / (r + 1)
+    return np.where(b.n_relevant > 0, rank, np.nan)
+
+
+def hit_at(total: ArrayLike, relevant: ArrayLike, k: int) -> NDArray[np.float64]:
+    """Tie-aware probability that the top ``k`` of each query holds a relevant item (R@K of
+    caption retrieval; equal to recall@K when a query has one relevant item)."""
+    b = _blocks(total, relevant)
+    return _hit_at(b, _check_k(k, b.n))
+
+
+def _hit_at(b: _Blocks, k: int) -> NDArray[np.float64]:
+    _, _, nb, rb, t, r = b.cut(k)
+    m = k - nb  # items taken from the cut block, 1..t
+    lf = _log_factorial(b.n)
+    possible = m <= t - r  # else a relevant item is surely among them
+    tr = np.maximum(t - r, 0)
+    mm = np.minimum(m, tr)
+    # C(t - r, m) / C(t, m): none of the m items taken is relevant
+    log_none = (lf[tr] - lf[mm] - lf[tr - mm]) - (lf[t] - lf[m] - lf[t - m])
+    none = np.where(possible & (r > 0), np.exp(np.minimum(log_none, 0.0)), 0.0)
+    none = np.where(r == 0, 1.0, none)
+    return np.where(rb > 0, 1.0, 1.0 - none)
+
+
 def radius_curve(total: ArrayLike, relevant: ArrayLike) -> dict[str, Any]:
     """Precision and recall of a Hamming-radius lookup for radius ``0..B-1`` (see module doc).
 
@@ -355,6 +401,42 @@ class RankingMetrics:
     precision_at: dict[int, NDArray[np.float64]] = field(default_factory=dict)
     recall_at: dict[int, NDArray[np.float64]] = field(default_factory=dict)
     ndcg_at: dict[int, NDArray[np.float64]] = field(default_factory=dict)
+    first_rank: NDArray[np.float64] | None = None  # first relevant item's position (NaN: none)
+    hit_at: dict[int, NDArray[np.float64]] = field(default_factory=dict)  # P(relevant in top K)
+
+    def without(self, drop: NDArray[np.bool_]) -> RankingMetrics:
+        """The same metrics over the queries where ``drop`` is False (e.g. without the queries
+        that have a near-duplicate in the database)."""
+        keep = ~np.asarray(drop, dtype=bool)
+        if keep.shape != self.ap.shape:
+            raise ValueError(f"drop: expected a mask of {self.ap.shape}, got {keep.shape}")
+
+        def sub(d: dict[int, NDArray[np.float64]]) -> dict[int, NDArray[np.float64]]:
+            return {k: v[keep] for k, v in d.items()}
+
+        return RankingMetrics(
+            n_relevant=self.n_relevant[keep],
+            ap=self.ap[keep],
+            ap_at=sub(self.ap_at),
+            precision_at=sub(self.precision_at),
+            recall_at=sub(self.recall_at),
+            ndcg_at=sub(self.ndcg_at),
+            first_rank=None if self.first_rank is None else self.first_rank[keep],
+            hit_at=sub(self.hit_at),
+        )
+
+    def rank_summary(self) -> dict[str, Any]:
+        """R@K (success: a relevant item in the top K) for the cut-offs computed, and the median
+        and mean rank of the first relevant item over the queries that have one."""
+        if self.first_rank is None:
+            raise ValueError("these metrics were computed without ranks")
+        ranks = self.first_rank[np.isfinite(self.first_rank)]
+        return {
+            "recall_at": {k: _mean(v) for k, v in sorted(self.hit_at.items())},
+            "median_rank": float(np.median(ranks)) if ranks.size else None,
+            "mean_rank": float(np.mean(ranks)) if ranks.size else None,
+            "queries_ranked": int(ranks.size),
+        }
 
     def summary(self) -> dict[str, Any]:
         """Means over queries (AP 0 for queries with no relevant item, kept in the mean), with
@@ -398,6 +480,8 @@ def hamming_metrics(
         precision_at={k: hits[k] / k for k in ks},
         recall_at={k: _ratio(hits[k], b.n_relevant) for k in ks},
         ndcg_at={k: _ndcg_at(b, k) for k in ks},
+        first_rank=_first_rank(b),
+        hit_at={k: _hit_at(b, k) for k in ks},
     )
 
 
@@ -522,6 +606,8 @@ def _metrics_from_sorted(
         "precision_at": {},
         "recall_at": {},
         "ndcg_at": {},
+        "hit_at": {},
+        "first_rank": np.where(n_rel > 0, ranked.argmax(axis=1) + 1.0, np.nan),
     }
     for k in map_at:
         out["ap_at"][k] = _ratio(_dot(at_relevant[:, :k], inv_pos[:k]), hits[:, k - 1])
@@ -530,6 +616,7 @@ def _metrics_from_sorted(
         got = hits[:, k - 1].astype(np.float64)
         out["precision_at"][k] = got / k
         out["recall_at"][k] = _ratio(got, n_rel)
+        out["hit_at"][k] = (got > 0).astype(np.float64)
         dcg = _dot(ranked[:, :k].astype(np.float64), gains[:k])
         out["ndcg_at"][k] = _ratio(dcg, disc[np.minimum(n_rel, k)])
     return out
@@ -572,6 +659,8 @@ def _ranked_metrics(
         precision_at=cat_k("precision_at", tk),
         recall_at=cat_k("recall_at", tk),
         ndcg_at=cat_k("ndcg_at", tk),
+        first_rank=cat("first_rank").astype(np.float64),
+        hit_at=cat_k("hit_at", tk),
     )
 
 

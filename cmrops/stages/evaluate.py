@@ -12,7 +12,19 @@
   ``confidence``);
 * ``<split>/assignments.parquet`` - the split (``protocol``, ``seed``; the protocol's spec in the
   schema metadata). Codes made for another split (a sample unknown to it, or ``meta.json``
-  naming another protocol or seed) are refused.
+  naming another protocol or seed) are refused;
+* ``<split>/manifests/`` (:mod:`cmrops.splitting.manifests`) - the sets as sample-id lists, their
+  sha256s and the queries with a near-duplicate in the database. Without it the protocol card
+  says so and the scores without near-duplicate queries are left out; a manifest whose query
+  set is not the codes' query set is refused;
+* ``<codes>/aligned-float/`` (``aligned_baseline``; optional) - the aligned float baseline:
+  ``{image,text}_{query,database}_float.npy`` (float32 rows in one shared, aligned space, rows as
+  ``rows.parquet``) and ``meta.json`` with ``"kind": "float_baseline"``, no packed codes. It is
+  ranked by cosine similarity and reported as ``float_baseline``; every hashing model's
+  direction gets ``vs_float_baseline`` (code mAP / aligned float mAP). Absent: no
+  ``float_baseline`` field, a note under ``notes``;
+* ``train_metrics`` (``metrics/train.json``; optional) - where each model's validation set came
+  from (``val_from``), for the protocol card.
 
 and writes ``metrics_path`` (``metrics/retrieval.json``) and DVC plot files under ``plots_dir``:
 ``pr/<model>_<direction>.json`` (rows ``{radius, precision, recall, coverage}``) and
@@ -37,7 +49,18 @@ broken by database row, what a stable sort gives), mAP@k for ``map_at``, P@K, R@
 the plots), the same ranking metrics for the float baseline (cosine similarity of the continuous
 outputs) and the gap (float minus hash); code health of each modality's database codes. Cut-offs
 above the database size are clipped to it and listed under ``cutoffs_clipped``. Values are
-rounded to 6 decimals.
+rounded to 6 decimals. Per direction, ``near_duplicate_queries`` counts the queries that have a
+near-duplicate in the database (from the manifests) and ``map_without_near_duplicate_queries``
+(hash and float) is the mAP over the other queries: the leakage audit's effect on the score (with
+no such query both mAPs are equal). With pair relevance, ``pair_ranks`` gives the caption
+retrieval figures: R@K for ``pair_recall_at`` (R@1/5/10), the median and mean rank of the pair
+(hash: tie-aware and database order; float: cosine).
+
+**Protocol card** (``protocol``): the split's protocol and seed, the set sizes, the relevance
+rule, the model selection rule (validation split only, never the query set; where each model's
+validation set came from), full mAP vs mAP@k with the cut-offs used, the tie conventions
+(tie-aware primary, database order secondary), the manifests' sha256s and the number of
+near-duplicate queries.
 """
 
 from __future__ import annotations
@@ -55,6 +78,7 @@ import numpy as np
 from cmrops import io
 from cmrops import metrics as M
 from cmrops.codes import n_words
+from cmrops.splitting import manifests as manifest_lists
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +121,21 @@ DEFINITIONS = {
         "something (coverage = their share), recall over all queries with a relevant item"
     ),
     "gap": "float baseline minus hash (tie-aware)",
+    "map_without_near_duplicate_queries": (
+        "mAP over the queries without a near-duplicate in the database (manifests' "
+        "near_duplicate_queries.txt); equal to map when there is none"
+    ),
+    "pair_ranks": (
+        "pair relevance: recall_at = share of queries whose pair is in the top K (R@K); "
+        "median_rank / mean_rank of the pair's 1-based position; tie-aware: the expected "
+        "position under random tie order (before + (t + 1) / 2 for t tied items), averaged "
+        "exactly for R@K"
+    ),
+    "float_baseline": (
+        "aligned float baseline (<codes>/aligned-float): cosine ranking of both modalities in "
+        "one learned shared space; the cross-modal float reference"
+    ),
+    "vs_float_baseline": "hash (tie-aware) / aligned float baseline, per metric",
     "code_health": (
         "over each modality's database codes: bit balance (mean |P(bit) - 0.5|, worst bit), "
         "mean |Pearson correlation| between non-constant bits, bucket occupancy"
@@ -126,6 +165,8 @@ class EvaluateParams:
     radius: int = 2  # precision / recall within this Hamming radius (clipped to n_bits)
     database_order: bool = True  # also the mAP with ties broken by database order
     float_baseline: bool = True  # needs the *_float.npy outputs
+    aligned_baseline: str | None = "aligned-float"  # <codes>/<this>: the aligned float baseline
+    pair_recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@K, pair relevance
     models: list[str] = field(default_factory=list)  # <method>-<bits> folders; empty = all
     n_threads: int | None = None  # for the Rust kernel; None = every core
 
@@ -134,7 +175,7 @@ class EvaluateParams:
             raise ValueError("directions: at least one")
         if len(set(self.directions)) != len(self.directions):
             raise ValueError(f"directions: repeated entries in {self.directions}")
-        for name in ("map_at", "top_k", "pk_curve"):
+        for name in ("map_at", "top_k", "pk_curve", "pair_recall_at"):
             ks = getattr(self, name)
             if any(isinstance(k, bool) or k < 1 for k in ks):
                 raise ValueError(f"{name}: cut-offs must be integers >= 1, got {ks}")
@@ -150,26 +191,42 @@ class EvaluateParams:
 
 
 def cli_main(args: Any) -> int:
-    """``cmrops evaluate --params P --codes C --labelled L --split S --metrics M --plots D``."""
+    """``cmrops evaluate --params P --codes C --labelled L --split S --metrics M --plots D
+    [--train-metrics T]``."""
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, EvaluateParams)
-    m = run(params, args.codes, args.labelled, args.split, args.metrics, args.plots)
+    m = run(
+        params, args.codes, args.labelled, args.split, args.metrics, args.plots,
+        train_metrics=getattr(args, "train_metrics", None),
+    )  # fmt: skip
+    card = m["protocol"]
+    nd = card["near_duplicate_queries"]["count"]
     print(
         f"evaluate ({m['split']['name']}, seed {m['split']['seed']}, relevance "
-        f"{m['relevance']['mode']}): {len(m['models'])} model(s)"
+        f"{m['relevance']['mode']}): {len(m['models'])} model(s); {card['sizes']['query']} "
+        f"queries x {card['sizes']['database']} database, near-duplicate queries "
+        f"{'unknown' if nd is None else nd}"
     )
+    base = m.get("float_baseline")
+    if base is not None:
+        for direction, d in base["directions"].items():
+            print(f"  {'aligned float':<14} {direction:<14} mAP {d['map']:.4f}")
     for name, model in m["models"].items():
         for direction, d in model["directions"].items():
             h, f = d["hash"], d.get("float", {})
             fl = f" | float {f['map']:.4f}" if f else ""
+            vs = d.get("vs_float_baseline", {}).get("map")
+            ratio = f" | {vs:.1%} of aligned float" if vs is not None else ""
             print(
                 f"  {name:<14} {direction:<14} mAP {h['map']:.4f} (database order "
-                f"{h.get('map_database_order', float('nan')):.4f}){fl}  "
+                f"{h.get('map_database_order', float('nan')):.4f}){fl}{ratio}  "
                 f"[{d['queries']} x {d['database']}]"
             )
     for direction, why in m.get("skipped", {}).items():
         print(f"  {direction} skipped: {why}")
+    for what, note in m.get("notes", {}).items():
+        print(f"  note ({what}): {note}")
     return 0
 
 
@@ -180,44 +237,121 @@ def run(
     split_dir: str | os.PathLike[str],
     metrics_path: str | os.PathLike[str],
     plots_dir: str | os.PathLike[str],
+    *,
+    train_metrics: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every model under ``codes_dir`` (see module docstring); returns the metrics."""
+    """Evaluate every model under ``codes_dir`` (see module docstring); returns the metrics.
+    ``train_metrics`` (train's metrics JSON) defaults to ``<codes>/train.json`` when present."""
     codes = Path(codes_dir)
     query_ids, database_ids = _load_rows(codes)
     split = _load_split(Path(split_dir) / "assignments.parquet", query_ids, database_ids)
+    lists = _load_manifests(Path(split_dir), query_ids)
     relevance = _relevance(params, labelled_dir, query_ids, database_ids)
     models = _find_models(codes, params.models)
     plots = Path(plots_dir)
+    notes: dict[str, str] = {}
+    if lists is None:
+        notes["manifests"] = (
+            f"{Path(split_dir) / manifest_lists.MANIFEST_DIR}: not found - re-run `cmrops split` "
+            "to get the sample-id lists and the scores without near-duplicate queries"
+        )
+    near_dup = (
+        None
+        if lists is None
+        else np.isin(np.asarray(query_ids), np.asarray(lists["near_duplicate_queries"], dtype=str))
+    )
+    ctx = _Context(params, query_ids, database_ids, relevance, near_dup, plots, set(), {})
+
+    metrics: dict[str, Any] = {"stage": STAGE}
+    baseline = _find_baseline(codes, params, split, len(query_ids), len(database_ids), notes)
+    base_dirs: dict[str, Any] = {}
+    if baseline is not None:
+        folder, meta = baseline
+        metrics["float_baseline"] = _evaluate_baseline(ctx, folder, meta)
+        base_dirs = metrics["float_baseline"]["directions"]
 
     out_models: dict[str, Any] = {}
-    written: set[Path] = set()
-    skipped: dict[str, str] = {}
     for name, folder, meta in models:
         _check_meta(folder, meta, split)
         t0 = time.perf_counter()
-        entry = _evaluate_model(
-            params, name, folder, meta, query_ids, database_ids, relevance, plots, written, skipped
-        )
+        out_models[name] = _evaluate_model(ctx, name, folder, meta, base_dirs)
         log.info("evaluated %s in %.1fs", name, time.perf_counter() - t0)
-        out_models[name] = entry
 
-    metrics: dict[str, Any] = {
-        "stage": STAGE,
-        "split": split["stamp"],
-        "relevance": relevance["stamp"],
-        "ties": TIES,
-        "definitions": DEFINITIONS,
-        "directions": list(params.directions),
-        "models": out_models,
-    }
-    if skipped:
-        metrics["skipped"] = skipped
+    metrics.update(
+        split=split["stamp"],
+        protocol=_protocol_card(
+            params, split, lists, relevance, models, _train_metrics(codes, train_metrics),
+            len(query_ids), len(database_ids),
+        ),
+        relevance=relevance["stamp"],
+        ties=TIES,
+        definitions=DEFINITIONS,
+        directions=list(params.directions),
+        models=out_models,
+    )  # fmt: skip
+    if ctx.skipped:
+        metrics["skipped"] = ctx.skipped
+    if notes:
+        metrics["notes"] = notes
     for sub in ("pr", "pk"):  # plots of models no longer present would look current
         for stale in sorted((plots / sub).glob("*.json")) if (plots / sub).is_dir() else []:
-            if stale not in written:
+            if stale not in ctx.written:
                 stale.unlink()
     io.write_json(metrics_path, metrics)
     return metrics
+
+
+@dataclass
+class _Context:
+    """What every model's evaluation shares."""
+
+    params: EvaluateParams
+    query_ids: list[str]
+    database_ids: list[str]
+    relevance: dict[str, Any]
+    near_dup: np.ndarray | None  # (queries,) bool: has a near-duplicate in the database
+    plots: Path
+    written: set[Path]
+    skipped: dict[str, str]
+
+    @property
+    def pair(self) -> bool:
+        return bool(self.relevance["mode"] == "pair")
+
+    def directions(self) -> list[str]:
+        """The requested directions that the relevance allows (the others go to skipped)."""
+        wanted = []
+        for d in self.params.directions:
+            if self.pair and DIRECTIONS[d][0] == DIRECTIONS[d][1]:
+                self.skipped[d] = (
+                    "pair relevance: the only relevant item of a query would be itself"
+                )
+            else:
+                wanted.append(d)
+        return wanted
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Query and (ranked) database relevance labels of a cross-modal direction."""
+        if self.pair:
+            return M.pair_labels(self.query_ids, [*self.query_ids, *self.database_ids])
+        return self.relevance["query_labels"], self.relevance["database_labels"]
+
+    def ranked(self, x: dict[tuple[str, str], np.ndarray], qm: str, dm: str):
+        """Query rows of modality ``qm`` and the database rows of ``dm`` they rank (with pair
+        relevance: the query samples' ``dm`` rows first, then the database's)."""
+        db = x[dm, "database"]
+        if self.pair:
+            db = np.concatenate([x[dm, "query"], db])
+        return x[qm, "query"], db
+
+    def cutoffs(self, n_db: int) -> dict[str, dict[int, int]]:
+        p = self.params
+        return {
+            "map_at": M.clip_cutoffs(p.map_at, n_db),
+            "top_k": M.clip_cutoffs(p.top_k, n_db),
+            "pk_curve": M.clip_cutoffs(p.pk_curve, n_db),
+            "pair_recall_at": M.clip_cutoffs(p.pair_recall_at, n_db),
+        }
 
 
 # --------------------------------------------------------------------------- inputs
@@ -277,6 +411,8 @@ def _load_split(path: Path, query_ids: list[str], database_ids: list[str]) -> di
             "in_train": sum(bool(train_of[s]) for s in ids),
         }
     overlap = len(set(query_ids) & set(database_ids))
+    splits = t["split"].to_pylist()
+    sets_all = {name: splits.count(name) for name in sorted(set(splits))}
     stamp = {
         "name": protocols[0],
         "protocol": spec,
@@ -284,7 +420,42 @@ def _load_split(path: Path, query_ids: list[str], database_ids: list[str]) -> di
         "roles": roles,
         "query_database_overlap": overlap,
     }
-    return {"name": protocols[0], "seed": int(seeds[0]), "stamp": stamp}
+    return {
+        "name": protocols[0],
+        "seed": int(seeds[0]),
+        "spec": spec,
+        "sets": sets_all,
+        "in_train": sum(bool(x) for x in t["in_train"].to_pylist()),
+        "stamp": stamp,
+    }
+
+
+def _load_manifests(split_dir: Path, query_ids: list[str]) -> dict[str, Any] | None:
+    """The split's manifests (None when the split folder has none); refused when their query
+    set (``query``, or ``test`` of a ratio split) is not the codes' query set."""
+    try:
+        lists = manifest_lists.read_manifests(split_dir)
+    except FileNotFoundError:
+        return None
+    sets = lists["sets"]
+    name = "query" if "query" in sets else "test"
+    if set(sets.get(name, ())) != set(query_ids):
+        raise ValueError(
+            f"{split_dir / manifest_lists.MANIFEST_DIR}: its {name} list "
+            f"({len(sets.get(name, ()))} samples) is not the codes' query set "
+            f"({len(query_ids)} samples): the manifests or the codes are stale - rerun "
+            "`cmrops split` and `cmrops train`"
+        )
+    return lists
+
+
+def _train_metrics(codes: Path, path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    p = Path(path) if path is not None else codes / "train.json"
+    if not p.is_file():
+        if path is not None:
+            raise FileNotFoundError(f"{p}: not found - run `cmrops train` (it writes it)")
+        return None
+    return dict(json.loads(p.read_text(encoding="utf-8")))
 
 
 def _relevance(
@@ -377,14 +548,71 @@ def _find_models(codes: Path, wanted: list[str]) -> list[tuple[str, Path, dict[s
         )
     out = []
     for name, folder in found.items():
-        try:
-            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{folder / 'meta.json'}: not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or not isinstance(meta.get("n_bits", meta.get("bits")), int):
+        meta = _read_meta(folder)
+        if meta.get("kind") == FLOAT_BASELINE:
+            if wanted:
+                raise ValueError(
+                    f"{folder}: a float baseline (meta.json kind {FLOAT_BASELINE!r}), not a "
+                    "hashing model - leave it out of evaluate.models (aligned_baseline names it)"
+                )
+            continue
+        if not isinstance(meta.get("n_bits", meta.get("bits")), int):
             raise ValueError(f"{folder / 'meta.json'}: needs an integer n_bits (or bits)")
         out.append((name, folder, meta))
+    if not out:
+        raise FileNotFoundError(
+            f"{codes}: no hashing model folders (<method>-<bits>/meta.json) - run `cmrops train`"
+        )
     return out
+
+
+#: ``meta.json`` ``kind`` of a folder of float vectors without codes (the aligned baseline).
+FLOAT_BASELINE = "float_baseline"
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{folder / 'meta.json'}: not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder / 'meta.json'}: expected a JSON object")
+    return meta
+
+
+def _find_baseline(
+    codes: Path,
+    params: EvaluateParams,
+    split: dict[str, Any],
+    n_query: int,
+    n_database: int,
+    notes: dict[str, str],
+) -> tuple[Path, dict[str, Any]] | None:
+    """The aligned float baseline's folder and meta, or None (with a note) when absent."""
+    if params.aligned_baseline is None:
+        notes["float_baseline"] = "evaluate.aligned_baseline is null: not evaluated"
+        return None
+    folder = codes / params.aligned_baseline
+    if not (folder / "meta.json").is_file():
+        notes["float_baseline"] = (
+            f"{folder}: no aligned float baseline (train writes it when alignment is on): "
+            "float_baseline and vs_float_baseline left out"
+        )
+        return None
+    meta = _read_meta(folder)
+    if meta.get("kind") != FLOAT_BASELINE:
+        raise ValueError(
+            f"{folder / 'meta.json'}: kind {meta.get('kind')!r}, expected {FLOAT_BASELINE!r} "
+            "(evaluate.aligned_baseline names the aligned float baseline's folder)"
+        )
+    _check_meta(folder, meta, split)
+    for key, n in (("n_query", n_query), ("n_database", n_database)):
+        if meta.get(key) is not None and meta[key] != n:
+            raise ValueError(
+                f"{folder / 'meta.json'}: {key} {meta[key]} but rows.parquet has {n} - the "
+                "baseline was made for other rows; rerun train"
+            )
+    return folder, meta
 
 
 def _check_meta(folder: Path, meta: dict[str, Any], split: dict[str, Any]) -> None:
@@ -444,24 +672,12 @@ def _by_requested(clip: dict[int, int], values: dict[int, Any]) -> dict[str, flo
 
 
 def _evaluate_model(
-    params: EvaluateParams,
-    name: str,
-    folder: Path,
-    meta: dict[str, Any],
-    query_ids: list[str],
-    database_ids: list[str],
-    relevance: dict[str, Any],
-    plots: Path,
-    written: set[Path],
-    skipped: dict[str, str],
+    ctx: _Context, name: str, folder: Path, meta: dict[str, Any], base: dict[str, Any]
 ) -> dict[str, Any]:
+    params = ctx.params
     n_bits = int(meta.get("n_bits", meta.get("bits")))
-    counts = {"query": len(query_ids), "database": len(database_ids)}
-    pair = relevance["mode"] == "pair"
-    wanted = [d for d in params.directions if not (pair and DIRECTIONS[d][0] == DIRECTIONS[d][1])]
-    for d in params.directions:
-        if d not in wanted:
-            skipped[d] = "pair relevance: the only relevant item of a query would be itself"
+    counts = {"query": len(ctx.query_ids), "database": len(ctx.database_ids)}
+    wanted = ctx.directions()
     used = sorted({m for d in wanted for m in DIRECTIONS[d]})
     codes = {
         (m, role): _load_codes(folder / f"{m}_{role}.npy", counts[role], n_bits)
@@ -487,23 +703,113 @@ def _evaluate_model(
         "code_health": {m: _health(M.code_health(codes[m, "database"], n_bits)) for m in used},
         "directions": {},
     }
+    ql, dl = ctx.labels()
     for direction in wanted:
         qm, dm = DIRECTIONS[direction]
-        q = codes[qm, "query"]
-        db = codes[dm, "database"]
-        fq = floats.get((qm, "query"))
-        fdb = floats.get((dm, "database"))
-        if pair:
-            db = np.concatenate([codes[dm, "query"], db])
-            if floats:
-                fdb = np.concatenate([floats[dm, "query"], fdb])
-            ql, dl = M.pair_labels(query_ids, [*query_ids, *database_ids])
-        else:
-            ql, dl = relevance["query_labels"], relevance["database_labels"]
-        entry["directions"][direction] = _evaluate_direction(
-            params, f"{name}_{direction}", n_bits, q, db, fq, fdb, ql, dl, plots, written
-        )
+        q, db = ctx.ranked(codes, qm, dm)
+        fq, fdb = ctx.ranked(floats, qm, dm) if floats else (None, None)
+        out = _evaluate_direction(ctx, f"{name}_{direction}", n_bits, q, db, fq, fdb, ql, dl)
+        if direction in base:
+            out["vs_float_baseline"] = _ratios(out["hash"], base[direction])
+        entry["directions"][direction] = out
     return entry
+
+
+def _evaluate_baseline(ctx: _Context, folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The aligned float baseline per direction (cosine ranking)."""
+    counts = {"query": len(ctx.query_ids), "database": len(ctx.database_ids)}
+    wanted = ctx.directions()
+    used = sorted({m for d in wanted for m in DIRECTIONS[d]})
+    vectors = {
+        (m, role): _load_float(folder / f"{m}_{role}_float.npy", counts[role])
+        for m in used
+        for role in ROLES
+    }
+    ql, dl = ctx.labels()
+    out: dict[str, Any] = {
+        "folder": folder.name,
+        "kind": FLOAT_BASELINE,
+        "method": meta.get("method"),
+        "alignment": meta.get("alignment"),
+        "dim": int(vectors[used[0], "query"].shape[1]) if used else None,
+        "directions": {},
+    }
+    for direction in wanted:
+        qm, dm = DIRECTIONS[direction]
+        fq, fdb = ctx.ranked(vectors, qm, dm)
+        cut = ctx.cutoffs(len(fdb))
+        section, _ = _float_section(ctx, fq, fdb, ql, dl, cut)
+        out["directions"][direction] = {
+            "queries": len(fq),
+            "database": len(fdb),
+            **_near_dup_count(ctx),
+            **section,
+        }
+    return out
+
+
+def _ratios(hash_out: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Hash (tie-aware) / aligned float baseline, for mAP and each mAP@k."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else _r(a / b)
+
+    return {
+        "map": ratio(hash_out["map"], base["map"]),
+        "map_at": {k: ratio(v, base["map_at"].get(k)) for k, v in hash_out["map_at"].items()},
+        "float_baseline_map": base["map"],
+    }
+
+
+def _near_dup_count(ctx: _Context) -> dict[str, Any]:
+    return {"near_duplicate_queries": None if ctx.near_dup is None else int(ctx.near_dup.sum())}
+
+
+def _without_near_dup(ctx: _Context, m: M.RankingMetrics) -> float | None:
+    """mAP over the queries without a near-duplicate in the database (None: unknown, or every
+    query has one)."""
+    if ctx.near_dup is None or ctx.near_dup.all():
+        return None
+    return _r(m.without(ctx.near_dup).summary()["map"])
+
+
+def _pair_ranks(m: M.RankingMetrics, cut: dict[int, int]) -> dict[str, Any]:
+    rs = m.rank_summary()
+    return {
+        "recall_at": _by_requested(cut, rs["recall_at"]),
+        "median_rank": _r(rs["median_rank"]),
+        "mean_rank": _r(rs["mean_rank"]),
+    }
+
+
+def _float_section(
+    ctx: _Context,
+    fq: np.ndarray,
+    fdb: np.ndarray,
+    ql: np.ndarray,
+    dl: np.ndarray,
+    cut: dict[str, dict[int, int]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Cosine-ranking metrics of float vectors (a model's float outputs or the aligned
+    baseline), and the raw summary."""
+    map_k, top_k = cut["map_at"], cut["top_k"]
+    ranks = (
+        set(top_k.values()) | set(cut["pk_curve"].values()) | set(cut["pair_recall_at"].values())
+    )
+    fm = M.cosine_metrics(fq, fdb, ql, dl, map_at=map_k.values(), top_k=ranks)
+    fs = fm.summary()
+    out: dict[str, Any] = {
+        "map": _r(fs["map"]),
+        "map_relevant_only": _r(fs["map_relevant_only"]),
+    }
+    if ctx.near_dup is not None:
+        out["map_without_near_duplicate_queries"] = _without_near_dup(ctx, fm)
+    out["map_at"] = _by_requested(map_k, fs["map_at"])
+    for key in ("precision_at", "recall_at", "ndcg_at"):
+        out[key] = _by_requested(top_k, fs[key])
+    if ctx.pair:
+        out["pair_ranks"] = _pair_ranks(fm, cut["pair_recall_at"])
+    return out, fs
 
 
 def _health(h: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +822,7 @@ def _health(h: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_direction(
-    params: EvaluateParams,
+    ctx: _Context,
     plot_name: str,
     n_bits: int,
     q: np.ndarray,
@@ -525,14 +831,17 @@ def _evaluate_direction(
     fdb: np.ndarray | None,
     ql: np.ndarray,
     dl: np.ndarray,
-    plots: Path,
-    written: set[Path],
 ) -> dict[str, Any]:
+    params = ctx.params
     n_db = len(db)
-    map_k = M.clip_cutoffs(params.map_at, n_db)
-    top_k = M.clip_cutoffs(params.top_k, n_db)
-    curve_k = M.clip_cutoffs(params.pk_curve, n_db)
-    ranks = set(top_k.values()) | set(curve_k.values())
+    cut = ctx.cutoffs(n_db)
+    map_k, top_k, curve_k, pair_k = (
+        cut["map_at"],
+        cut["top_k"],
+        cut["pk_curve"],
+        cut["pair_recall_at"],
+    )
+    ranks = set(top_k.values()) | set(curve_k.values()) | set(pair_k.values())
 
     total, relevant = M.histograms(q, db, ql, dl, n_threads=params.n_threads)
     assert not total[:, n_bits + 1 :].any(), "bits past n_bits were checked to be zero"
@@ -543,6 +852,8 @@ def _evaluate_direction(
         "map": _r(ts["map"]),
         "map_relevant_only": _r(ts["map_relevant_only"]),
     }
+    if ctx.near_dup is not None:
+        hash_out["map_without_near_duplicate_queries"] = _without_near_dup(ctx, tie)
     order = None
     if params.database_order:
         order = M.database_order_metrics(q, db, ql, dl, map_at=map_k.values(), top_k=ranks)
@@ -554,6 +865,10 @@ def _evaluate_direction(
         hash_out["map_at_database_order"] = _by_requested(map_k, osum["map_at"])
     for key in ("precision_at", "recall_at", "ndcg_at"):
         hash_out[key] = _by_requested(top_k, ts[key])
+    if ctx.pair:
+        hash_out["pair_ranks"] = {"tie_aware": _pair_ranks(tie, pair_k)}
+        if order is not None:
+            hash_out["pair_ranks"]["database_order"] = _pair_ranks(order, pair_k)
     curve = M.radius_curve(total, relevant)
     rad = min(params.radius, n_bits)
     hash_out["within_radius"] = {
@@ -567,32 +882,23 @@ def _evaluate_direction(
         "queries": len(q),
         "database": n_db,
         "queries_without_relevant": ts["queries_without_relevant"],
+        **_near_dup_count(ctx),
     }
-    clipped = {str(k): v for c in (map_k, top_k) for k, v in sorted(c.items()) if k != v}
+    clipped = {str(k): v for c in (map_k, top_k, pair_k) for k, v in sorted(c.items()) if k != v}
     if clipped:
         out["cutoffs_clipped"] = clipped
     out["hash"] = hash_out
 
     fs = None
     if fq is not None and fdb is not None:
-        fm = M.cosine_metrics(fq, fdb, ql, dl, map_at=map_k.values(), top_k=ranks)
-        fs = fm.summary()
-        out["float"] = {
-            "map": _r(fs["map"]),
-            "map_relevant_only": _r(fs["map_relevant_only"]),
-            "map_at": _by_requested(map_k, fs["map_at"]),
-            **{
-                key: _by_requested(top_k, fs[key])
-                for key in ("precision_at", "recall_at", "ndcg_at")
-            },
-        }
+        out["float"], fs = _float_section(ctx, fq, fdb, ql, dl, cut)
         out["gap"] = {
             "map": _r(fs["map"] - ts["map"]),
             "map_at": _by_requested(
                 map_k, {k: fs["map_at"][k] - ts["map_at"][k] for k in fs["map_at"]}
             ),
             **{
-                key: _by_requested(top_k, {k: fs[key][k] - ts[key][k] for k in fs[key]})
+                key: _by_requested(top_k, {k: fs[key][k] - ts[key][k] for k in top_k.values()})
                 for key in ("precision_at", "recall_at", "ndcg_at")
             },
         }
@@ -616,8 +922,83 @@ def _evaluate_direction(
             row["float_precision"] = _r(fs["precision_at"][k])
         pk_rows.append(row)
     for sub, rows in (("pr", pr_rows), ("pk", pk_rows)):
-        path = plots / sub / f"{plot_name}.json"
+        path = ctx.plots / sub / f"{plot_name}.json"
         io.write_json(path, rows)
-        written.add(path)
+        ctx.written.add(path)
     out["plots"] = {"pr": f"pr/{plot_name}.json", "pk": f"pk/{plot_name}.json"}
     return out
+
+
+# --------------------------------------------------------------------------- protocol card
+
+
+def _protocol_card(
+    params: EvaluateParams,
+    split: dict[str, Any],
+    lists: dict[str, Any] | None,
+    relevance: dict[str, Any],
+    models: list[tuple[str, Path, dict[str, Any]]],
+    train: dict[str, Any] | None,
+    n_query: int,
+    n_database: int,
+) -> dict[str, Any]:
+    """How every figure of the file was obtained (see module docstring)."""
+    pair = relevance["mode"] == "pair"
+    ranked = n_query + n_database if pair else n_database
+    sets = split["sets"]
+    val_from = (train or {}).get("val_from")
+    selection = {
+        name: {
+            "train_samples": meta.get("train_samples"),
+            "val_samples": meta.get("val_samples"),
+            "val_from": meta.get("val_from", val_from),
+        }
+        for name, _, meta in models
+    }
+    card: dict[str, Any] = {
+        "split": {"name": split["name"], "spec": split["spec"], "seed": split["seed"]},
+        "sizes": {
+            "query": n_query,
+            "database": n_database,
+            "ranked_database": ranked,
+            "train": split["in_train"],
+            "val": sets.get("val", 0),
+        },
+        "relevance": {"mode": relevance["mode"], "rule": relevance["stamp"]["rule"]},
+        "model_selection": {
+            "rule": (
+                "validation split only: checkpoints and early stopping are chosen on the "
+                "validation samples, never on the query set"
+            ),
+            "val_from": {
+                "split": "the split's val set",
+                "train_slice": "near-duplicate groups held out of the training set",
+            },
+            "models": selection,
+        },
+        "map": {
+            "full": f"every query ranks the whole database ({ranked} items): 'map'",
+            "at_k": {
+                "requested": list(params.map_at),
+                "used": {str(k): v for k, v in M.clip_cutoffs(params.map_at, ranked).items()},
+                "rule": "cut-offs above the database size are clipped to it",
+            },
+        },
+        "ties": {
+            "primary": "tie_aware",
+            "secondary": "database_order" if params.database_order else None,
+            "float": "float",
+        },
+    }
+    if lists is None:
+        card["manifests"] = None
+        card["near_duplicate_queries"] = {"count": None, "definition": None}
+    else:
+        man = lists["manifest"]
+        card["manifests"] = {name: f["sha256"] for name, f in sorted(man["files"].items())}
+        nd = man.get("near_duplicate_queries", {})
+        card["near_duplicate_queries"] = {
+            "count": len(lists["near_duplicate_queries"]),
+            "definition": nd.get("definition"),
+        }
+    return card
