@@ -14,6 +14,7 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
                       --codes data/codes --metrics metrics/train.json
     cmrops evaluate   --params params.yaml --codes data/codes --labelled data/labelled
                       --split data/split --metrics metrics/retrieval.json --plots plots
+                      --train-metrics metrics/train.json
     cmrops storage check [--url URL | --remote NAME]
     cmrops pipeline summary [--work .]
     cmrops metrics serve [--project .] [--host 127.0.0.1] [--port 9108]
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="data/split", help="split's output folder")
     ev.add_argument("--metrics", default="metrics/retrieval.json", help="metrics file")
     ev.add_argument("--plots", default="plots", help="folder of the DVC plot files")
+    ev.add_argument(
+        "--train-metrics", default=None, help="train's metrics JSON (val_from, protocol card)"
+    )
     ev.set_defaults(handler="cmrops.stages.evaluate:cli_main")
 
     storage = sub.add_parser("storage", help="storage roots and the DVC remote")

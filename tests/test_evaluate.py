@@ -440,14 +440,16 @@ def test_dvc_stage_declares_inputs_outputs_and_plots():
         "--split": "data/split",
         "--metrics": "metrics/retrieval.json",
         "--plots": "plots",
+        "--train-metrics": "metrics/train.json",
     }
     assert stage["params"] == ["evaluate"]
     for dep in ("cmrops/stages/evaluate.py", "cmrops/metrics.py", "cmrops/codes.py"):
         assert dep in stage["deps"]
         assert (REPO / dep).exists()
-    assert {"data/codes", "data/labelled/labels.parquet", "data/split/assignments.parquet"} <= set(
-        stage["deps"]
-    )
+    assert {
+        "data/codes", "data/labelled/labels.parquet", "data/split/assignments.parquet",
+        "data/split/manifests", "metrics/train.json",
+    } <= set(stage["deps"])  # fmt: skip
     assert stage["metrics"] == [{"metrics/retrieval.json": {"cache": False}}]
     plots = {next(iter(p)): next(iter(p.values())) for p in stage["plots"]}
     assert plots["plots/pr"] == {"cache": False, "x": "recall", "y": "precision"}

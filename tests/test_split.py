@@ -15,6 +15,7 @@ import pytest
 from cmrops import cli
 from cmrops.params import ParamsError, load_section
 from cmrops.schema import ASSIGNMENTS
+from cmrops.splitting.manifests import read_manifests
 from cmrops.stages.split import Protocol, SplitParams, run
 from tests.clean_helpers import flip, interim, labelled, rand64, read_json, row
 
@@ -107,6 +108,18 @@ def test_hashing_protocol_query_database_and_training_set(tmp_path: Path) -> Non
     assert stamped == {"name": "hashing", "kind": "hashing", "query": 100, "train": 500}
     assert m["labels"]["missing_from_a_set"] == {"query": [], "database": [], "train": []}
     assert set(m["leakage"]["pairs"]) == {"query-database", "query-train"}
+    # the manifests: the same sets as sorted id lists; no near-duplicate query by construction
+    lists = read_manifests(tmp_path / "split")
+    for name in ("query", "database"):
+        assert lists["sets"][name] == sorted(s for s, a in assign.items() if a["split"] == name)
+    assert lists["sets"]["train"] == sorted(s for s, a in assign.items() if a["in_train"])
+    assert lists["near_duplicate_queries"] == []
+    man = lists["manifest"]
+    assert man["counts"] == {"query": 100, "database": 700, "train": 500}
+    assert man["seed"] == 0
+    assert man["protocol"]["name"] == "hashing"
+    assert man["near_duplicate_queries"]["definition"]["image_radius"] == 8
+    assert "by construction" in man["near_duplicate_queries"]["definition"]["note"]
 
 
 # --------------------------------------------------------------------------- groups and leakage
@@ -189,6 +202,15 @@ def test_imported_split_from_csv_is_audited_honestly(tmp_path: Path) -> None:
     )
     assert len(m["leakage"]["listed"]) == min(3, leaks)
     assert m["leakage"]["listed_cap"] == 3
+    # the leakage seen from the query side: every query with a near-copy in the database
+    want = set()
+    for a, b in pairs:
+        if a in assign and b in assign and assign[a]["split"] != assign[b]["split"]:
+            want.add(a if assign[a]["split"] == "query" else b)
+    lists = read_manifests(tmp_path / "split")
+    assert leaks > 0
+    assert lists["near_duplicate_queries"] == sorted(want)
+    assert "imported" in lists["manifest"]["near_duplicate_queries"]["definition"]["note"]
 
 
 # --------------------------------------------------------------------------- stability

@@ -50,6 +50,26 @@ def near_duplicate_groups(n: int, pairs: Sequence[Pairs]) -> np.ndarray:
     return components(n, np.concatenate(edges) if edges else np.zeros((0, 2), np.int64))
 
 
+def _crossing(p: Pairs, ma: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """Per pair of ``p``: one sample in set ``a`` and the other in set ``b``."""
+    i, j = p.pairs[:, 0], p.pairs[:, 1]
+    return (ma[i] & mb[j]) | (mb[i] & ma[j])
+
+
+def linked_rows(pairs: Sequence[Pairs], ma: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """Bool mask of the rows of set ``a`` with a near-duplicate (a pair of any kind) in set
+    ``b``: e.g. the query samples that have a near-duplicate in the database - the pairs the
+    leakage audit counts, seen from the ``a`` side."""
+    out = np.zeros(len(ma), bool)
+    for p in pairs:
+        if len(p.pairs):
+            c = _crossing(p, ma, mb)
+            i, j = p.pairs[c, 0], p.pairs[c, 1]
+            out[i[ma[i]]] = True
+            out[j[ma[j]]] = True
+    return out
+
+
 def leakage(
     pairs: Sequence[Pairs],
     membership: Mapping[str, np.ndarray],
@@ -71,8 +91,7 @@ def leakage(
                 counts[key][p.kind] = 0
                 continue
             i, j = p.pairs[:, 0], p.pairs[:, 1]
-            cross = (ma[i] & mb[j]) | (mb[i] & ma[j])
-            hits = np.flatnonzero(cross)
+            hits = np.flatnonzero(_crossing(p, ma, mb))
             counts[key][p.kind] = len(hits)
             total += len(hits)
             for h in hits[: max(0, max_listed - len(listed))]:

@@ -6,6 +6,10 @@ effective labels) and writes:
 
 * ``<out>/assignments.parquet`` - :data:`~cmrops.schema.ASSIGNMENTS`, one row per clean sample,
   sorted by ``sample_id``; the protocol's name and spec are also in the file's schema metadata;
+* ``<out>/manifests/`` (:mod:`cmrops.splitting.manifests`) - every set as a sorted sample-id
+  list, the query samples with a near-duplicate in the database (linked by the grouping rule
+  below; empty by construction for a split this stage makes, the leakage for an imported one)
+  and ``manifest.json`` with their sha256s;
 * ``metrics_path`` (``metrics/split.json``) - sizes and targets, per-label balance per set, the
   groups, and the leakage audit.
 
@@ -63,7 +67,8 @@ import pyarrow.parquet as pq
 from cmrops import io
 from cmrops.cleaning.graph import size_histogram
 from cmrops.schema import ASSIGNMENTS, INTERIM_SAMPLES
-from cmrops.splitting.audit import leakage, near_duplicate_groups, near_pairs
+from cmrops.splitting.audit import leakage, linked_rows, near_duplicate_groups, near_pairs
+from cmrops.splitting.manifests import write_manifests
 from cmrops.splitting.stratify import GroupLabels, largest_remainder, stratify
 
 log = logging.getLogger(__name__)
@@ -272,11 +277,54 @@ def run(
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "assignments.parquet", table)
+    _write_manifests(out, table, pairs, membership, ids, params, protocol_name, spec, mode)
     io.write_json(Path(metrics_path) if metrics_path else out / "split.json", metrics)
     if release is not None:
         io.write_json(out / RELEASE_FILE, release)
         metrics = {**metrics, "release": release}
     return metrics
+
+
+def _write_manifests(
+    out: Path,
+    table: pa.Table,
+    pairs: Sequence[Any],
+    membership: dict[str, np.ndarray],
+    ids: list[str],
+    params: SplitParams,
+    protocol_name: str,
+    spec: dict[str, Any],
+    mode: str,
+) -> None:
+    """The split's manifests; near-duplicate queries by the grouping's own linking rule."""
+    near_dup: list[str] = []
+    if "query" in membership and "database" in membership:
+        rows = linked_rows(pairs, membership["query"], membership["database"])
+        near_dup = [ids[i] for i in np.flatnonzero(rows)]
+    why = (
+        "groups are assigned whole, so no query has a near-duplicate in the database by "
+        "construction (empty unless an anchor moved samples)"
+        if mode == "assigned"
+        else "imported split: the query samples linked to a database sample (its leakage)"
+    )
+    write_manifests(
+        out,
+        table,
+        near_dup,
+        {
+            "protocol": {"name": protocol_name, **spec},
+            "seed": params.seed,
+            "near_duplicates": {
+                "rule": (
+                    "a query sample whose image pHash is within image_radius or whose caption "
+                    "SimHash is within caption_radius of a database sample's"
+                ),
+                "image_radius": params.image_radius,
+                "caption_radius": params.caption_radius,
+                "note": why,
+            },
+        },
+    )
 
 
 #: ``anchor: previous`` - anchor on this stage's own last output
