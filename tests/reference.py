@@ -72,3 +72,30 @@ def histogram(q, db, ql, dl) -> tuple[np.ndarray, np.ndarray]:
         total[r] = np.bincount(d[r], minlength=n_bits + 1)
         relevant[r] = np.bincount(d[r][rel[r]], minlength=n_bits + 1)
     return total, relevant
+
+
+def first_relevant_ranks(d: np.ndarray, rel: np.ndarray, tie_orders) -> np.ndarray:
+    """Mean over the given tie orders (each a permutation of the database rows, used to break
+    equal distances) of the 1-based position of each query's first relevant item (NaN: none)."""
+    out = np.full(len(d), np.nan)
+    for q in range(len(d)):
+        if not rel[q].any():
+            continue
+        pos = []
+        for perm in tie_orders:
+            order = sorted(range(d.shape[1]), key=lambda j, q=q, perm=perm: (d[q, j], perm[j]))
+            pos.append(next(i for i, j in enumerate(order) if rel[q, j]) + 1)
+        out[q] = float(np.mean(pos))
+    return out
+
+
+def hit_rates(d: np.ndarray, rel: np.ndarray, tie_orders, k: int) -> np.ndarray:
+    """Mean over the tie orders of whether the top ``k`` holds a relevant item, per query."""
+    out = np.zeros(len(d))
+    for q in range(len(d)):
+        got = []
+        for perm in tie_orders:
+            order = sorted(range(d.shape[1]), key=lambda j, q=q, perm=perm: (d[q, j], perm[j]))
+            got.append(any(rel[q, j] for j in order[:k]))
+        out[q] = float(np.mean(got))
+    return out

@@ -494,3 +494,194 @@ def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
     spec = shown["data"]["plots/pk/dcmh-16_image_to_text.json"][0]["content"]
     assert spec["encoding"]["x"]["field"] == "k"
     assert [v["k"] for v in spec["data"]["values"]] == [1, 5, 10]
+
+
+# --------------------------------------------------------------------------- protocol (issue 13)
+
+
+def write_manifests_for(root: Path, near_duplicates: list[str]) -> None:
+    from cmrops.splitting.manifests import write_manifests
+
+    write_manifests(
+        root / "split",
+        io.read_parquet(root / "split" / "assignments.parquet"),
+        near_duplicates,
+        {"near_duplicates": {"rule": "constructed in the test"}},
+    )
+
+
+def aligned_baseline(root: Path, data: dict[str, Any], noise: float, seed: int = 1) -> None:
+    """A float-baseline folder as train writes it: L2-normalised float32 rows of one space."""
+    rng = np.random.default_rng(seed)
+    hot = data["hot"].astype(np.float64)
+    proto = rng.normal(size=(hot.shape[1], 32))
+    out = root / "codes" / "aligned-float"
+    nq = data["n_query"]
+    for modality in ("image", "text"):
+        x = hot @ proto + rng.normal(scale=noise, size=(len(hot), 32))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        io.write_npy(out / f"{modality}_query_float.npy", x[:nq])
+        io.write_npy(out / f"{modality}_database_float.npy", x[nq:])
+    io.write_json(
+        out / "meta.json",
+        {"kind": "float_baseline", "method": "aligned-float", "protocol": "hashing",
+         "split_seed": 7, "n_query": nq, "n_database": len(hot) - nq,
+         "alignment": {"model": "constructed"}},
+    )  # fmt: skip
+
+
+def test_protocol_card_and_the_mAP_without_near_duplicate_queries(tmp_path):
+    data = fabricate(tmp_path, n_query=30, n_database=120, models=(("dcmh", 32),))
+    folder = tmp_path / "codes" / "dcmh-32"
+    # a leaking query: query 0's text code is copied into the database, its labels made unique
+    ids, n_q = data["ids"], data["n_query"]
+    for kind, other in (("text", "image"), ("image", "text")):
+        for suffix in ("", "_float"):  # codes and float outputs
+            db = io.read_npy(folder / f"{kind}_database{suffix}.npy")
+            db[0] = io.read_npy(folder / f"{other}_query{suffix}.npy")[0]
+            io.write_npy(folder / f"{kind}_database{suffix}.npy", db)
+    labels = io.read_parquet(tmp_path / "labelled" / "labels.parquet").to_pylist()
+    labels = [r for r in labels if r["sample_id"] not in (ids[0], ids[n_q])]
+    labels += [{**LEAK, "sample_id": ids[0]}, {**LEAK, "sample_id": ids[n_q]}]
+    io.write_parquet(
+        tmp_path / "labelled" / "labels.parquet",
+        pa.Table.from_pylist(sorted(labels, key=lambda r: (r["sample_id"], r["label"])), LABELS),
+    )
+    m = evaluate(tmp_path)
+    assert m["protocol"]["manifests"] is None
+    assert m["protocol"]["near_duplicate_queries"]["count"] is None
+    assert "manifests" in m["notes"]
+    assert "float_baseline" in m["notes"]
+    assert "float_baseline" not in m
+    assert "map_without_near_duplicate_queries" not in m["models"]["dcmh-32"]["directions"][
+        "image_to_text"
+    ]["hash"]  # fmt: skip
+    write_manifests_for(tmp_path, [ids[0]])
+    m = evaluate(tmp_path)
+    card = m["protocol"]
+    assert card["split"] == {
+        "name": "hashing", "spec": {"name": "hashing", "kind": "hashing", "query": 30,
+                                    "train": 100}, "seed": 7,
+    }  # fmt: skip
+    assert card["sizes"] == {
+        "query": 30, "database": 120, "ranked_database": 120, "train": 100, "val": 0,
+    }  # fmt: skip
+    assert card["relevance"]["mode"] == "labels"
+    assert card["model_selection"]["rule"].startswith("validation split only")
+    assert card["map"]["at_k"]["used"] == {"50": 50, "1000": 120, "5000": 120}
+    assert card["ties"] == {"primary": "tie_aware", "secondary": "database_order", "float": "float"}
+    man = json.loads((tmp_path / "split" / "manifests" / "manifest.json").read_text())
+    assert card["manifests"] == {k: v["sha256"] for k, v in man["files"].items()}
+    assert card["near_duplicate_queries"] == {
+        "count": 1, "definition": {"rule": "constructed in the test"},
+    }  # fmt: skip
+    for direction in ("image_to_text", "text_to_image"):
+        d = m["models"]["dcmh-32"]["directions"][direction]
+        assert d["near_duplicate_queries"] == 1
+        for part in ("hash", "float"):
+            with_leak = d[part]["map"]
+            without = d[part]["map_without_near_duplicate_queries"]
+            # the leaking query finds its only relevant item at distance 0: AP 1
+            assert with_leak > without, (direction, part)
+            assert with_leak == pytest.approx((without * 29 + 1.0) / 30, abs=2e-6)
+    # no near-duplicate query: 0 and both figures equal
+    write_manifests_for(tmp_path, [])
+    d = evaluate(tmp_path)["models"]["dcmh-32"]["directions"]["image_to_text"]
+    assert d["near_duplicate_queries"] == 0
+    assert d["hash"]["map_without_near_duplicate_queries"] == d["hash"]["map"]
+    assert d["float"]["map_without_near_duplicate_queries"] == d["float"]["map"]
+
+
+LEAK = {"label": "leak-only", "source": "auto", "method": "provided", "confidence": 1.0}
+
+
+def test_stale_manifests_are_refused(tmp_path):
+    data = fabricate(tmp_path, n_query=10, n_database=30, models=(("dcmh", 16),))
+    write_split(tmp_path, data["ids"], 12)  # manifests of another query set than the codes'
+    write_manifests_for(tmp_path, [])
+    write_split(tmp_path, data["ids"], 10)
+    with pytest.raises(ValueError, match="not the codes' query set"):
+        evaluate(tmp_path)
+
+
+def test_aligned_float_baseline_and_vs_float_baseline(tmp_path):
+    data = fabricate(tmp_path, n_query=30, n_database=120, models=(("dcmh", 32), ("random", 32)))
+    aligned_baseline(tmp_path, data, noise=0.3)
+    write_manifests_for(tmp_path, [])
+    m = evaluate(tmp_path)
+    assert "float_baseline" not in m.get("notes", {})
+    base = m["float_baseline"]
+    assert base["kind"] == "float_baseline"
+    assert base["folder"] == "aligned-float"
+    assert base["dim"] == 32
+    assert "aligned-float" not in m["models"]  # not a hashing model
+    for direction in ("image_to_text", "text_to_image"):
+        b = base["directions"][direction]
+        assert set(b) >= {"map", "map_at", "precision_at", "recall_at", "ndcg_at"}
+        assert b["map_without_near_duplicate_queries"] == b["map"]
+        # the baseline equals a direct cosine computation
+        qm, dm = direction.split("_to_")
+        folder = tmp_path / "codes" / "aligned-float"
+        hot = data["hot"]
+        s = M.cosine_metrics(
+            io.read_npy(folder / f"{qm}_query_float.npy"),
+            io.read_npy(folder / f"{dm}_database_float.npy"),
+            hot[:30], hot[30:],
+        ).summary()  # fmt: skip
+        assert b["map"] == round(s["map"], 6)
+        for name in ("dcmh-32", "random-32"):
+            d = m["models"][name]["directions"][direction]
+            h = d["hash"]["map"]
+            assert d["vs_float_baseline"]["map"] == pytest.approx(h / b["map"], abs=1e-5)
+            assert d["vs_float_baseline"]["float_baseline_map"] == b["map"]
+        good = m["models"]["dcmh-32"]["directions"][direction]["vs_float_baseline"]["map"]
+        bad = m["models"]["random-32"]["directions"][direction]["vs_float_baseline"]["map"]
+        assert good > bad
+    with pytest.raises(ValueError, match="not a hashing model"):
+        evaluate(tmp_path, models=["aligned-float"])
+    meta = json.loads((tmp_path / "codes" / "aligned-float" / "meta.json").read_text())
+    io.write_json(tmp_path / "codes" / "aligned-float" / "meta.json", {**meta, "n_query": 3})
+    with pytest.raises(ValueError, match="n_query"):
+        evaluate(tmp_path)
+
+
+def test_pair_ranks_for_unlabelled_captions_match_a_brute_force_ranking(tmp_path):
+    from tests.reference import distances, first_relevant_ranks, hit_rates
+
+    data = fabricate(tmp_path, n_query=20, n_database=40, models=(("dcmh", 16),), labelled=False)
+    aligned_baseline(tmp_path, data, noise=0.5)
+    m = evaluate(tmp_path, pair_recall_at=[1, 5, 10, 500])
+    assert m["protocol"]["relevance"]["mode"] == "pair"
+    assert m["protocol"]["sizes"]["ranked_database"] == 60
+    folder = tmp_path / "codes" / "dcmh-16"
+    q = io.read_npy(folder / "image_query.npy")
+    db = np.concatenate(
+        [io.read_npy(folder / "text_query.npy"), io.read_npy(folder / "text_database.npy")]
+    )
+    d = distances(q, db)
+    rel = np.zeros(d.shape, bool)
+    rel[np.arange(20), np.arange(20)] = True  # the pair of query i is row i
+    out = m["models"]["dcmh-16"]["directions"]["image_to_text"]
+    assert out["cutoffs_clipped"]["500"] == 60
+    got = out["hash"]["pair_ranks"]
+    # database order: the one order a stable sort gives
+    ranks = first_relevant_ranks(d, rel, [tuple(range(60))])
+    assert got["database_order"]["median_rank"] == pytest.approx(np.median(ranks))
+    assert got["database_order"]["mean_rank"] == pytest.approx(ranks.mean(), abs=1e-6)
+    for k in (1, 5, 10):
+        want = hit_rates(d, rel, [tuple(range(60))], k).mean()
+        assert got["database_order"]["recall_at"][str(k)] == pytest.approx(want, abs=1e-6)
+    # tie-aware: the mean over random tie orders converges to the exact expectation
+    rng = np.random.default_rng(0)
+    orders = [tuple(rng.permutation(60)) for _ in range(300)]
+    ranks = first_relevant_ranks(d, rel, orders)
+    assert got["tie_aware"]["mean_rank"] == pytest.approx(ranks.mean(), rel=0.05)
+    assert got["tie_aware"]["recall_at"]["500"] == 1.0
+    assert got["tie_aware"]["recall_at"]["10"] == pytest.approx(
+        out["hash"]["recall_at"]["10"], abs=1e-6
+    )  # one relevant item: R@K = recall@K
+    # the float outputs and the aligned baseline rank by cosine
+    for part in (out["float"], m["float_baseline"]["directions"]["image_to_text"]):
+        pr = part["pair_ranks"]
+        assert 1 <= pr["median_rank"] <= 60
+        assert 0 <= pr["recall_at"]["1"] <= pr["recall_at"]["5"] <= pr["recall_at"]["10"] <= 1

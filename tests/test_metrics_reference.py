@@ -302,3 +302,28 @@ def test_database_order_blocks_match_one_pass(monkeypatch):
     for i in range(37):
         order = np.argsort(d[i], kind="stable")
         assert_close(flatten(whole, i), ref_ranked(rel[i][order], [10], [5]))
+
+
+# --------------------------------------------------------------------------- ranks (caption R@K)
+
+
+def test_first_relevant_rank_and_hit_rate_against_every_tie_order() -> None:
+    from tests.reference import first_relevant_ranks, hit_rates
+
+    rng = np.random.default_rng(5)
+    orders = list(itertools.permutations(range(6)))  # every order of the 6 database rows
+    for _ in range(4):
+        q = rng.integers(0, 2**63, size=(3, 1), dtype=np.uint64) & np.uint64(7)
+        db = rng.integers(0, 2**63, size=(6, 1), dtype=np.uint64) & np.uint64(7)
+        ql, dl = rng.integers(0, 3, size=3), rng.integers(0, 3, size=6)
+        total, relevant = M.histograms(q, db, ql, dl)
+        d, rel = distances(q, db), ref_relevance(ql, dl)
+        want = first_relevant_ranks(d, rel, orders)
+        np.testing.assert_allclose(M.first_relevant_rank(total, relevant), want, equal_nan=True)
+        for k in (1, 2, 5):
+            np.testing.assert_allclose(M.hit_at(total, relevant, k), hit_rates(d, rel, orders, k))
+        # database order: the identity tie order; the float ranking: a full sort of cosines
+        order = M.database_order_metrics(q, db, ql, dl, top_k=[1, 2, 5])
+        ident = [tuple(range(6))]
+        np.testing.assert_allclose(order.first_rank, first_relevant_ranks(d, rel, ident))
+        np.testing.assert_allclose(order.hit_at[2], hit_rates(d, rel, ident, 2))
