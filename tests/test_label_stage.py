@@ -17,6 +17,7 @@ import pytest
 
 from cmrops import cli
 from cmrops.labels import EmptyVocabularyError, UnknownSampleKeyError
+from cmrops.labels.induce import STOP_WORDS, InduceParams
 from cmrops.schema import INTERIM_SAMPLES, LABEL_EVIDENCE, LABEL_SAMPLES, LABELS, QUARANTINE
 from cmrops.stages.label import (
     KeywordParams,
@@ -287,10 +288,13 @@ def test_unknown_labels_from_sources_are_reported_not_fatal(tmp_path, caplog):
 def test_empty_vocabulary_is_an_error(tmp_path, capsys):
     interim = write_interim(tmp_path / "interim", [S("1", ("a dog",))])
     with pytest.raises(EmptyVocabularyError, match="vocabulary is empty"):
+        run(LabelParams(induce=InduceParams(enabled=False)), interim, tmp_path / "out")
+    # induction on, but one sample: every word is in all of them, above max_df
+    with pytest.raises(EmptyVocabularyError, match="none could be induced"):
         run(LabelParams(), interim, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     params = tmp_path / "params.yaml"
-    params.write_text("label:\n  vocabulary: []\n")
+    params.write_text("label:\n  vocabulary: []\n  induce: {enabled: false}\n")
     args = ["label", "--params", str(params), "--interim", str(interim), "--out", str(tmp_path)]
     assert cli.main(args) == 2
     assert "cmrops label: error: the label vocabulary is empty" in capsys.readouterr().err
@@ -484,6 +488,44 @@ def test_coco_categories_flow_through_and_keywords_agree(coco_mini, tmp_path):
     assert agree["kappa_per_label"]["dog"] >= 0.7
     assert m["review"]["queue"] == 100
     assert m["review"]["by_reason"] == {"disagree": 100}
+
+
+def test_vocabulary_induced_from_unlabelled_coco_captions(coco_mini, tmp_path):
+    lines = (coco_mini / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    # Flickr8k-style: captions only, the COCO categories withheld
+    samples = [S(p["image"], tuple(p["captions"])) for p in pairs]
+    interim = write_interim(tmp_path / "interim", samples)
+    params = LabelParams(induce=InduceParams(size=40))
+    m = run(params, interim, tmp_path / "out")
+    vocab = json.loads((tmp_path / "out" / "vocabulary.json").read_text())
+    assert vocab["induced"] is True
+    how = vocab["induce"]
+    assert how["samples"] == len(samples) == 159
+    labels = vocab["labels"]
+    assert len(labels) == m["vocabulary"]["size"] == 40
+    # content words: alphabetic, no stop word, singular where the captions have the singular
+    assert all(w.isalpha() and len(w) >= 3 and w not in STOP_WORDS for w in labels)
+    assert not [w for w in labels if w.endswith("s") and w[:-1] in labels]
+    # frequency order and bounds, as stated
+    df = how["document_frequency"]
+    assert set(df) == set(labels)
+    assert all(0.01 <= f <= 0.25 for f in df.values())
+    ranked = [(-df[w], w) for w in how["by_frequency"]]
+    assert ranked == sorted(ranked)
+    assert sorted(how["by_frequency"]) == labels
+    # sensible: a good share of the induced words are COCO category names of these photos
+    cats = {c for p in pairs for c in p["labels"]}
+    assert len(set(labels) & cats) >= 6, sorted(set(labels) & cats)
+    # the keyword method labels with them: most samples get a label, only induced ones
+    got = _labels(tmp_path / "out")
+    assert len(got) >= 0.8 * len(samples)
+    assert set().union(*got.values()) <= set(labels)
+    assert m["per_method"].get("keyword", 0) > 0
+    # deterministic: the same bytes again
+    run(params, interim, tmp_path / "again")
+    for name in ("vocabulary.json", "labels.parquet"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
 def test_cli_label_command(tmp_path, capsys):

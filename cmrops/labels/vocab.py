@@ -52,8 +52,9 @@ class Vocabulary:
         cleaned = sorted({c for c in (clean_label(x) for x in labels) if c})
         if not cleaned:
             raise EmptyVocabularyError(
-                "the label vocabulary is empty: list labels under label.vocabulary in params, or "
-                "set label.from_sources: true with a source that provides labels"
+                "the label vocabulary is empty: list labels under label.vocabulary in params, "
+                "set label.from_sources: true with a source that provides labels, or set "
+                "label.induce.enabled: true to induce them from the captions"
             )
         for label in cleaned:
             if LABEL_SEPARATOR in label or label == NO_LABEL:

@@ -17,7 +17,9 @@ label / review answer files named in params, and writes under ``out_dir``:
   labels, samples without a label, review queue size.
 
 **Vocabulary.** ``vocabulary`` in params, plus the union of the labels the sources provide
-when ``from_sources`` is true; an empty result is an error. Caption terms per label come from
+when ``from_sources`` is true; when that is empty, a keyword vocabulary is induced from the
+captions (``induce``, :mod:`cmrops.labels.induce`; ``"induced": true`` in vocabulary.json), or,
+with ``induce.enabled: false``, it is an error. Caption terms per label come from
 ``synonym_presets`` and ``synonyms`` (:mod:`cmrops.labels.vocab`). A label outside it - a
 source's category with ``from_sources: false``, a manual file's typo - is counted under
 ``unknown_labels`` in the metrics and logged, never written and never fatal.
@@ -59,6 +61,7 @@ import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.labels import review, zeroshot
+from cmrops.labels.induce import InduceParams, induce_vocabulary
 from cmrops.labels.keywords import KeywordMatcher
 from cmrops.labels.manual import FileFormat, KeyIndex, read_statements
 from cmrops.labels.presets import PRESETS
@@ -153,6 +156,7 @@ class LabelParams:
     zeroshot: ZeroShotParams = field(default_factory=ZeroShotParams)
     manual: tuple[str | ManualFile, ...] = ()  # human label files, merged in order
     review: ReviewParams = field(default_factory=ReviewParams)
+    induce: InduceParams = field(default_factory=InduceParams)  # no labels at all: from captions
 
     def __post_init__(self) -> None:
         if len(set(self.auto_methods)) != len(self.auto_methods):
@@ -208,7 +212,7 @@ def run(
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     samples = _load_samples(interim)
     ids = samples["sample_id"]
-    vocab, vocab_json = _vocabulary(params, samples["labels"])
+    vocab, vocab_json = _vocabulary(params, samples["labels"], samples["captions_norm"])
 
     ev = _Evidence(vocab)
     methods: dict[str, dict[str, Any]] = {}
@@ -322,11 +326,15 @@ def _quarantined(interim: Path) -> list[tuple[str | None, str | None, str | None
 
 
 def _vocabulary(
-    params: LabelParams, provided: list[list[str]]
+    params: LabelParams, provided: list[list[str]], captions: list[list[str]]
 ) -> tuple[Vocabulary, dict[str, Any]]:
     labels = list(params.vocabulary)
     if params.from_sources:
         labels += sorted({clean_label(x) for row in provided for x in row})
+    induced = None
+    if not any(clean_label(x) for x in labels) and params.induce.enabled:
+        labels, induced = induce_vocabulary(captions, params.induce)
+        log.info("label: no labels given; induced %d from the captions", len(labels))
     synonyms: dict[str, list[str]] = defaultdict(list)
     for name in params.synonym_presets:
         for label, words in PRESETS[name].items():
@@ -343,7 +351,10 @@ def _vocabulary(
         "from_sources": params.from_sources,
         "synonym_presets": list(params.synonym_presets),
         "synonyms_outside_vocabulary": user_unused,
+        "induced": induced is not None,
     }
+    if induced is not None:
+        info["induce"] = induced
     return vocab, info
 
 
