@@ -105,8 +105,9 @@ STAGES: dict[str, Stage] = {
             (
                 "--codes", "data/codes", "--labelled", "data/labelled", "--split", "data/split",
                 "--metrics", "metrics/retrieval.json", "--plots", "plots",
+                "--train-metrics", "metrics/train.json",
             ),
-            ("data/codes", "data/labelled", "data/split"),
+            ("data/codes", "data/labelled", "data/split", "metrics/train.json"),
             ("metrics/retrieval.json", "plots"),
         ),
     )
