@@ -323,7 +323,7 @@ def test_repository_params_yaml_has_a_valid_train_section() -> None:
     root = Path(__file__).resolve().parents[1]
     p = load_section(root / "params.yaml", "train", TrainParams)
     assert p.bits == (16, 32, 64, 128)
-    assert p.methods == ("dcmh", "contrastive", "djsrh", "itq", "cca", "cmfh")
+    assert p.methods == ("dcmh", "contrastive", "itq", "cca", "cmfh")  # djsrh: opt-in (CI time)
     assert p.finetune_encoder is None
 
 
@@ -405,7 +405,7 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     sh("dvc", "exp", "run", "-S", "train.bits=[32]")
     models = sorted(f"{method}-32" for method in p["methods"])  # every default method
-    assert len(models) == 6
+    assert len(models) == 5
     assert sorted(x.name for x in (tmp_path / "data" / "codes").iterdir()) == [
         *models,
         "rows.parquet",
