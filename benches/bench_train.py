@@ -17,6 +17,17 @@ best of ``--repeat`` runs.
 **Baseline.** The ratio column compares every row with ``dcmh-64`` (the supervised method at the
 usual code length). Torch threads: torch's default (``torch.get_num_threads()``, printed).
 Results also go to ``bench-results/train.json``.
+
+**Method quality** (``--quality``): every method of :data:`cmrops.methods.CATALOGUE` at each bit
+length on synthetic pairs of the main job's shape (``--n`` training pairs, default 1,700, 24
+labels, noise 2, 1280/384-d; 200 validation pairs for model selection, 400 held-out queries
+retrieving from the training pairs), with the train stage's default settings (50 epochs,
+patience 10, heads 1024 wide): test mAP image→text and text→image (tie-aware, relevance =
+sharing a label), the mAP of random codes, and the wall time of each fit (closed-form: the
+solve; deep: the whole loop with validation). Results go to ``bench-results/train_methods.json``.
+
+    .venv/bin/python benches/bench_train.py --quality              # all methods, 16/32/64/128
+    .venv/bin/python benches/bench_train.py --quality --methods itq cca cmfh
 """
 
 from __future__ import annotations
@@ -45,7 +56,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="1,024 samples, 1 epoch, 1 run")
     ap.add_argument("--out", default="bench-results/train.json")
+    ap.add_argument("--quality", action="store_true", help="mAP and fit time of every method")
+    ap.add_argument("--methods", nargs="+", default=None, help="with --quality: these only")
     args = ap.parse_args()
+    if args.quality:
+        return quality(args)
     if args.quick:
         args.n, args.epochs, args.repeat = 1024, 1, 1
 
@@ -117,6 +132,71 @@ def main() -> int:
         )
         + "\n"
     )
+    return 0
+
+
+def quality(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from cmrops import pack_bits
+    from cmrops.methods import METHODS, info
+    from cmrops.models import encode
+    from cmrops.models.ranking import cross_modal_map
+    from cmrops.models.synthetic import subset
+
+    n = 1700 if args.n == 4096 else args.n  # the main job's training set by default
+    bits_list = [16, 32, 64, 128] if args.bits == [16, 64, 128] else args.bits
+    d = synthetic_pairs(n + 600, n_labels=24, image_dim=1280, text_dim=384, noise=2.0, seed=0)
+    train, val, query = (
+        subset(d, np.arange(n)),
+        subset(d, np.arange(n, n + 200)),
+        subset(d, np.arange(n + 200, n + 600)),
+    )
+    print(
+        f"method quality on synthetic pairs: {n} train / 200 val / 400 query, 24 labels, "
+        f"1280/384-d, {torch.get_num_threads()} torch threads"
+    )
+    head = ("model", "i2t", "t2i", "val", "random", "seconds", "steps")
+    print(f"{head[0]:<16} " + " ".join(f"{h:>7}" for h in head[1:]))
+    rows = []
+    rng = np.random.default_rng(0)
+    for method in args.methods or METHODS:
+        for bits in bits_list:
+            cfg = TrainConfig(method)  # type: ignore[arg-type]
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                r = fit(HasherConfig(1280, 384, bits), cfg, train, val, Path(tmp) / "m",
+                        device="cpu", progress=False)  # fmt: skip
+                seconds = time.perf_counter() - t0
+            qi, qt = (pack_bits(x > 0) for x in encode(r.model, query))
+            di, dt = (pack_bits(x > 0) for x in encode(r.model, train))
+            s = cross_modal_map(qi, qt, di, dt, query.labels, train.labels)
+            rand = cross_modal_map(
+                *(pack_bits(rng.random((len(x), bits)) < 0.5) for x in (qi, qt, di, dt)),
+                query.labels,
+                train.labels,
+            )["map"]
+            row = {
+                "model": f"{method}-{bits}",
+                "kind": info(method).kind,
+                "i2t": round(s["i2t"], 4),
+                "t2i": round(s["t2i"], 4),
+                "val_map": round(r.best_val_map or 0.0, 4),
+                "random_map": round(rand, 4),
+                "seconds": round(seconds, 2),
+                "steps": r.steps,
+            }
+            rows.append(row)
+            print(
+                f"{row['model']:<16} {row['i2t']:>7.3f} {row['t2i']:>7.3f} {row['val_map']:>7.3f} "
+                f"{rand:>7.3f} {seconds:>7.1f} {r.steps:>7}",
+                flush=True,
+            )
+    out = Path(args.out).with_name("train_methods.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"n_train": n, "rows": rows}, indent=2) + "\n")
     return 0
 
 

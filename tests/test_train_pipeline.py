@@ -92,7 +92,8 @@ def test_train_on_the_real_upstream_stages(tmp_path: Path) -> None:
     for name, s in train["models"].items():
         print(f"{name}: best val mAP {s['best_val_map']}, {s['steps']} steps")
         assert s["best_val_map"] is not None, name
-        assert s["steps"] > 0, name
+        if train["methods"][name.rsplit("-", 1)[0]]["kind"] == "deep":  # cca: a solve, 0 steps
+            assert s["steps"] > 0, name
         codes = np.load(tmp_path / "codes" / name / "text_database.npy")
         assert codes.shape == (len(a) - 20, 1)
 

@@ -33,10 +33,14 @@ FAST = TrainParams(
 
 
 def fabricate(
-    root: Path, n: int = 400, protocol: str = "hashing", seed: int = 0
+    root: Path,
+    n: int = 400,
+    protocol: str = "hashing",
+    seed: int = 0,
+    dims: tuple[int, int] = (32, 24),
 ) -> dict[str, Path]:
     """Upstream outputs for ``n`` samples: clean samples, features, labels, assignments."""
-    data = synthetic_pairs(n, n_labels=6, image_dim=32, text_dim=24, noise=0.8, seed=seed)
+    data = synthetic_pairs(n, n_labels=6, image_dim=dims[0], text_dim=dims[1], noise=0.8, seed=seed)
     ids = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()[:16] for i in range(n)]
     # feature rows deliberately not in sample order
     perm = np.random.default_rng(seed).permutation(n)
@@ -53,8 +57,8 @@ def fabricate(
         {
             "embeddings": True,
             "rows": n,
-            "image": {"encoder": "syn", "dim": 32},
-            "text": {"encoder": "syn", "dim": 24},
+            "image": {"encoder": "syn", "dim": dims[0]},
+            "text": {"encoder": "syn", "dim": dims[1]},
         },
     )
     io.write_parquet(
@@ -291,7 +295,15 @@ def test_params_section_loads_strictly(tmp_path: Path) -> None:
         "  bitz: [32]\n": "unknown key",
         "  bits: [33]\n": "not supported",
         "  bits: [32, 32]\n": "must not repeat",
-        "  methods: [dcmh, hashnet]\n": "unknown",
+        "  methods: [dcmh, hashnet]\n": r"unknown \['hashnet'\]; choose from: dcmh \(deep, super",
+        "  methods: [itq]\n  finetune_encoder: clip\n": "work on the embeddings",
+        "  djsrh:\n    beta: 1.5\n": r"djsrh\.beta must be in \[0\.0, 1\.0\]",
+        "  djsrh:\n    gamma: 1\n": r"train\.djsrh: unknown key\(s\) gamma; allowed: beta, centre",
+        "  itq:\n    iterations: -1\n": "itq.iterations must be >= 0",
+        "  itq: 3\n": "expected a mapping",
+        "  cca:\n    reg: 0\n": "cca.reg must be",
+        "  cmfh:\n    image_weight: 1.0\n": "cmfh.image_weight must be in",
+        "  cmfh:\n    iterations: 0\n": "cmfh.iterations must be >= 1",
         "  lr: 0\n": "lr must be",
         "  epochs: 0\n": "epochs must be",
         "  val_fraction: 1.5\n": "val_fraction",
@@ -311,6 +323,7 @@ def test_repository_params_yaml_has_a_valid_train_section() -> None:
     root = Path(__file__).resolve().parents[1]
     p = load_section(root / "params.yaml", "train", TrainParams)
     assert p.bits == (16, 32, 64, 128)
+    assert p.methods == ("dcmh", "contrastive", "itq", "cca", "cmfh")  # djsrh: opt-in (CI time)
     assert p.finetune_encoder is None
 
 
@@ -363,7 +376,7 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     assert (bindir / "dvc").is_file(), f"dvc missing from {bindir}: run scripts/bootstrap.sh"
     assert shutil.which("git"), "git is not on PATH"
     repo = Path(__file__).resolve().parents[1]
-    fabricate(tmp_path / "data", n=160)
+    fabricate(tmp_path / "data", n=160, dims=(48, 40))  # cca/itq need bits <= both dims
     # deps that only fine-tuning reads (the images and captions); present in every real run
     shutil.copy(tmp_path / "data/clean/samples.parquet", tmp_path / "data/interim/samples.parquet")
     (tmp_path / "data/raw/objects").mkdir(parents=True)
@@ -391,10 +404,11 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     sh("git", "add", "-A")
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     sh("dvc", "exp", "run", "-S", "train.bits=[32]")
+    models = sorted(f"{method}-32" for method in p["methods"])  # every default method
+    assert len(models) == 5
     assert sorted(x.name for x in (tmp_path / "data" / "codes").iterdir()) == [
-        "contrastive-32",
-        "dcmh-32",
+        *models,
         "rows.parquet",
     ]
     m = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert sorted(m["models"]) == ["contrastive-32", "dcmh-32"]
+    assert sorted(m["models"]) == models

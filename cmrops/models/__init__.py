@@ -1,6 +1,9 @@
-"""Cross-modal hashing models: the network (:mod:`.hasher`), the objectives (:mod:`.losses`),
-the training loop (:mod:`.loop`), checkpoints (:mod:`.checkpoint`) and validation mAP
-(:mod:`.ranking`). Importing this package imports torch."""
+"""Cross-modal hashing models: the network (:mod:`.hasher`), the objectives (:mod:`.losses`,
+:mod:`.djsrh`), the training loop (:mod:`.loop`, the single ``fit`` of every method), the
+closed-form methods (:mod:`.closed_form` over :mod:`.itq`, :mod:`.cca`, :mod:`.cmfh`, as
+:mod:`.linear` projections), checkpoints (:mod:`.checkpoint`) and validation mAP
+(:mod:`.ranking`). The method catalogue is :mod:`cmrops.methods`. Importing this package
+imports torch."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ A checkpoint is one directory (``models/<method>-<bits>/``):
 * ``model.safetensors`` - the weights (the current ones while training; once ``state.json`` says
   ``done``, the selected ones: best validation mAP);
 * ``best.safetensors`` - while training, the best weights so far (absent once done);
-* ``optimizer.safetensors`` - every tensor of the optimizer state, named ``state.<param>.<key>``;
+* ``optimizer.safetensors`` - every tensor of the optimizer state, named ``state.<param>.<key>``
+  (absent for a closed-form model, :mod:`cmrops.models.closed_form`, which has no optimizer);
 * ``state.json`` - format and version, step / epoch / batch position, early-stopping state, loss
   history, the optimizer's non-tensor part (param groups, scalar state), the RNG states (torch,
   CUDA, numpy, python) and the SHA-256 of every other file.
@@ -115,12 +116,12 @@ def save(
     directory: str | os.PathLike[str],
     config: dict[str, Any],
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write a checkpoint atomically. ``state`` is the loop's JSON-able state; ``best`` the best
-    weights so far (while training)."""
+    weights so far (while training); ``optimizer`` None: a model solved without one."""
     d = Path(directory)
     recover(d)
     tmp = _tmp(d)
@@ -129,8 +130,10 @@ def save(
     save_file(_cpu(model.state_dict()), tmp / "model.safetensors", metadata=meta)
     if best is not None:
         save_file(_cpu(best), tmp / "best.safetensors", metadata=meta)
-    opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors", metadata=meta)
+    opt_json = None
+    if optimizer is not None:
+        opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, tmp / "optimizer.safetensors", metadata=meta)
     io.write_json(tmp / "config.json", config)
     files = {
         name: io.sha256_file(tmp / name)
@@ -221,6 +224,8 @@ def load(
     best = _read_tensors(d / "best.safetensors", expected) if "best.safetensors" in files else None
     model.load_state_dict(weights)
     if optimizer is not None:
+        if "optimizer.safetensors" not in files:
+            raise CheckpointError(f"{d}: no optimizer state (a model solved without one)")
         optimizer.load_state_dict(_optimizer_state(d, state.get("optimizer"), optimizer))
     return state, best
 

@@ -1,6 +1,11 @@
 """The one training loop, for every method and code length.
 
-:func:`fit` trains a :class:`~cmrops.models.hasher.CrossModalHasher` on paired embeddings:
+:func:`fit` is the single entry point of training, for every method of
+:data:`cmrops.methods.CATALOGUE`. A closed-form method (``itq``, ``cca``, ``cmfh``) is handed to
+:func:`cmrops.models.closed_form.fit` (no optimiser: a float64 solve, same checkpoint folder and
+reload rules). A deep method (``dcmh``, ``contrastive``, ``djsrh``) trains a
+:class:`~cmrops.models.hasher.CrossModalHasher` on paired embeddings here, the method selecting
+the batch loss (:func:`_batch_loss`):
 
 * device: ``auto`` picks CUDA when torch sees a GPU, else the CPU (never a fixed ``cuda:N``);
   on CUDA the forward pass runs under bf16 autocast (losses in float32);
@@ -39,18 +44,22 @@ import torch
 from tqdm.auto import tqdm
 
 from cmrops.codes import pack_bits
+from cmrops.methods import METHODS as METHODS
+from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions, info
 from cmrops.models import checkpoint as ckpt
+from cmrops.models.djsrh import djsrh_loss, joint_affinity
 from cmrops.models.finetune import EncoderHasher, build_hasher
 from cmrops.models.hasher import CrossModalHasher, HasherConfig
+from cmrops.models.linear import LinearHasher
 from cmrops.models.losses import contrastive_loss, dcmh_loss, label_similarity
 from cmrops.models.ranking import cross_modal_map
 
 log = logging.getLogger(__name__)
 
-Method = Literal["dcmh", "contrastive"]
-METHODS: tuple[str, ...] = ("dcmh", "contrastive")
+Method = Literal["dcmh", "contrastive", "djsrh", "itq", "cca", "cmfh"]
+OPTIONS = ("djsrh", "cca", "itq", "cmfh")  # TrainConfig fields holding one method's knobs
 ENCODE_BATCH = 4096  # fixed, so codes never depend on how many rows are encoded at once
-Hasher = CrossModalHasher | EncoderHasher
+Hasher = CrossModalHasher | EncoderHasher | LinearHasher
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,11 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps; 0 = only at the end
     seed: int = 0
     encoder_lr: float = 1e-5  # learning rate of the fine-tuned encoder blocks (finetune only)
+    # One method's own knobs each (cmrops.methods); only the trained method's go to config.json.
+    djsrh: DjsrhOptions = field(default_factory=DjsrhOptions)
+    cca: CcaOptions = field(default_factory=CcaOptions)
+    itq: ItqOptions = field(default_factory=ItqOptions)
+    cmfh: CmfhOptions = field(default_factory=CmfhOptions)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -137,6 +151,9 @@ def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: s
     train = asdict(train_config)
     if model_config.encoder is None:  # no encoder to fine-tune: the setting means nothing
         del train["encoder_lr"]
+    for name in OPTIONS:  # other methods' knobs: changing them must not invalidate this model
+        if name != train_config.method:
+            del train[name]
     return {"model": model_config.to_json(), "train": train, "data": data_id}
 
 
@@ -160,8 +177,22 @@ def fit(
     step's checkpoint), e.g. to stop a test run half-way."""
     from cmrops.encoders import resolve_device
 
-    if config.method == "dcmh" and train.labels is None:
-        raise ValueError("method dcmh is supervised: the training samples need labels")
+    method = info(config.method)
+    if method.supervised and train.labels is None:
+        raise ValueError(f"method {method.name} is supervised: the training samples need labels")
+    if method.kind == "closed_form":
+        from cmrops.models import closed_form
+
+        return closed_form.fit(
+            model_config, config, train, val, checkpoint_dir, val_database=val_database
+        )
+    if config.method == "djsrh" and (
+        model_config.encoder is not None or not isinstance(train.image, np.ndarray)
+    ):
+        raise ValueError(
+            "method djsrh builds its affinity graph from the embeddings; it does not combine "
+            "with an encoder to fine-tune (train.finetune_encoder): use dcmh or contrastive"
+        )
     dev = torch.device(resolve_device(device))
     if dev.type == "cuda":  # cuBLAS needs this for deterministic results; set before first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -255,6 +286,7 @@ def _fit(
         if train.labels is not None
         else None
     )
+    feats = _affinity_inputs(config, train, dev)
     n = len(train)
     bs = min(config.batch_size, n)
     steps_per_epoch = n // bs
@@ -285,14 +317,7 @@ def _fit(
             with autocast:
                 images = _tensor(x_img[idx.cpu().numpy()]).to(dev) if lazy else x_img[idx]
                 f, g = model(images, x_txt[idx])
-            if config.method == "dcmh":
-                assert y is not None
-                s = label_similarity(y[idx], y[idx])
-                loss, parts = dcmh_loss(f, g, s, config.quantization_weight, config.balance_weight)
-            else:
-                loss, parts = contrastive_loss(
-                    f, g, config.temperature, config.quantization_weight, config.balance_weight
-                )
+            loss, parts = _batch_loss(config, f, g, idx, y, feats)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -359,6 +384,39 @@ def _fit(
     ckpt.save(directory, run_cfg, model, opt, state)
     model.eval()
     return _result(model, state, relevance, resumed_from, clock)
+
+
+def _affinity_inputs(
+    config: TrainConfig, train: PairedData, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What DJSRH's affinity graph is built from: the training embeddings (float32, centred by
+    their mean when ``djsrh.centre``); None for the other methods."""
+    if config.method != "djsrh":
+        return None
+    x, y = (torch.from_numpy(np.asarray(a, np.float64)) for a in (train.image, train.text))
+    if config.djsrh.centre:
+        x, y = x - x.mean(dim=0), y - y.mean(dim=0)
+    return x.float().to(dev), y.float().to(dev)
+
+
+def _batch_loss(
+    config: TrainConfig,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    idx: torch.Tensor,
+    labels: torch.Tensor | None,
+    feats: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The method's objective on one batch (rows ``idx`` of the training set)."""
+    qw, bw = config.quantization_weight, config.balance_weight
+    if config.method == "dcmh":
+        assert labels is not None
+        return dcmh_loss(f, g, label_similarity(labels[idx], labels[idx]), qw, bw)
+    if config.method == "djsrh":
+        assert feats is not None
+        target = joint_affinity(feats[0][idx], feats[1][idx], config.djsrh)
+        return djsrh_loss(f, g, target, config.djsrh, qw, bw)
+    return contrastive_loss(f, g, config.temperature, qw, bw)
 
 
 def encode(

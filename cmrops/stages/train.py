@@ -9,19 +9,22 @@
   them only the unsupervised method can train, and validation counts the paired item as the
   relevant one);
 
-and trains one model per (method, bit length) in params (:mod:`cmrops.models`), writing
+and trains one model per (method, bit length) in params (:mod:`cmrops.models`; the methods are
+:data:`cmrops.methods.CATALOGUE`: deep ones through the one training loop, closed-form ones
+solved in float64, all through :func:`cmrops.models.loop.fit`), writing
 
-* ``<models>/<method>-<bits>/`` - the checkpoint: ``model.safetensors`` (the selected weights),
-  ``optimizer.safetensors``, ``state.json``, ``config.json``
-  (:mod:`cmrops.models.checkpoint`);
+* ``<models>/<method>-<bits>/`` - the checkpoint: ``model.safetensors`` (the selected weights,
+  or a closed-form method's projection matrices), ``optimizer.safetensors`` (deep methods),
+  ``state.json``, ``config.json`` (:mod:`cmrops.models.checkpoint`);
 * ``<codes>/<method>-<bits>/{image,text}_{query,database}.npy`` - packed ``uint64`` codes,
   ``cmrops.pack_bits(x > 0)``, shape ``(n, ceil(bits / 64))``; ``..._float.npy`` - the
-  continuous head outputs (float32) they come from; ``meta.json`` - method, bits, protocol,
-  split seed, model directory, set sizes, steps, final losses, best validation mAP;
+  continuous head outputs or projections (float32) they come from; ``meta.json`` - method
+  (and ``method_info``: kind, family, supervised, paper), bits, protocol, split seed, model
+  directory, set sizes, steps, final losses, best validation mAP;
 * ``<codes>/rows.parquet`` - ``role`` (query / database), ``row``, ``sample_id``: the sample of
   each code row, the same for every model (samples in ``sample_id`` order within a role);
 * ``metrics_path`` (``metrics/train.json``) - per model: steps, epochs, best validation mAP and
-  its step, the early-stop step, samples/s, final losses.
+  its step, the early-stop step, final losses; ``methods``: what each trained method is.
 
 **Roles.** Hashing protocol (sets query / database): query = ``query``, database =
 ``database``, training = ``in_train``. Ratio protocol (train / val / test): training =
@@ -46,7 +49,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmrops import io
+from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
 from cmrops.schema import CODE_ROWS
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,8 @@ STAGE = "train"
 class TrainParams:
     """The ``train:`` section of params.yaml."""
 
-    methods: tuple[str, ...] | str = ("dcmh", "contrastive")  # dcmh (supervised), contrastive
+    # every method but djsrh (cmrops.methods): it runs all its epochs, ~4x dcmh's time in CI
+    methods: tuple[str, ...] | str = ("dcmh", "contrastive", "itq", "cca", "cmfh")
     bits: tuple[int, ...] | int = (16, 32, 64, 128)  # one model per method and bit length
     epochs: int = 50
     batch_size: int = 128
@@ -91,10 +96,15 @@ class TrainParams:
     finetune_encoder: str | None = None
     encoder_layers: int = 2  # its last blocks per tower that train with the heads (-1: all)
     encoder_lr: float = 1e-5  # their learning rate
+    # Each method's own knobs (cmrops.methods), defaults from the papers.
+    djsrh: DjsrhOptions = field(default_factory=DjsrhOptions)
+    cca: CcaOptions = field(default_factory=CcaOptions)
+    itq: ItqOptions = field(default_factory=ItqOptions)
+    cmfh: CmfhOptions = field(default_factory=CmfhOptions)
 
     def __post_init__(self) -> None:
+        from cmrops.methods import METHODS, describe, info
         from cmrops.models.hasher import SUPPORTED_BITS
-        from cmrops.models.loop import METHODS
 
         methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
         bits = (self.bits,) if isinstance(self.bits, int) else tuple(self.bits)
@@ -104,7 +114,7 @@ class TrainParams:
             raise ValueError("methods and bits must each name at least one value")
         bad = [m for m in methods if m not in METHODS]
         if bad:
-            raise ValueError(f"methods: unknown {bad}; choose from {list(METHODS)}")
+            raise ValueError(f"methods: unknown {bad}; {describe()}")
         bad_bits = [b for b in bits if b not in SUPPORTED_BITS]
         if bad_bits:
             raise ValueError(f"bits: {bad_bits} not supported; choose from {list(SUPPORTED_BITS)}")
@@ -116,6 +126,12 @@ class TrainParams:
             raise ValueError(f"val_database_max must be >= 1, got {self.val_database_max}")
         if self.finetune_encoder is not None and not str(self.finetune_encoder).strip():
             raise ValueError("finetune_encoder: empty; name a CLIP-style model or use null")
+        on_embeddings = [m for m in methods if m == "djsrh" or info(m).kind == "closed_form"]
+        if self.finetune_encoder is not None and on_embeddings:
+            raise ValueError(
+                f"methods {on_embeddings} work on the embeddings, not with finetune_encoder; "
+                "train them in a run without it, or use methods: [dcmh, contrastive]"
+            )
         for m in methods:  # the optimisation settings, validated once
             self.train_config(m)
         for b in bits:
@@ -138,6 +154,10 @@ class TrainParams:
             checkpoint_every=self.checkpoint_every,
             seed=self.seed,
             encoder_lr=self.encoder_lr,
+            djsrh=self.djsrh,
+            cca=self.cca,
+            itq=self.itq,
+            cmfh=self.cmfh,
         )
 
     def model_config(
@@ -186,10 +206,11 @@ def cli_main(args: Any) -> int:
     for name, s in m["models"].items():
         best = "-" if s["best_val_map"] is None else f"{s['best_val_map']:.4f}"
         stop = f", early stop at {s['early_stop_step']}" if s["early_stop_step"] else ""
-        print(
-            f"  {name}: {s['steps']} steps, {s['epochs']} epochs, best val mAP {best}{stop}, "
-            f"{m['throughput'][name]['samples_per_s']:.0f} samples/s"
-        )
+        if m["methods"][name.rsplit("-", 1)[0]]["kind"] == "closed_form":
+            runs = f"closed form, {s['steps']} iterations, val mAP {best}"
+        else:
+            runs = f"{s['steps']} steps, {s['epochs']} epochs, best val mAP {best}{stop}"
+        print(f"  {name}: {runs}, {m['throughput'][name]['samples_per_s']:.0f} samples/s")
     return 0
 
 
@@ -213,6 +234,7 @@ def run(
     the images that a fine-tuned encoder reads."""
     from cmrops.codes import pack_bits
     from cmrops.encoders import resolve_device
+    from cmrops.methods import info
     from cmrops.models import checkpoint as ckpt
     from cmrops.models.loop import PairedData, encode, fit
 
@@ -223,10 +245,12 @@ def run(
         Path(labelled_dir) if labelled_dir else None,
     )
     roles = assign_roles(data, params)
-    if "dcmh" in params.methods and data.labels is None:
+    supervised = [m for m in params.methods if info(m).supervised]
+    if supervised and data.labels is None:
+        unsupervised = [m for m in params.methods if not info(m).supervised]
         raise ValueError(
-            "method dcmh is supervised but there are no labels (pass --labelled with the label "
-            "stage's output, or train only methods: [contrastive])"
+            f"method {', '.join(supervised)} is supervised but there are no labels (pass "
+            f"--labelled with the label stage's output, or train only methods: {unsupervised})"
         )
     device = resolve_device(params.device)
 
@@ -297,6 +321,7 @@ def run(
             meta = {
                 "stage": STAGE,
                 "method": method,
+                "method_info": info(method).to_json(),
                 "bits": bits,
                 "n_bits": bits,
                 "words": (bits + 63) // 64,
@@ -333,6 +358,7 @@ def run(
             "encoder_layers": params.encoder_layers,
             "encoder_lr": params.encoder_lr,
         },
+        "methods": {m: info(m).to_json() for m in params.methods},
         "models": summary,
     }
     metrics_file = Path(metrics_path) if metrics_path else codes / "train.json"
