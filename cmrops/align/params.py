@@ -17,13 +17,13 @@ class AlignParams:
     at most ``max_flag_rate`` of the true pairs fall below it (see :mod:`cmrops.align.metrics`).
     """
 
-    dim: int = 256
+    dim: int = 128
     hidden: int = 0
     epochs: int = 200
     batch_size: int = 256
     lr: float = 1e-3
     temperature: float = 0.05
-    weight_decay: float = 1e-2
+    weight_decay: float = 0.1
     holdout: float = 0.2
     seed: int = 0
     patience: int = 20

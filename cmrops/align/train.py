@@ -10,10 +10,11 @@ measured; the weights of the best epoch are kept and training stops after ``pati
 without improvement. Everything runs on the CPU under ``torch.use_deterministic_algorithms`` with
 the seed fixed, so the same pairs and parameters give the same weights, byte for byte.
 
-The held-out metrics returned: ``loss``, ``r1_i2t`` / ``r1_t2i`` (recall@1 with the held-out pairs
-as the gallery), ``swapped_auroc`` (true pairs against deranged captions,
-:func:`~cmrops.align.metrics.swapped_caption_auroc`) and the calibrated mismatch ``threshold``
-(:func:`~cmrops.align.metrics.calibrate_threshold`).
+The held-out metrics returned: ``loss`` (in batch-sized chunks), ``r1_i2t`` / ``r1_t2i``
+(recall@1 with the held-out pairs as the gallery, cut into galleries of at most 1,000),
+``swapped_auroc`` (true pairs against deranged captions,
+:func:`~cmrops.align.metrics.swapped_caption_auroc`) and the calibrated mismatch threshold
+(``calibration``, :func:`~cmrops.align.metrics.calibrate_threshold`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from cmrops.align.params import AlignParams
 log = logging.getLogger(__name__)
 
 MIN_PAIRS = 8
+#: R@1 is measured in galleries of at most this many held-out pairs (the COCO "1k" convention).
+R1_GALLERY = 1000
 
 
 def data_fingerprint(image: np.ndarray, text: np.ndarray) -> str:
@@ -109,7 +112,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """R@1 both ways, swapped-caption AUROC and the calibrated threshold on these pairs."""
     true, swapped = swapped_scores(alignment, image, text, params.seed)
-    r1 = recall_at_1(alignment, image, text)
+    blocks = np.array_split(np.arange(len(image)), max(1, -(-len(image) // R1_GALLERY)))
+    r1s = [recall_at_1(alignment, image[b], text[b]) for b in blocks]
+    r1 = {
+        k: float(np.average([r[k] for r in r1s], weights=[len(b) for b in blocks])) for k in r1s[0]
+    }
     return {
         "pairs": len(image),
         "r1_i2t": round(r1["i2t"], 6),
@@ -174,8 +181,9 @@ def _train(
             total += float(loss.detach())
             batches += 1
         model.eval()
-        with torch.no_grad():
-            hold = float(loss_of(ho))
+        with torch.no_grad():  # in batch-sized chunks: the loss of a training step, any size
+            chunks = torch.tensor_split(ho, max(1, len(ho) // p.batch_size))
+            hold = sum(float(loss_of(c)) * len(c) for c in chunks) / len(ho)
         train_losses.append(round(total / max(batches, 1), 6))
         holdout_losses.append(round(hold, 6))
         if hold < best_loss:
