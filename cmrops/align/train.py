@@ -88,6 +88,21 @@ def fit_alignment(
     if not (np.isfinite(image).all() and np.isfinite(text).all()):
         raise ValueError("features hold NaN or infinity: pass only samples with embeddings")
     train_idx, hold_idx = split_pairs(len(image), params.holdout, params.seed)
+    return fit_split(image, text, train_idx, hold_idx, params, progress=progress)
+
+
+def fit_split(
+    image: np.ndarray,
+    text: np.ndarray,
+    train_idx: np.ndarray,
+    hold_idx: np.ndarray,
+    params: AlignParams,
+    *,
+    progress: bool = True,
+) -> tuple[Alignment, dict[str, Any]]:
+    """:func:`fit_alignment` on a given split (row indices); the rows are not re-checked."""
+    image = np.asarray(image, dtype=np.float32)
+    text = np.asarray(text, dtype=np.float32)
     with _deterministic(params.seed):
         heads, history = _train(image, text, train_idx, hold_idx, params, progress)
     info: dict[str, Any] = {

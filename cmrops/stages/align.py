@@ -8,6 +8,11 @@
   ``clean.mismatch.min_similarity: auto`` uses. When the stage cannot run (``preprocess.embeddings:
   false``) ``model/`` holds only ``not_run.json`` with the reason, and the label and clean stages
   report zero-shot and mismatch as not run with that reason;
+* ``pair_scores.parquet`` - ``sample_id``, ``score``: the cosine of every pair in the shared
+  space as the clean stage's mismatch rule uses it. For a learned alignment it is *out of fold*
+  (:mod:`cmrops.align.crossfit`: each pair scored by a model trained without it - the model of
+  ``model/`` has seen 80 % of the pairs and would score a memorised mismatch as a match); for the
+  identity it is the plain cosine. Empty when the stage did not run;
 * ``metrics.json`` - kind, pairs, the held-out metrics (InfoNCE loss, R@1 both ways, AUROC of
   true pairs against swapped captions, the calibrated threshold with its TPR / FPR) and, when
   ``<raw>/synthetic_truth.parquet`` exists, the AUROC of the pair score on the planted ``swapped``
@@ -46,6 +51,7 @@ from cmrops.align import (
     fit_alignment,
     load_alignment,
 )
+from cmrops.align.crossfit import out_of_fold_scores
 from cmrops.align.store import CONFIG, WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ log = logging.getLogger(__name__)
 STAGE = "align"
 MODEL_DIR = "model"
 NOT_RUN = "not_run.json"
+PAIR_SCORES = "pair_scores.parquet"
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,12 @@ def cli_main(args: Any) -> int:
         return 0
     h = m["holdout"]
     line = (
-        f"align: {m['kind']} alignment over {m['pairs']} pairs; swapped-caption AUROC "
+        f"align: {m['kind']} alignment over {m['pairs']} pairs; held-out swapped-caption AUROC "
         f"{h['swapped_auroc']}, R@1 i2t {h['r1_i2t']} t2i {h['r1_t2i']}, mismatch threshold "
-        f"{h['calibration']['threshold']} -> {args.out}"
+        f"{m['threshold']} -> {args.out}"
     )
     print(line)
-    if "synthetic" in m:
+    if m.get("synthetic", {}).get("auroc") is not None:
         print(f"  planted swapped captions: AUROC {m['synthetic']['auroc']}")
     return 0
 
@@ -106,6 +113,7 @@ def run(
         why = "preprocess wrote no embeddings (preprocess.embeddings: false)"
         _clear(model)
         io.write_json(model / NOT_RUN, {"run": False, "reason": why})
+        _write_scores(out / PAIR_SCORES, [], np.zeros(0))
         metrics = {"stage": STAGE, "run": False, "reason": why}
         io.write_json(out / "metrics.json", metrics)
         io.write_json(out / "throughput.json", {"seconds": round(time.perf_counter() - t0, 3)})
@@ -123,6 +131,9 @@ def run(
         alignment = encoder_alignment(image.shape[1])
         holdout = _evaluate_all(alignment, image, text, p)
         alignment.info["why"] = why
+        scores = alignment.pair_scores(image, text)
+        calibration = holdout["calibration"]
+        oof = None
     else:
         if len(image) < 8:
             raise ValueError(
@@ -131,9 +142,13 @@ def run(
             )
         alignment, holdout = fit_alignment(image, text, p, progress=progress)
         alignment.info["why"] = f"learned on the data set's pairs: {why}"
-    alignment.info["calibration"] = holdout["calibration"]
+        scores, oof = out_of_fold_scores(image, text, p)
+        calibration = oof["calibration"]
+    alignment.info["calibration"] = calibration
+    alignment.info["pair_scores"] = "out of fold" if oof else "cosine"
     _clear(model)
     alignment.save(model)
+    _write_scores(out / PAIR_SCORES, sample_ids, scores)
     metrics: dict[str, Any] = {
         "stage": STAGE,
         "run": True,
@@ -142,15 +157,20 @@ def run(
         "pairs": len(image),
         "dim": alignment.dim,
         "holdout": holdout,
-        "threshold": holdout["calibration"]["threshold"],
+        "threshold": calibration["threshold"],
+        "calibration": calibration,
     }
+    if oof is not None:
+        metrics["out_of_fold"] = oof
     if kind == "learned":
         metrics["epochs_run"] = alignment.info["epochs_run"]
         metrics["best_epoch"] = alignment.info["best_epoch"]
     truth = Path(raw_dir) / "synthetic_truth.parquet" if raw_dir else None
     if truth is not None and truth.is_file():
-        scores = alignment.pair_scores(image, text)
         metrics["synthetic"] = planted_swapped(truth, sample_ids, scores)
+        if oof is not None:  # the saved model's own scores: its training pairs look better
+            own = planted_swapped(truth, sample_ids, alignment.pair_scores(image, text))
+            metrics["synthetic"]["auroc_model_in_sample"] = own["auroc"]
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "throughput.json", {"seconds": round(time.perf_counter() - t0, 3)})
     return metrics
@@ -199,6 +219,15 @@ def _pairs(interim: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return [s for s, k in zip(ids, keep, strict=True) if k], arrays[0], arrays[1]
 
 
+def _write_scores(path: Path, sample_ids: list[str], scores: np.ndarray) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("sample_id", pa.string()), ("score", pa.float64())])
+    table = pa.table([pa.array(sample_ids, pa.string()), pa.array(scores, pa.float64())],
+                     schema=schema)  # fmt: skip
+    io.write_parquet(path, table)
+
+
 def _clear(model: Path) -> None:
     for name in (CONFIG, WEIGHTS, NOT_RUN):
         (model / name).unlink(missing_ok=True)
@@ -215,16 +244,22 @@ class Loaded:
     alignment: Alignment | None
     threshold: float | None
     why: str
+    pair_scores: dict[str, float] | None = None  # sample_id -> score (pair_scores.parquet)
 
 
-def load_output(align_dir: str | os.PathLike[str] | None, meta: dict[str, Any] | None) -> Loaded:
+def load_output(
+    align_dir: str | os.PathLike[str] | None,
+    meta: dict[str, Any] | None,
+    *,
+    with_scores: bool = False,
+) -> Loaded:
     """The alignment a downstream stage scores with, given the features' ``meta.json``.
 
     With the align stage's output in ``align_dir``: its model, or (``not_run.json``) none and the
     reason; a missing or corrupt model raises :class:`~cmrops.align.AlignmentError` saying what to
     run. Without it (``None``, or no ``<align_dir>/model`` folder): the identity when the encoders
     are one aligned dual encoder (uncalibrated: a numeric threshold is needed), else none, with the
-    reason and what to run."""
+    reason and what to run. ``with_scores`` also reads ``pair_scores.parquet``."""
     from cmrops.labels.zeroshot import alignment as encoders_aligned
 
     model = Path(align_dir) / MODEL_DIR if align_dir is not None else None
@@ -236,7 +271,12 @@ def load_output(align_dir: str | os.PathLike[str] | None, meta: dict[str, Any] |
         alignment = load_alignment(model)
         thr = (alignment.info.get("calibration") or {}).get("threshold")
         why = str(alignment.info.get("why", f"{alignment.kind} alignment"))
-        return Loaded(alignment, None if thr is None else float(thr), why)
+        scores_path = Path(align_dir) / PAIR_SCORES  # type: ignore[arg-type]
+        scores = None
+        if with_scores and scores_path.is_file():
+            t = io.read_parquet(scores_path, columns=["sample_id", "score"])
+            scores = dict(zip(t["sample_id"].to_pylist(), t["score"].to_pylist(), strict=True))
+        return Loaded(alignment, None if thr is None else float(thr), why, scores)
     aligned, why = encoders_aligned(meta)
     where = f"no align stage output in {align_dir}" if align_dir is not None else "no --align"
     if aligned and meta is not None:

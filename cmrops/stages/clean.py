@@ -320,7 +320,9 @@ def run(
     rules["max_aspect"] = _max_aspect(params.max_aspect, cols)
     rules["caption_length"] = _caption_length(params.caption_length, cols)
     rules["caption_language"] = _caption_language(params.caption_language, cols)
-    rules["mismatch"] = _mismatch(params.mismatch, align_dir, meta, image_emb, text_emb)
+    rules["mismatch"] = _mismatch(
+        params.mismatch, align_dir, meta, image_emb, text_emb, cols["sample_id"]
+    )
     rules["label_disagreement"] = _label_disagreement(params.label_disagreement, labels, n)
     rules["irrelevant"] = _irrelevant(params.irrelevant, labels, cols)
 
@@ -754,13 +756,14 @@ def _mismatch(
     meta: dict[str, Any] | None,
     image_emb: np.ndarray | None,
     text_emb: np.ndarray | None,
+    sample_ids: list[str],
 ) -> _Rule:
     from cmrops.stages.align import load_output
 
     thr: dict[str, Any] = {"min_similarity": p.min_similarity}
     if not p.enabled:
         return _off("mismatch", thr)
-    loaded = load_output(align_dir, meta)
+    loaded = load_output(align_dir, meta, with_scores=True)
     if loaded.alignment is None or image_emb is None or text_emb is None:
         why = loaded.why if loaded.alignment is None else "preprocess wrote no embeddings"
         return _Rule("mismatch", "not_run", True, thr, why=why)
@@ -775,8 +778,12 @@ def _mismatch(
         thr["calibrated"] = True
     sim = np.full(len(image_emb), np.nan)
     measured = ~(np.isnan(image_emb).any(axis=1) | np.isnan(text_emb).any(axis=1))
-    if measured.any():
-        sim[measured] = loaded.alignment.pair_scores(image_emb[measured], text_emb[measured])
+    known = loaded.pair_scores or {}  # the align stage's (out-of-fold) scores, by sample_id
+    fresh = measured & np.array([s not in known for s in sample_ids], bool)
+    for i in np.flatnonzero(measured & ~fresh):
+        sim[i] = known[sample_ids[i]]
+    if fresh.any():  # samples the align stage did not see: the saved model scores them
+        sim[fresh] = loaded.alignment.pair_scores(image_emb[fresh], text_emb[fresh])
     flagged = measured & (sim < cut)
     r = _Rule("mismatch", "run", True, thr, flagged=flagged)
     r.scores = sim
@@ -787,6 +794,8 @@ def _mismatch(
     r.report = {
         "alignment": loaded.alignment.kind,
         "encoder": loaded.why,
+        "scored_by_align_stage": int((measured & ~fresh).sum()),
+        "scored_here": int(fresh.sum()),
         "not_measured": int((~measured).sum()),
         "similarity_quantiles": (
             {str(q): round(float(np.quantile(ok, q)), 4) for q in (0.01, 0.05, 0.25, 0.5)}
