@@ -27,7 +27,7 @@ class AlignParams:
     holdout: float = 0.2
     seed: int = 0
     patience: int = 20
-    max_flag_rate: float = 0.05
+    max_flag_rate: float = 0.03
 
     def __post_init__(self) -> None:
         if self.dim < 2:
