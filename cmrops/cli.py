@@ -4,9 +4,12 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
 
     cmrops collect    --params params.yaml --out data/raw
     cmrops preprocess --params params.yaml --raw data/raw --out data/interim
-    cmrops label      --params params.yaml --interim data/interim --out data/labelled
-    cmrops clean      --params params.yaml --interim data/interim --labelled data/labelled
-                      --raw data/raw --out data/clean --metrics metrics/quality.json
+    cmrops align      --params params.yaml --interim data/interim --raw data/raw --out data/align
+    cmrops label      --params params.yaml --interim data/interim --align data/align
+                      --out data/labelled
+    cmrops clean      --params params.yaml --interim data/interim --align data/align
+                      --labelled data/labelled --raw data/raw --out data/clean
+                      --metrics metrics/quality.json
     cmrops split      --params params.yaml --clean data/clean --labelled data/labelled
                       --out data/split --metrics metrics/split.json
     cmrops train      --params params.yaml --split data/split --clean data/clean
@@ -54,15 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", default="data/interim", help="output folder (data/interim)")
     pre.set_defaults(handler="cmrops.stages.preprocess:cli_main")
 
+    align = sub.add_parser(
+        "align", help="a shared image-text space: learned heads or the encoder's"
+    )
+    align.add_argument("--params", default="params.yaml")
+    align.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    align.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
+    align.add_argument("--out", default="data/align", help="output folder (data/align)")
+    align.set_defaults(handler="cmrops.stages.align:cli_main")
+
     label = sub.add_parser("label", help="label samples: source, keywords, zero-shot, manual")
     label.add_argument("--params", default="params.yaml")
     label.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    label.add_argument("--align", default="data/align", help="align's output folder")
     label.add_argument("--out", default="data/labelled", help="output folder (data/labelled)")
     label.set_defaults(handler="cmrops.stages.label:cli_main")
 
     clean = sub.add_parser("clean", help="drop duplicates, broken pairs and off-topic samples")
     clean.add_argument("--params", default="params.yaml")
     clean.add_argument("--interim", default="data/interim", help="preprocess's output folder")
+    clean.add_argument("--align", default="data/align", help="align's output folder")
     clean.add_argument("--labelled", default="data/labelled", help="label's output folder")
     clean.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
     clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")

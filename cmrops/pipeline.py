@@ -66,18 +66,25 @@ STAGES: dict[str, Stage] = {
             ("data/interim",),
         ),
         Stage(
+            "align",
+            ("--interim", "data/interim", "--raw", "data/raw", "--out", "data/align"),
+            ("data/interim", "data/raw"),
+            ("data/align",),
+        ),
+        Stage(
             "label",
-            ("--interim", "data/interim", "--out", "data/labelled"),
-            ("data/interim",),
+            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled"),
+            ("data/interim", "data/align"),
             ("data/labelled",),
         ),
         Stage(
             "clean",
             (
-                "--interim", "data/interim", "--labelled", "data/labelled", "--raw", "data/raw",
-                "--out", "data/clean", "--metrics", "metrics/quality.json",
+                "--interim", "data/interim", "--align", "data/align", "--labelled",
+                "data/labelled", "--raw", "data/raw", "--out", "data/clean",
+                "--metrics", "metrics/quality.json",
             ),
-            ("data/interim", "data/labelled", "data/raw"),
+            ("data/interim", "data/align", "data/labelled", "data/raw"),
             ("data/clean", "metrics/quality.json"),
         ),
         Stage(

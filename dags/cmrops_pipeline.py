@@ -4,8 +4,8 @@
 Builds an image-text retrieval dataset and hashing models, one task per stage:
 
 `collect` → `changes` → `preprocess` (planned into shards, one **mapped** task per group of
-shards of about `preprocess.task_rows` samples, then merged) → `label` → `clean` → `split` →
-`train` (pool `gpu`; Celery queue `$CMROPS_GPU_QUEUE` when set) → `evaluate` → `version`
+shards of about `preprocess.task_rows` samples, then merged) → `align` → `label` → `clean` →
+`split` → `train` (pool `gpu`; Celery queue `$CMROPS_GPU_QUEUE` when set) → `evaluate` → `version`
 (`dvc commit` + `dvc push` to the DVC remote).
 
 **Schedule** (`schedule:` in params.yaml, read when the DAG file is parsed): a cron (`cron`, UTC;
@@ -56,7 +56,7 @@ from airflow.sdk import (
 )
 
 PROJECT = os.environ.get("CMROPS_PROJECT") or str(Path(__file__).resolve().parents[1])
-STAGE_ORDER = ["collect", "preprocess", "label", "clean", "split", "train", "evaluate"]
+STAGE_ORDER = ["collect", "preprocess", "align", "label", "clean", "split", "train", "evaluate"]
 
 RAW = Asset("cmrops://dataset/raw")
 CLEAN = Asset("cmrops://dataset/clean")
@@ -225,6 +225,10 @@ def cmrops_pipeline() -> None:
         return _run("preprocess")
 
     @task
+    def align(_: dict[str, str]) -> dict[str, str]:
+        return _run("align")
+
+    @task
     def label(_: dict[str, str]) -> dict[str, str]:
         return _run("label")
 
@@ -278,7 +282,7 @@ def cmrops_pipeline() -> None:
     groups = preprocess_plan(changes(raw))
     mapped = preprocess_shards.expand(indices=groups)
     interim = preprocess(mapped)
-    done = evaluate(train(split(clean(label(interim)))))
+    done = evaluate(train(split(clean(label(align(interim))))))
     done >> version()
 
 

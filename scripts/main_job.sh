@@ -5,7 +5,7 @@
 #   2. a project-local Airflow: SQLite metadata DB in .airflow/, DAGs from dags/, the gpu pool;
 #   3. the DVC remote checked (default: the local folder .dvc-remote/);
 #   4. `airflow dags test cmrops_pipeline` on params.yaml (the built-in synthetic set by default):
-#      collect -> preprocess (one mapped task per shard) -> label -> clean -> split -> train
+#      collect -> preprocess (one mapped task per shard) -> align -> label -> clean -> split -> train
 #      -> evaluate -> version (dvc commit + dvc push);
 #   5. a summary, then how to open the dashboard and the Airflow UI.
 # Exits non-zero when any task failed.

@@ -301,7 +301,13 @@ def test_mismatch_drops_low_similarity_with_aligned_encoder(tmp_path: Path) -> N
     rows = [row("match"), row("swap"), row("ok")]
     img = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     txt = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    m, out = _clean(tmp_path, rows, image=img, text=txt, aligned=True)
+    # the default threshold (auto) is the align stage's calibration: without its output, not run
+    m, _ = _clean(tmp_path / "auto", rows, image=img, text=txt, aligned=True)
+    assert m["rules"]["mismatch"]["status"] == "not_run"
+    assert "min_similarity: auto needs the align stage" in m["not_run"]["mismatch"]
+    # an aligned dual encoder without the align stage: the identity, with a numeric threshold
+    fixed = dataclasses.replace(NO_LABEL_RULES, mismatch=MismatchRule(min_similarity=0.2))
+    m, out = _clean(tmp_path, rows, fixed, image=img, text=txt, aligned=True)
     assert m["rules"]["mismatch"]["status"] == "run"
     q = _quarantine(out)
     assert set(q) == {sid("swap")}
@@ -491,6 +497,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             str(tmp_path / "interim"),
             "--labelled",
             str(tmp_path / "labelled"),
+            "--align",
+            str(tmp_path / "no-align"),
             "--raw",
             str(tmp_path / "no-raw"),
             "--out",

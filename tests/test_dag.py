@@ -47,7 +47,7 @@ def test_every_dag_has_tags_retries_owner_and_no_catchup(dagbag) -> None:
 def test_pipeline_shape(dagbag) -> None:
     dag = dagbag.dags["cmrops_pipeline"]
     tasks = {t.task_id: t for t in dag.tasks}
-    stages = ["collect", "preprocess", "label", "clean", "split", "train", "evaluate"]
+    stages = ["collect", "preprocess", "align", "label", "clean", "split", "train", "evaluate"]
     assert set(stages) | {"changes", "preprocess_plan", "preprocess_shards", "version"} == set(
         tasks
     )

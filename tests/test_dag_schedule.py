@@ -20,7 +20,9 @@ from tests.airflow_cluster import AirflowCluster
 from tests.test_dvc_support import make_project, tiny_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # generous: a busy 2-core machine
-AFTER_CHANGES = ("preprocess_plan", "preprocess", "label", "clean", "split", "train", "evaluate")
+AFTER_CHANGES = (
+    "preprocess_plan", "preprocess", "align", "label", "clean", "split", "train", "evaluate",
+)  # fmt: skip
 
 
 def _add_incoming(folder: Path, lo: int, hi: int) -> None:

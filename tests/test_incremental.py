@@ -193,7 +193,7 @@ def test_changes_since_versioned_tells_a_no_op_from_new_data(
     project = make_project(tmp_path_factory.mktemp("changes") / "p", params)
     assert not versioning.changes_since_versioned(project).versioned
     params_file = str(project / "params.yaml")
-    for stage in ("collect", "preprocess", "label", "clean", "split"):
+    for stage in ("collect", "preprocess", "align", "label", "clean", "split"):
         run_stage(stage, project, params_file)
     sh(["dvc", "commit", "--force", "--quiet", "--with-deps", "split"], project, timeout=600)
     c = versioning.changes_since_versioned(project)

@@ -536,7 +536,7 @@ def test_cli_label_command(tmp_path, capsys):
         "label:\n  synonyms: {grey: [gray]}\n  manual: [m.csv]\n  review: {size: 2}\n"
     )
     args = ["label", "--params", str(params), "--interim", str(interim),
-            "--out", str(tmp_path / "out")]  # fmt: skip
+            "--align", str(tmp_path / "no-align"), "--out", str(tmp_path / "out")]  # fmt: skip
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert text.startswith("label: 7 samples, 6 labelled, 1 without a label")

@@ -116,7 +116,7 @@ def test_headline_and_latest_run(dashboard_project: Path) -> None:
     assert run["data_version"]
     assert "+g" in run["data_version"]
     assert list(run["stages"]["stage"]) == [
-        "collect", "preprocess", "label", "clean", "split", "train", "evaluate"
+        "collect", "preprocess", "align", "label", "clean", "split", "train", "evaluate"
     ]  # fmt: skip
     assert run["status"] == "success"
 

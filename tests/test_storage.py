@@ -51,7 +51,7 @@ def test_stages_on_workers_sharing_no_disk_match_a_local_run(
     moto: Moto,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    stages = ["collect", "preprocess", "label", "clean", "split"]
+    stages = ["collect", "preprocess", "align", "label", "clean", "split"]
     local = tmp_path / "local"
     local.mkdir()
     params = _fast_params(tmp_path / "params.yaml")
@@ -64,7 +64,10 @@ def test_stages_on_workers_sharing_no_disk_match_a_local_run(
         worker.mkdir()
         run_stage(name, worker, params, root=root)
     gathered = tmp_path / "gathered"
-    rels = ["data/raw", "data/interim", "data/labelled", "data/clean", "data/split", "metrics"]
+    rels = [
+        "data/raw", "data/interim", "data/align", "data/labelled", "data/clean", "data/split",
+        "metrics",
+    ]  # fmt: skip
     storage.pull(root, rels, gathered)
     want = tree_hashes(local, rels)
     assert want

@@ -25,7 +25,9 @@ ended in one duplicate group (so only one of them is kept - which one is the rep
 choice, e.g. an up-scaled copy is kept over its smaller original).
 
 Flags are counted whether or not an earlier rule already dropped the sample, so each rule is
-scored on its own.
+scored on its own. A rule with a continuous score (``mismatch``: the aligned image-caption
+cosine) also gets ``auroc`` per target defect: samples with no planted defect against the planted
+ones, independent of its threshold.
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ DUPLICATE_RULES = ("exact_duplicate", "near_duplicate_image", "near_duplicate_im
 COPY_DEFECTS = ("exact_copy", "near_copy")
 
 
+def _aurocs(
+    score: np.ndarray, defect_of: Mapping[int, str], targets: Sequence[str]
+) -> dict[str, float | None]:
+    from cmrops.align.metrics import auroc
+
+    measured = ~np.isnan(score)
+    clean = np.array([i not in defect_of for i in range(len(score))]) & measured
+    out: dict[str, float | None] = {}
+    for d in targets:
+        rows = np.array([i for i, dd in defect_of.items() if dd == d and measured[i]], np.int64)
+        ok = len(rows) and clean.any()
+        out[d] = round(auroc(score[clean], score[rows]), 6) if ok else None
+    return out
+
+
 def rule_targets() -> dict[str, tuple[str, ...]]:
     """Rule -> the planted defects it is meant to catch."""
     out: dict[str, list[str]] = defaultdict(list)
@@ -78,6 +95,7 @@ def score(
     drop_group: np.ndarray,
     rep: np.ndarray,
     dropped_reason: Mapping[int, str],
+    scores: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Score the rules of one clean run.
 
@@ -85,7 +103,9 @@ def score(
     input, sorted); ``upstream``: sample_id -> preprocess quarantine reason; ``flags``: rule ->
     bool mask over the rows; ``status``: rule -> run / not_run / off; ``drop_group`` / ``rep``:
     the duplicate drop graph's component and representative per row; ``dropped_reason``: row ->
-    the reason clean dropped it."""
+    the reason clean dropped it; ``scores``: rule -> a per-row score where lower means more
+    suspect (NaN: not measured), for which ``auroc`` is added per target defect: the rows with
+    no planted defect against the rows with that defect (rank-based, ties half)."""
     row_of = {sid: i for i, sid in enumerate(sample_ids)}
     defect_of: dict[int, str] = {}
     family = np.arange(len(sample_ids))
@@ -164,6 +184,8 @@ def score(
             "recall": _ratio(caught_total, relevant_total),
             "by_defect": by_defect,
         }
+        if scores is not None and rule in scores:
+            rules[rule]["auroc"] = _aurocs(scores[rule], defect_of, targets)
 
     # Overall: every clean drop against every planted defect meant for clean.
     explained = 0

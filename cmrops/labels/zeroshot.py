@@ -7,8 +7,11 @@ vocabulary (``softmax(sim / T)``; CLIP's logit scale of 100 is ``T = 0.01``). Th
 labels of each image are candidates; a candidate passes when its confidence reaches the
 threshold (and its similarity ``min_similarity``, when set).
 
-This only means something when the image and text embeddings share one space. Whether they do is
-read from ``features/meta.json`` (:func:`alignment`); otherwise zero-shot is reported as not run.
+This only means something when the image and text embeddings share one space. Whether the
+encoders already do is read from ``features/meta.json`` (:func:`alignment`); when they do not, the
+label stage maps the images and the label embeddings through the align stage's learned
+alignment (:mod:`cmrops.stages.align`, :mod:`cmrops.align`) before :func:`scores`, and reports
+zero-shot as not run only when there is no alignment either.
 """
 
 from __future__ import annotations

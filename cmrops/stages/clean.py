@@ -2,7 +2,8 @@
 
 ``run(params, interim_dir, labelled_dir, out_dir, raw_dir=..., metrics_path=...)`` reads
 ``<interim>/samples.parquet`` (:data:`~cmrops.schema.INTERIM_SAMPLES`), ``<interim>/features/``,
-``<labelled>/{labels,evidence}.parquet`` and ``vocabulary.json`` (the label stage) and, when there,
+``<align>/model`` (the align stage, ``align_dir=``), ``<labelled>/{labels,evidence}.parquet`` and
+``vocabulary.json`` (the label stage) and, when there,
 ``<raw>/synthetic_truth.parquet``. It writes:
 
 * ``<out>/samples.parquet`` - the kept interim rows, same columns, sorted by ``sample_id``;
@@ -33,8 +34,13 @@ metrics count each rule's flags on its own):
   token counts);
 * ``caption_language`` - no caption in an ``allowed`` language; needs ``detector``
   (``"module:function"``, text -> language code); without one the rule is *not run*;
-* ``mismatch`` - image-caption cosine below ``min_similarity``; only with an aligned dual
-  encoder (``features/meta.json``, :func:`cmrops.labels.zeroshot.alignment`), else *not run*;
+* ``mismatch`` - the cosine of the image and its caption in the align stage's shared space
+  (``<align>/model``, :mod:`cmrops.stages.align`: learned heads, or the identity for an aligned
+  dual encoder) below ``min_similarity``. ``auto`` (default) is the threshold the align stage
+  calibrated on held-out true pairs against the same images with other samples' captions (the
+  best TPR - FPR with at most ``align.train.max_flag_rate`` of the true pairs flagged); a number
+  is a cosine in that space. Without an alignment (``align`` not run, or no embeddings) it is
+  *not run*, with the reason;
 * ``label_disagreement`` - the labels two methods of the label stage passed (default: the
   source's ``provided`` labels and the caption ``keyword`` labels, from ``evidence.parquet``),
   both non-empty, share at most ``max_overlap`` of the smaller set (the overlap coefficient
@@ -191,11 +197,14 @@ class LanguageRule:
 @dataclass(frozen=True)
 class MismatchRule:
     enabled: bool = True
-    min_similarity: float = 0.2  # image-caption cosine of an aligned dual encoder
+    # cosine in the align stage's space; auto: the threshold the align stage calibrated
+    min_similarity: float | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.min_similarity <= 1.0:
-            raise ValueError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+        if self.min_similarity != "auto" and not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError(
+                f"min_similarity must be 'auto' or in [-1, 1], got {self.min_similarity!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,7 @@ def cli_main(args: Any) -> int:
             args.out,
             raw_dir=args.raw,
             metrics_path=args.metrics,
+            align_dir=args.align,
         )
     by = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
     print(f"clean: {m['inputs']} in, {m['kept']} kept, {m['quarantined']} quarantined ({by})")
@@ -277,6 +287,7 @@ class _Rule:
     evidence: dict[int, dict[str, Any]] = field(default_factory=dict)
     detail: dict[int, str] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    scores: np.ndarray | None = None  # per row, higher = more plausible (NaN: not measured)
 
 
 def run(
@@ -287,11 +298,13 @@ def run(
     *,
     raw_dir: str | os.PathLike[str] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
+    align_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Clean ``interim_dir`` into ``out_dir`` (see module docstring); returns the metrics.
 
     ``labelled_dir`` may be None only when the label rules (``irrelevant``,
-    ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``."""
+    ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``.
+    ``align_dir`` is the align stage's output (:func:`cmrops.stages.align.load_output`)."""
     interim, out = Path(interim_dir), Path(out_dir)
     table, file_rows = _load_interim(interim)
     n = table.num_rows
@@ -307,7 +320,9 @@ def run(
     rules["max_aspect"] = _max_aspect(params.max_aspect, cols)
     rules["caption_length"] = _caption_length(params.caption_length, cols)
     rules["caption_language"] = _caption_language(params.caption_language, cols)
-    rules["mismatch"] = _mismatch(params.mismatch, meta, image_emb, text_emb)
+    rules["mismatch"] = _mismatch(
+        params.mismatch, align_dir, meta, image_emb, text_emb, cols["sample_id"]
+    )
     rules["label_disagreement"] = _label_disagreement(params.label_disagreement, labels, n)
     rules["irrelevant"] = _irrelevant(params.irrelevant, labels, cols)
 
@@ -348,6 +363,7 @@ def run(
             dup.drop.labels,
             dup.drop.rep,
             reason_of,
+            scores={name: r.scores for name, r in rules.items() if r.scores is not None},
         )
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "quarantine.parquet", quarantine)
@@ -736,28 +752,50 @@ def _import_detector(spec: str) -> Callable[[str], str]:
 
 def _mismatch(
     p: MismatchRule,
+    align_dir: str | os.PathLike[str] | None,
     meta: dict[str, Any] | None,
     image_emb: np.ndarray | None,
     text_emb: np.ndarray | None,
+    sample_ids: list[str],
 ) -> _Rule:
-    from cmrops.labels.zeroshot import alignment
+    from cmrops.stages.align import load_output
 
-    thr = {"min_similarity": p.min_similarity}
+    thr: dict[str, Any] = {"min_similarity": p.min_similarity}
     if not p.enabled:
         return _off("mismatch", thr)
-    aligned, why = alignment(meta)
-    if not aligned or image_emb is None or text_emb is None:
+    loaded = load_output(align_dir, meta, with_scores=True)
+    if loaded.alignment is None or image_emb is None or text_emb is None:
+        why = loaded.why if loaded.alignment is None else "preprocess wrote no embeddings"
         return _Rule("mismatch", "not_run", True, thr, why=why)
-    sim = np.einsum("ij,ij->i", image_emb, text_emb, dtype=np.float64)
-    measured = ~np.isnan(sim)
-    flagged = measured & (sim < p.min_similarity)
+    cut = loaded.threshold if p.min_similarity == "auto" else float(p.min_similarity)
+    if cut is None:
+        return _Rule("mismatch", "not_run", True, thr, why=(
+            f"min_similarity: auto needs the align stage's calibrated threshold ({loaded.why}); "
+            "run `cmrops align` and pass --align, or set clean.mismatch.min_similarity"
+        ))  # fmt: skip
+    thr = {"min_similarity": round(cut, 6)}
+    if p.min_similarity == "auto":
+        thr["calibrated"] = True
+    sim = np.full(len(image_emb), np.nan)
+    measured = ~(np.isnan(image_emb).any(axis=1) | np.isnan(text_emb).any(axis=1))
+    known = loaded.pair_scores or {}  # the align stage's (out-of-fold) scores, by sample_id
+    fresh = measured & np.array([s not in known for s in sample_ids], bool)
+    for i in np.flatnonzero(measured & ~fresh):
+        sim[i] = known[sample_ids[i]]
+    if fresh.any():  # samples the align stage did not see: the saved model scores them
+        sim[fresh] = loaded.alignment.pair_scores(image_emb[fresh], text_emb[fresh])
+    flagged = measured & (sim < cut)
     r = _Rule("mismatch", "run", True, thr, flagged=flagged)
+    r.scores = sim
     for i in np.flatnonzero(flagged):
         r.evidence[int(i)] = {"similarity": round(float(sim[i]), 4)}
-        r.detail[int(i)] = f"image-caption similarity {sim[i]:.3f} below {p.min_similarity}"
+        r.detail[int(i)] = f"image-caption similarity {sim[i]:.3f} below {cut:.4f}"
     ok = sim[measured]
     r.report = {
-        "encoder": why,
+        "alignment": loaded.alignment.kind,
+        "encoder": loaded.why,
+        "scored_by_align_stage": int((measured & ~fresh).sum()),
+        "scored_here": int(fresh.sum()),
         "not_measured": int((~measured).sum()),
         "similarity_quantiles": (
             {str(q): round(float(np.quantile(ok, q)), 4) for q in (0.01, 0.05, 0.25, 0.5)}

@@ -27,8 +27,10 @@ source's category with ``from_sources: false``, a manual file's typo - is counte
 **Candidates.** Automatic (source ``auto``), for the methods listed in ``auto_methods``:
 ``provided`` (the source's labels, confidence 1.0), ``keyword`` (caption terms; confidence = the
 fraction of the sample's captions that mention the label, :mod:`cmrops.labels.keywords`) and
-``zeroshot`` (image embedding against label prompts, only when ``features/meta.json`` describes
-an aligned dual encoder, :mod:`cmrops.labels.zeroshot`; otherwise reported as not run). Human:
+``zeroshot`` (image embedding against label prompts embedded by the features' text encoder, both
+mapped into the align stage's shared space - ``<align>/model``, ``align_dir=``: learned heads, or
+the identity for an aligned dual encoder, :mod:`cmrops.stages.align`, :mod:`cmrops.labels.zeroshot`;
+without an alignment reported as not run, with the reason). Human:
 ``manual`` files and the ``review.answers`` file (:mod:`cmrops.labels.manual` - CSV, JSONL or a
 Label Studio export; a key is a sample_id or a source_key; an unknown key is an error naming the
 file and the keys).
@@ -180,7 +182,13 @@ def cli_main(args: Any) -> int:
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, LabelParams)
-    m = run(params, args.interim, args.out, base_dir=Path(args.params).resolve().parent)
+    m = run(
+        params,
+        args.interim,
+        args.out,
+        base_dir=Path(args.params).resolve().parent,
+        align_dir=args.align,
+    )
     zs = m["methods"].get("zeroshot", {})
     print(
         f"label: {m['samples']} samples, {m['labelled']} labelled, {m['unlabelled']} without a "
@@ -201,12 +209,14 @@ def run(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     prompt_embedder: zeroshot.PromptEmbedder | None = None,
+    align_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Label the samples of ``interim_dir`` into ``out_dir`` (see module docstring).
 
     Relative label file paths are resolved against ``base_dir`` (default: the working
     directory). ``prompt_embedder`` embeds zero-shot prompts; by default the text encoder named in
-    ``features/meta.json`` is loaded through :mod:`cmrops.encoders`. Returns the metrics.
+    ``features/meta.json`` is loaded through :mod:`cmrops.encoders`. ``align_dir`` is the align
+    stage's output (:func:`cmrops.stages.align.load_output`). Returns the metrics.
     """
     interim, out = Path(interim_dir), Path(out_dir)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -222,7 +232,9 @@ def run(
         elif method == "keyword":
             methods[method] = _keywords(ev, samples, params.keyword)
         else:
-            methods[method] = _zeroshot(ev, samples, interim, params.zeroshot, prompt_embedder)
+            methods[method] = _zeroshot(
+                ev, samples, interim, params.zeroshot, prompt_embedder, align_dir
+            )
 
     index = (  # only human label files name samples by key: no index of a million keys without
         KeyIndex(
@@ -457,13 +469,22 @@ def _zeroshot(
     interim: Path,
     p: ZeroShotParams,
     embedder: zeroshot.PromptEmbedder | None,
+    align_dir: str | os.PathLike[str] | None,
 ) -> dict[str, Any]:
+    from cmrops.stages.align import load_output
+
     meta_path = interim / "features" / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    aligned, why = zeroshot.alignment(meta)
-    if not aligned:
+    if meta is None:
+        why = zeroshot.alignment(meta)[1]
         log.info("label: zero-shot not run: %s", why)
         return {"run": False, "reason": why}
+    loaded = load_output(align_dir, meta)
+    why = loaded.why
+    if loaded.alignment is None:
+        log.info("label: zero-shot not run: %s", why)
+        return {"run": False, "reason": why}
+    shared = loaded.alignment
     image_path = interim / "features" / "image.npy"
     if not image_path.is_file():
         raise FileNotFoundError(
@@ -479,7 +500,7 @@ def _zeroshot(
     assert meta is not None
     text_encoder = str((meta.get("text") or {}).get("encoder"))
     embed = embedder or zeroshot.encoder_embedder(text_encoder, p.device, p.batch_size)
-    label_emb = zeroshot.label_embeddings(ev.vocab.labels, p.prompts, embed)
+    label_emb = shared.text(zeroshot.label_embeddings(ev.vocab.labels, p.prompts, embed))
     ev.applicable["zeroshot"] = set()
     ev.kept["zeroshot"] = {}
     ev.thresholds["zeroshot"] = p.threshold
@@ -488,7 +509,7 @@ def _zeroshot(
     batch = 4096
     for lo in range(0, len(sids), batch):
         sims, probs = zeroshot.scores(
-            np.asarray(images[rows[lo : lo + batch]]), label_emb, p.temperature
+            shared.image(np.asarray(images[rows[lo : lo + batch]])), label_emb, p.temperature
         )
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for i, sid in enumerate(sids[lo : lo + batch]):
@@ -504,7 +525,7 @@ def _zeroshot(
                 n += 1
             ev.record("zeroshot", sid, passed)
     return {"run": True, "reason": why, "samples": len(sids), "candidates": n,
-            "text_encoder": text_encoder, "threshold": p.threshold,
+            "text_encoder": text_encoder, "alignment": shared.kind, "threshold": p.threshold,
             "no_embedding": len(samples["sample_id"]) - len(sids)}  # fmt: skip
 
 
