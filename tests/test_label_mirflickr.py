@@ -75,3 +75,17 @@ def test_bad_annotation_folders_are_refused_clearly(tmp_path: Path) -> None:
         read_statements(ann, "mirflickr", label_column="strict")
     with pytest.raises(LabelFileError, match="pattern with"):
         read_statements(ann, "mirflickr", key_column="image")
+
+
+def test_folder_source_reads_mirflickr_tags_as_captions(tmp_path: Path) -> None:
+    from cmrops.sources.folder import FolderSource
+
+    folders = write_mirflickr_release(tmp_path, images=4, write_images=True)
+    (folders["images"] / "meta" / "tags" / "tags1.txt").write_text("\n")  # an image without tags
+    (folders["images"] / "meta" / "tags" / "tags7.txt").write_text("sea\n")  # no im7.jpg
+    got = {r.source_key: r for r in FolderSource("mir", folders["images"])}
+    assert sorted(got) == ["im1.jpg", "im2.jpg", "im3.jpg", "im4.jpg", "im7.jpg"]
+    assert got["im1.jpg"].reason.value == "missing_caption"
+    assert got["im7.jpg"].reason.value == "missing_image"
+    tags = (folders["images"] / "meta" / "tags" / "tags2.txt").read_text().split()
+    assert got["im2.jpg"].captions == (" ".join(tags),)  # the keys the annotation format uses
