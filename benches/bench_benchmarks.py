@@ -215,7 +215,9 @@ def print_table(name: str, res: dict[str, Any], pub: dict[str, Any]) -> None:
         f"training {res['train_seconds']} s"
     )
     print(f"{'model':<18}{'I->T':>8}{'T->I':>8}   published I->T / T->I [source]")
-    for model, dirs in res["models"].items():
+    order = sorted(res["models"], key=lambda m: (m.rsplit("-", 1)[0], int(m.rsplit("-", 1)[1])))
+    for model in order:
+        dirs = res["models"][model]
         method, bits = model.rsplit("-", 1)
         ours = [dirs.get(d, {}).get("map_database_order") for d in DIRECTIONS]
         cells = "".join(f"{v:>8.4f}" if v is not None else f"{'n/a':>8}" for v in ours)
