@@ -13,6 +13,9 @@ file) - into the files the train and evaluate stages read, under ``out``::
     out/labelled/labels.parquet               LABELS rows (source auto, method provided)
     out/labelled/vocabulary.json              {"labels": [...]}
     out/split/assignments.parquet             protocol "imported:<name>"
+    out/split/manifests/                      the sets as sample-id lists and the queries with a
+                                              near-duplicate in the database
+                                              (:mod:`cmrops.splitting.manifests`)
     out/import.json                           what was read and how
 
 so that ``cmrops train --split out/split --clean out/clean --interim out/interim --labelled
@@ -24,10 +27,22 @@ out/labelled ...`` and ``cmrops evaluate`` run on it unchanged.
 ``train`` / ``training``, ``te`` / ``test`` / ``query`` / ``qr``, ``db`` / ``database`` /
 ``retrieval`` / ``ret``, or ``All`` / nothing (no fixed split). So ``I_tr``/``T_te``/``L_db``
 (DJSRH, DSAH, ...), ``XAll``/``YAll``/``LAll`` (DCMH's MIRFlickr and NUS-WIDE), ``IAll``,
-``ImgTrain``/``TagTrain``/``LabTrain`` and ``image``/``text``/``label`` all work; ``keys`` maps
+``ImgTrain``/``TagTrain``/``LabTrain`` and ``image``/``text``/``label`` all work, and so do the
+part-first names of the deep-feature releases (``train_imgs_deep``, ``test_text``,
+``train_imgs_labels`` - identical ``*_imgs_labels`` and ``*_texts_labels`` count once; a
+``valid_*`` part is not read); ``keys`` maps
 ``"image"``, ``"text_query"``, ... to variable names where they do not. Other variables (file
 names, cell arrays) are ignored; an image variable holding raw pixels (more than 2 dimensions) is
 refused - run such images through collect/preprocess instead.
+
+**Wikipedia** (Rasiwasia et al. 2010) is read in the layouts it circulates in: the hashing
+``.mat`` (``I_tr`` 2173x128 SIFT BoVW, ``T_tr`` 2173x10 LDA, ``L_tr`` class ids 1..10, and
+``I_te``/``T_te``/``L_te`` with 693 rows); the original release's ``raw_features.mat`` (the same
+features, no labels) given together with ``trainset_txt_img_cat.list`` and
+``testset_txt_img_cat.list`` (``text_id<TAB>image_id<TAB>category`` per row, read as
+``L_tr``/``L_te``); and the deep-feature ``.h5py`` (``train_imgs_deep`` 4096-d,
+``train_text`` 300-d doc2vec, ``train_imgs_labels``/``train_texts_labels``, ``test_*``).
+:mod:`cmrops.benchmark_layouts` writes stand-ins of each.
 
 **Orientation.** MATLAB stores matrices column-major, so ``h5py`` reads a v7.3 variable of shape
 ``(n, d)`` as ``(d, n)``; some ``.h5`` files are written that way too. Each part's sample count is
@@ -42,6 +57,12 @@ never retrieved). With only ``train`` and ``query`` parts (Wikipedia): the datab
 part. Without parts: ``query`` samples (seeded) become the queries, the rest the database, and
 ``train`` of the database samples are ``in_train`` - the DCMH protocol (MIRFlickr: query 2000,
 train 10000; NUS-WIDE: 2100 / 10500; MS-COCO: 5000 / 10000).
+
+**Near-duplicate queries** (:func:`near_duplicate_queries`): a query whose image or text row
+equals a database row, or has cosine similarity >= ``near_duplicate_cosine`` (0.99) with one,
+on the features as read (all-zero rows match nothing). They are listed in
+``split/manifests/near_duplicate_queries.txt`` so that evaluate also reports the mAP without
+them.
 
 **Sample ids** are content-derived: the first 16 hex chars of the SHA-256 of a sample's image,
 text and label rows (as float32), with an occurrence number when a part repeats a row exactly.
@@ -65,8 +86,12 @@ import pyarrow as pa
 from cmrops import io
 from cmrops.ids import SAMPLE_ID_HEX
 from cmrops.schema import ASSIGNMENTS, INTERIM_SAMPLES, LABELS
+from cmrops.splitting.manifests import write_manifests
 
 log = logging.getLogger(__name__)
+
+#: Cosine similarity from which a database row counts as a near-duplicate of a query row.
+NEAR_DUPLICATE_COSINE = 0.99
 
 MODALITIES = ("image", "text", "labels")
 PARTS = ("all", "train", "query", "database")
@@ -89,7 +114,18 @@ _KEY = re.compile(
     + ")?$",
     re.IGNORECASE,
 )
+# Part first, as the deep-feature releases name them (``train_imgs_deep``, ``test_text``,
+# ``train_texts_labels``, ``valid_imgs_deep``: a validation part is not read).
+_PART_FIRST = re.compile(
+    "^(?:(?P<train>train|training|tr)|(?P<query>test|te|query)|(?P<database>database|db|retrieval))"
+    "_(?:(?P<image>images?|imgs?)|(?P<text>texts?|txts?|tags?))"
+    "(?:_(?P<labels>labels?|labs?)|_(?:deep|vgg|feat|features?|doc2vec|vec|bow))?$",
+    re.IGNORECASE,
+)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: Wikipedia's ``trainset_txt_img_cat.list`` / ``testset_txt_img_cat.list`` (text id, image id,
+#: category 1..10, tab-separated) are read as the label variables ``L_tr`` / ``L_te``.
+_LIST_PART = {"trainset": "L_tr", "testset": "L_te", "train": "L_tr", "test": "L_te"}
 
 
 class BenchmarkFormatError(ValueError):
@@ -118,6 +154,8 @@ def read_variables(path: str | os.PathLike[str]) -> dict[str, Variable]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: benchmark file not found")
+    if p.suffix.lower() == ".list":
+        return _read_category_list(p)
     with open(p, "rb") as fh:
         head = fh.read(512 + 8)
     if head.startswith(b"MATLAB 7.3") or head[:8] == _HDF5_MAGIC or head[512:520] == _HDF5_MAGIC:
@@ -139,6 +177,33 @@ def read_variables(path: str | os.PathLike[str]) -> dict[str, Variable]:
         ):
             out[key] = Variable(str(p), key, value, transposed_hint=False)
     return out
+
+
+def _read_category_list(p: Path) -> dict[str, Variable]:
+    """A Wikipedia ``<trainset|testset>_txt_img_cat.list``: one ``text_id<TAB>image_id<TAB>
+    category`` line per pair, in the row order of ``raw_features.mat``."""
+    prefix = p.name.split("_", 1)[0].lower()
+    if prefix not in _LIST_PART:
+        raise BenchmarkFormatError(
+            f"{p}: a category list must be named trainset_*.list or testset_*.list (the part "
+            "its rows belong to)"
+        )
+    cats = []
+    with open(p, encoding="utf-8-sig") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) != 3 or not cols[2].strip().isdigit():
+                raise BenchmarkFormatError(
+                    f"{p}:{i}: expected 'text_id<TAB>image_id<TAB>category' with an integer "
+                    f"category, got {line.strip()[:80]!r}"
+                )
+            cats.append(int(cols[2]))
+    if not cats:
+        raise BenchmarkFormatError(f"{p}: no category lines")
+    key = _LIST_PART[prefix]
+    return {key: Variable(str(p), key, np.asarray(cats, np.int64)[:, None], False)}
 
 
 def _read_hdf5(p: Path, matlab: bool) -> dict[str, Variable]:
@@ -193,11 +258,11 @@ def classify(
     ``"labels_train"``, ...)."""
     chosen: dict[tuple[str, str], list[Variable]] = {}
     for name, var in variables.items():
-        m = _KEY.match(name)
+        m = _KEY.match(name) or _PART_FIRST.match(name)
         if not m:
             continue
         groups = {k for k, v in m.groupdict().items() if v is not None}
-        mod = next(k for k in groups if k in MODALITIES)
+        mod = "labels" if "labels" in groups else next(k for k in groups if k in MODALITIES)
         part = next((k for k in groups if k in PARTS), "all")
         chosen.setdefault((part, mod), []).append(var)
     for spec, name in (keys or {}).items():
@@ -221,6 +286,8 @@ def classify(
         vs = [v for v in vs if mod != "image" or _image_ok(v, vs)]
         if not vs:
             continue
+        if len(vs) > 1 and mod == "labels" and _all_equal(vs):
+            vs = sorted(vs, key=lambda v: v.key)[:1]  # train_imgs_labels == train_texts_labels
         if len(vs) > 1:
             raise BenchmarkFormatError(
                 f"several variables look like the {mod} of part {part!r}: "
@@ -250,6 +317,11 @@ def classify(
             f"labels for parts {label_parts} but not for {sorted(set(layout) - set(label_parts))}"
         )
     return layout
+
+
+def _all_equal(vs: Sequence[Variable]) -> bool:
+    first = np.ravel(_dense(vs[0].array))
+    return all(np.array_equal(first, np.ravel(_dense(v.array))) for v in vs[1:])
 
 
 def _image_ok(v: Variable, all_candidates: list[Variable]) -> bool:
@@ -330,10 +402,13 @@ def import_benchmark(
     train: int = 10000,
     seed: int = 0,
     normalize: bool = True,
+    near_duplicate_cosine: float = NEAR_DUPLICATE_COSINE,
 ) -> dict[str, Any]:
     """Import one benchmark (see module docstring); returns the summary written to
     ``out/import.json``. ``query``, ``train`` and ``seed`` apply only to files without a fixed
-    split."""
+    split; ``near_duplicate_cosine`` is the threshold of :func:`near_duplicate_queries`."""
+    if not 0.0 < near_duplicate_cosine <= 1.0:
+        raise ValueError(f"near_duplicate_cosine must be in (0, 1], got {near_duplicate_cosine}")
     files = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not files:
         raise ValueError("paths: no benchmark file given")
@@ -383,6 +458,7 @@ def import_benchmark(
             hot[r] = _hot_row(parts[part], i, label_names)
     if not (np.isfinite(image).all() and np.isfinite(text).all()):
         raise BenchmarkFormatError("features contain NaN or infinite values")
+    raw_image, raw_text = image.copy(), text.copy()
     if normalize:
         for x in (image, text):
             norm = np.linalg.norm(x, axis=1, keepdims=True)
@@ -391,7 +467,7 @@ def import_benchmark(
     split, in_train, protocol_spec = _split(parts, ids_of, ordered, query, train, seed)
     protocol = f"imported:{name}"
     out = Path(out_dir)
-    _write(
+    assignments = _write(
         out,
         name,
         ordered,
@@ -405,6 +481,23 @@ def import_benchmark(
         protocol,
         seed,
         protocol_spec,
+    )
+    near = near_duplicate_queries(
+        {"image": raw_image, "text": raw_text}, split, near_duplicate_cosine
+    )
+    nd_ids = sorted(ordered[r] for r in np.flatnonzero(near["any"]))
+    nd_rule = {
+        "rule": "a query whose image or text feature row equals a database row, or has cosine "
+        f">= {near_duplicate_cosine} with one (all-zero rows never match)",
+        "cosine_threshold": near_duplicate_cosine,
+        "features": "as imported, before normalisation",
+        "by_modality": {m: int(near[m].sum()) for m in ("image", "text")},
+    }
+    manifest = write_manifests(
+        out / "split",
+        assignments,
+        nd_ids,
+        {"protocol": protocol, "seed": seed, "near_duplicates": nd_rule, "source": name},
     )
     summary = {
         "name": name,
@@ -423,9 +516,49 @@ def import_benchmark(
         "labels": len(label_names),
         "unlabelled_samples": int((~hot.any(axis=1)).sum()) if has_labels else n,
         "normalized": normalize,
+        "near_duplicate_queries": {
+            "count": len(nd_ids),
+            **nd_rule["by_modality"],
+            "cosine_threshold": near_duplicate_cosine,
+        },
+        "manifests": {k: v["sha256"] for k, v in manifest["files"].items()},
     }
     io.write_json(out / "import.json", summary)
     return summary
+
+
+def near_duplicate_queries(
+    features: Mapping[str, np.ndarray],
+    split: np.ndarray,
+    cosine: float = NEAR_DUPLICATE_COSINE,
+    chunk: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Which query rows (``split == "query"``) have a near-duplicate among the database rows,
+    per modality and in any: ``{"image": (n,) bool, "text": ..., "any": ...}`` (False outside
+    the queries). A near-duplicate is a database row equal to the query's row, or whose cosine
+    similarity with it reaches ``cosine``. All-zero rows (a text without a single tag) carry no
+    content and match nothing."""
+    split = np.asarray(split)
+    q_rows = np.flatnonzero(split == "query")
+    db_rows = np.flatnonzero(split == "database")
+    out = {m: np.zeros(len(split), bool) for m in features}
+    for m, x in features.items():
+        x = np.asarray(x, np.float32)
+        if not len(q_rows) or not len(db_rows):
+            continue
+        norm = np.linalg.norm(x, axis=1)
+        unit = np.divide(x, norm[:, None], out=np.zeros_like(x), where=norm[:, None] > 0)
+        exact = {x[r].tobytes() for r in db_rows if norm[r] > 0}
+        db = unit[db_rows]
+        for lo in range(0, len(q_rows), chunk):
+            rows = q_rows[lo : lo + chunk]
+            best = (unit[rows] @ db.T).max(axis=1)
+            same = np.fromiter((x[r].tobytes() in exact for r in rows), bool, len(rows))
+            out[m][rows] = ((best >= cosine) | same) & (norm[rows] > 0)
+    out["any"] = (
+        np.logical_or.reduce([out[m] for m in features]) if features else np.zeros(len(split), bool)
+    )
+    return out
 
 
 def _label_names(parts: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
@@ -527,7 +660,7 @@ def _write(
     protocol: str,
     seed: int,
     spec: dict[str, Any],
-) -> None:
+) -> pa.Table:
     n = len(ids)
     columns: dict[str, Any] = {f.name: pa.nulls(n, f.type) for f in INTERIM_SAMPLES}
     columns["sample_id"] = pa.array(ids, pa.string())
@@ -579,11 +712,12 @@ def _write(
         ),
     )
     io.write_parquet(out / "split" / "assignments.parquet", table)
+    return table
 
 
 def cli_main(args: Any) -> int:
     """For a ``cmrops import-benchmark FILE... --out DIR [--name N] [--query Q] [--train T]
-    [--seed S] [--no-normalize]`` command."""
+    [--seed S] [--no-normalize] [--near-duplicate-cosine C]`` command."""
     s = import_benchmark(
         args.files,
         args.out,
@@ -592,10 +726,12 @@ def cli_main(args: Any) -> int:
         train=args.train,
         seed=args.seed,
         normalize=not args.no_normalize,
+        near_duplicate_cosine=args.near_duplicate_cosine,
     )
     print(
         f"imported {s['name']}: {s['samples']} samples ({s['layout']}), sets {s['sets']}, "
         f"in_train {s['in_train']}, image {s['image_dim']}-d, text {s['text_dim']}-d, "
-        f"{s['labels']} labels; transposed on read: {', '.join(s['read_transposed']) or 'none'}"
+        f"{s['labels']} labels; transposed on read: {', '.join(s['read_transposed']) or 'none'}; "
+        f"{s['near_duplicate_queries']['count']} queries with a near-duplicate in the database"
     )
     return 0

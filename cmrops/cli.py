@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--train", type=int, default=10000, help="training set size (idem)")
     imp.add_argument("--seed", type=int, default=0)
     imp.add_argument("--no-normalize", action="store_true", help="keep features unnormalised")
+    imp.add_argument(
+        "--near-duplicate-cosine",
+        type=float,
+        default=0.99,
+        help="cosine from which a database row makes a query a near-duplicate one",
+    )
     imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
 
     ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")

@@ -251,8 +251,17 @@ def iter_parquet(
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file; of a folder (a label folder such as MIRFlickr's annotations): of every
+    file under it, in sorted relative-path order, each as its path, a NUL and its digest."""
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f.relative_to(p).as_posix().encode("utf-8") + b"\0")
+            h.update(bytes.fromhex(sha256_file(f, chunk)))
+        return h.hexdigest()
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(p, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -26,12 +26,26 @@ cancelled are ignored; a ``ground_truth`` one wins, else the most recently updat
 id). Its labels are every ``value.choices`` item and the leaf (last element) of every
 ``value.taxonomy`` path of its results; an annotation with no choices means "no label". A task
 without annotations (predictions only) says nothing.
+
+**MIRFlickr-25K annotations** (``format: mirflickr``, or a folder path with ``auto``): the
+release's ``mirflickr25k_annotations_v080/`` folder, one ``<concept>.txt`` per label listing the
+numbers of its images, one a line (``im<N>.jpg`` of the image folder). The 24 plain lists are the
+labels of the cross-modal hashing protocol (DCMH's ``LAll`` has these 24 columns); the 14
+``<concept>_r1.txt`` lists (the concept is salient - a strict subset) are read instead with
+``label_column: r1``, naming the same concept without the suffix. The key of image N is
+``key_column`` formatted with ``n`` (default ``im{n}.jpg``, the ``source_key`` of a folder source
+rooted at ``mirflickr/``; ``mirflickr/im{n}.jpg`` when the source is rooted one level up). Image
+numbers of images that were not collected are skipped (a subset is fine), but when none of the
+numbers is a sample the key pattern is wrong and that is an error. An image in no list says
+nothing (its automatic labels stand); MIRFlickr's unlabelled images are usually left out of the
+hashing protocol.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +53,15 @@ from typing import Any, Literal
 
 from cmrops.labels.vocab import LABEL_SEPARATOR, NO_LABEL
 
-FileFormat = Literal["auto", "csv", "jsonl", "labelstudio"]
+log = logging.getLogger(__name__)
+
+FileFormat = Literal["auto", "csv", "jsonl", "labelstudio", "mirflickr"]
 KEY_COLUMNS = ("key", "sample_id", "source_key")
 LABEL_COLUMNS = ("answer", "label", "labels")
 LS_KEY_FIELDS = ("sample_id", "source_key", "key")
 _SHOWN = 5  # unknown keys named in an error
+MIRFLICKR_KEY = "im{n}.jpg"
+MIRFLICKR_LISTS = ("plain", "r1")
 
 
 class LabelFileError(ValueError):
@@ -62,9 +80,12 @@ class Statement:
     source: str | None
     labels: tuple[str, ...]
     where: str  # "<file>:<line>" or "<file>:task <i>", for messages and evidence
+    optional: bool = False  # names a sample that may not have been collected (a subset)
 
 
-def detect_format(path: Path) -> Literal["csv", "jsonl", "labelstudio"]:
+def detect_format(path: Path) -> Literal["csv", "jsonl", "labelstudio", "mirflickr"]:
+    if path.is_dir():
+        return "mirflickr"
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
@@ -74,7 +95,7 @@ def detect_format(path: Path) -> Literal["csv", "jsonl", "labelstudio"]:
         return "labelstudio"
     raise LabelFileError(
         f"{path}: cannot tell the format from the extension {suffix!r}; use .csv/.tsv, "
-        ".jsonl or .json (Label Studio export), or set 'format'"
+        ".jsonl or .json (Label Studio export), a MIRFlickr annotation folder, or set 'format'"
     )
 
 
@@ -87,6 +108,8 @@ def read_statements(
 ) -> list[Statement]:
     """Every statement of the label file at ``path`` (``name`` is how messages call it)."""
     shown = name or str(path)
+    if fmt == "mirflickr" or (fmt == "auto" and path.is_dir()):
+        return read_mirflickr(path, key_column or MIRFLICKR_KEY, label_column, shown)
     if not path.is_file():
         raise FileNotFoundError(f"{shown}: label file not found")
     kind = detect_format(path) if fmt == "auto" else fmt
@@ -260,6 +283,66 @@ def _annotation_labels(annotation: dict[str, Any], where: str) -> tuple[str, ...
     return tuple(dict.fromkeys(s.strip() for s in labels if s.strip()))
 
 
+def read_mirflickr(
+    folder: Path, key: str = MIRFLICKR_KEY, lists: str | None = None, name: str | None = None
+) -> list[Statement]:
+    """Statements of a MIRFlickr-25K annotation folder (see module docstring): one per image
+    named by some list, with the concepts of every list naming it. ``lists``: ``None`` or
+    ``"plain"`` (the 24 ``<concept>.txt``), ``"r1"`` (the ``<concept>_r1.txt``)."""
+    shown = name or str(folder)
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"{shown}: MIRFlickr annotation folder not found (the unzipped "
+            "mirflickr25k_annotations_v080/ with <concept>.txt lists)"
+        )
+    if not folder.is_dir():
+        raise LabelFileError(
+            f"{shown}: format mirflickr reads a folder of <concept>.txt lists, not a file"
+        )
+    which = lists or "plain"
+    if which not in MIRFLICKR_LISTS:
+        raise LabelFileError(
+            f"{shown}: label_column for format mirflickr is 'plain' (the 24 <concept>.txt) or "
+            f"'r1' (the <concept>_r1.txt), got {which!r}"
+        )
+    if "{n}" not in key:
+        raise LabelFileError(
+            f"{shown}: key_column for format mirflickr is a pattern with {{n}} for the image "
+            f"number (e.g. {MIRFLICKR_KEY!r}), got {key!r}"
+        )
+    files = sorted(
+        f
+        for f in folder.glob("*.txt")
+        if f.name.lower() != "readme.txt" and f.stem.endswith("_r1") == (which == "r1")
+    )
+    if not files:
+        raise LabelFileError(
+            f"{shown}: no {'<concept>_r1.txt' if which == 'r1' else '<concept>.txt'} lists in "
+            "the folder (is it mirflickr25k_annotations_v080/?)"
+        )
+    concepts: dict[int, list[str]] = {}
+    first: dict[int, str] = {}
+    for f in files:
+        concept = f.stem[: -len("_r1")] if which == "r1" else f.stem
+        with f.open(encoding="utf-8-sig") as fh:
+            for i, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text:
+                    continue
+                if not text.isdigit() or int(text) < 1:
+                    raise LabelFileError(
+                        f"{shown}/{f.name}:{i}: expected an image number (a positive integer) "
+                        f"per line, got {text[:40]!r}"
+                    )
+                n = int(text)
+                concepts.setdefault(n, []).append(concept)
+                first.setdefault(n, f"{shown}/{f.name}:{i}")
+    return [
+        Statement(key.format(n=n), None, tuple(dict.fromkeys(concepts[n])), first[n], True)
+        for n in sorted(concepts)
+    ]
+
+
 # --------------------------------------------------------------------------- key resolution
 
 
@@ -311,13 +394,15 @@ class KeyIndex:
         """
         resolved: list[tuple[str, Statement]] = []
         bad: dict[str, str] = {}
-        skipped = 0
+        skipped = absent = 0
         for st in statements:
             sid, status = self.resolve(st.key, st.source)
             if sid is not None:
                 resolved.append((sid, st))
             elif status == "quarantined":
                 skipped += 1
+            elif st.optional and status == "unknown":
+                absent += 1
             else:
                 label = st.key if st.source is None else f"{st.source}:{st.key}"
                 bad.setdefault(label, status)
@@ -330,4 +415,13 @@ class KeyIndex:
                 "the sample_id or the source_key of data/interim/samples.parquet (add a 'source' "
                 "column when a source_key is in several sources)"
             )
+        if absent and not resolved and not skipped:
+            example = next(st.key for st in statements if st.optional)
+            raise UnknownSampleKeyError(
+                f"{shown}: none of its {absent} images is a sample of the input (e.g. "
+                f"{example!r}); set key_column to the pattern of their source_key, e.g. "
+                f"'{MIRFLICKR_KEY}' or 'mirflickr/{MIRFLICKR_KEY}'"
+            )
+        if absent:
+            log.warning("%s: %d listed image(s) are not in the input, skipped", shown, absent)
         return resolved, skipped

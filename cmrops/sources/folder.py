@@ -10,6 +10,10 @@ Layout (walked recursively in sorted order; names starting with ``.`` are skippe
       captions.txt            # optional Flickr8k-style index: "image,caption" lines (header
                               #   "image,caption" optional; "image.jpg#0<TAB>caption" also read)
 
+      meta/tags/tags<N>.txt   # MIRFlickr-25K: the tags of im<N>.jpg, one a line - read as one
+                              #   caption, the tags joined by spaces (an image without tags
+                              #   has no caption)
+
 An index entry names an image by its path relative to the root, or by its bare file name (as
 Flickr8k does, with the photos in ``Images/``). An image's captions are its index entries followed
 by its sidecar lines. Records yielded: one per image file, plus one ``missing_image`` reject per
@@ -23,6 +27,7 @@ import csv
 import json
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +48,8 @@ from cmrops.sources.base import (
 log = logging.getLogger(__name__)
 
 INDEX_NAMES = ("captions.json", "captions.txt")
+MIRFLICKR_TAGS = Path("meta") / "tags"  # MIRFlickr-25K's tags<N>.txt, the tags of im<N>.jpg
+_MIRFLICKR_TAG_FILE = re.compile(r"tags(\d+)\.txt")
 
 
 class FolderSource:
@@ -70,7 +77,25 @@ class FolderSource:
             self._read_json_index(json_path, index)
         if txt_path.is_file():
             self._read_txt_index(txt_path, index)
+        tags = self.root / MIRFLICKR_TAGS
+        if tags.is_dir():
+            self._read_mirflickr_tags(tags, index)
         return index
+
+    def _read_mirflickr_tags(self, folder: Path, index: dict[str, list[str]]) -> None:
+        for path in sorted(folder.iterdir()):
+            m = _MIRFLICKR_TAG_FILE.fullmatch(path.name)
+            if not m or not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+            tags = [t.strip() for t in text.splitlines() if t.strip()]
+            rel = path.relative_to(self.root).as_posix()
+            if has_surrogates(text):
+                self._index_rejects.append(
+                    Reject(self.name, rel, Reason.INVALID_UTF8, "tag file is not valid UTF-8")
+                )
+            elif tags:
+                index[f"im{int(m.group(1))}.jpg"].append(" ".join(tags))
 
     def _read_json_index(self, path: Path, index: dict[str, list[str]]) -> None:
         try:
@@ -180,6 +205,7 @@ class FolderSource:
                 p.suffix.lower() == ".txt"
                 and p.stem not in stems
                 and not (here == root and fname in INDEX_NAMES)
+                and not (here == root / MIRFLICKR_TAGS and _MIRFLICKR_TAG_FILE.fullmatch(fname))
             ):
                 rel = p.relative_to(root).as_posix()
                 yield Reject(
