@@ -793,23 +793,31 @@ def _float_section(
     """Cosine-ranking metrics of float vectors (a model's float outputs or the aligned
     baseline), and the raw summary."""
     map_k, top_k = cut["map_at"], cut["top_k"]
-    ranks = (
-        set(top_k.values()) | set(cut["pk_curve"].values()) | set(cut["pair_recall_at"].values())
-    )
-    fm = M.cosine_metrics(fq, fdb, ql, dl, map_at=map_k.values(), top_k=ranks)
+    fm = M.cosine_metrics(fq, fdb, ql, dl, map_at=map_k.values(), top_k=_ranks(cut))
     fs = fm.summary()
-    out: dict[str, Any] = {
-        "map": _r(fs["map"]),
-        "map_relevant_only": _r(fs["map_relevant_only"]),
-    }
-    if ctx.near_dup is not None:
-        out["map_without_near_duplicate_queries"] = _without_near_dup(ctx, fm)
+    out = _map_entries(ctx, fm, fs)
     out["map_at"] = _by_requested(map_k, fs["map_at"])
     for key in ("precision_at", "recall_at", "ndcg_at"):
         out[key] = _by_requested(top_k, fs[key])
     if ctx.pair:
         out["pair_ranks"] = _pair_ranks(fm, cut["pair_recall_at"])
     return out, fs
+
+
+def _ranks(cut: dict[str, dict[int, int]]) -> set[int]:
+    """Every clipped rank cut-off some metric needs (P@K, R@K, NDCG@K, the curve, pair R@K)."""
+    return set().union(*(cut[k].values() for k in ("top_k", "pk_curve", "pair_recall_at")))
+
+
+def _map_entries(ctx: _Context, metrics: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """Full mAP, mAP over queries with a relevant item, and mAP without near-duplicate queries."""
+    out: dict[str, Any] = {
+        "map": _r(summary["map"]),
+        "map_relevant_only": _r(summary["map_relevant_only"]),
+    }
+    if ctx.near_dup is not None:
+        out["map_without_near_duplicate_queries"] = _without_near_dup(ctx, metrics)
+    return out
 
 
 def _health(h: dict[str, Any]) -> dict[str, Any]:
@@ -841,19 +849,14 @@ def _evaluate_direction(
         cut["pk_curve"],
         cut["pair_recall_at"],
     )
-    ranks = set(top_k.values()) | set(curve_k.values()) | set(pair_k.values())
+    ranks = _ranks(cut)
 
     total, relevant = M.histograms(q, db, ql, dl, n_threads=params.n_threads)
     assert not total[:, n_bits + 1 :].any(), "bits past n_bits were checked to be zero"
     total, relevant = total[:, : n_bits + 1], relevant[:, : n_bits + 1]
     tie = M.hamming_metrics(total, relevant, map_at=map_k.values(), top_k=ranks)
     ts = tie.summary()
-    hash_out: dict[str, Any] = {
-        "map": _r(ts["map"]),
-        "map_relevant_only": _r(ts["map_relevant_only"]),
-    }
-    if ctx.near_dup is not None:
-        hash_out["map_without_near_duplicate_queries"] = _without_near_dup(ctx, tie)
+    hash_out = _map_entries(ctx, tie, ts)
     order = None
     if params.database_order:
         order = M.database_order_metrics(q, db, ql, dl, map_at=map_k.values(), top_k=ranks)
