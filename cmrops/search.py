@@ -417,13 +417,12 @@ def load_model(info: ModelInfo, config: dict[str, Any] | None = None) -> nn.Modu
     fine-tuned encoder - from its checkpoint (hash-checked, no pickle); :class:`SearchError`
     says what is wrong."""
     from cmrops.models import checkpoint as ckpt
-    from cmrops.models.finetune import build_hasher
-    from cmrops.models.hasher import HasherConfig
+    from cmrops.models.finetune import model_from_config
 
     d = info.model_dir
     config = config if config is not None else read_config(info)
     try:
-        model = build_hasher(HasherConfig.from_json(config["model"]))
+        model = model_from_config(config["model"])
         state, _best = ckpt.load(d, config, model)
     except ckpt.CheckpointError as e:
         raise SearchError(f"{e} - re-run `cmrops train`") from e

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cmrops import report, runlog
+from cmrops import pipeline, report, runlog
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 PAGES = ["overview", "data_quality", "splits", "retrieval", "code_health"]
@@ -77,7 +77,7 @@ def test_overview_shows_the_run_and_the_headline_numbers(
     last = json.loads((p / ".cmrops" / "runs.jsonl").read_text().splitlines()[-1])
     assert f"Run id  \n`{last['run_id']}`" in text
     assert f"Data version (DVC)  \n`{runlog.data_version(p)}`" in text
-    assert int(m["Stages"]) == 7
+    assert int(m["Stages"]) == len(pipeline.STAGES)
     assert m["Status"] == "success"
     assert int(m["Samples in"]) == raw["inputs"]
     assert int(m["Kept after clean"]) == quality["kept"]

@@ -364,3 +364,13 @@ def build_hasher(config: HasherConfig) -> nn.Module:
 
         return CrossModalHasher(config)
     return EncoderHasher(config)
+
+
+def model_from_config(model: dict[str, Any]) -> nn.Module:
+    """The (untrained) model a checkpoint's ``config.json`` ``model`` section describes: the
+    linear projections of a closed-form method (``kind: linear``), or :func:`build_hasher`'s."""
+    if model.get("kind") == "linear":
+        from cmrops.models.linear import LinearConfig, LinearHasher
+
+        return LinearHasher(LinearConfig.from_json(model))
+    return build_hasher(HasherConfig.from_json(model))

@@ -28,6 +28,12 @@ class LinearConfig:
     def to_json(self) -> dict[str, Any]:
         return {"kind": "linear", **asdict(self)}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LinearConfig:
+        if d.get("kind") != "linear":
+            raise ValueError(f"not a linear projection config (kind {d.get('kind')!r})")
+        return cls(int(d["image_dim"]), int(d["text_dim"]), int(d["n_bits"]))
+
 
 class LinearHead(nn.Module):
     """``(x - mean) @ weight - offset`` in float64 (inputs of any float type)."""
