@@ -144,8 +144,8 @@ def available_models(project: str | os.PathLike[str]) -> list[ModelInfo]:
     for d in sorted(p for p in codes.iterdir() if p.is_dir()):
         try:
             meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-            if meta.get("stage") != "train":
-                continue
+            if meta.get("stage") != "train" or meta.get("kind") == "float_baseline":
+                continue  # (the aligned float baseline has vectors, not codes)
             out.append(
                 ModelInfo(
                     name=d.name,

@@ -148,11 +148,19 @@ def test_scheduled_runs_are_incremental(tmp_path_factory: pytest.TempPathFactory
     assert search["index_size"] == len(interim2)
 
     # the split moved no earlier sample; the new ones that survived cleaning were placed
+    # (an earlier sample may leave the release: the alignment the mismatch rule scores with is
+    # refitted on the grown data set, so a borderline pair can be judged again - never
+    # silently: it is in clean's quarantine with its reason, and the release counts it)
     now = _assignments(project)
-    assert {s: now[s] for s in before if s in now} == before
-    assert set(before) <= set(now)
+    assert {s: now[s] for s in before if s in now} == {s: before[s] for s in now if s in before}
+    left = set(before) - set(now)
+    quarantine = pq.read_table(project / "data/clean/quarantine.parquet").to_pydict()
+    reason = dict(zip(quarantine["sample_id"], quarantine["reason"], strict=True))
+    assert all(reason.get(s) for s in left), {s: reason.get(s) for s in left}
     release = json.loads((project / "data/split/release.json").read_text())
-    assert release["anchored_samples"] == len(before)
+    assert release["anchored_samples"] == len(before) - len(left)
+    assert release["left"] == len(left)
+    assert sorted(release["left_samples"]) == sorted(left)[:50]
     assert release["moved"] == 0
     assert release["new_samples"] == len(now) - len(before) > 0
 

@@ -147,7 +147,8 @@ def test_anchor_previous_keeps_every_earlier_sample_in_its_set(tmp_path: Path) -
     m1 = split_stage.run(params, clean, None, out)
     first = pq.read_table(out / "assignments.parquet").to_pydict()
     assert m1["release"] == {
-        "anchored_on": None, "anchored_samples": 0, "new_samples": 150, "moved": 0
+        "anchored_on": None, "anchored_samples": 0, "new_samples": 150, "moved": 0,
+        "left": 0, "left_samples": [],
     }  # fmt: skip
     versioned = (out / "assignments.parquet").read_bytes()
     metrics1 = json.dumps({k: v for k, v in m1.items() if k != "release"}, sort_keys=True)
@@ -170,9 +171,22 @@ def test_anchor_previous_keeps_every_earlier_sample_in_its_set(tmp_path: Path) -
     assert {s: now[s] for s in was} == was  # nothing earlier moved set or training membership
     assert all(now[s][0] == "database" for s in new_ids)  # the query set is full: exact size
     assert m2["release"] == {
-        "anchored_on": "previous", "anchored_samples": 150, "new_samples": 40, "moved": 0
+        "anchored_on": "previous", "anchored_samples": 150, "new_samples": 40, "moved": 0,
+        "left": 0, "left_samples": [],
     }  # fmt: skip
     assert json.loads((out / split_stage.RELEASE_FILE).read_text()) == m2["release"]
+
+    # five earlier samples are dropped upstream (say, quarantined by a refitted rule): the rest
+    # keep their sets and the release names the ones that left
+    gone = sorted(old_ids)[:5]
+    clean3 = _clean_dir(tmp_path / "c", sorted(set(old_ids + new_ids) - set(gone)))
+    m3 = split_stage.run(params, clean3, None, out)
+    third = pq.read_table(out / "assignments.parquet").to_pydict()
+    after = {s: (sp, tr) for s, sp, tr in zip(third["sample_id"], third["split"],
+                                               third["in_train"], strict=True)}  # fmt: skip
+    assert after == {s: v for s, v in now.items() if s not in gone}
+    assert (m3["release"]["left"], m3["release"]["left_samples"]) == (5, gone)
+    assert m3["release"]["anchored_samples"] == 185
 
     # another seed: the old assignments do not apply, the split is made afresh (and says so)
     reseeded = dataclasses.replace(params, seed=7)

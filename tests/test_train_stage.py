@@ -249,10 +249,60 @@ def test_stale_code_folders_are_removed(tmp_path: Path) -> None:
     (tmp_path / "codes" / "mine").mkdir()  # not ours: kept
     train(tmp_path, dirs, dataclasses.replace(p, bits=(32,)))
     assert sorted(x.name for x in (tmp_path / "codes").iterdir()) == [
+        "aligned-float",
         "contrastive-32",
         "mine",
         "rows.parquet",
     ]
+    m = train(tmp_path, dirs, dataclasses.replace(p, bits=(32,), float_baseline=False))
+    assert m["float_baseline"] is None
+    assert not (tmp_path / "codes" / "aligned-float").exists()
+    assert not (tmp_path / "models" / "aligned-float").exists()
+
+
+def test_aligned_float_baseline_is_fitted_on_the_training_pairs_only(tmp_path: Path) -> None:
+    from cmrops.align import load_alignment
+
+    dirs = fabricate(tmp_path, n=300)
+    p = dataclasses.replace(FAST, methods=("contrastive",), bits=(16,), epochs=1)
+    m = train(tmp_path, dirs, p)
+    base = m["float_baseline"]
+    assert base["kind"] == "learned"
+    assert base["train_pairs"] == m["roles"]["train"]
+    assert base["why"].startswith("learned on the training pairs")
+    out = tmp_path / "codes" / "aligned-float"
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["kind"], meta["stage"]) == ("float_baseline", "train")
+    assert (meta["protocol"], meta["split_seed"]) == ("hashing", 7)
+    assert (meta["n_query"], meta["n_database"]) == (m["roles"]["query"], m["roles"]["database"])
+    assert sorted(x.name for x in out.glob("*.npy") if "_float" not in x.name) == []  # no codes
+    alignment = load_alignment(tmp_path / "models" / "aligned-float")
+    info = alignment.info
+    assert info["train_pairs"] + info["holdout_pairs"] == m["roles"]["train"]
+    for side in ("image", "text"):
+        for role in ("query", "database"):
+            x = np.load(out / f"{side}_{role}_float.npy")
+            assert (x.dtype, x.shape) == (np.float32, (meta[f"n_{role}"], alignment.dim))
+            np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    # The paired caption is nearer than the others: the space is cross-modal.
+    qi, qt = np.load(out / "image_query_float.npy"), np.load(out / "text_query_float.npy")
+    sims = qi @ qt.T
+    assert (np.diag(sims)[:, None] >= sims).mean() > 0.7
+
+    # The query samples' embeddings change: the alignment (training pairs only) does not, but
+    # their vectors do - nothing of the query set went into the fit.
+    before = io.sha256_file(tmp_path / "models" / "aligned-float" / "alignment.safetensors")
+    q_rows = [r["sample_id"] for r in pq.read_table(tmp_path / "codes" / "rows.parquet").to_pylist()
+              if r["role"] == "query"]  # fmt: skip
+    rows = {r["sample_id"]: r["feature_row"]
+            for r in pq.read_table(dirs["clean"] / "samples.parquet").to_pylist()}  # fmt: skip
+    image = np.load(dirs["interim"] / "features" / "image.npy")
+    image[[rows[s] for s in q_rows[:5]]] *= -1.0
+    io.write_npy(dirs["interim"] / "features" / "image.npy", image)
+    train(tmp_path, dirs, p)
+    after = io.sha256_file(tmp_path / "models" / "aligned-float" / "alignment.safetensors")
+    assert after == before
+    assert not np.array_equal(np.load(out / "image_query_float.npy"), qi)
 
 
 def test_bad_upstream_is_reported(tmp_path: Path) -> None:
@@ -384,9 +434,10 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]
     stage["deps"] = [d for d in stage["deps"] if d.startswith("data/")]  # the code is imported
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
-    p = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    project = yaml.safe_load((repo / "params.yaml").read_text())
+    p = project["train"]
     p.update(bits=[16, 64], epochs=1, hidden=[16], batch_size=32, device="cpu")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": p}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": p, "align": project["align"]}))
     env = {
         **os.environ,
         "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -407,6 +458,7 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     models = sorted(f"{method}-32" for method in p["methods"])  # every default method
     assert len(models) == 5
     assert sorted(x.name for x in (tmp_path / "data" / "codes").iterdir()) == [
+        "aligned-float",  # the aligned float baseline
         *models,
         "rows.parquet",
     ]

@@ -119,8 +119,7 @@ def run(
         io.write_json(out / "throughput.json", {"seconds": round(time.perf_counter() - t0, 3)})
         return metrics
     sample_ids, image, text = _pairs(interim)
-    aligned, why = encoders_aligned(meta)
-    kind = params.kind if params.kind != "auto" else ("encoder" if aligned else "learned")
+    kind, why = resolve_kind(params.kind, encoders_aligned(meta), image.shape[1], text.shape[1])
     p = params.train
     if kind == "encoder":
         if image.shape[1] != text.shape[1]:
@@ -174,6 +173,23 @@ def run(
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "throughput.json", {"seconds": round(time.perf_counter() - t0, 3)})
     return metrics
+
+
+def resolve_kind(
+    kind: Literal["auto", "learned", "encoder"],
+    aligned: tuple[bool, str],
+    image_dim: int,
+    text_dim: int,
+) -> tuple[Literal["learned", "encoder"], str]:
+    """``align.kind`` made concrete, and why: ``auto`` is the encoders' own space when
+    ``features/meta.json`` says one aligned dual encoder embedded both sides (``aligned``, from
+    :func:`cmrops.labels.zeroshot.alignment`) in one width, else a learned alignment."""
+    ok, why = aligned
+    if kind != "auto":
+        return kind, why
+    if ok and image_dim != text_dim:
+        return "learned", f"{why}, but image features are {image_dim}-d and text {text_dim}-d"
+    return ("encoder" if ok else "learned"), why
 
 
 def planted_swapped(truth_path: Path, sample_ids: list[str], scores: np.ndarray) -> dict[str, Any]:

@@ -179,7 +179,8 @@ def cli_main(args: Any) -> int:
         r = m["release"]
         print(
             f"split: anchored on the previous assignments: {r['anchored_samples']} kept their "
-            f"set, {r['new_samples']} new, {r['moved']} moved"
+            f"set, {r['new_samples']} new, {r['moved']} moved, {r.get('left', 0)} left (dropped "
+            "upstream this release: see the quarantine files)"
         )
     return 0
 
@@ -211,6 +212,7 @@ def run(
     weights = np.bincount(group_idx, minlength=len(roots)).astype(np.int64)
 
     extra: dict[str, Any] = {}
+    left: list[str] = []  # samples of the anchor that are not in this release
     if params.import_assignments:
         path = _resolve(base, params.import_assignments)
         split, in_train, sets, protocol_name, extra = _imported(path, ids)
@@ -222,7 +224,7 @@ def run(
         anchor = None
         anchor_path = _anchor_path(params, base, out, spec)
         if anchor_path is not None:
-            anchor = _load_anchor(anchor_path, ids, proto, params.protocol)
+            anchor, left = _load_anchor(anchor_path, ids, proto, params.protocol)
         used_labels = sample_labels if params.stratify else [[] for _ in ids]
         split, in_train, extra = _assign(
             proto, params.seed, keys, weights, group_idx, used_labels, len(label_names), anchor, ids
@@ -237,6 +239,10 @@ def run(
         release = {
             "anchored_on": "previous" if anchor_path is not None else None,
             **{k: counts[k] for k in ("anchored_samples", "new_samples", "moved")},
+            # earlier samples this release no longer holds: an upstream stage dropped them
+            # this time (each with its reason in that stage's quarantine file)
+            "left": len(left),
+            "left_samples": left[:50],
         }
         extra["anchor"] = {
             "mode": PREVIOUS,
@@ -427,7 +433,8 @@ def _load_labels(
 
 def _load_anchor(
     path: Path, ids: list[str], proto: Protocol, name: str
-) -> dict[str, tuple[str, bool]]:
+) -> tuple[dict[str, tuple[str, bool]], list[str]]:
+    """The earlier assignment of each of ``ids`` it holds, and its samples not in ``ids``."""
     if not path.is_file():
         raise FileNotFoundError(f"split.anchor {path}: not found")
     t = io.read_parquet(path)
@@ -447,11 +454,13 @@ def _load_anchor(
         else [s == "train" for s in splits]
     )
     known = set(ids)
-    return {
+    given = t["sample_id"].to_pylist()
+    anchor = {
         sid: (s, bool(tr))
-        for sid, s, tr in zip(t["sample_id"].to_pylist(), splits, in_train, strict=True)
+        for sid, s, tr in zip(given, splits, in_train, strict=True)
         if sid in known
     }
+    return anchor, sorted({sid for sid in given if sid not in known})
 
 
 def _imported(

@@ -51,7 +51,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -60,9 +60,13 @@ from cmrops import io
 from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
 from cmrops.schema import CODE_ROWS
 
+if TYPE_CHECKING:
+    from cmrops.stages.align import AlignStageParams
+
 log = logging.getLogger(__name__)
 
 STAGE = "train"
+ALIGNED = "aligned-float"  # cmrops.align.baseline.NAME (kept torch-free here)
 
 
 # --------------------------------------------------------------------------- params
@@ -101,6 +105,9 @@ class TrainParams:
     cca: CcaOptions = field(default_factory=CcaOptions)
     itq: ItqOptions = field(default_factory=ItqOptions)
     cmfh: CmfhOptions = field(default_factory=CmfhOptions)
+    # The aligned float baseline (cmrops.align.baseline): an alignment fitted on the training
+    # pairs (align.kind and align.train from params), its float vectors in <codes>/aligned-float.
+    float_baseline: bool = True
 
     def __post_init__(self) -> None:
         from cmrops.methods import METHODS, describe, info
@@ -184,8 +191,10 @@ def cli_main(args: Any) -> int:
     """``cmrops train --params P --split S --clean C --interim I --labelled L --models M
     --codes K --metrics F [--raw R] [--restart]``."""
     from cmrops.params import load_section
+    from cmrops.stages.align import AlignStageParams
 
     params = load_section(args.params, STAGE, TrainParams)
+    align = load_section(args.params, "align", AlignStageParams)
     m = run(
         params,
         args.split,
@@ -197,6 +206,7 @@ def cli_main(args: Any) -> int:
         metrics_path=args.metrics,
         restart=args.restart,
         raw_dir=args.raw,
+        align=align,
     )
     r = m["roles"]
     print(
@@ -211,6 +221,12 @@ def cli_main(args: Any) -> int:
         else:
             runs = f"{s['steps']} steps, {s['epochs']} epochs, best val mAP {best}{stop}"
         print(f"  {name}: {runs}, {m['throughput'][name]['samples_per_s']:.0f} samples/s")
+    base = m.get("float_baseline")
+    if base:
+        print(
+            f"  {ALIGNED}: {base['kind']} alignment, {base['dim']}-d, fitted on "
+            f"{base['train_pairs']} training pairs (float vectors, no codes)"
+        )
     return 0
 
 
@@ -227,11 +243,13 @@ def run(
     restart: bool = False,
     progress: bool = True,
     raw_dir: str | os.PathLike[str] | None = None,
+    align: AlignStageParams | None = None,
 ) -> dict[str, Any]:
     """Train every model of ``params`` and write their codes (see module docstring); returns
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
     ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
-    the images that a fine-tuned encoder reads."""
+    the images that a fine-tuned encoder reads; ``align`` (default: its defaults) says how the
+    aligned float baseline's alignment is fitted."""
     from cmrops.codes import pack_bits
     from cmrops.encoders import resolve_device
     from cmrops.methods import info
@@ -333,12 +351,19 @@ def run(
                 "n_database": len(roles.database),
                 "train_samples": len(roles.train),
                 "val_samples": len(roles.val),
+                "val_from": roles.val_from,  # model selection: never on the query set
                 "val_relevance": result.relevance,
                 **stats,
             }
             io.write_json(out / "meta.json", meta)
             summary[name] = stats
             throughput[name] = {"samples_per_s": round(result.samples_per_s, 1)}
+    baseline = None
+    if params.float_baseline:
+        baseline = _float_baseline(data, roles, codes, models, align, progress)
+        names.append(ALIGNED)
+    else:
+        shutil.rmtree(models / ALIGNED, ignore_errors=True)
     _remove_stale_codes(codes, names)
 
     metrics = {
@@ -360,6 +385,7 @@ def run(
         },
         "methods": {m: info(m).to_json() for m in params.methods},
         "models": summary,
+        "float_baseline": baseline,
     }
     metrics_file = Path(metrics_path) if metrics_path else codes / "train.json"
     io.write_json(metrics_file, metrics)
@@ -367,6 +393,49 @@ def run(
     # throughput.json) so reruns, `dvc repro` and the Airflow DAG produce identical bytes.
     io.write_json(metrics_file.with_name("train_throughput.json"), {"device": device, **throughput})
     return {**metrics, "throughput": throughput}
+
+
+def _float_baseline(
+    data: Inputs,
+    roles: Roles,
+    codes: Path,
+    models: Path,
+    align: AlignStageParams | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The aligned float baseline (:mod:`cmrops.align.baseline`) of the embeddings, fitted on
+    the training rows; ``align.kind: auto`` takes the encoders' own space when aligned."""
+    from cmrops.align.baseline import write_float_baseline
+    from cmrops.stages.align import AlignStageParams, resolve_kind
+
+    align = align or AlignStageParams()
+    dims = data.image.shape[1], data.text.shape[1]
+    kind, why = resolve_kind(align.kind, data.aligned, *dims)
+    if kind == "learned":
+        why = f"learned on the training pairs: {why}"
+
+    def pair(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return data.image[rows], data.text[rows]
+
+    return write_float_baseline(
+        codes,
+        models,
+        pair(roles.train),
+        pair(roles.query),
+        pair(roles.database),
+        kind=kind,
+        why=why,
+        params=align.train,
+        meta={
+            "stage": STAGE,
+            "protocol": data.protocol,
+            "split_seed": data.split_seed,
+            "n_query": len(roles.query),
+            "n_database": len(roles.database),
+            "train_samples": len(roles.train),
+        },
+        progress=progress,
+    )
 
 
 def _round(x: float | None) -> float | None:
@@ -402,10 +471,13 @@ class Inputs:
     text: np.ndarray
     labels: np.ndarray | None  # (n, n_labels) bool over the vocabulary, or None
     features: dict[str, Any]  # encoders and dims from features/meta.json
+    aligned: tuple[bool, str] = (False, "")  # one aligned dual encoder embedded both, and why
 
 
 def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) -> Inputs:
     """Read and cross-check the upstream outputs (see module docstring)."""
+    from cmrops.labels.zeroshot import alignment as encoders_aligned
+
     path = split / "assignments.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found - run `cmrops split` first (or pass --split)")
@@ -481,6 +553,7 @@ def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) 
         text=arrays[1],
         labels=_load_labels(labelled, ids) if labelled is not None else None,
         features=features,
+        aligned=encoders_aligned(meta),
     )
 
 
