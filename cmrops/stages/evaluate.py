@@ -595,8 +595,8 @@ def _find_baseline(
     folder = codes / params.aligned_baseline
     if not (folder / "meta.json").is_file():
         notes["float_baseline"] = (
-            f"{folder}: no aligned float baseline (train writes it when train.float_baseline is true): "
-            "float_baseline and vs_float_baseline left out"
+            f"{folder}: no aligned float baseline (train writes it when train.float_baseline "
+            "is true): float_baseline and vs_float_baseline left out"
         )
         return None
     meta = _read_meta(folder)
