@@ -149,12 +149,13 @@ def run_one(
     models: dict[str, Any] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    baseline: dict[str, Any] | None = None  # the aligned float baseline, fitted once
     for method in tp.methods:  # one train + evaluate per method: one failing leaves the others
         out = run_dir / method
         t0 = time.perf_counter()
         try:
             train.run(
-                dataclasses.replace(tp, methods=(method,)),
+                dataclasses.replace(tp, methods=(method,), float_baseline=baseline is None),
                 data / "split", data / "clean", data / "interim", data / "labelled",
                 out / "models", out / "codes", progress=False,
             )  # fmt: skip
@@ -165,6 +166,14 @@ def run_one(
         seconds[method] = round(time.perf_counter() - t0, 1)
         metrics = evaluate.run(ep, out / "codes", data / "labelled", data / "split",
                                out / "retrieval.json", out / "plots")  # fmt: skip
+        if baseline is None and metrics.get("float_baseline"):
+            fb = metrics["float_baseline"]
+            baseline = {
+                "alignment": fb.get("alignment"),
+                "dim": fb.get("dim"),
+                **{d: {"map": fb["directions"][d]["map"]} for d in DIRECTIONS
+                   if d in fb["directions"]},
+            }  # fmt: skip
         for model, entry in sorted(metrics["models"].items()):
             models[model] = {
                 d: {
@@ -177,6 +186,11 @@ def run_one(
                 for d in DIRECTIONS
                 if d in entry["directions"]
             }
+    if baseline is not None:  # codes as a share of the aligned float baseline (tie-aware mAP)
+        for dirs in models.values():
+            for d, v in dirs.items():
+                if d in baseline and baseline[d]["map"]:
+                    v["vs_float_baseline"] = round(v["map_tie_aware"] / baseline[d]["map"], 4)
     return {
         "standin": standin,
         "files": [str(f) for f in files] if not standin else [f.name for f in files],
@@ -194,6 +208,7 @@ def run_one(
         },
         "train_seconds": seconds,
         "errors": errors,
+        "float_baseline": baseline,
         "models": models,
     }
 
@@ -228,6 +243,16 @@ def print_table(name: str, res: dict[str, Any], pub: dict[str, Any]) -> None:
             or "n/a"
         )
         print(f"{model:<18}{cells}   {shown}")
+    base = res.get("float_baseline")
+    if base:
+        cells = "".join(f"{base[d]['map']:>8.4f}" if d in base else f"{'n/a':>8}"
+                        for d in DIRECTIONS)  # fmt: skip
+        print(f"{'aligned float':<18}{cells}   (cosine, {base['dim']}-d; fitted on the training"
+              " pairs; tie-aware)")  # fmt: skip
+        for model in order:
+            ratios = [res["models"][model].get(d, {}).get("vs_float_baseline") for d in DIRECTIONS]
+            if model.endswith("-64") and None not in ratios:
+                print(f"  {model} / aligned float: {ratios[0]:.1%} I->T, {ratios[1]:.1%} T->I")
     for method, why in res.get("errors", {}).items():
         print(f"{method:<18}{'n/a':>8}{'n/a':>8}   not trained: {why}")
     for i, e in enumerate(pub.get("entries", [])):

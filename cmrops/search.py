@@ -8,6 +8,9 @@ Everything is read from a project folder (the one ``dvc.yaml`` lives in) after `
   sample of each code row;
 * ``models/<method>-<bits>/`` - the checkpoint, loaded by :func:`cmrops.models.checkpoint.load`
   (safetensors and JSON only: nothing is unpickled; every file's hash is checked);
+* ``data/codes/aligned-float/`` and ``models/aligned-float/`` - the aligned float baseline
+  (:mod:`cmrops.align.baseline`): float vectors of both modalities in one shared space and the
+  alignment that put them there, searched by cosine similarity (``kind == "float"``);
 * ``data/interim/features/meta.json`` - the text encoder preprocess used (a tiny run may use
   another encoder than params.yaml names: the one the run *recorded* is the one loaded);
 * ``data/clean/samples.parquet`` - captions and image paths (images under ``data/raw/``);
@@ -18,7 +21,10 @@ Everything is read from a project folder (the one ``dvc.yaml`` lives in) after `
 as preprocess does; one caption is its own mean), passed through the model's text head and
 packed (``output > 0``): the same path the stored text codes took. A model that fine-tunes a
 dual encoder (``train.finetune_encoder``) takes the caption's tokens instead, as training
-tokenised each sample's first caption. It searches the database *image* codes. An image query
+tokenised each sample's first caption. It searches the database *image* codes. For the aligned
+float baseline the embedding goes through the alignment's text head instead (the path the
+stored text vectors took) and the database image vectors are ranked by cosine similarity,
+exactly, ties by the lower row. An image query
 is a query-set sample: its stored image code searches the database *text* codes (no image is
 re-encoded; the page offers the held-out query samples, so a result is never the query's own
 pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
@@ -131,10 +137,18 @@ class ModelInfo:
     model_dir: Path
     n_query: int
     n_database: int
+    kind: Literal["hash", "float"] = "hash"  # float: the aligned float baseline (cosine)
+    dim: int | None = None  # the float vectors' width (kind float)
+
+    @property
+    def label(self) -> str:
+        """How a person would name the model: ``dcmh-64``, ``aligned-float (cosine, 128-d)``."""
+        return self.name if self.kind == "hash" else f"{self.name} (cosine, {self.dim}-d)"
 
 
 def available_models(project: str | os.PathLike[str]) -> list[ModelInfo]:
-    """The models whose codes the train stage wrote, sorted by (method, bits); ``[]`` before
+    """The models whose codes the train stage wrote, sorted by (method, bits), and the aligned
+    float baseline (``kind == "float"``, ``bits`` 0) when train wrote it; ``[]`` before
     training (an empty state, not an error)."""
     root = Path(project)
     codes = root / CODES_DIR
@@ -144,8 +158,11 @@ def available_models(project: str | os.PathLike[str]) -> list[ModelInfo]:
     for d in sorted(p for p in codes.iterdir() if p.is_dir()):
         try:
             meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-            if meta.get("stage") != "train" or meta.get("kind") == "float_baseline":
-                continue  # (the aligned float baseline has vectors, not codes)
+            if meta.get("stage") != "train":
+                continue
+            if meta.get("kind") == "float_baseline":
+                out.append(_float_info(root, d, meta))
+                continue
             out.append(
                 ModelInfo(
                     name=d.name,
@@ -160,6 +177,38 @@ def available_models(project: str | os.PathLike[str]) -> list[ModelInfo]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not a finished model's codes (a partial copy): not offered
     return sorted(out, key=lambda m: (m.method, m.bits))
+
+
+def _float_info(root: Path, d: Path, meta: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        name=d.name,
+        method=str(meta.get("method") or d.name),
+        bits=0,
+        codes_dir=d,
+        model_dir=root / str(meta.get("model_dir") or f"models/{d.name}"),
+        n_query=int(meta["n_query"]),
+        n_database=int(meta["n_database"]),
+        kind="float",
+        dim=int(meta["alignment"]["dim"]),
+    )
+
+
+class CosineIndex:
+    """Exact cosine kNN over L2-normalised float32 rows: the float counterpart of
+    :class:`cmrops.HammingIndex` (one matrix product; ties broken by the lower row)."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarities float32 (n, k), rows int64 (n, k))``, best first."""
+        sims = np.asarray(query, np.float32) @ self.vectors.T
+        k = min(k, len(self.vectors))
+        rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, rows, axis=1), rows.astype(np.int64)
 
 
 def find_model(project: str | os.PathLike[str], name: str) -> ModelInfo:
@@ -178,15 +227,17 @@ class ModelCodes:
     """A model's stored codes with one Hamming index per database modality."""
 
     info: ModelInfo
-    image_query: np.ndarray  # (n_query, words) uint64
+    image_query: np.ndarray  # (n_query, words) uint64; kind float: (n_query, dim) float32
     text_query: np.ndarray
-    image_index: HammingIndex  # database image codes (what a caption searches)
-    text_index: HammingIndex  # database text codes (what an image searches)
+    image_index: HammingIndex | CosineIndex  # database images (what a caption searches)
+    text_index: HammingIndex | CosineIndex  # database texts (what an image searches)
 
     @classmethod
     def load(cls, info: ModelInfo) -> ModelCodes:
         from cmrops._core import HammingIndex
 
+        if info.kind == "float":
+            return cls._load_float(info)
         arrays = {}
         for kind in ("image", "text"):
             for role, n in (("query", info.n_query), ("database", info.n_database)):
@@ -209,6 +260,33 @@ class ModelCodes:
             arrays["text_query"],
             HammingIndex(arrays["image_database"]),
             HammingIndex(arrays["text_database"]),
+        )
+
+    @classmethod
+    def _load_float(cls, info: ModelInfo) -> ModelCodes:
+        arrays = {}
+        for kind in ("image", "text"):
+            for role, n in (("query", info.n_query), ("database", info.n_database)):
+                path = info.codes_dir / f"{kind}_{role}_float.npy"
+                if not path.is_file():
+                    raise SearchError(f"{path}: missing - re-run `cmrops train`")
+                a = np.load(path, allow_pickle=False)
+                if a.dtype != np.float32 or a.shape != (n, info.dim):
+                    raise SearchError(
+                        f"{path}: {a.dtype} {a.shape}, expected float32 ({n}, {info.dim}) per "
+                        "meta.json - the vectors are stale or damaged; re-run `cmrops train`"
+                    )
+                if not np.isfinite(a).all():
+                    raise SearchError(f"{path}: non-finite values - re-run `cmrops train`")
+                arrays[f"{kind}_{role}"] = np.ascontiguousarray(a)
+        if info.n_database < 1:
+            raise SearchError(f"{info.codes_dir}: the database is empty; nothing to search")
+        return cls(
+            info,
+            arrays["image_query"],
+            arrays["text_query"],
+            CosineIndex(arrays["image_database"]),
+            CosineIndex(arrays["text_database"]),
         )
 
 
@@ -319,6 +397,10 @@ class CaptionEncoder:
     def _load(self, project: Path, info: ModelInfo, settings: SearchSettings) -> None:
         self.info = info
         self.settings = settings
+        self.alignment = None
+        if info.kind == "float":
+            self._load_alignment(project, info, settings)
+            return
         config = read_config(info)
         finetuned = config["model"].get("encoder")
         if finetuned:
@@ -343,6 +425,25 @@ class CaptionEncoder:
                 "model and the features come from different runs; re-run `cmrops train`"
             )
 
+    def _load_alignment(self, project: Path, info: ModelInfo, settings: SearchSettings) -> None:
+        from cmrops.align import AlignmentError, load_alignment
+        from cmrops.encoders import load_text_encoder
+
+        try:
+            self.alignment = load_alignment(info.model_dir)
+        except AlignmentError as e:
+            raise SearchError(str(e)) from e
+        self.encoder_name = _recorded_text_encoder(project)
+        self._tokenizer_dir = None
+        self.text_encoder = load_text_encoder(self.encoder_name, settings.device)
+        want = self.alignment.heads["text"].in_dim
+        if self.text_encoder.dim != want:
+            raise SearchError(
+                f"{info.model_dir}: the alignment takes {want}-d text embeddings but the "
+                f"recorded encoder {self.encoder_name!r} gives {self.text_encoder.dim}-d ones - "
+                "they come from different runs; re-run `cmrops train`"
+            )
+
     def normalise(self, caption: str) -> str:
         """The caption as preprocess normalises it; :class:`SearchError` when nothing is left."""
         from cmrops.text import normalize_caption
@@ -364,7 +465,10 @@ class CaptionEncoder:
         return self.text_encoder.encode([text], progress=False)
 
     def head(self, inputs: np.ndarray) -> np.ndarray:
-        """The text tower's continuous outputs ``(n, bits)`` for :meth:`text_input` rows."""
+        """The text tower's continuous outputs ``(n, bits)`` for :meth:`text_input` rows (the
+        aligned float baseline: ``(n, dim)`` unit vectors of the alignment's text head)."""
+        if self.alignment is not None:
+            return self.alignment.text(inputs)
         import torch
 
         x = np.ascontiguousarray(inputs)
@@ -375,10 +479,12 @@ class CaptionEncoder:
             return out.float().cpu().numpy()
 
     def encode(self, caption: str) -> np.ndarray:
-        """The packed ``(1, words)`` uint64 code of ``caption``."""
+        """The packed ``(1, words)`` uint64 code of ``caption`` (the aligned float baseline: its
+        ``(1, dim)`` float32 unit vector)."""
         from cmrops.codes import pack_bits
 
-        return pack_bits(self.head(self.text_input(caption)) > 0)
+        out = self.head(self.text_input(caption))
+        return out.astype(np.float32) if self.alignment is not None else pack_bits(out > 0)
 
 
 def _recorded_text_encoder(project: Path) -> str:
@@ -447,9 +553,17 @@ class SearchHit:
     sample_id: str
     caption: str  # the sample's first normalised caption
     image_path: Path | None
-    distance: int  # Hamming distance in bits
+    distance: int | None  # Hamming distance in bits (None: a float model)
     labels: frozenset[str]
     relevant: bool | None  # None: unknown (the query has no labels)
+    similarity: float | None = None  # cosine similarity (a float model; None: Hamming)
+
+    @property
+    def score(self) -> str:
+        """The result's nearness as shown: ``distance **3**`` or ``cosine **0.812**``."""
+        if self.similarity is not None:
+            return f"cosine **{self.similarity:.3f}**"
+        return f"distance **{self.distance}**"
 
 
 @dataclass(frozen=True)
@@ -512,7 +626,7 @@ def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) ->
 
 
 def _hits(
-    index: HammingIndex,
+    index: HammingIndex | CosineIndex,
     query: np.ndarray,
     k: int,
     catalog: Catalog,
@@ -521,7 +635,9 @@ def _hits(
     n = len(catalog.database_ids)
     if not 1 <= k <= n:
         raise SearchError(f"k must be between 1 and the database size {n}, got {k}")
-    dist, rows = index.search(np.ascontiguousarray(query, np.uint64), k=k)
+    cosine = isinstance(index, CosineIndex)
+    dtype = np.float32 if cosine else np.uint64
+    dist, rows = index.search(np.ascontiguousarray(query, dtype), k=k)
     out = []
     for rank, (d, r) in enumerate(zip(dist[0].tolist(), rows[0].tolist(), strict=True), 1):
         sid = catalog.database_ids[r]
@@ -533,9 +649,10 @@ def _hits(
                 sample_id=sid,
                 caption=catalog.caption_of(sid),
                 image_path=catalog.image_paths.get(sid),
-                distance=int(d),
+                distance=None if cosine else int(d),
                 labels=labels,
                 relevant=relevant,
+                similarity=round(float(d), 6) if cosine else None,
             )
         )
     return tuple(out)

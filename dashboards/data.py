@@ -187,7 +187,11 @@ def _search_codes(project: str, name: str, stamp: tuple[int, ...]) -> search.Mod
 
 def search_caption_encoder(project: str, name: str) -> search.CaptionEncoder:
     info = search.find_model(project, name)
-    stamp = _search_stamp(info.model_dir / "state.json", Path(project) / search.FEATURES_META)
+    stamp = _search_stamp(
+        info.model_dir / "state.json",  # a hashing model's checkpoint
+        info.model_dir / "config.json",  # (the aligned float baseline has only this)
+        Path(project) / search.FEATURES_META,
+    )
     return _search_caption_encoder(project, name, stamp)
 
 

@@ -48,7 +48,7 @@ def catalog(project: Path) -> Catalog:
 
 @pytest.fixture(scope="module")
 def model_name(project: Path) -> str:
-    return available_models(project)[-1].name
+    return [m for m in available_models(project) if m.kind == "hash"][-1].name
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,49 @@ def encoder(project: Path, model_name: str) -> CaptionEncoder:
 def test_models_are_the_trained_ones(project: Path) -> None:
     trained = json.loads((project / "metrics/train.json").read_text())["models"]
     models = available_models(project)
-    assert sorted(m.name for m in models) == sorted(trained)
-    for m in models:
+    hashing = [m for m in models if m.kind == "hash"]
+    assert sorted(m.name for m in hashing) == sorted(trained)
+    for m in hashing:
         assert m.name == f"{m.method}-{m.bits}"
         assert (m.model_dir / "model.safetensors").is_file()
+    (base,) = (m for m in models if m.kind == "float")  # the aligned float baseline
+    assert (base.name, base.bits) == ("aligned-float", 0)
+    assert base.label == f"aligned-float (cosine, {base.dim}-d)"
+    assert (base.model_dir / "config.json").is_file()
     assert available_models(project / "nowhere") == []
+
+
+def test_the_aligned_float_baseline_is_searched_by_cosine(project: Path, catalog: Catalog) -> None:
+    """Caption → images through the alignment's text head (the path the stored text vectors
+    took), ranked by exact cosine similarity; a query image's stored vector → captions."""
+    info = find_model(project, "aligned-float")
+    codes = ModelCodes.load(info)
+    encoder = CaptionEncoder(project, info, SETTINGS)
+    samples = cio.read_parquet(project / "data/clean/samples.parquet").to_pydict()
+    row_of = dict(zip(samples["sample_id"], samples["feature_row"], strict=True))
+    features = np.load(project / "data/interim/features/text.npy")
+    stored = np.load(info.codes_dir / "text_database_float.npy")
+    single = [(i, s) for i, s in enumerate(catalog.database_ids) if len(catalog.captions[s]) == 1]
+    for db_row, sid in single[:3]:
+        emb = encoder.text_input(catalog.captions[sid][0])
+        assert float(emb[0] @ features[row_of[sid]]) > 0.999
+        np.testing.assert_allclose(encoder.encode(catalog.captions[sid][0]),
+                                   stored[db_row : db_row + 1], atol=1e-4)  # fmt: skip
+    vocab = json.loads((project / "data/labelled/vocabulary.json").read_text())["labels"]
+    caption = f"a {vocab[0]} thing"
+    k = 9
+    res = search_caption(codes, encoder, catalog, caption, k)
+    sims = np.load(info.codes_dir / "image_database_float.npy") @ encoder.encode(caption)[0]
+    order = np.lexsort((np.arange(len(sims)), -sims))[:k]
+    assert [h.sample_id for h in res.hits] == [catalog.database_ids[i] for i in order]
+    np.testing.assert_allclose([h.similarity for h in res.hits], sims[order], atol=1e-5)
+    assert all(h.distance is None for h in res.hits)
+    assert res.hits[0].score.startswith("cosine **")
+    sid = catalog.query_ids[0]
+    res = search_image(codes, catalog, sid, len(catalog.database_ids))
+    sims = np.load(info.codes_dir / "text_database_float.npy") @ codes.image_query[0]
+    order = np.lexsort((np.arange(len(sims)), -sims))
+    assert [h.sample_id for h in res.hits] == [catalog.database_ids[i] for i in order]
 
 
 def test_caption_path_reproduces_the_stored_text_codes(
@@ -198,6 +236,14 @@ def test_damaged_or_missing_files_are_refused_clearly(
     np.save(info.codes_dir / "image_database.npy", np.zeros((2, 1), np.uint64))
     with pytest.raises(SearchError, match="stale or damaged"):
         ModelCodes.load(info)
+    base = find_model(copy, "aligned-float")
+    np.save(base.codes_dir / "text_database_float.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(SearchError, match="stale or damaged"):
+        ModelCodes.load(base)
+    weights = base.model_dir / "alignment.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(SearchError, match=r"alignment\.safetensors"):
+        CaptionEncoder(copy, base, SETTINGS)
     with pytest.raises(SearchError, match=r"samples\.parquet: not found"):
         Catalog.load(copy, SETTINGS)
 

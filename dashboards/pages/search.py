@@ -11,6 +11,7 @@ from cmrops.search import SearchError, SearchHit, SearchResult, search_caption, 
 from dashboards import data, ui
 
 COLUMNS = 5  # result cards per row
+FLOAT_METHOD = "aligned-float"  # the aligned float baseline (cmrops.align.baseline.NAME)
 MODES = {"caption": "Caption → images", "image": "Query image → captions"}
 MARKS = {
     True: ":green[:material/check_circle: relevant]",
@@ -25,7 +26,9 @@ def render(project: Path) -> None:
         "Exact Hamming kNN over the trained codes (cmrops.HammingIndex). A caption goes through "
         "the run's text encoder and the model's text head and searches the database images; a "
         "query image's stored code searches the database captions. Relevant = shares a label "
-        "with the query (a caption's labels: the vocabulary terms it names)."
+        "with the query (a caption's labels: the vocabulary terms it names). Method "
+        "aligned-float is the float baseline: cosine similarity in the shared space of the "
+        "alignment fitted on the training pairs, the reference the codes are measured against."
     )
     models = data.search_models(str(project))
     if not models:
@@ -33,11 +36,17 @@ def render(project: Path) -> None:
                        ["train"])  # fmt: skip
         return
 
-    methods = sorted({m.method for m in models})
+    # hashing methods first (the default is a model with codes), the float baseline last
+    methods = sorted({m.method for m in models}, key=lambda x: (x == FLOAT_METHOD, x))
     left, mid, right = st.columns([2, 2, 3])
     method = left.selectbox("Method", methods, key="search_method")
     bits_options = [m.bits for m in models if m.method == method]
-    bits = mid.selectbox("Bits", bits_options, key="search_bits")
+    bits = mid.selectbox(
+        "Bits",
+        bits_options,
+        format_func=lambda b: "float (cosine)" if b == 0 else str(b),
+        key="search_bits",
+    )
     info = next(m for m in models if m.method == method and m.bits == bits)
     k_max = min(50, info.n_database)
     k = right.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k")
@@ -112,7 +121,7 @@ def _results(project: str, result: SearchResult) -> None:
 
 def _card(project: str, hit: SearchHit) -> None:
     with st.container(key=f"search_hit_{hit.rank}", border=True):
-        st.markdown(f"**#{hit.rank}** · distance **{hit.distance}**")
+        st.markdown(f"**#{hit.rank}** · {hit.score}")
         thumb = data.thumbnail(_path(hit.image_path), 160)
         if thumb.png is not None:
             st.image(thumb.png, width="stretch")
