@@ -420,12 +420,40 @@ def test_zero_shot_with_an_aligned_encoder(tmp_path):
     ev = [r for r in _read(tmp_path / "out", "evidence.parquet").to_pylist()
           if r["sample_id"] == samples[1].sid]  # fmt: skip
     detail = {r["label"]: json.loads(r["detail"]) for r in ev}
-    assert detail == {"dog": {"similarity": 0.8, "rank": 1}, "cat": {"similarity": 0.6, "rank": 2}}
+    # ("a photo." embeds to nothing in the toy encoder: its background similarity is 0)
+    assert detail == {"dog": {"similarity": 0.8, "rank": 1, "background": 0.0},
+                      "cat": {"similarity": 0.6, "rank": 2, "background": 0.0}}  # fmt: skip
     assert m["agreement"]["provided~zeroshot"]["samples"] == 1
     tie = next(r for r in _read(tmp_path / "out", "sample_labels.parquet").to_pylist()
            if r["sample_id"] == samples[2].sid)  # fmt: skip
     assert tie["decided_by"] == "none"
     assert tie["review_reason"] == "no_label"
+
+
+def test_zero_shot_abstains_for_an_image_nearer_the_content_free_prompt(tmp_path):
+    """An off-topic image (nearest to "a photo." itself) gets no zero-shot label - not the least
+    bad one; with ``background: []`` it takes that label."""
+
+    def embed(texts: list[str]) -> np.ndarray:  # axes: bus, cat, dog, "no content"
+        rows = _embed_one_hot(texts).tolist()
+        return np.array([[*r, 0.0 if any(r) else 1.0] for r in rows])
+
+    samples = [S("1", ("a photo",), feature_row=0), S("2", ("a photo",), feature_row=1)]
+    image = np.array([[0.95, 0.05, 0.0, 0.1], [0.3, 0.0, 0.0, 0.9]])
+    toy = {"encoder": "toy", "dim": 4}
+    meta = {"embeddings": True, "aligned": True, "rows": 2, "image": toy, "text": toy}
+    interim = write_interim(tmp_path / "interim", samples, meta=meta, image=image)
+    for background, want in ((("a photo.",), None), ((), {"bus"})):
+        zs_params = ZeroShotParams(temperature=0.05, threshold=0.6, background=background)
+        params = LabelParams(vocabulary=tuple(ZS_LABELS), from_sources=False, zeroshot=zs_params)
+        out = tmp_path / f"out{len(background)}"
+        m = run(params, interim, out, prompt_embedder=embed)
+        got = _labels(out)
+        assert got[samples[0].sid] == {"bus"}
+        assert got.get(samples[1].sid) == want
+        assert m["methods"]["zeroshot"]["abstained"] == (1 if background else 0)
+    with pytest.raises(ValueError, match="content-free"):
+        ZeroShotParams(background=("a photo of a {label}.",))
 
 
 def test_zero_shot_not_run_without_an_aligned_encoder(tmp_path):

@@ -115,6 +115,11 @@ class ZeroShotParams:
     temperature: float = 0.01  # softmax(sim / T) over the vocabulary; CLIP's scale 100 = 0.01
     threshold: float = 0.5  # passes when its softmax confidence reaches this
     min_similarity: float | None = None  # and, when set, its cosine similarity reaches this
+    # Content-free prompts (the prompts without a label, a "none of these" class as in Zhao et
+    # al.'s contextual calibration): a label passes only when the image is nearer to it than to
+    # every one of these, so an off-topic image abstains instead of taking the least bad label.
+    # []: off.
+    background: tuple[str, ...] = ("a photo.",)  # (the default prompt without its label)
     top_k: int = 3  # candidates recorded per image
     device: Literal["auto", "cpu", "cuda"] = "cpu"  # for the prompt embeddings
     batch_size: int = 64
@@ -125,6 +130,8 @@ class ZeroShotParams:
             raise ValueError("zeroshot.prompts: give at least one prompt, each with '{label}'")
         if self.temperature <= 0:
             raise ValueError(f"zeroshot.temperature must be > 0, got {self.temperature}")
+        if any("{label}" in p or not p.strip() for p in self.background):
+            raise ValueError("zeroshot.background: content-free prompts, without '{label}'")
         if self.top_k < 1 or self.batch_size < 1:
             raise ValueError("zeroshot.top_k and zeroshot.batch_size must be >= 1")
 
@@ -501,6 +508,8 @@ def _zeroshot(
     text_encoder = str((meta.get("text") or {}).get("encoder"))
     embed = embedder or zeroshot.encoder_embedder(text_encoder, p.device, p.batch_size)
     label_emb = shared.text(zeroshot.label_embeddings(ev.vocab.labels, p.prompts, embed))
+    background = shared.text(np.asarray(embed(list(p.background)))) if p.background else None
+    abstained = 0
     ev.applicable["zeroshot"] = set()
     ev.kept["zeroshot"] = {}
     ev.thresholds["zeroshot"] = p.threshold
@@ -508,24 +517,32 @@ def _zeroshot(
     n = 0
     batch = 4096
     for lo in range(0, len(sids), batch):
-        sims, probs = zeroshot.scores(
-            shared.image(np.asarray(images[rows[lo : lo + batch]])), label_emb, p.temperature
+        shared_images = shared.image(np.asarray(images[rows[lo : lo + batch]]))
+        sims, probs = zeroshot.scores(shared_images, label_emb, p.temperature)
+        floor = (
+            np.full(len(sims), -np.inf)
+            if background is None
+            else (shared_images.astype(np.float64) @ background.T.astype(np.float64)).max(axis=1)
         )
+        abstained += int((sims.max(axis=1) <= floor).sum())
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for i, sid in enumerate(sids[lo : lo + batch]):
             passed = set()
+            extra = {} if background is None else {"background": round(float(floor[i]), 6)}
             for rank, j in enumerate(top[i], 1):
                 conf, sim = round(float(probs[i, j]), 6), round(float(sims[i, j]), 6)
                 ok = conf >= p.threshold and (p.min_similarity is None or sim >= p.min_similarity)
+                ok = ok and sims[i, j] > floor[i]
                 label = ev.vocab.labels[j]
                 if ok:
                     passed.add(label)
                 ev.add(Candidate(sid, label, "auto", "zeroshot", conf, ok,
-                                 _detail(similarity=sim, rank=rank)))  # fmt: skip
+                                 _detail(similarity=sim, rank=rank, **extra)))  # fmt: skip
                 n += 1
             ev.record("zeroshot", sid, passed)
     return {"run": True, "reason": why, "samples": len(sids), "candidates": n,
             "text_encoder": text_encoder, "alignment": shared.kind, "threshold": p.threshold,
+            "background": list(p.background), "abstained": abstained,
             "no_embedding": len(samples["sample_id"]) - len(sids)}  # fmt: skip
 
 

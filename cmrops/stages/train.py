@@ -21,6 +21,10 @@ solved in float64, all through :func:`cmrops.models.loop.fit`), writing
   continuous head outputs or projections (float32) they come from; ``meta.json`` - method
   (and ``method_info``: kind, family, supervised, paper), bits, protocol, split seed, model
   directory, set sizes, steps, final losses, best validation mAP;
+* ``<codes>/aligned-float/`` and ``<models>/aligned-float/`` (``float_baseline: true``) - the
+  aligned float baseline (:mod:`cmrops.align.baseline`): an alignment fitted on the training
+  pairs only, as ``align:`` in params says, and the float vectors of the query and database
+  samples in its shared space; evaluate reports every model's mAP as a share of it;
 * ``<codes>/rows.parquet`` - ``role`` (query / database), ``row``, ``sample_id``: the sample of
   each code row, the same for every model (samples in ``sample_id`` order within a role);
 * ``metrics_path`` (``metrics/train.json``) - per model: steps, epochs, best validation mAP and
