@@ -677,8 +677,10 @@ def _write(
         {
             "embeddings": True,
             "rows": n,
-            "image": {"encoder": f"imported:{name}", "dim": int(image.shape[1])},
-            "text": {"encoder": f"imported:{name}", "dim": int(text.shape[1])},
+            # a benchmark's own features (SIFT / VGG, LDA / bag of words): two spaces, not one
+            "aligned": False,
+            "image": {"encoder": f"imported:{name}-image", "dim": int(image.shape[1])},
+            "text": {"encoder": f"imported:{name}-text", "dim": int(text.shape[1])},
         },
     )
 

@@ -234,59 +234,40 @@ class ModelCodes:
 
     @classmethod
     def load(cls, info: ModelInfo) -> ModelCodes:
+        """The codes (or, for the aligned float baseline, the float vectors) of ``info``,
+        checked against its ``meta.json``; :class:`SearchError` says what to re-run."""
         from cmrops._core import HammingIndex
 
-        if info.kind == "float":
-            return cls._load_float(info)
-        arrays = {}
-        for kind in ("image", "text"):
-            for role, n in (("query", info.n_query), ("database", info.n_database)):
-                path = info.codes_dir / f"{kind}_{role}.npy"
-                if not path.is_file():
-                    raise SearchError(f"{path}: missing - re-run `cmrops train`")
-                a = np.load(path, allow_pickle=False)
-                words = (info.bits + 63) // 64
-                if a.dtype != np.uint64 or a.shape != (n, words):
-                    raise SearchError(
-                        f"{path}: {a.dtype} {a.shape}, expected uint64 ({n}, {words}) per "
-                        "meta.json - the codes are stale or damaged; re-run `cmrops train`"
-                    )
-                arrays[f"{kind}_{role}"] = np.ascontiguousarray(a)
-        if info.n_database < 1:
-            raise SearchError(f"{info.codes_dir}: the database is empty; nothing to search")
-        return cls(
-            info,
-            arrays["image_query"],
-            arrays["text_query"],
-            HammingIndex(arrays["image_database"]),
-            HammingIndex(arrays["text_database"]),
+        floats = info.kind == "float"
+        suffix, dtype, width, what = (
+            ("_float", np.float32, info.dim, "vectors")
+            if floats
+            else ("", np.uint64, (info.bits + 63) // 64, "codes")
         )
-
-    @classmethod
-    def _load_float(cls, info: ModelInfo) -> ModelCodes:
         arrays = {}
         for kind in ("image", "text"):
             for role, n in (("query", info.n_query), ("database", info.n_database)):
-                path = info.codes_dir / f"{kind}_{role}_float.npy"
+                path = info.codes_dir / f"{kind}_{role}{suffix}.npy"
                 if not path.is_file():
                     raise SearchError(f"{path}: missing - re-run `cmrops train`")
                 a = np.load(path, allow_pickle=False)
-                if a.dtype != np.float32 or a.shape != (n, info.dim):
+                if a.dtype != dtype or a.shape != (n, width):
                     raise SearchError(
-                        f"{path}: {a.dtype} {a.shape}, expected float32 ({n}, {info.dim}) per "
-                        "meta.json - the vectors are stale or damaged; re-run `cmrops train`"
+                        f"{path}: {a.dtype} {a.shape}, expected {np.dtype(dtype)} ({n}, {width}) "
+                        f"per meta.json - the {what} are stale or damaged; re-run `cmrops train`"
                     )
-                if not np.isfinite(a).all():
+                if floats and not np.isfinite(a).all():
                     raise SearchError(f"{path}: non-finite values - re-run `cmrops train`")
                 arrays[f"{kind}_{role}"] = np.ascontiguousarray(a)
         if info.n_database < 1:
             raise SearchError(f"{info.codes_dir}: the database is empty; nothing to search")
+        index = CosineIndex if floats else HammingIndex
         return cls(
             info,
             arrays["image_query"],
             arrays["text_query"],
-            CosineIndex(arrays["image_database"]),
-            CosineIndex(arrays["text_database"]),
+            index(arrays["image_database"]),
+            index(arrays["text_database"]),
         )
 
 
