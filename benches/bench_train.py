@@ -194,6 +194,29 @@ def quality(args: argparse.Namespace) -> int:
                 f"{rand:>7.3f} {seconds:>7.1f} {r.steps:>7}",
                 flush=True,
             )
+    # The aligned float baseline as the train stage fits it: an alignment on the training pairs
+    # (align: defaults), cosine ranking - what the 64-bit codes are measured against.
+    from cmrops.align import AlignParams, fit_alignment
+    from cmrops.metrics import cosine_metrics
+
+    t0 = time.perf_counter()
+    alignment, _ = fit_alignment(train.image, train.text, AlignParams(), progress=False)
+    seconds = time.perf_counter() - t0
+    zq = alignment.image(query.image), alignment.text(query.text)
+    zd = alignment.image(train.image), alignment.text(train.text)
+    base = {
+        "i2t": round(float(cosine_metrics(zq[0], zd[1], query.labels, train.labels).ap.mean()), 4),
+        "t2i": round(float(cosine_metrics(zq[1], zd[0], query.labels, train.labels).ap.mean()), 4),
+    }
+    print(f"{'aligned-float':<16} {base['i2t']:>7.3f} {base['t2i']:>7.3f} {'':>7} {'':>7} "
+          f"{seconds:>7.1f}   (cosine, {alignment.dim}-d)")  # fmt: skip
+    for row in rows:
+        row["vs_float_baseline"] = {d: round(row[d] / base[d], 4) for d in ("i2t", "t2i")}
+        if row["model"].endswith("-64"):
+            v = row["vs_float_baseline"]
+            print(f"  {row['model']} / aligned float: {v['i2t']:.1%} I->T, {v['t2i']:.1%} T->I")
+    rows.append({"model": "aligned-float", "kind": "float_baseline", **base,
+                 "seconds": round(seconds, 2)})  # fmt: skip
     out = Path(args.out).with_name("train_methods.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n_train": n, "rows": rows}, indent=2) + "\n")
