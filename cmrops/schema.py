@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: ``data/raw/samples.parquet`` - one row per sample (one image with its captions).
+#: ``data/raw/samples.parquet`` - one row per sample (one image, video or audio clip with its
+#: captions). The ``image_*`` columns name the media file whatever its kind (``media``).
 RAW_SAMPLES = pa.schema(
     [
-        ("sample_id", pa.string()),  # 16 hex chars of sha256(image sha256 + captions); see ids.py
+        ("sample_id", pa.string()),  # 16 hex chars of sha256(media sha256 + captions); see ids.py
         ("source", pa.string()),  # the source's name in params
         ("source_key", pa.string()),  # where in the source: relative path, tar key, COCO id, URL
         ("image_sha256", pa.string()),  # hex digest of the image bytes
@@ -20,6 +21,7 @@ RAW_SAMPLES = pa.schema(
         ("captions", pa.list_(pa.string())),  # as provided (normalised later, in preprocess)
         ("labels", pa.list_(pa.string())),  # labels provided by the source, possibly empty
         ("extra", pa.string()),  # JSON object of source-specific facts (coco_id, licence, ...)
+        ("media", pa.string()),  # "image" | "video" | "audio" (collect.media; null read as image)
     ]
 )
 
@@ -52,6 +54,12 @@ INTERIM_SAMPLES = pa.schema(
         ("caption_chars_cut", pa.int64()),  # characters removed by the length cap, all captions
         ("token_counts", pa.list_(pa.int32())),  # per normalised caption, no special tokens
         ("feature_row", pa.int64()),  # row in features/{image,text}.npy; -1 without embeddings
+        # video and audio (null for images): the "image" columns above then hold the frame size
+        # (0 x 0 for audio), the container / audio format, the keyframes used (0 for audio) and
+        # the media fingerprint (video: majority vote of the keyframes' hashes; audio: hashes of
+        # the log-mel spectrogram) - see cmrops/media.
+        ("duration_s", pa.float64()),
+        ("media_info", pa.string()),  # JSON object: codec, native fps / sample rate, channels
     ]
 )
 

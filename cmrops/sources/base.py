@@ -14,17 +14,38 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+#: What a data set pairs with its captions: one kind per data set (``collect.media``).
+MediaKind = Literal["image", "video", "audio"]
+MEDIA_KINDS: tuple[MediaKind, ...] = ("image", "video", "audio")
 
 #: File name extensions (lower case, with the dot) read as images by the folder source.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: ... as videos and as audio clips (by the folder, MSR-VTT, Clotho and AudioCaps sources).
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3"})
+MEDIA_SUFFIXES: dict[str, frozenset[str]] = {
+    "image": IMAGE_SUFFIXES,
+    "video": VIDEO_SUFFIXES,
+    "audio": AUDIO_SUFFIXES,
+}
+
+
+def media_kind_of(name: str | os.PathLike[str]) -> MediaKind | None:
+    """The media kind a file name's extension says, or None for an unknown extension."""
+    suffix = Path(name).suffix.lower()
+    for kind in MEDIA_KINDS:
+        if suffix in MEDIA_SUFFIXES[kind]:
+            return kind
+    return None
 
 
 class Reason(StrEnum):
     """Stable quarantine reason codes written by the collect stage."""
 
     PATH_ESCAPE = "path_escape"  # ../, absolute, or a symlink that points outside the root
-    MISSING_IMAGE = "missing_image"  # a caption / row / annotation whose image file is absent
+    MISSING_IMAGE = "missing_image"  # a caption / row / annotation whose media file is absent
     NOT_A_FILE = "not_a_file"  # the image path is a directory, fifo, device, socket
     UNREADABLE_FILE = "unreadable_file"  # open/read failed (permissions, vanished, I/O error)
     EMPTY_FILE = "empty_file"  # zero-byte image
@@ -41,6 +62,7 @@ class Reason(StrEnum):
     MULTIPLE_IMAGES = "multiple_images"  # a tar sample with two image members
     TRUNCATED_SHARD = "truncated_shard"  # the tar ended mid-sample / without an end marker
     DUPLICATE_INPUT = "duplicate_input"  # the same (image, captions) already collected
+    WRONG_MEDIA = "wrong_media"  # a manifest row naming a file of another kind than collect.media
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +70,9 @@ class RawItem:
     """One would-be sample as a source found it.
 
     Exactly one of ``data`` (bytes already in memory, e.g. from a tar stream) and ``path`` (a
-    file checked to lie inside the source's root) is set. ``captions`` are as provided;
-    ``extra`` holds JSON-serialisable source-specific facts (COCO id, licence, other columns).
+    file checked to lie inside the source's root) is set; the bytes are an image, a video or an
+    audio clip as ``media`` says. ``captions`` are as provided; ``extra`` holds
+    JSON-serialisable source-specific facts (COCO id, licence, other columns).
     """
 
     source: str
@@ -59,6 +82,7 @@ class RawItem:
     data: bytes | None = None
     path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    media: MediaKind = "image"
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.path is None):

@@ -1,4 +1,4 @@
-"""A folder of images with captions beside them.
+"""A folder of images (or videos, or audio clips: ``collect.media``) with captions beside them.
 
 Layout (walked recursively in sorted order; names starting with ``.`` are skipped)::
 
@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cmrops.sources.base import (
-    IMAGE_SUFFIXES,
+    MEDIA_SUFFIXES,
+    MediaKind,
     PathEscapeError,
     RawItem,
     Reason,
@@ -55,12 +56,14 @@ _MIRFLICKR_TAG_FILE = re.compile(r"tags(\d+)\.txt")
 class FolderSource:
     """Images under ``root`` with same-stem ``.txt`` captions and/or a root caption index."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, media: MediaKind = "image") -> None:
         self.name = name
         self.root = root
+        self.media: MediaKind = media
+        self._suffixes = MEDIA_SUFFIXES[media]
         if not root.is_dir():
             raise FileNotFoundError(
-                f"{root}: image folder of source {name!r} not found (fix its 'path' in params)"
+                f"{root}: {media} folder of source {name!r} not found (fix its 'path' in params)"
             )
         self._index_rejects: list[Reject] = []
         self._index = self._load_index()
@@ -195,7 +198,7 @@ class FolderSource:
         self, root: Path, here: Path, filenames: list[str], used: set[str]
     ) -> Iterator[Record]:
         files = [f for f in filenames if not f.startswith(".")]
-        images = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        images = [f for f in files if Path(f).suffix.lower() in self._suffixes]
         stems = {Path(f).stem for f in images}
         for fname in images:
             yield self._image_record(root, here / fname, used)
@@ -212,7 +215,7 @@ class FolderSource:
                     self.name,
                     rel,
                     Reason.MISSING_IMAGE,
-                    f"caption file {rel} has no image with the same stem beside it",
+                    f"caption file {rel} has no {self.media} file with the same stem beside it",
                 )
 
     def _image_record(self, root: Path, path: Path, used: set[str]) -> Record:
@@ -269,7 +272,7 @@ class FolderSource:
                 Reason.MISSING_CAPTION,
                 f"no captions for {rel} (add {sidecar.name} or an index entry)",
             )
-        return RawItem(self.name, rel, tuple(captions), path=real)
+        return RawItem(self.name, rel, tuple(captions), path=real, media=self.media)
 
     def _orphan_index_entry(self, root: Path, image: str) -> Reject:
         try:

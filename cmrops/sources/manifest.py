@@ -1,8 +1,10 @@
-"""CSV and JSON Lines manifests: one row per sample, image paths relative to the manifest.
+"""CSV and JSON Lines manifests: one row per sample, media paths relative to the manifest.
 
 Columns (names configurable; defaults shown):
 
-- ``image``: path of the image relative to the manifest's folder (must stay inside it);
+- ``image``: path of the image relative to the manifest's folder (must stay inside it) - or of
+  the video / audio clip in a data set of that kind (``collect.media``; a row naming a file of
+  another kind is quarantined as ``wrong_media``);
 - ``captions``: in CSV, either a JSON list (``["a cat", "a dog"]``) or text split on
   ``separator`` (default ``|``; parts are stripped, empty parts dropped). In JSONL, a list of
   strings, or one string that is a single caption;
@@ -25,12 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cmrops.sources.base import (
+    MediaKind,
     RawItem,
     Reason,
     Record,
     Reject,
     clean_labels,
     has_surrogates,
+    media_kind_of,
     printable,
     safe_image_path,
 )
@@ -52,9 +56,11 @@ class ManifestSource:
         captions_column: str = "captions",
         labels_column: str = "labels",
         separator: str = "|",
+        media: MediaKind = "image",
     ) -> None:
         self.name = name
         self.path = path
+        self.media: MediaKind = media
         self.image_column = image_column
         self.captions_column = captions_column
         self.labels_column = labels_column
@@ -270,8 +276,24 @@ class ManifestSource:
             return where
         if not captions:
             return Reject(self.name, key, Reason.MISSING_CAPTION, f"row for {image} has no caption")
+        kind = media_kind_of(image)
+        if kind is not None and kind != self.media:
+            return Reject(
+                self.name,
+                key,
+                Reason.WRONG_MEDIA,
+                f"{image} is {'an' if kind == 'image' else 'a'} {kind} file but this data set "
+                f"collects {self.media} (collect.media); list it in a {kind} data set",
+                {"media": kind, "expected": self.media},
+            )
         return RawItem(
-            self.name, key, tuple(captions), clean_labels(labels), path=where, extra=extra
+            self.name,
+            key,
+            tuple(captions),
+            clean_labels(labels),
+            path=where,
+            extra=extra,
+            media=self.media,
         )
 
 

@@ -1,4 +1,5 @@
-"""Collect: gather image-caption samples from the sources in params into ``data/raw``.
+"""Collect: gather image-, video- or audio-caption samples (``media``) from the sources in
+params into ``data/raw``.
 
 Outputs (under ``out``)::
 
@@ -40,10 +41,21 @@ from cmrops.ids import sample_id
 from cmrops.io import HexKeySorter, parquet_writer, write_json, write_parquet
 from cmrops.params import load_section
 from cmrops.schema import QUARANTINE, RAW_SAMPLES, SYNTHETIC_TRUTH
-from cmrops.sources.base import RawItem, Reason, Reject, Source, clean_labels, printable
+from cmrops.sources.audio_captions import AudioCapsSource, ClothoSource
+from cmrops.sources.base import (
+    MEDIA_KINDS,
+    MediaKind,
+    RawItem,
+    Reason,
+    Reject,
+    Source,
+    clean_labels,
+    printable,
+)
 from cmrops.sources.coco import CocoSource
 from cmrops.sources.folder import FolderSource
 from cmrops.sources.manifest import ManifestSource
+from cmrops.sources.msrvtt import MsrVttSource
 from cmrops.sources.synthetic import DefectRates, SyntheticConfig, SyntheticSource
 from cmrops.sources.urls import DownloadParams, UrlsSource
 from cmrops.sources.webdataset import WebDatasetSource, expand_shards
@@ -51,7 +63,19 @@ from cmrops.sources.webdataset import WebDatasetSource, expand_shards
 log = logging.getLogger(__name__)
 
 STAGE = "collect"
-SourceKind = Literal["folder", "manifest", "coco", "webdataset", "synthetic", "urls"]
+SourceKind = Literal[
+    "folder", "manifest", "coco", "webdataset", "synthetic", "urls", "msrvtt", "clotho", "audiocaps"
+]
+#: The media of the kinds that hold one kind only (folder and manifest read ``collect.media``).
+KIND_MEDIA: dict[str, MediaKind] = {
+    "coco": "image",
+    "webdataset": "image",
+    "synthetic": "image",
+    "urls": "image",
+    "msrvtt": "video",
+    "clotho": "audio",
+    "audiocaps": "audio",
+}
 
 #: Which optional fields of :class:`SourceSpec` each kind reads (``name``/``kind`` always).
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -61,6 +85,9 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     ),
     "coco": frozenset({"path", "splits", "instances", "images", "labels"}),
     "webdataset": frozenset({"shards"}),
+    "msrvtt": frozenset({"path", "media_dir", "splits", "labels"}),
+    "clotho": frozenset({"path", "media_dir"}),
+    "audiocaps": frozenset({"path", "media_dir"}),
     "urls": frozenset(
         {
             "path",
@@ -95,8 +122,11 @@ class SourceSpec:
 
     name: str
     kind: SourceKind
-    # folder: the image folder; manifest: the .csv/.jsonl file; coco: root or captions JSON
+    # folder: the media folder; manifest: the .csv/.jsonl file; coco: root or captions JSON;
+    # msrvtt: the videodatainfo JSON; clotho / audiocaps: the caption CSV
     path: str | None = None
+    # msrvtt / clotho / audiocaps: the folder of the clips (default: see their modules)
+    media_dir: str | None = None
     # manifest
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"  # parquet: urls only
     image_column: str = "image"
@@ -136,7 +166,7 @@ class SourceSpec:
                     f"source {self.name!r}: {f.name!r} does not apply to kind {self.kind!r} "
                     f"(it reads: {', '.join(sorted(allowed))})"
                 )
-        if self.kind in ("folder", "manifest", "coco", "urls") and not self.path:
+        if self.kind not in ("webdataset", "synthetic") and not self.path:
             raise ValueError(f"source {self.name!r} (kind {self.kind}) needs 'path'")
         if self.kind == "manifest" and self.format == "parquet":
             raise ValueError(f"source {self.name!r}: format parquet is for kind urls only")
@@ -168,11 +198,23 @@ class CollectParams:
     """The ``collect:`` section of params.yaml. Without sources, the synthetic set is used."""
 
     sources: tuple[SourceSpec, ...] = field(default_factory=_default_sources)
-    max_image_bytes: int = 64 << 20  # larger images are quarantined (image_too_large)
+    max_image_bytes: int = 64 << 20  # larger media files are quarantined (image_too_large)
+    # what the captions describe: one kind per data set (image-text, video-text or audio-text)
+    media: MediaKind = "image"
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("'sources' is empty: list at least one source (or omit it)")
+        if self.media not in MEDIA_KINDS:  # the params loader checks the Literal already
+            raise ValueError(f"media must be one of {', '.join(MEDIA_KINDS)}, got {self.media!r}")
+        for s in self.sources:
+            held = KIND_MEDIA.get(s.kind, self.media)
+            if held != self.media:
+                raise ValueError(
+                    f"source {s.name!r} (kind {s.kind}) holds {held}, but collect.media is "
+                    f"{self.media!r}: a data set pairs captions with one media kind; set "
+                    f"collect.media: {held} or build the {held} data set in its own pipeline"
+                )
         names = [s.name for s in self.sources]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -182,19 +224,25 @@ class CollectParams:
 
 
 def open_source(
-    spec: SourceSpec, base_dir: Path, max_image_bytes: int, out_dir: Path | None = None
+    spec: SourceSpec,
+    base_dir: Path,
+    max_image_bytes: int,
+    out_dir: Path | None = None,
+    media: MediaKind = "image",
 ) -> Source:
     """Build the source a spec describes; fails fast when its input is unusable as a whole.
 
-    ``out_dir`` (the stage's output folder) is where a ``urls`` source keeps its downloads.
+    ``out_dir`` (the stage's output folder) is where a ``urls`` source keeps its downloads;
+    ``media`` is what folder and manifest sources read (``collect.media``).
     """
 
     def resolve(p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else base_dir / q
 
+    media_dir = resolve(spec.media_dir) if spec.media_dir else None
     if spec.kind == "folder":
-        return FolderSource(spec.name, resolve(spec.path or ""))
+        return FolderSource(spec.name, resolve(spec.path or ""), media)
     if spec.kind == "manifest":
         return ManifestSource(
             spec.name,
@@ -204,7 +252,16 @@ def open_source(
             spec.captions_column,
             spec.labels_column,
             spec.separator,
+            media,
         )
+    if spec.kind == "msrvtt":
+        return MsrVttSource(
+            spec.name, resolve(spec.path or ""), media_dir, spec.splits, spec.labels
+        )
+    if spec.kind == "clotho":
+        return ClothoSource(spec.name, resolve(spec.path or ""), media_dir)
+    if spec.kind == "audiocaps":
+        return AudioCapsSource(spec.name, resolve(spec.path or ""), media_dir)
     if spec.kind == "coco":
         return CocoSource(
             spec.name,
@@ -257,6 +314,7 @@ class _Collector:
     store: ObjectStore
     max_image_bytes: int
     samples: HexKeySorter
+    media: MediaKind = "image"
     kept: int = 0
     digests: dict[str, int] = field(default_factory=dict)  # image sha256 -> bytes
     quarantine: list[dict[str, Any]] = field(default_factory=list)
@@ -314,6 +372,7 @@ class _Collector:
                 "captions": list(record.captions),
                 "labels": list(clean_labels(record.labels)),
                 "extra": _json(record.extra),
+                "media": record.media,
             }
         )
         self._note(record.source, record.source_key, _Outcome(sid, None))
@@ -416,7 +475,9 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
     whole, before anything is written.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    sources = [open_source(s, base, params.max_image_bytes, out_dir) for s in params.sources]
+    sources = [
+        open_source(s, base, params.max_image_bytes, out_dir, params.media) for s in params.sources
+    ]
     kinds = {s.name: s.kind for s in params.sources}
     store = ObjectStore(out_dir / "objects")
     # Always present (empty without a `urls` source), so dvc.yaml can declare it as an output.
@@ -431,6 +492,7 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
             store,
             params.max_image_bytes,
             HexKeySorter(spill, RAW_SAMPLES, "sample_id"),
+            params.media,
             track={s.name for s in sources if isinstance(s, SyntheticSource)},
             order={s.name: i for i, s in enumerate(sources)},
         )
@@ -441,7 +503,7 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
         truth = [
             row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)
         ]
-        metrics = _metrics(col, per_source, kinds)
+        metrics = {"media": params.media, **_metrics(col, per_source, kinds)}
         for source in sources:  # urls sources: download success rate and failure reasons
             if isinstance(source, UrlsSource):
                 metrics["sources"][source.name]["downloads"] = source.metrics()
@@ -478,6 +540,8 @@ def _drain(col: _Collector, source: Source) -> Counter[str]:
     for record in records:
         if record.source != source.name:
             raise RuntimeError(f"source {source.name!r} yielded a record of {record.source!r}")
+        if isinstance(record, RawItem) and record.media != col.media:
+            raise RuntimeError(f"source {source.name!r} yielded {record.media}, not {col.media}")
         counts[col.add(record) or "kept"] += 1
     quarantined = sum(v for k, v in counts.items() if k != "kept")
     log.info(
@@ -553,7 +617,8 @@ def cli_main(args: Any) -> int:
     reasons = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
     print(
         f"collect: {m['inputs']} inputs -> {m['kept']} samples kept, {m['quarantined']} "
-        f"quarantined ({reasons}); {m['images_stored']} images stored in {out / 'objects'}"
+        f"quarantined ({reasons}); {m['images_stored']} {m['media']} files stored in "
+        f"{out / 'objects'}"
     )
     for name, s in m["sources"].items():
         print(
