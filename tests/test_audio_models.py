@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,18 @@ from cmrops import encoders as E
 from tests.tiny_models import tiny_ast, tiny_clap, tiny_wav2vec2, tiny_wav2vec2_ctc, tiny_whisper
 
 SR = 16_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
+    threads' barriers cost several times the work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
