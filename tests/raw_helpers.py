@@ -28,6 +28,7 @@ class RawSample:
     labels: Sequence[str] = ()
     source: str = "test"
     extra: dict[str, object] = field(default_factory=dict)
+    media: str = "image"
 
 
 def write_raw(raw: Path, samples: Sequence[RawSample]) -> pa.Table:
@@ -50,6 +51,7 @@ def write_raw(raw: Path, samples: Sequence[RawSample]) -> pa.Table:
                 "captions": list(s.captions),
                 "labels": list(s.labels),
                 "extra": json.dumps(s.extra, sort_keys=True),
+                "media": s.media,
             }
         )
     table = pa.Table.from_pylist(rows, schema=RAW_SAMPLES)

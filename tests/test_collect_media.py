@@ -168,9 +168,7 @@ def test_folder_and_manifest_read_the_data_sets_media(tmp_path):
     assert s["a.wav"]["media"] == "audio"
     assert reasons(out) == {"b.txt": "missing_image"}  # its caption is not silently lost
 
-    collect(
-        out, {"name": "m", "kind": "manifest", "path": str(root / "pairs.csv")}, media="audio"
-    )
+    collect(out, {"name": "m", "kind": "manifest", "path": str(root / "pairs.csv")}, media="audio")
     s = by_key(out)
     assert set(s) == {"1:a.wav"}
     assert reasons(out) == {"2:b.mp4": "wrong_media"}

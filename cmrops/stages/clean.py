@@ -388,7 +388,7 @@ def _claim(rule: _Rule, dropped: np.ndarray, reason_of: dict[int, str]) -> None:
 #: The interim columns the rules read (:func:`_columns`); the others are only copied to the output.
 _RULE_COLUMNS = (
     "sample_id", "source", "source_key", "image_sha256", "labels", "width", "height", "phash",
-    "dhash", "caption_simhash", "captions_norm", "token_counts", "feature_row",
+    "dhash", "caption_simhash", "captions_norm", "token_counts", "feature_row", "media",
 )  # fmt: skip
 
 
@@ -481,6 +481,9 @@ def _columns(table: pa.Table) -> dict[str, Any]:
             "dhash": u64("dhash"),
             "simhash": u64("caption_simhash"),
             "feature_row": i64("feature_row", -1),
+            "audio": pc.equal(table["media"].fill_null("image"), "audio")
+            .to_numpy(zero_copy_only=False)
+            .astype(bool),
         },
     )
 
@@ -662,12 +665,14 @@ def _min_side(p: MinSideRule, c: dict[str, Any]) -> _Rule:
     thr = {"min_side": p.pixels}
     if not p.enabled:
         return _off("min_side", thr)
+    if c["audio"].all() and len(c["audio"]):
+        return _Rule("min_side", "not_run", True, thr, why="audio clips have no frame size")
     w, h = c["width"], c["height"]
-    flagged = np.minimum(w, h) < p.pixels
+    flagged = (np.minimum(w, h) < p.pixels) & ~c["audio"]
     r = _Rule("min_side", "run", True, thr, flagged=flagged)
     for i in np.flatnonzero(flagged):
         r.evidence[int(i)] = {"width": int(w[i]), "height": int(h[i])}
-        r.detail[int(i)] = f"image {w[i]}x{h[i]}: a side below min_side={p.pixels}"
+        r.detail[int(i)] = f"frame {w[i]}x{h[i]}: a side below min_side={p.pixels}"
     return r
 
 
@@ -675,9 +680,11 @@ def _max_aspect(p: MaxAspectRule, c: dict[str, Any]) -> _Rule:
     thr = {"max_aspect": p.ratio}
     if not p.enabled:
         return _off("max_aspect", thr)
+    if c["audio"].all() and len(c["audio"]):
+        return _Rule("max_aspect", "not_run", True, thr, why="audio clips have no frame size")
     w, h = c["width"].astype(np.float64), c["height"].astype(np.float64)
     aspect = np.maximum(w, h) / np.maximum(np.minimum(w, h), 1.0)
-    flagged = aspect > p.ratio
+    flagged = (aspect > p.ratio) & ~c["audio"]
     r = _Rule("max_aspect", "run", True, thr, flagged=flagged)
     for i in np.flatnonzero(flagged):
         r.evidence[int(i)] = {"aspect": round(float(aspect[i]), 4)}

@@ -32,7 +32,10 @@ and writes ``metrics_path`` (``metrics/retrieval.json``) and DVC plot files unde
 float_precision}``).
 
 **Directions**: ``image_to_text`` (image queries, text database), ``text_to_image``, and on request
-``image_to_image``, ``text_to_text``.
+``image_to_image``, ``text_to_text``. In a video or audio data set (``media`` in the models'
+``meta.json``) "image" is that media and the metrics, plots and code health say so:
+``video_to_text``, ``text_to_video``, ``audio_to_text``, ``text_to_audio`` (params keep the
+``image_*`` names).
 
 **Relevance** (``relevance``): ``labels`` - a database item is relevant when it shares at least one
 label with the query (labels with ``confidence >= min_confidence``); ``pair`` - for unlabelled
@@ -260,7 +263,8 @@ def run(
         if lists is None
         else np.isin(np.asarray(query_ids), np.asarray(lists["near_duplicate_queries"], dtype=str))
     )
-    ctx = _Context(params, query_ids, database_ids, relevance, near_dup, plots, set(), {})
+    media = _media(models)
+    ctx = _Context(params, query_ids, database_ids, relevance, near_dup, plots, set(), {}, media)
 
     metrics: dict[str, Any] = {"stage": STAGE}
     baseline = _find_baseline(codes, params, split, len(query_ids), len(database_ids), notes)
@@ -286,7 +290,8 @@ def run(
         relevance=relevance["stamp"],
         ties=TIES,
         definitions=DEFINITIONS,
-        directions=list(params.directions),
+        media=media,
+        directions=[ctx.name(d) for d in params.directions],
         models=out_models,
     )  # fmt: skip
     if ctx.skipped:
@@ -313,6 +318,12 @@ class _Context:
     plots: Path
     written: set[Path]
     skipped: dict[str, str]
+    media: str = "image"  # the "image" side of the codes: image, video or audio
+
+    def name(self, direction: str) -> str:
+        """A direction (or modality) as reported: ``image_to_text`` is ``video_to_text`` in a
+        video data set."""
+        return direction.replace("image", self.media)
 
     @property
     def pair(self) -> bool:
@@ -323,7 +334,7 @@ class _Context:
         wanted = []
         for d in self.params.directions:
             if self.pair and DIRECTIONS[d][0] == DIRECTIONS[d][1]:
-                self.skipped[d] = (
+                self.skipped[self.name(d)] = (
                     "pair relevance: the only relevant item of a query would be itself"
                 )
             else:
@@ -580,6 +591,17 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def _media(models: list[tuple[str, Path, dict[str, Any]]]) -> str:
+    """The media every model's "image" codes are of (train writes it; older codes: image)."""
+    kinds = {str(meta.get("media", "image")) for _, _, meta in models}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"the models under the codes folder are of several media ({', '.join(sorted(kinds))})"
+            ": rerun `cmrops train` on one data set"
+        )
+    return kinds.pop() if kinds else "image"
+
+
 def _find_baseline(
     codes: Path,
     params: EvaluateParams,
@@ -700,7 +722,9 @@ def _evaluate_model(
         "model_dir": meta.get("model_dir"),
         "protocol": meta.get("protocol"),
         "split_seed": meta.get("split_seed"),
-        "code_health": {m: _health(M.code_health(codes[m, "database"], n_bits)) for m in used},
+        "code_health": {
+            ctx.name(m): _health(M.code_health(codes[m, "database"], n_bits)) for m in used
+        },
         "directions": {},
     }
     ql, dl = ctx.labels()
@@ -708,10 +732,11 @@ def _evaluate_model(
         qm, dm = DIRECTIONS[direction]
         q, db = ctx.ranked(codes, qm, dm)
         fq, fdb = ctx.ranked(floats, qm, dm) if floats else (None, None)
-        out = _evaluate_direction(ctx, f"{name}_{direction}", n_bits, q, db, fq, fdb, ql, dl)
-        if direction in base:
-            out["vs_float_baseline"] = _ratios(out["hash"], base[direction])
-        entry["directions"][direction] = out
+        key = ctx.name(direction)
+        out = _evaluate_direction(ctx, f"{name}_{key}", n_bits, q, db, fq, fdb, ql, dl)
+        if key in base:
+            out["vs_float_baseline"] = _ratios(out["hash"], base[key])
+        entry["directions"][key] = out
     return entry
 
 
@@ -739,7 +764,7 @@ def _evaluate_baseline(ctx: _Context, folder: Path, meta: dict[str, Any]) -> dic
         fq, fdb = ctx.ranked(vectors, qm, dm)
         cut = ctx.cutoffs(len(fdb))
         section, _ = _float_section(ctx, fq, fdb, ql, dl, cut)
-        out["directions"][direction] = {
+        out["directions"][ctx.name(direction)] = {
             "queries": len(fq),
             "database": len(fdb),
             **_near_dup_count(ctx),

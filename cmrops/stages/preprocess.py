@@ -11,9 +11,14 @@ under ``out_dir``:
   of its normalised captions, renormalised. ``features/meta.json`` names the encoders and dims.
   With ``embeddings: false`` only ``meta.json`` is written and ``feature_row`` is -1;
 * ``quarantine.parquet`` - :data:`~cmrops.schema.QUARANTINE`, ``stage="preprocess"``, one row per
-  dropped input: an image reason of :data:`cmrops.imaging.REASONS`, ``empty_captions`` (no caption
+  dropped input: an image reason of :data:`cmrops.imaging.REASONS` (a video or audio one of
+  :data:`cmrops.media.errors.REASONS`), ``empty_captions`` (no caption
   survives normalisation), ``missing_image`` / ``path_escape`` / ``image_hash_mismatch`` (the store
   does not hold the bytes the row names), ``duplicate_sample_id`` (the second row of an id);
+* ``thumbs.parquet`` - ``sample_id``, ``jpeg``: a strip of each video's keyframes (the dashboard
+  shows it; empty for images and audio);
+* ``features/transcripts.parquet`` - ``sample_id``, ``transcript`` of each audio clip when
+  ``asr.model`` is set (pooled into the text vector with ``asr.as_caption``);
 * ``metrics.json`` - counts (in, kept, quarantined by reason, formats, captions), deterministic;
 * ``throughput.json`` - wall-clock timings of this run (the only output that differs between runs).
 
@@ -49,7 +54,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +66,15 @@ import pyarrow.compute as pc
 from cmrops import io
 from cmrops.imaging import DecodeLimits, ImageRejected, decode_image, image_hashes
 from cmrops.imaging import resize_for_encoder as _resize
+from cmrops.media.errors import MediaRejected
+from cmrops.media.sample import (
+    AsrParams,
+    AudioParams,
+    Measured,
+    VideoParams,
+    measure_audio,
+    measure_video,
+)
 from cmrops.schema import INTERIM_SAMPLES, QUARANTINE, RAW_SAMPLES
 from cmrops.text import TokenCounter, normalize_captions, simhash64
 
@@ -68,8 +82,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "preprocess"
 #: Bump when the per-sample computation changes, so recorded shards are redone.
-SHARD_VERSION = 1
+SHARD_VERSION = 2
 _RAW_COLUMNS = RAW_SAMPLES.names
+#: Per-shard encoder inputs a decode worker leaves for the embedder (deleted once embedded).
+_INPUT_FILES = ("pixels.npy", "waves.npy", "counts.npy")
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,9 @@ class PreprocessParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embeddings: bool = True  # compute features/{image,text}.npy
     task_rows: int = 4096  # raw rows per Airflow mapped task (whole shards; scheduling only)
+    video: VideoParams = field(default_factory=VideoParams)  # keyframes, caps (collect.media)
+    audio: AudioParams = field(default_factory=AudioParams)  # decoding caps, audio encoder
+    asr: AsrParams = field(default_factory=AsrParams)  # optional transcripts of audio clips
 
     def __post_init__(self) -> None:
         for name in (
@@ -106,11 +125,15 @@ class PreprocessParams:
 
     def shard_fingerprint(self) -> dict[str, Any]:
         """Everything that shapes a shard's decoded output (not the embeddings)."""
+        audio = dataclasses.asdict(self.audio)
+        del audio["encoder"]  # shapes the embeddings only
         return {
             "version": SHARD_VERSION,
             "limits": dataclasses.asdict(self.limits),
             "caption_max_chars": self.caption_max_chars,
             "tokenizer": self.tokenizer,
+            "video": dataclasses.asdict(self.video),
+            "audio": audio,
         }
 
 
@@ -146,8 +169,9 @@ def run(
     _remove_stale(shard_dir, len(shards))
 
     timing = _execute(shards, params, raw, shard_dir)
-    for leftover in shard_dir.glob("shard-*.pixels.npy"):  # all embedded (or not wanted) now
-        leftover.unlink()
+    for name in _INPUT_FILES:  # all embedded (or not wanted) now
+        for leftover in shard_dir.glob(f"shard-*.{name}"):
+            leftover.unlink()
     n_in = table.num_rows + len(stage_quarantine)
     del table
     metrics = _merge(shards, stage_quarantine, params, out, n_in)
@@ -212,6 +236,8 @@ def _load_raw(raw: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found - run `cmrops collect` first (or pass --raw)")
     table = io.read_parquet(path)
+    if "media" not in table.column_names:  # written before video and audio: all images
+        table = table.append_column("media", pa.array(["image"] * table.num_rows, pa.string()))
     missing = [c for c in _RAW_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(
@@ -223,6 +249,18 @@ def _load_raw(raw: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
     if nulls:
         raise ValueError(
             f"{path}: column(s) {', '.join(nulls)} hold nulls; re-run `cmrops collect`"
+        )
+    table = table.set_column(
+        table.schema.get_field_index("media"),
+        RAW_SAMPLES.field("media"),
+        pc.fill_null(table["media"], "image"),
+    )
+    kinds = pc.value_counts(table["media"]).to_pylist()
+    if len(kinds) > 1:
+        found = ", ".join(f"{k['counts']} {k['values']}" for k in kinds)
+        raise ValueError(
+            f"{path}: one media kind per data set, found {found}; collect each kind into its "
+            "own pipeline (collect.media)"
         )
     order = pc.sort_indices(
         table, [("sample_id", "ascending"), ("source", "ascending"), ("source_key", "ascending")]
@@ -395,6 +433,8 @@ def _embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
         "shard": shard.input_hash,
         "image_encoder": params.image_encoder,
         "text_encoder": params.text_encoder,
+        "audio_encoder": params.audio.encoder,
+        "asr": dataclasses.asdict(params.asr),
         "encoder_size": params.encoder_size,
         "batch_size": params.batch_size,
         "device": device,
@@ -425,7 +465,7 @@ def _execute(
     redo = {s.index for s in todo_decode}
     # an embedding to redo needs the encoder-size pixels, which only a worker writes
     for s in todo_embed:
-        if s.index not in redo and not _pixels_ready(shard_dir, s, params.encoder_size):
+        if s.index not in redo and not _inputs_ready(shard_dir, s, params.encoder_size):
             todo_decode.append(s)
             redo.add(s.index)
     todo_decode.sort(key=lambda s: s.index)
@@ -445,6 +485,8 @@ def _execute(
         "n_workers": params.n_workers,
         "device": device,
         "images_decoded": 0,
+        "frames_decoded": 0,
+        "media_seconds_decoded": 0.0,
         "decode_seconds": 0.0,
         "decode_cpu_seconds": 0.0,
         "images_embedded": 0,
@@ -479,11 +521,13 @@ def _execute(
                 shard,
                 "decode",
                 shard.input_hash,
-                [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"],
+                _decoded_files(shard_dir, shard),
                 rows=shard.num_rows,
                 kept=summary["kept"],
             )
             timing["images_decoded"] += summary["images"]
+            timing["frames_decoded"] += summary["frames"]
+            timing["media_seconds_decoded"] += summary["media_seconds"]
             timing["decode_cpu_seconds"] += summary["cpu_seconds"]
             if shard.index in embed_set:
                 embed(shard)
@@ -499,6 +543,11 @@ def _execute(
         timing["images_per_s_per_worker"] = round(
             timing["images_decoded"] / timing["decode_cpu_seconds"], 1
         )
+    if timing["decode_seconds"] and timing["media_seconds_decoded"]:
+        timing["media_seconds_per_s"] = round(
+            timing["media_seconds_decoded"] / timing["decode_seconds"], 1
+        )
+    timing["media_seconds_decoded"] = round(timing["media_seconds_decoded"], 3)
     for key in ("decode_cpu_seconds", "image_embed_seconds", "text_embed_seconds"):
         timing[key] = round(timing[key], 3)
     for kind, secs in (("images", "image_embed_seconds"), ("texts", "text_embed_seconds")):
@@ -540,9 +589,16 @@ def _embedders(eng: Any, params: PreprocessParams, device: str, n_shards: int) -
     return eng.actors(factory, size=min(size, n_shards), gpu=device == "cuda")
 
 
-def _pixels_ready(shard_dir: Path, shard: Shard, size: int) -> bool:
-    """A worker left this shard's encoder pixels, at the size asked for now."""
-    path = shard_dir / f"{shard.stem}.pixels.npy"
+def _decoded_files(shard_dir: Path, shard: Shard) -> list[str]:
+    """The files a decode worker wrote for ``shard`` that its record vouches for."""
+    names = [f"{shard.stem}.samples.parquet", f"{shard.stem}.quarantine.parquet"]
+    if (shard_dir / f"{shard.stem}.thumbs.parquet").is_file():
+        names.append(f"{shard.stem}.thumbs.parquet")
+    return names
+
+
+def _npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape in an ``.npy`` header (not the data), or None when unreadable."""
     try:
         with path.open("rb") as fh:
             major, _ = np.lib.format.read_magic(fh)
@@ -551,10 +607,21 @@ def _pixels_ready(shard_dir: Path, shard: Shard, size: int) -> bool:
                 if major == 1
                 else np.lib.format.read_array_header_2_0
             )
-            shape, _, _ = read_header(fh)  # the header only, not the pixels
+            shape, _, _ = read_header(fh)
     except (FileNotFoundError, ValueError, OSError):
+        return None
+    return tuple(shape)
+
+
+def _inputs_ready(shard_dir: Path, shard: Shard, size: int) -> bool:
+    """A worker left this shard's encoder inputs (pixels at the size asked for now, or waves)."""
+    if _npy_shape(shard_dir / f"{shard.stem}.counts.npy") is None:
         return False
-    return len(shape) == 4 and shape[1:] == (size, size, 3)
+    waves = _npy_shape(shard_dir / f"{shard.stem}.waves.npy")
+    if waves is not None:
+        return len(waves) == 1
+    shape = _npy_shape(shard_dir / f"{shard.stem}.pixels.npy")
+    return shape is not None and len(shape) == 4 and shape[1:] == (size, size, 3)
 
 
 def _device(params: PreprocessParams) -> str:
@@ -564,78 +631,137 @@ def _device(params: PreprocessParams) -> str:
 
 
 class _Embedder:
-    """Both encoders, loaded on first use, wherever the engine runs it (this process or a Ray
+    """The encoders, loaded on first use, wherever the engine runs it (this process or a Ray
     actor); ``threads`` pins torch's CPU threads (float sums depend on it)."""
 
     def __init__(self, params: PreprocessParams, device: str, threads: int | None = None) -> None:
         self.params = params
         self.device = device
         self.threads = threads
-        self._image: Any = None
-        self._text: Any = None
+        self._models: dict[str, Any] = {}
 
-    def _pin_threads(self) -> None:
-        if self.threads is not None:
-            import torch
+    def _load(self, what: str) -> Any:
+        if what not in self._models:
+            if self.threads is not None:
+                import torch
 
-            torch.set_num_threads(self.threads)
+                torch.set_num_threads(self.threads)
+            if what == "image":
+                from cmrops.encoders import load_image_encoder
+
+                model = load_image_encoder(self.params.image_encoder, self.device)
+            elif what == "text":
+                from cmrops.encoders import load_text_encoder
+
+                model = load_text_encoder(self.params.text_encoder, self.device)
+            elif what == "audio":
+                from cmrops.audio_models import load_audio_encoder
+
+                model = load_audio_encoder(self.params.audio.encoder, self.device)
+            else:
+                from cmrops.audio_models import load_transcriber
+
+                model = load_transcriber(self.params.asr.model, self.device)
+            self._models[what] = model
+        return self._models[what]
 
     @property
     def image(self) -> Any:
-        if self._image is None:
-            from cmrops.encoders import load_image_encoder
-
-            self._pin_threads()
-            self._image = load_image_encoder(self.params.image_encoder, self.device)
-        return self._image
+        return self._load("image")
 
     @property
     def text(self) -> Any:
-        if self._text is None:
-            from cmrops.encoders import load_text_encoder
-
-            self._pin_threads()
-            self._text = load_text_encoder(self.params.text_encoder, self.device)
-        return self._text
+        return self._load("text")
 
     def embed(self, shard_dir: str, stem: str) -> dict[str, Any]:
-        """Embed a decoded shard's pixels and captions (read from ``shard_dir``)."""
+        """Embed a decoded shard's encoder inputs and captions (read from ``shard_dir``): one
+        vector per image; a video's keyframes averaged; an audio clip through the audio encoder
+        (and, with ``asr.model``, transcribed)."""
         params = self.params
         progress = sys.stderr.isatty()
-        pixels_path = Path(shard_dir) / f"{stem}.pixels.npy"
-        pixels = io.read_npy(pixels_path)
-        table = io.read_parquet(Path(shard_dir) / f"{stem}.samples.parquet")
-        if len(pixels) != table.num_rows:
-            raise RuntimeError(
-                f"{pixels_path}: {len(pixels)} images for {table.num_rows} kept rows"
+        folder = Path(shard_dir)
+        table = io.read_parquet(folder / f"{stem}.samples.parquet")
+        counts = io.read_npy(folder / f"{stem}.counts.npy")
+        if len(counts) != table.num_rows:
+            raise RuntimeError(f"{stem}: encoder inputs of {len(counts)} rows for {table.num_rows}")
+        media = table["media"][0].as_py() if table.num_rows else "image"
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        transcripts: list[str] | None = None
+        if media == "audio":
+            waves = io.read_npy(folder / f"{stem}.waves.npy")
+            clips = [waves[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
+            media_encoder = self._load("audio")
+            transcriber = self._load("asr") if params.asr.model else None
+            text_encoder = self.text  # loaded outside the timings
+            t0 = time.perf_counter()
+            rate = params.audio.sample_rate
+            image = media_encoder.encode(
+                _at_rate(clips, rate, media_encoder.sample_rate), params.batch_size, progress
             )
-
-        image_encoder, text_encoder = self.image, self.text  # loaded outside the timings
-        t0 = time.perf_counter()
-        image = image_encoder.encode(pixels, params.batch_size, progress)
+            if transcriber is not None:
+                transcripts = transcriber.transcribe(
+                    _at_rate(clips, rate, transcriber.sample_rate), params.asr.batch_size, progress
+                )
+            n_inputs = len(clips)
+        else:
+            pixels = io.read_npy(folder / f"{stem}.pixels.npy")
+            if int(counts.sum()) != len(pixels):
+                raise RuntimeError(f"{stem}: {len(pixels)} frames, the counts say {counts.sum()}")
+            media_encoder, text_encoder = self.image, self.text
+            t0 = time.perf_counter()
+            image = media_encoder.encode(pixels, params.batch_size, progress)
+            if media == "video":  # the mean of the keyframes, renormalised
+                image = _pool(image, counts)
+            n_inputs = len(pixels)
         t1 = time.perf_counter()
         captions = table["captions_norm"].to_pylist()
+        if transcripts is not None and params.asr.as_caption:
+            captions = [[*c, t] if t else c for c, t in zip(captions, transcripts, strict=True)]
         flat = [c for caps in captions for c in caps]
         per_caption = text_encoder.encode(flat, params.batch_size, progress)
-        owner = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-        text = np.zeros((len(captions), per_caption.shape[1]), np.float64)
-        np.add.at(text, owner, per_caption.astype(np.float64))
-        text /= np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+        text = _pool(per_caption, np.array([len(c) for c in captions], np.int64))
         t2 = time.perf_counter()
+        facts = {
+            "media": media,
+            "image_encoder": media_encoder.name,
+            "image_dim": media_encoder.dim,
+            "text_encoder": text_encoder.name,
+            "text_dim": text_encoder.dim,
+        }
+        if transcripts is not None:
+            facts["asr_model"] = self._load("asr").name
         return {
             "image": image.astype(np.float32),
             "text": text.astype(np.float32),
-            "facts": {
-                "image_encoder": image_encoder.name,
-                "image_dim": image_encoder.dim,
-                "text_encoder": text_encoder.name,
-                "text_dim": text_encoder.dim,
-            },
-            "images": len(pixels),
+            "transcripts": transcripts,
+            "sample_ids": table["sample_id"].to_pylist(),
+            "facts": facts,
+            "images": n_inputs,
             "texts": len(flat),
             "image_seconds": t1 - t0,
             "text_seconds": t2 - t1,
         }
+
+
+def _at_rate(clips: list[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
+    """The clips (decoded at ``audio.sample_rate``) at the rate a model expects (CLAP: 48 kHz)."""
+    if rate == target:
+        return clips
+    from cmrops.media.audio import resample
+
+    return [resample(c, rate, target) for c in clips]
+
+
+def _pool(vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean of consecutive runs of ``counts`` rows, L2-renormalised (float64 sums)."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    out = np.zeros((len(counts), vectors.shape[1]), np.float64)
+    np.add.at(out, owner, vectors.astype(np.float64))
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+_TRANSCRIPTS = pa.schema([("sample_id", pa.string()), ("transcript", pa.string())])
 
 
 def _embed_shard(
@@ -644,15 +770,16 @@ def _embed_shard(
     """Write and record what :meth:`_Embedder.embed` computed for ``shard``."""
     io.write_npy(shard_dir / f"{shard.stem}.image.npy", result["image"])
     io.write_npy(shard_dir / f"{shard.stem}.text.npy", result["text"])
-    _record(
-        shard_dir,
-        shard,
-        "embed",
-        key,
-        [f"{shard.stem}.image.npy", f"{shard.stem}.text.npy"],
-        **result["facts"],
-    )
-    (shard_dir / f"{shard.stem}.pixels.npy").unlink()
+    files = [f"{shard.stem}.image.npy", f"{shard.stem}.text.npy"]
+    if result["transcripts"] is not None:
+        rows = {"sample_id": result["sample_ids"], "transcript": result["transcripts"]}
+        io.write_parquet(
+            shard_dir / f"{shard.stem}.transcripts.parquet", pa.table(rows, schema=_TRANSCRIPTS)
+        )
+        files.append(f"{shard.stem}.transcripts.parquet")
+    _record(shard_dir, shard, "embed", key, files, **result["facts"])
+    for name in _INPUT_FILES:
+        (shard_dir / f"{shard.stem}.{name}").unlink(missing_ok=True)
     timing["images_embedded"] += result["images"]
     timing["texts_embedded"] += result["texts"]
     timing["image_embed_seconds"] += result["image_seconds"]
@@ -710,13 +837,35 @@ class _Reject(Exception):
 
 def process_sample(
     row: dict[str, Any], raw: Path, params: PreprocessParams, want_pixels: bool
-) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Decode, check, hash and normalise one raw row.
+) -> tuple[dict[str, Any], Measured]:
+    """Decode, check, hash and normalise one raw row (an image, a video or an audio clip).
 
-    Returns ``(measured columns, encoder pixels or None)``; raises ``_Reject`` / ``ImageRejected``
-    for a row to quarantine. Token counts are filled in per shard (batched).
+    Returns ``(measured columns, what the encoders and the dashboard need)``; raises
+    ``_Reject`` / ``ImageRejected`` / ``MediaRejected`` for a row to quarantine. Token counts
+    are filled in per shard (batched).
     """
-    decoded = decode_image(_read_image(raw, row), params.limits)
+    data = _read_image(raw, row)
+    media = row.get("media") or "image"
+    if media == "video":
+        decoded = measure_video(data, params.video, params.encoder_size, want_pixels)
+    elif media == "audio":
+        decoded = measure_audio(data, params.audio, want_pixels)
+    else:
+        image = decode_image(data, params.limits)
+        phash, dhash = image_hashes(image.image)
+        decoded = Measured(
+            {
+                "width": image.width,
+                "height": image.height,
+                "format": image.format,
+                "n_frames": image.n_frames,
+                "phash": phash,
+                "dhash": dhash,
+                "duration_s": None,
+                "media_info": None,
+            },
+            pixels=_resize(image.image, params.encoder_size)[None] if want_pixels else None,
+        )
     captions, cut = normalize_captions(row.get("captions") or [], params.caption_max_chars)
     if not captions:
         n = len(row.get("captions") or [])
@@ -725,21 +874,17 @@ def process_sample(
             f"none of the {n} caption(s) is left after normalisation",
             {"captions_in": n},
         )
-    phash, dhash = image_hashes(decoded.image)
     measured = {
-        "width": decoded.width,
-        "height": decoded.height,
-        "format": decoded.format,
-        "n_frames": decoded.n_frames,
-        "phash": phash,
-        "dhash": dhash,
+        **decoded.columns,
         "caption_simhash": simhash64(captions),
         "captions_norm": captions,
         "caption_chars_cut": cut,
         "token_counts": None,
     }
-    pixels = _resize(decoded.image, params.encoder_size) if want_pixels else None
-    return measured, pixels
+    return measured, decoded
+
+
+_THUMBS = pa.schema([("sample_id", pa.string()), ("jpeg", pa.binary())])
 
 
 def _process_shard(
@@ -750,17 +895,23 @@ def _process_shard(
     params: PreprocessParams,
     want_pixels: bool,
 ) -> dict[str, Any]:
-    """Worker: process one shard and write its parquet files (and pixels) atomically."""
+    """Worker: process one shard and write its parquet files (and encoder inputs) atomically.
+
+    Encoder inputs: ``pixels.npy`` (one image per row; a video's keyframes, ``counts.npy`` of
+    them per row) or ``waves.npy`` (audio: the clips end to end, ``counts.npy`` samples per row).
+    Videos also leave ``thumbs.parquet`` (a keyframe strip per sample)."""
     t0 = time.process_time()
     raw, out = Path(raw_dir), Path(shard_dir)
     stem = f"shard-{index:05d}"
     kept: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
-    pixels: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    thumbs: list[dict[str, Any]] = []
+    media = (rows[0].get("media") if rows else None) or "image"
     for row in rows:
         try:
-            measured, px = process_sample(row, raw, params, want_pixels)
-        except ImageRejected as e:
+            measured, decoded = process_sample(row, raw, params, want_pixels)
+        except (ImageRejected, MediaRejected) as e:
             evidence = {"image_path": row["image_path"], "image_bytes": row.get("image_bytes")}
             quarantine.append(_qrow(row, e.reason, e.detail, {**evidence, **e.evidence}))
             continue
@@ -770,8 +921,12 @@ def _process_shard(
             )
             continue
         kept.append({**row, **measured})
-        if px is not None:
-            pixels.append(px)
+        if want_pixels:
+            x = decoded.wave if media == "audio" else decoded.pixels
+            assert x is not None
+            inputs.append(x)
+        if decoded.thumbnail is not None:
+            thumbs.append({"sample_id": row["sample_id"], "jpeg": decoded.thumbnail})
     counter = _token_counter(params.tokenizer)
     flat = counter([c for r in kept for c in r["captions_norm"]])
     pos = 0
@@ -786,11 +941,25 @@ def _process_shard(
     io.write_parquet(
         out / f"{stem}.quarantine.parquet", pa.Table.from_pylist(quarantine, schema=QUARANTINE)
     )
+    if media == "video":
+        io.write_parquet(out / f"{stem}.thumbs.parquet", pa.Table.from_pylist(thumbs, _THUMBS))
     if want_pixels:
-        size = params.encoder_size
-        stack = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-        io.write_npy(out / f"{stem}.pixels.npy", stack)
-    return {"kept": len(kept), "images": len(rows), "cpu_seconds": time.process_time() - t0}
+        counts = np.array([len(x) for x in inputs], np.int64)
+        if media == "audio":
+            waves = np.concatenate(inputs) if inputs else np.zeros(0, np.float32)
+            io.write_npy(out / f"{stem}.waves.npy", waves.astype(np.float32, copy=False))
+        else:
+            size = params.encoder_size
+            empty = np.zeros((0, size, size, 3), np.uint8)
+            io.write_npy(out / f"{stem}.pixels.npy", np.concatenate(inputs) if inputs else empty)
+        io.write_npy(out / f"{stem}.counts.npy", counts)
+    return {
+        "kept": len(kept),
+        "images": len(rows),
+        "frames": int(sum(r["n_frames"] for r in kept)) if media == "video" else 0,
+        "media_seconds": float(sum(r["duration_s"] or 0.0 for r in kept)),
+        "cpu_seconds": time.process_time() - t0,
+    }
 
 
 # --------------------------------------------------------------------------- merge
@@ -840,12 +1009,34 @@ def _merge(
     position = np.empty(n_kept, np.int64)
     position[order] = np.arange(n_kept, dtype=np.int64)
     meta = _write_features(shards, sizes, position, params, out)
+    _merge_side_table(shard_dir, shards, "thumbs", _THUMBS, out / "thumbs.parquet")
+    if meta.get("transcripts"):
+        _merge_side_table(
+            shard_dir, shards, "transcripts", _TRANSCRIPTS, out / "features" / "transcripts.parquet"
+        )
+    else:
+        (out / "features" / "transcripts.parquet").unlink(missing_ok=True)
     # one chunk each: the bytes written must not depend on how the rows were sharded
     io.write_parquet(out / "samples.parquet", table.combine_chunks())
     io.write_parquet(out / "quarantine.parquet", quarantine.combine_chunks())
     metrics = _metrics(table, quarantine, n_in, meta)
     io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _merge_side_table(
+    shard_dir: Path, shards: list[Shard], kind: str, schema: pa.Schema, dest: Path
+) -> None:
+    """The shards' ``<stem>.<kind>.parquet`` (thumbnails, transcripts) as one table sorted by
+    sample_id at ``dest`` (empty when no shard has one: an image data set)."""
+    parts = [
+        io.read_parquet(p)
+        for s in shards
+        if (p := shard_dir / f"{s.stem}.{kind}.parquet").is_file()
+    ]
+    table = pa.concat_tables([schema.empty_table(), *parts]).cast(schema)
+    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+    io.write_parquet(dest, table.combine_chunks())
 
 
 def _write_features(
@@ -885,14 +1076,29 @@ def _write_features(
             if offset != n_kept:
                 raise AssertionError(f"{kind} features have {offset} rows for {n_kept} samples")
     first = records[0] if records else {}
+    media = first.get("media", "image")
+    image: dict[str, Any] = {
+        "encoder": first.get("image_encoder", params.image_encoder),
+        "dim": int(dims["image"]),
+        "input_size": params.encoder_size,
+    }
+    if media == "video":
+        image["pooling"] = (
+            f"mean of the keyframes' embeddings ({params.video.fps:g} per second, at most "
+            f"{params.video.max_frames}), L2-renormalised"
+        )
+    elif media == "audio":
+        image = {
+            "encoder": first.get("image_encoder", params.audio.encoder),
+            "dim": int(dims["image"]),
+            "sample_rate": params.audio.sample_rate,
+        }
     meta = {
         "embeddings": True,
         "rows": n_kept,
-        "image": {
-            "encoder": first.get("image_encoder", params.image_encoder),
-            "dim": int(dims["image"]),
-            "input_size": params.encoder_size,
-        },
+        # "image" is the media side whatever the media: the image, video or audio vectors
+        "media": media,
+        "image": image,
         "text": {
             "encoder": first.get("text_encoder", params.text_encoder),
             "dim": int(dims["text"]),
@@ -901,6 +1107,12 @@ def _write_features(
         "dtype": "float32",
         "normalised": "L2",
     }
+    if any("asr_model" in r for r in records):
+        meta["transcripts"] = {
+            "model": first.get("asr_model", params.asr.model),
+            "file": "transcripts.parquet",
+            "in_text": params.asr.as_caption,
+        }
     io.write_json(feat / "meta.json", meta)
     return meta
 
@@ -910,6 +1122,7 @@ def _metrics(
 ) -> dict[str, Any]:
     reasons = Counter(quarantine["reason"].to_pylist())
     formats = Counter(table["format"].to_pylist())
+    media = Counter(table["media"].to_pylist())
     n_captions = pc.sum(pc.list_value_length(table["captions_norm"])).as_py() or 0
     return {
         "stage": STAGE,
@@ -917,8 +1130,15 @@ def _metrics(
         "kept": table.num_rows,
         "quarantined": quarantine.num_rows,
         "quarantined_by_reason": dict(sorted(reasons.items())),
+        "media": dict(sorted(media.items())),
+        "media_seconds": round(float(pc.sum(table["duration_s"]).as_py() or 0.0), 3),
         "formats": dict(sorted(formats.items())),
-        "animated": int(pc.sum(pc.greater(table["n_frames"], 1)).as_py() or 0),
+        "animated": int(
+            pc.sum(
+                pc.and_(pc.equal(table["media"], "image"), pc.greater(table["n_frames"], 1))
+            ).as_py()
+            or 0
+        ),
         "captions_kept": int(n_captions),
         "caption_chars_cut": int(pc.sum(table["caption_chars_cut"]).as_py() or 0),
         "embeddings": meta,

@@ -348,6 +348,7 @@ def run(
                 "n_bits": bits,
                 "words": (bits + 63) // 64,
                 "code_layout": "uint64; bit j is bit j % 64 of word j // 64; 1 = output > 0",
+                "media": data.media,  # the "image" codes are of this media
                 "protocol": data.protocol,
                 "split_seed": data.split_seed,
                 "model_dir": str(model_dir),
@@ -378,6 +379,7 @@ def run(
         "roles": {k: len(getattr(roles, k)) for k in ("train", "val", "query", "database")},
         "val_from": roles.val_from,
         "labels": 0 if data.labels is None else int(data.labels.shape[1]),
+        "media": data.media,
         "features": data.features,
         "finetune": None
         if params.finetune_encoder is None
@@ -432,6 +434,7 @@ def _float_baseline(
         params=align.train,
         meta={
             "stage": STAGE,
+            "media": data.media,
             "protocol": data.protocol,
             "split_seed": data.split_seed,
             "n_query": len(roles.query),
@@ -476,6 +479,7 @@ class Inputs:
     labels: np.ndarray | None  # (n, n_labels) bool over the vocabulary, or None
     features: dict[str, Any]  # encoders and dims from features/meta.json
     aligned: tuple[bool, str] = (False, "")  # one aligned dual encoder embedded both, and why
+    media: str = "image"  # what the "image" side is: image, video or audio (features/meta.json)
 
 
 def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) -> Inputs:
@@ -558,6 +562,7 @@ def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) 
         labels=_load_labels(labelled, ids) if labelled is not None else None,
         features=features,
         aligned=encoders_aligned(meta),
+        media=str(meta.get("media", "image")),
     )
 
 
