@@ -85,7 +85,7 @@ def _near_duplicates_share_labels(work: Path) -> int:
         for r in pq.read_table(work / "data/interim/samples.parquet").to_pylist()
     }
     for r in q:
-        kept = json.loads(r["evidence"])["duplicate_of"]
+        kept = json.loads(r["evidence"])["kept"]
         assert labels[r["sample_id"]] == labels[kept], r
     return len(q)
 
