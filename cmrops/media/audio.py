@@ -144,7 +144,9 @@ def decode_audio(data: bytes, limits: AudioLimits | None = None) -> DecodedAudio
     :class:`MediaRejected`."""
     limits = limits or AudioLimits()
     if not data:
-        raise MediaRejected("unsupported_media", "the file is empty (0 bytes)", {"bytes": 0})
+        raise MediaRejected(
+            "unsupported_media", "the file is empty (0 bytes); fetch it again", {"bytes": 0}
+        )
     import soundfile as sf
 
     try:
@@ -294,7 +296,7 @@ def _decode_with_av(data: bytes, limits: AudioLimits, sf_err: BaseException) -> 
 
     magic = _audio_magic(data)
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
     except Exception as e:
         raise _unreadable(data, magic, sf_err, e) from e
     try:

@@ -17,6 +17,8 @@ an exception other than :class:`~cmrops.media.errors.MediaRejected` out:
   frame at or after it (never the same frame twice). Without a declared duration, frames are
   taken every ``1 / fps`` seconds and the grid is thinned (every other one dropped, interval
   doubled) whenever ``2 * max_frames`` are held, then ``max_frames`` are picked evenly;
+* **damage is an error**: the decoder runs with ``err_detect=explode``, so a damaged packet
+  raises instead of being concealed, and
 * **damage is classified**: bytes that are no container at all are ``unsupported_media``; a
   known container (ISO-BMFF ``ftyp``, Matroska/WebM EBML, RIFF/AVI, Ogg, FLV) that cannot be
   opened or decoded is ``truncated_video`` when its own size fields run past the end of the
@@ -264,11 +266,14 @@ def decode_video(data: bytes, limits: VideoLimits | None = None) -> DecodedVideo
     """Decode ``data`` to sampled RGB frames, or raise :class:`MediaRejected`."""
     limits = limits or VideoLimits()
     if not data:
-        raise MediaRejected("unsupported_media", "the file is empty (0 bytes)", {"bytes": 0})
+        raise MediaRejected(
+            "unsupported_media", "the file is empty (0 bytes); fetch it again", {"bytes": 0}
+        )
     import av
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        # a mangled metadata tag should not cost the video: decode tags leniently
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
     except Exception as e:  # any malformed input is a rejection, never a crash
         raise _open_error(data, e) from e
     try:
@@ -289,9 +294,11 @@ def _decode(container: Any, data: bytes, limits: VideoLimits) -> DecodedVideo:
             f"FFmpeg reads these bytes as a still image ({fmt}), not a video; list it as an image",
             {"format": fmt},
         )
-    if not container.streams and _container_magic(data):
-        # FFmpeg "opens" an MP4 cut inside its moov box, or a damaged one, with no stream
-        raise _open_error(data, RuntimeError("the container lists no stream"))
+    if not container.streams.video and (
+        looks_cut(data) or (not container.streams and _container_magic(data))
+    ):
+        # FFmpeg "opens" an MP4 cut inside its moov box with no stream, or a data stream only
+        raise _open_error(data, RuntimeError("the container lists no video stream"))
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         raise MediaRejected(
@@ -331,6 +338,9 @@ def _decode(container: Any, data: bytes, limits: VideoLimits) -> DecodedVideo:
     start = _seconds(stream.start_time, tb) or 0.0
     tol = max(1e-6, min(0.5 * float(tb), 1e-3)) if tb else 1e-6  # "at" t: within half a tick
     stream.thread_type = "AUTO"
+    # a damaged packet is an error, not a concealed smudge (FFmpeg's default) nor a cluster the
+    # Matroska demuxer silently skips
+    ctx.options = {**ctx.options, "err_detect": "explode"}
 
     sampler = _Sampler(declared, limits, tol)
     n_decoded, last_t, last_dur, last_end_pos = 0, 0.0, 0.0, 0
