@@ -360,19 +360,24 @@ def test_a_decoded_frame_bomb_stops_at_the_cap() -> None:
     assert "header declares 1.00 s" in err.detail
 
 
-def test_the_frame_size_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import av.video.frame
+def test_header_caps_come_before_any_frame_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmrops.media import video
 
-    calls = []
-    real = av.video.frame.VideoFrame.to_image
+    offered = []
+    real = video._Sampler.offer
     monkeypatch.setattr(
-        av.video.frame.VideoFrame,
-        "to_image",
-        lambda self, *a, **k: calls.append(1) or real(self, *a, **k),
+        video._Sampler, "offer", lambda self, t, f: offered.append(t) or real(self, t, f)
     )
+    decode_video(_video())
+    assert offered  # the probe sees decoded frames...
+    offered.clear()
     reject(huge_frame_video())
     reject(syn.long_video(700))
-    assert calls == []
+    reject(
+        syn.lie_about_duration(syn.long_video(200, fps=10), 1.0),
+        VideoLimits(max_decoded_frames=500),
+    )
+    assert offered == []  # ...and none for these
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv", "avi", "webm"])
