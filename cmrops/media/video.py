@@ -426,7 +426,7 @@ def _decode(container: Any, data: bytes, limits: VideoLimits) -> DecodedVideo:
         )
     kept = sampler.result()
     if not kept and last_frame is not None:  # every sample time lay past the last frame
-        kept = [(last_t, _rgb(last_frame))]
+        kept = [(last_t, sampler.rgb(last_frame))]
     return DecodedVideo(
         frames=tuple(im for _, im in kept),
         times=tuple(round(t, 6) for t, _ in kept),
@@ -441,10 +441,22 @@ def _decode(container: Any, data: bytes, limits: VideoLimits) -> DecodedVideo:
     )
 
 
-def _rgb(frame: Any) -> Image.Image:
-    """The frame as an RGB picture (through an ndarray: several times faster than PyAV's
-    ``to_image`` for small frames)."""
-    return Image.fromarray(frame.to_ndarray(format="rgb24"), "RGB")
+class _ToRGB:
+    """Converts frames to RGB pictures through one reusable swscale context: PyAV's
+    ``to_image`` / ``to_ndarray(format=...)`` set up a new one per frame, which costs more than
+    the conversion (about 3 ms vs 0.3 ms for 320 x 240). One per decode, not shared between
+    threads."""
+
+    def __init__(self) -> None:
+        self._reformatter: Any = None
+
+    def __call__(self, frame: Any) -> Image.Image:
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(frame, format="rgb24")
+        return Image.fromarray(rgb.to_ndarray(), "RGB")
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -486,11 +498,12 @@ class _Sampler:
         self.step = 1.0 / limits.fps  # grid interval without a plan
         self.next_t = 0.0
         self.kept: list[tuple[float, Image.Image]] = []
+        self.rgb = _ToRGB()
 
     def offer(self, t: float, frame: Any) -> None:
         if self.plan is not None:
             if self.j < len(self.plan) and t >= self.plan[self.j] - self.tol:
-                self.kept.append((t, _rgb(frame)))
+                self.kept.append((t, self.rgb(frame)))
                 self.j += 1
                 return
             if t <= self.declared + self.tol:
@@ -501,7 +514,7 @@ class _Sampler:
             self.next_t = (self.kept[-1][0] if self.kept else 0.0) + self.step
             self.plan = None
         if t >= self.next_t - self.tol:
-            self.kept.append((t, _rgb(frame)))
+            self.kept.append((t, self.rgb(frame)))
             while self.next_t <= t + self.tol:
                 self.next_t += self.step
             if len(self.kept) >= 2 * self.limits.max_frames:
