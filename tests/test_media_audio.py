@@ -141,6 +141,15 @@ def test_m4a_is_read_through_pyav() -> None:
     assert peak_hz(a.wave, SR) == pytest.approx(1000.0, abs=3)
 
 
+@pytest.mark.parametrize(("container", "fmt"), [("mp4", "MP4"), ("mkv", "MATROSKA")])
+def test_the_sound_of_a_video(container: str, fmt: str) -> None:
+    video = syn.moving_shape_video("circle", "red", "left", container=container)
+    a = decode_audio(syn.add_audio_track(video, syn.tone("tone", freq=700.0, seconds=2.0)))
+    assert (a.format, a.subtype) == (fmt, "AAC")
+    assert a.duration_s == pytest.approx(2.0, abs=0.15)
+    assert peak_hz(a.wave, SR) == pytest.approx(700.0, abs=3)
+
+
 @pytest.mark.parametrize("rate", [44_100, 48_000, 8_000, 22_050])
 def test_resampled_to_the_target_rate(rate: int) -> None:
     a = decode_audio(syn.encode_audio(syn.tone("tone", freq=440.0, sample_rate=rate), rate))

@@ -141,6 +141,17 @@ def test_round_trip(codec: str, container: str, codec_name: str, container_name:
     assert (v.codec, v.container) == (codec_name, container_name)
 
 
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_video_with_sound(container: str) -> None:
+    video = syn.moving_shape_video("circle", "red", "left", container=container)
+    data = syn.add_audio_track(video, syn.tone("tone", seconds=2.1))  # a little longer
+    v = decode_video(data)
+    assert v.has_audio
+    assert v.times == (0.0, 1.0)
+    assert v.n_decoded == 16
+    assert v.duration_s == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize(
     ("fps", "max_frames", "seconds"),
     [(1.0, 16, 2.0), (3.0, 16, 2.0), (2.0, 16, 3.0), (8.0, 5, 2.0), (0.5, 16, 3.0), (4.0, 3, 4.0)],

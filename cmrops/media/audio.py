@@ -23,6 +23,7 @@ hashes it; :func:`logmel_stats` is a 3 x ``n_mels`` summary vector used as the d
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
@@ -154,7 +155,16 @@ def decode_audio(data: bytes, limits: AudioLimits | None = None) -> DecodedAudio
     except Exception as sf_err:  # not something libsndfile reads: try FFmpeg
         return _decode_with_av(data, limits, sf_err)
     with f:
-        return _decode_with_soundfile(f, data, limits)
+        try:
+            return _decode_with_soundfile(f, data, limits)
+        except MediaRejected:
+            raise
+        except Exception as e:  # defensive: nothing but MediaRejected leaves decode_audio
+            raise MediaRejected(
+                "corrupt_audio",
+                f"reading the {f.format} file failed ({type(e).__name__}: {e}); re-encode it",
+                {"bytes": len(data)},
+            ) from e
 
 
 def _decode_with_soundfile(f: Any, data: bytes, limits: AudioLimits) -> DecodedAudio:
@@ -306,7 +316,8 @@ def _decode_with_av(data: bytes, limits: AudioLimits, sf_err: BaseException) -> 
     except Exception as e:
         raise _unreadable(data, magic, sf_err, e) from e
     finally:
-        container.close()
+        with contextlib.suppress(Exception):
+            container.close()
 
 
 def _unreadable(

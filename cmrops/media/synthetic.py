@@ -11,7 +11,8 @@ few milliseconds to encode).
   :func:`encode_audio` writes any soundfile format; :func:`audio_caption` describes it.
 - **Broken media**: :func:`truncate`, :func:`long_video` (a tiny file that decodes to many
   frames), :func:`huge_frame_video` (a tiny file with enormous frames), :func:`lie_about_duration`
-  (a container whose header understates its length), :func:`not_media`.
+  (a container whose header understates its length), :func:`not_media`; and
+  :func:`add_audio_track`, :func:`encode_m4a` for files only FFmpeg reads.
 - **Corpora**: :func:`write_video_corpus` (MSR-VTT-style JSON) and :func:`write_audio_corpus`
   (Clotho-style CSV). They plant no defects; broken files are the tests' job.
 """
@@ -24,6 +25,7 @@ import json
 import math
 import re
 import struct
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -91,9 +93,7 @@ def encode_frames(
     return buf.getvalue()
 
 
-def _fraction(fps: float) -> int | object:
-    from fractions import Fraction
-
+def _fraction(fps: float) -> int | Fraction:
     f = Fraction(fps).limit_denominator(1001)
     return int(f) if f.denominator == 1 else f
 
@@ -191,6 +191,33 @@ def moving_shape_video(
         for i in range(n)
     ]
     return encode_frames(frames, fps, codec=codec, container=container)
+
+
+def add_audio_track(video: bytes, wave: np.ndarray, sample_rate: int = 16_000) -> bytes:
+    """``video`` (an MP4 or Matroska file) with mono ``wave`` added as an AAC track: the video
+    packets are copied untouched."""
+    import av
+
+    src = av.open(io.BytesIO(video))
+    fmt = "mp4" if "mp4" in src.format.name.split(",") else "matroska"
+    buf = io.BytesIO()
+    x = np.ascontiguousarray(np.asarray(wave, dtype=np.float32).reshape(1, -1))
+    with src, av.open(buf, mode="w", format=fmt) as out:
+        vin = src.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        aout = out.add_stream("aac", rate=sample_rate)
+        aout.layout = "mono"
+        for packet in src.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                out.mux(packet)
+        frame = av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        chunker = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate, frame_size=1024)
+        for chunk in [*chunker.resample(frame), *chunker.resample(None)]:
+            out.mux(aout.encode(chunk))
+        out.mux(aout.encode(None))
+    return buf.getvalue()
 
 
 def video_caption(shape: str, color: str, direction: str) -> str:

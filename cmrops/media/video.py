@@ -33,6 +33,7 @@ dHash bits, in the bit order of :mod:`cmrops.imaging`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
@@ -283,7 +284,8 @@ def decode_video(data: bytes, limits: VideoLimits | None = None) -> DecodedVideo
     except Exception as e:  # defensive: a PyAV attribute/index error on a broken header
         raise _open_error(data, e) from e
     finally:
-        container.close()
+        with contextlib.suppress(Exception):
+            container.close()
 
 
 def _decode(container: Any, data: bytes, limits: VideoLimits) -> DecodedVideo:
