@@ -256,6 +256,18 @@ def test_resample_reduces_up_and_down_by_their_gcd(monkeypatch: pytest.MonkeyPat
             id="m4a-2s",
         ),
         pytest.param(
+            lambda: syn.lie_about_duration(
+                syn.add_audio_track(
+                    syn.moving_shape_video("circle", "red", "up", container="mkv", seconds=3),
+                    syn.tone("tone", seconds=3.0),
+                ),
+                0.5,
+            ),
+            AudioLimits(max_duration_s=1.0),
+            "audio_too_long",
+            id="lying-mkv-decoded-length",
+        ),
+        pytest.param(
             lambda: syn.encode_audio(syn.tone("tone", seconds=0.05), SR),
             None,
             "audio_too_short",

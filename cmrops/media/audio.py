@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -187,18 +188,55 @@ def _decode_with_soundfile(f: Any, data: bytes, limits: AudioLimits) -> DecodedA
             {**facts, "bytes": len(data)},
         )
     _check_header(rate, channels, frames, limits, facts)
+    mono = _Downmix(facts)
     try:
-        samples = f.read(dtype="float32", always_2d=True)
+        while True:  # not SoundFile.blocks: it pads a short read up to the declared length
+            block = f.read(_BLOCK, dtype="float32", always_2d=True)
+            if block.shape[0] == 0:
+                break
+            mono.add(block)
+    except MediaRejected:
+        raise
     except Exception as e:
-        raise _read_error(e, frames, 0, facts) from e
-    if samples.shape[0] < frames - 1:
+        raise _read_error(e, frames, mono.n, facts) from e
+    if mono.n < frames - 1:
         raise MediaRejected(
             "truncated_audio",
-            f"the header declares {frames} frames but only {samples.shape[0]} can be read; "
+            f"the header declares {frames} frames but only {mono.n} can be read; "
             "the file was cut short, fetch it again",
-            {**facts, "declared_frames": frames, "read_frames": int(samples.shape[0])},
+            {**facts, "declared_frames": frames, "read_frames": mono.n},
         )
-    return _finish(samples, rate, channels, fmt, subtype, limits, facts)
+    return _finish(mono, rate, channels, fmt, subtype, limits, facts)
+
+
+# frames read (and downmixed) at a time: memory stays at the mono wave's size
+_BLOCK: Final = 1 << 16
+
+
+class _Downmix:
+    """Accumulates ``(n, channels)`` float32 blocks as their channel mean, checking each for
+    NaN / infinity and tracking the peak magnitude over all channels."""
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+        self.peak = 0.0
+
+    def add(self, block: np.ndarray) -> None:
+        if block.shape[0] == 0:
+            return
+        if not np.isfinite(block).all():
+            raise MediaRejected(
+                "corrupt_audio", "samples include NaN or infinity; re-encode the file", self.facts
+            )
+        self.peak = max(self.peak, float(np.abs(block).max()))
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        self.parts.append(np.array(mono, dtype=np.float32))  # a copy: blocks are reused
+        self.n += block.shape[0]
+
+    def wave(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
 
 
 def _read_error(e: BaseException, declared: int, read: int, facts: dict[str, Any]) -> MediaRejected:
@@ -254,7 +292,7 @@ def _check_duration(duration: float, limits: AudioLimits, facts: dict[str, Any],
 
 
 def _finish(
-    samples: np.ndarray,
+    mono: _Downmix,
     rate: int,
     channels: int,
     fmt: str,
@@ -262,22 +300,15 @@ def _finish(
     limits: AudioLimits,
     facts: dict[str, Any],
 ) -> DecodedAudio:
-    """``samples`` is ``(n, channels)`` float32 at ``rate``."""
-    if not np.isfinite(samples).all():
-        raise MediaRejected(
-            "corrupt_audio", "samples include NaN or infinity; re-encode the file", facts
-        )
-    n = samples.shape[0]
-    _check_duration(n / rate, limits, {**facts, "frames": n}, "decoded samples last")
-    if limits.reject_silent and float(np.abs(samples).max(initial=0.0)) <= SILENCE_PEAK:
+    _check_duration(mono.n / rate, limits, {**facts, "frames": mono.n}, "decoded samples last")
+    if limits.reject_silent and mono.peak <= SILENCE_PEAK:
         raise MediaRejected(
             "silent_audio",
             f"every sample is within ±{SILENCE_PEAK:g} (silence); turn off "
             "preprocess.audio.reject_silent to keep silent clips",
-            {**facts, "peak": float(np.abs(samples).max(initial=0.0))},
+            {**facts, "peak": mono.peak},
         )
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    wave = resample(mono, rate, limits.sample_rate)
+    wave = resample(mono.wave(), rate, limits.sample_rate)
     return DecodedAudio(
         wave=wave,
         sample_rate=limits.sample_rate,
@@ -381,15 +412,12 @@ def _av_audio(container: Any, data: bytes, limits: AudioLimits) -> DecodedAudio:
     _check_header(rate, channels, declared, limits, facts)
     cap = math.ceil(limits.max_duration_s * rate)
     resampler = av.AudioResampler(format="fltp", layout=ctx.layout, rate=rate)
-    parts: list[np.ndarray] = []
-    total = 0
+    mono = _Downmix(facts)
     try:
-        for frame in container.decode(stream):
+        for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
             for out in resampler.resample(frame):
-                arr = out.to_ndarray()  # (channels, n) float32, planar
-                parts.append(arr)
-                total += arr.shape[1]
-                if total > cap:
+                mono.add(out.to_ndarray().T)  # planar (channels, n) -> (n, channels)
+                if mono.n > cap:
                     raise MediaRejected(
                         "audio_too_long",
                         f"decoded samples run past max_duration_s={limits.max_duration_s:g} "
@@ -397,25 +425,18 @@ def _av_audio(container: Any, data: bytes, limits: AudioLimits) -> DecodedAudio:
                         "preprocess.audio.max_duration_s or cut the clip",
                         {**facts, "max_duration_s": limits.max_duration_s},
                     )
-        for out in resampler.resample(None):
-            parts.append(out.to_ndarray())
     except MediaRejected:
         raise
     except Exception as e:
-        raise _read_error(e, declared or 0, total, facts) from e
-    samples = (
-        np.concatenate(parts, axis=1).T if parts else np.zeros((0, max(channels, 1)), np.float32)
-    )
-    if declared and samples.shape[0] < 0.9 * declared - rate * 0.05:
+        raise _read_error(e, declared or 0, mono.n, facts) from e
+    if declared and mono.n < 0.9 * declared - rate * 0.05:
         raise MediaRejected(
             "truncated_audio",
-            f"the header declares {declared} frames but only {samples.shape[0]} decode; the "
-            "file was cut short, fetch it again",
-            {**facts, "declared_frames": declared, "read_frames": int(samples.shape[0])},
+            f"the header declares {declared} frames but only {mono.n} decode; the file was "
+            "cut short, fetch it again",
+            {**facts, "declared_frames": declared, "read_frames": mono.n},
         )
-    return _finish(
-        np.ascontiguousarray(samples, dtype=np.float32), rate, channels, fmt, subtype, limits, facts
-    )
+    return _finish(mono, rate, channels, fmt, subtype, limits, facts)
 
 
 # -- log-mel spectrogram -------------------------------------------------------------------------

@@ -17,9 +17,9 @@ an exception other than :class:`~cmrops.media.errors.MediaRejected` out:
   frame at or after it (never the same frame twice). Without a declared duration, frames are
   taken every ``1 / fps`` seconds and the grid is thinned (every other one dropped, interval
   doubled) whenever ``2 * max_frames`` are held, then ``max_frames`` are picked evenly;
-* **damage is an error**: the decoder runs with ``err_detect=explode``, so a damaged packet
-  raises instead of being concealed, and
-* **damage is classified**: bytes that are no container at all are ``unsupported_media``; a
+* **damage is an error, and classified**: the decoder runs with ``err_detect=explode``, so a
+  damaged packet raises instead of being concealed (FFmpeg's default, which would let a
+  smudged frame through). Bytes that are no container at all are ``unsupported_media``; a
   known container (ISO-BMFF ``ftyp``, Matroska/WebM EBML, RIFF/AVI, Ogg, FLV) that cannot be
   opened or decoded is ``truncated_video`` when its own size fields run past the end of the
   data (a cut MP4 usually loses its ``moov`` box, so FFmpeg fails at *open*, not mid-stream),
