@@ -28,9 +28,11 @@ against baseline ``soundfile.read`` (float32, nothing else) and against ``cmrops
 native rate`` (:func:`decode_audio` with ``sample_rate=44100``: the checks without the
 resampling). Throughput is audio-seconds per second.
 
-Times are the median over ``repeat`` rounds of the whole set; rounds interleave the functions,
-so a busy machine slows them alike, and a warm-up pass keeps lazy imports out. Results are also
-written to ``benches/results/media.json``.
+Times are the best of ``repeat`` (5) rounds over the whole set: rounds interleave the functions,
+so a busy machine slows them alike, and on a shared machine the fastest round is the one least
+disturbed by other work (the median wandered by 30 % between runs here). A warm-up pass keeps
+lazy imports (scipy.signal: seconds) out. Results are also written to
+``benches/results/media.json``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ def make_clips(n: int, fmt: str) -> list[bytes]:
 def timed_rounds(
     fns: dict[str, Callable[[bytes], Any]], items: list[bytes], repeat: int
 ) -> dict[str, float]:
-    """Median over ``repeat`` rounds of the seconds each function takes for all ``items``."""
+    """Best over ``repeat`` rounds of the seconds each function takes for all ``items``."""
     for fn in fns.values():
         for data in items[:2]:
             fn(data)
@@ -117,7 +118,7 @@ def timed_rounds(
             for data in items:
                 fn(data)
             times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {name: min(v) for name, v in times.items()}
 
 
 # -- video ---------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer videos and clips, one round")
     ap.add_argument("--out", default=str(REPO / "benches" / "results" / "media.json"))
     args = ap.parse_args()
-    n, repeat = (6, 1) if args.quick else (20, 3)
+    n, repeat = (6, 1) if args.quick else (20, 5)
 
     video_rows = [row for codec in ("mpeg4", "libx264") for row in bench_video(codec, n, repeat)]
     audio_rows = [bench_audio(fmt, n, repeat) for fmt in ("WAV", "FLAC")]
