@@ -5,13 +5,14 @@ the same PyAV / libsndfile build, the same bytes. Generation is fast (a 2 s 96 x
 few milliseconds to encode).
 
 - **Video**: :func:`moving_shape_video` draws one shape (circle, square, triangle) of one colour
-  (red, green, blue, yellow) crossing a plain seeded background in one direction (left, right,
+  (red, green, blue, yellow) crossing a mild seeded background in one direction (left, right,
   up, down); :func:`video_caption` says so in words.
 - **Audio**: :func:`tone` makes a sine, a log chirp up or down, white noise or beeps;
   :func:`encode_audio` writes any soundfile format; :func:`audio_caption` describes it.
 - **Broken media**: :func:`truncate`, :func:`long_video` (a tiny file that decodes to many
   frames), :func:`huge_frame_video` (a tiny file with enormous frames), :func:`lie_about_duration`
-  (a container whose header understates its length), :func:`not_media`.
+  (a container whose header understates its length), :func:`not_media`; and
+  :func:`add_audio_track`, :func:`encode_m4a` for files only FFmpeg reads.
 - **Corpora**: :func:`write_video_corpus` (MSR-VTT-style JSON) and :func:`write_audio_corpus`
   (Clotho-style CSV). They plant no defects; broken files are the tests' job.
 """
@@ -24,6 +25,8 @@ import json
 import math
 import re
 import struct
+from fractions import Fraction
+from functools import cache
 from pathlib import Path
 from typing import Final
 
@@ -90,16 +93,32 @@ def encode_frames(
     return buf.getvalue()
 
 
-def _fraction(fps: float) -> int | object:
-    from fractions import Fraction
-
+def _fraction(fps: float) -> int | Fraction:
     f = Fraction(fps).limit_denominator(1001)
     return int(f) if f.denominator == 1 else f
 
 
-def _background(size: tuple[int, int], seed: int) -> tuple[int, int, int]:
+@cache
+def _background(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A mild two-colour linear gradient at a seeded angle with soft seeded blotches:
+    ``(height, width, 3)`` uint8. (On a flat background a frame's pHash would rest on codec
+    noise: there is little else in it.)"""
     rng = np.random.default_rng([seed, 0xB6])
-    return tuple(int(v) for v in rng.integers(150, 231, size=3))  # type: ignore[return-value]
+    light = rng.integers(175, 236, size=3).astype(np.float64)
+    dark = light - rng.integers(45, 90)  # every channel darker, so luma differs
+    angle = float(rng.uniform(0.0, 2.0 * math.pi))
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    t = ((along - along.min()) / max(float(np.ptp(along)), 1.0))[..., None]
+    # plus soft blotches (a 5 x 4 random field, bicubic upsampled): low-frequency texture, so
+    # the frames' pHash bits rest on large DCT coefficients, not on codec noise
+    field = rng.uniform(-1.0, 1.0, size=(4, 5)).astype(np.float32)
+    blot = np.asarray(Image.fromarray(field, "F").resize((w, h), Image.Resampling.BICUBIC))
+    out = light * (1.0 - t) + dark * t + 28.0 * blot[..., None].astype(np.float64)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out.setflags(write=False)
+    return out
 
 
 def shape_position(direction: str, u: float, size: tuple[int, int]) -> tuple[float, float]:
@@ -131,8 +150,7 @@ def render_frame(
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     if color not in COLOURS:
         raise ValueError(f"unknown colour {color!r}; expected one of {tuple(COLOURS)}")
-    w, h = size
-    img = Image.new("RGB", (w, h), _background(size, seed))
+    img = Image.fromarray(_background(size, seed), "RGB")
     draw = ImageDraw.Draw(img)
     x, y = shape_position(direction, u, size)
     r = shape_radius(size)
@@ -162,8 +180,9 @@ def moving_shape_video(
     container: str = "mp4",
 ) -> bytes:
     """A ``seconds`` long video of ``size = (width, height)`` at ``fps``: one ``color`` ``shape``
-    crossing a plain background (colour drawn from ``seed``) towards ``direction``, from one
-    edge at the first frame to the other at the last. Frame ``i`` is shown at ``i / fps``."""
+    crossing a mild background (a two-colour gradient with soft blotches, drawn from ``seed``)
+    towards ``direction``, from one edge at the first frame to the other at the last. Frame
+    ``i`` is shown at ``i / fps``."""
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"video sides must be even for yuv420p, got {size}")
     n = max(1, round(seconds * fps))
@@ -172,6 +191,33 @@ def moving_shape_video(
         for i in range(n)
     ]
     return encode_frames(frames, fps, codec=codec, container=container)
+
+
+def add_audio_track(video: bytes, wave: np.ndarray, sample_rate: int = 16_000) -> bytes:
+    """``video`` (an MP4 or Matroska file) with mono ``wave`` added as an AAC track: the video
+    packets are copied untouched."""
+    import av
+
+    src = av.open(io.BytesIO(video))
+    fmt = "mp4" if "mp4" in src.format.name.split(",") else "matroska"
+    buf = io.BytesIO()
+    x = np.ascontiguousarray(np.asarray(wave, dtype=np.float32).reshape(1, -1))
+    with src, av.open(buf, mode="w", format=fmt) as out:
+        vin = src.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        aout = out.add_stream("aac", rate=sample_rate)
+        aout.layout = "mono"
+        for packet in src.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                out.mux(packet)
+        frame = av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        chunker = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate, frame_size=1024)
+        for chunk in [*chunker.resample(frame), *chunker.resample(None)]:
+            out.mux(aout.encode(chunk))
+        out.mux(aout.encode(None))
+    return buf.getvalue()
 
 
 def video_caption(shape: str, color: str, direction: str) -> str:
@@ -204,11 +250,19 @@ def huge_frame_video(width: int = 4096, height: int = 4096) -> bytes:
     return encode_frames([flat, flat], 1, codec="mpeg4", container="mp4", bit_rate=100_000)
 
 
-def lie_about_duration(data: bytes, seconds: float = 1.0) -> bytes:
+def lie_about_duration(data: bytes, seconds: float | None = 1.0) -> bytes:
     """The same video with its header claiming it lasts ``seconds``: the MP4 ``mvhd``/``tkhd``/
     ``mdhd`` durations, or the Matroska segment ``Duration`` (and ``DURATION`` tags), are
-    overwritten; the frames and their timestamps are untouched."""
+    overwritten; the frames and their timestamps are untouched. ``seconds=None`` (Matroska
+    only) removes the declaration instead: ``Duration`` becomes a Void element of the same
+    size and the tags are renamed, so FFmpeg reports no duration at all."""
     b = bytearray(data)
+    if seconds is None:
+        i = b.find(b"\x44\x89\x88")
+        if b[:4] != b"\x1a\x45\xdf\xa3" or i < 0:
+            raise ValueError("only a Matroska Duration element can be removed")
+        b[i : i + 11] = b"\xec\x89" + bytes(9)  # Void, 9 bytes of payload
+        return bytes(b).replace(b"DURATION", b"XURATION")
     if b[4:8] == b"ftyp":
         for box, scale_at, dur_at in ((b"mvhd", 12, 16), (b"mdhd", 12, 16)):
             i = b.find(box)
@@ -365,21 +419,36 @@ def not_media(n: int = 2048, seed: int = 0) -> bytes:
 
 
 def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
-    """``n`` moving-shape videos as ``out/videos/video{i}.mp4`` and an MSR-VTT-style
-    ``out/train_val_videodatainfo.json`` (``videos`` with ``category``, ``split`` (the first 80 %
-    ``train``, then 10 % ``validate``, then ``test``), ``start time``/``end time``; and two
-    ``sentences`` per video, paraphrases of what it shows). Returns the JSON path."""
+    """``n`` two-second moving-shape videos (mpeg4 MP4, 96 x 64, 8 fps) as
+    ``out/videos/video{i}.mp4`` and an MSR-VTT-style ``out/train_val_videodatainfo.json``:
+    ``videos`` (``video_id``, ``category`` = shape x direction index, ``url``, ``start time``,
+    ``end time``, ``split`` - the first 80 % ``train``, then 10 % ``validate``, then ``test`` -
+    and ``id``) and two ``sentences`` per video, paraphrases of what it shows. Returns the JSON
+    path.
+
+    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier video's (the
+    clean stage's near-duplicate rule, with a margin) is redrawn, up to 50 times, so the corpus
+    plants no near duplicates."""
+    from cmrops.imaging import hamming64
+    from cmrops.media.video import decode_video, video_hashes
+
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     videos, sentences = [], []
+    seen: list[tuple[int, int]] = []
     n_train, n_val = round(0.8 * n), round(0.9 * n)
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0x71])
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        color = tuple(COLOURS)[int(rng.integers(len(COLOURS)))]
-        direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+        for _try in range(50):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            color = tuple(COLOURS)[int(rng.integers(len(COLOURS)))]
+            direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+            data = moving_shape_video(shape, color, direction, seed=int(rng.integers(2**31)))
+            ph, dh = video_hashes(decode_video(data).frames)
+            if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
+                break
+        seen.append((ph, dh))
         vid = f"video{i}"
-        data = moving_shape_video(shape, color, direction, seed=seed * 100_003 + i)
         (out / "videos" / f"{vid}.mp4").write_bytes(data)
         split = "train" if i < n_train else "validate" if i < n_val else "test"
         videos.append(
@@ -404,18 +473,33 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
 
 def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
     """``n`` one-second clips (16 kHz PCM-16 WAV) as ``out/audio/clip{i}.wav`` and a Clotho-style
-    ``out/clotho_captions.csv`` (``file_name,caption_1,...,caption_5``). Returns the CSV path."""
+    ``out/clotho_captions.csv`` (``file_name,caption_1,...,caption_5``). Returns the CSV path.
+
+    Each clip is a :func:`tone` of a seeded kind at a seeded pitch (log-uniform 150-2400 Hz).
+    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier clip's (the same
+    sound by the clean stage's near-duplicate rule, e.g. beeps and a tone of one pitch) is
+    redrawn, up to 50 times, so the corpus plants no near duplicates; white noise is always
+    distinct, so a large corpus ends with more of it."""
+    from cmrops.imaging import hamming64
+    from cmrops.media.audio import audio_hashes, log_mel
+
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     path = out / "clotho_captions.csv"
+    seen: list[tuple[int, int]] = []
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", *(f"caption_{k}" for k in range(1, 6))])
         for i in range(n):
             rng = np.random.default_rng([seed, i, 0xC1])
-            kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
-            freq = float(rng.choice([220.0, 440.0, 1200.0]))
-            wave = tone(kind, seed=seed * 100_003 + i, freq=freq)
+            for _try in range(50):
+                kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
+                freq = round(float(np.exp(rng.uniform(math.log(150.0), math.log(2400.0)))), 1)
+                wave = tone(kind, seed=int(rng.integers(2**31)), freq=freq)
+                ph, dh = audio_hashes(log_mel(wave, 16_000))
+                if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
+                    break
+            seen.append((ph, dh))
             name = f"clip{i}.wav"
             (out / "audio" / name).write_bytes(encode_audio(wave, 16_000))
             writer.writerow([name, *_audio_paraphrases(kind, freq)])
