@@ -16,10 +16,6 @@ PyAV, soundfile and scipy are imported on first use, so importing this package i
 
 from __future__ import annotations
 
-import os
-from pathlib import PurePath
-from typing import Final
-
 from cmrops.media.audio import (
     LOGMEL_STATS_NAME,
     AudioLimits,
@@ -38,28 +34,9 @@ from cmrops.media.video import (
     thumbnail_strip,
     video_hashes,
 )
-from cmrops.sources.base import IMAGE_SUFFIXES
 
-#: The kinds of media a sample may hold.
-MEDIA_KINDS: Final = ("image", "video", "audio")
-#: File name extensions (lower case, with the dot) read as videos.
-VIDEO_SUFFIXES: Final = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
-#: File name extensions (lower case, with the dot) read as audio.
-AUDIO_SUFFIXES: Final = frozenset({".wav", ".flac", ".ogg", ".mp3"})
-
-
-def media_kind_of(name: str | os.PathLike[str]) -> str | None:
-    """``"image"``, ``"video"`` or ``"audio"`` by the file name's extension (any case), or
-    ``None`` for an extension of none of them."""
-    suffix = PurePath(os.fspath(name)).suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    if suffix in AUDIO_SUFFIXES:
-        return "audio"
-    return None
-
+# one definition of the kinds and their file extensions, beside the sources that read them
+from cmrops.sources.base import AUDIO_SUFFIXES, MEDIA_KINDS, VIDEO_SUFFIXES, media_kind_of
 
 __all__ = [
     "AUDIO_SUFFIXES",
