@@ -65,7 +65,7 @@ def _check(work: Path, media: str) -> dict[str, Any]:
     chance = _chance_map(work)
     base = r["float_baseline"]["directions"]
     for d in (forward, backward):  # the aligned float baseline learns something real
-        assert base[d]["map"] > 2 * chance, (d, base[d]["map"], chance)
+        assert base[d]["map"] > 1.5 * chance, (d, base[d]["map"], chance)
     train = json.loads((work / "metrics/train.json").read_text())
     assert train["media"] == media
     meta = json.loads((work / "data/codes/dcmh-16/meta.json").read_text())
@@ -73,38 +73,83 @@ def _check(work: Path, media: str) -> dict[str, Any]:
     return r
 
 
-def _near_duplicates_share_labels(work: Path) -> int:
-    """Every clip clean dropped as a near-duplicate has the labels of the clip it kept."""
-    q = [
-        r
-        for r in pq.read_table(work / "data/clean/quarantine.parquet").to_pylist()
-        if r["reason"] == "near_duplicate_image"
-    ]
-    labels = {
-        r["sample_id"]: r["labels"]
-        for r in pq.read_table(work / "data/interim/samples.parquet").to_pylist()
-    }
-    for r in q:
-        kept = json.loads(r["evidence"])["kept"]
-        assert labels[r["sample_id"]] == labels[kept], r
-    return len(q)
+def _plant_video_copies(corpus: Path, k: int) -> set[frozenset[str]]:
+    """Re-encode ``k`` corpus videos (libx264, 1.5x larger) as new entries with their captions."""
+    import av
+    from PIL import Image
+
+    info = json.loads(corpus.read_text())
+    planted = set()
+    for i in range(k):
+        src = info["videos"][i]["video_id"]
+        with av.open(str(corpus.parent / "videos" / f"{src}.mp4")) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        big = [np.asarray(Image.fromarray(f).resize((144, 96))) for f in frames]
+        copy = f"copy{i}"
+        (corpus.parent / "videos" / f"{copy}.mp4").write_bytes(
+            syn.encode_frames(big, 8, codec="libx264")
+        )
+        info["videos"].append({**info["videos"][i], "video_id": copy, "id": 1000 + i})
+        info["sentences"] += [
+            {**t, "video_id": copy, "sen_id": 10_000 + t["sen_id"]}
+            for t in info["sentences"]
+            if t["video_id"] == src
+        ]
+        planted.add(frozenset({src, copy}))
+    corpus.write_text(json.dumps(info))
+    return planted
+
+
+def _plant_audio_copies(corpus: Path, k: int) -> set[frozenset[str]]:
+    """Re-encode ``k`` corpus clips as FLAC at 44.1 kHz, 6 dB quieter, with their captions."""
+    import csv
+
+    import soundfile as sf
+
+    from cmrops.media.audio import resample
+
+    rows = list(csv.reader(corpus.open()))
+    planted = set()
+    for i, row in enumerate(rows[1 : k + 1]):
+        wave, rate = sf.read(corpus.parent / "audio" / row[0], dtype="float32")
+        quiet = 0.5 * resample(wave, rate, 44_100)
+        name = f"copy{i}.flac"
+        (corpus.parent / "audio" / name).write_bytes(syn.encode_audio(quiet, 44_100, "FLAC"))
+        rows.append([name, *row[1:]])
+        planted.add(frozenset({row[0], name}))
+    with corpus.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return planted
+
+
+def _near_duplicates_found(work: Path, planted: set[frozenset[str]]) -> None:
+    """Clean drops one clip of every planted copy pair, keeping the other, and nothing else."""
+    samples = pq.read_table(work / "data/interim/samples.parquet").to_pylist()
+    key = {r["sample_id"]: r["source_key"] for r in samples}
+    found = set()
+    for r in pq.read_table(work / "data/clean/quarantine.parquet").to_pylist():
+        if r["reason"].startswith("near_duplicate"):
+            found.add(frozenset({key[r["sample_id"]], key[json.loads(r["evidence"])["kept"]]}))
+    assert found == planted
 
 
 def test_video_text_pipeline(tmp_path: Path) -> None:
-    corpus = syn.write_video_corpus(tmp_path / "corpus", 64)
+    corpus = syn.write_video_corpus(tmp_path / "corpus", 60)
+    planted = _plant_video_copies(corpus, 4)
     source = {"name": "clips", "kind": "msrvtt", "path": str(corpus.relative_to(tmp_path))}
     _run(tmp_path, "video", source, query=10, train=20)
     _check(tmp_path, "video")
-    # 64 draws of 48 shape x colour x direction videos repeat some: each repeat is found
-    assert _near_duplicates_share_labels(tmp_path) > 5
+    _near_duplicates_found(tmp_path, planted)
     thumbs = pq.read_table(tmp_path / "data/interim/thumbs.parquet")
     assert thumbs.num_rows == 64
 
 
 def test_audio_text_pipeline(tmp_path: Path) -> None:
-    corpus = syn.write_audio_corpus(tmp_path / "corpus", 64)
+    corpus = syn.write_audio_corpus(tmp_path / "corpus", 60)
+    planted = _plant_audio_copies(corpus, 4)
     source = {"name": "clips", "kind": "clotho", "path": str(corpus.relative_to(tmp_path))}
-    _run(tmp_path, "audio", source, query=6, train=10)
+    _run(tmp_path, "audio", source, query=10, train=20)
     _check(tmp_path, "audio")
+    _near_duplicates_found(tmp_path, planted)
     quality = json.loads((tmp_path / "metrics/quality.json").read_text())
     assert "audio clips have no frame size" in quality["not_run"]["min_side"]
