@@ -115,7 +115,7 @@ def _background(size: tuple[int, int], seed: int) -> np.ndarray:
     # the frames' pHash bits rest on large DCT coefficients, not on codec noise
     field = rng.uniform(-1.0, 1.0, size=(4, 5)).astype(np.float32)
     blot = np.asarray(Image.fromarray(field, "F").resize((w, h), Image.Resampling.BICUBIC))
-    out = light * (1.0 - t) + dark * t + 28.0 * blot[..., None].astype(np.float64)
+    out = light * (1.0 - t) + dark * t + 16.0 * blot[..., None].astype(np.float64)
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     out.setflags(write=False)
     return out
@@ -143,7 +143,12 @@ def shape_radius(size: tuple[int, int]) -> float:
 
 
 def render_frame(
-    shape: str, color: str, direction: str, u: float, size: tuple[int, int], seed: int = 0
+    shape: str,
+    color: str,
+    direction: str,
+    u: float,
+    size: tuple[int, int],
+    seed: int = 0,
 ) -> np.ndarray:
     """One RGB frame (``(height, width, 3)`` uint8) of :func:`moving_shape_video` at ``u``."""
     if shape not in SHAPES:
@@ -178,11 +183,14 @@ def moving_shape_video(
     seed: int = 0,
     codec: str = "mpeg4",
     container: str = "mp4",
+    bit_rate: int = 2_000_000,
 ) -> bytes:
     """A ``seconds`` long video of ``size = (width, height)`` at ``fps``: one ``color`` ``shape``
     crossing a mild background (a two-colour gradient with soft blotches, drawn from ``seed``)
     towards ``direction``, from one edge at the first frame to the other at the last. Frame
-    ``i`` is shown at ``i / fps``."""
+    ``i`` is shown at ``i / fps``. ``bit_rate`` (mpeg4, mjpeg) is the encoder's target; at this
+    size anything from 1 Mbit/s up decodes to the same frames, while the bytes differ (the rate
+    is written in the header): an easy near copy."""
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"video sides must be even for yuv420p, got {size}")
     n = max(1, round(seconds * fps))
@@ -190,7 +198,7 @@ def moving_shape_video(
         render_frame(shape, color, direction, i / (n - 1) if n > 1 else 0.0, size, seed)
         for i in range(n)
     ]
-    return encode_frames(frames, fps, codec=codec, container=container)
+    return encode_frames(frames, fps, codec=codec, container=container, bit_rate=bit_rate)
 
 
 def add_audio_track(video: bytes, wave: np.ndarray, sample_rate: int = 16_000) -> bytes:
@@ -305,8 +313,10 @@ def tone(
 
     ``tone``: a sine at ``freq``; ``chirp_up`` / ``chirp_down``: a logarithmic sweep between
     ``freq / 2`` and ``2 * freq``; ``noise``: white noise of the same RMS as the sine (clipped at
-    ±1); ``beeps``: 0.1 s sine pulses at ``freq`` every 0.2 s. The seed sets the start phase (and
-    the noise). Tones start and end with a 5 ms ramp, so there are no clicks.
+    ±1); ``beeps``: 0.1 s pulses every 0.2 s of an electronic beep at ``freq`` (with its 2nd and
+    3rd harmonics at 1/2 and 1/3 amplitude, those below Nyquist) - harmonics, not the on/off
+    rhythm, are what tell beeps from a tone to the audio fingerprint. The seed sets the start
+    phase (and the noise). Tones start and end with a 5 ms ramp, so there are no clicks.
     """
     if kind not in TONE_KINDS:
         raise ValueError(f"unknown tone kind {kind!r}; expected one of {TONE_KINDS}")
@@ -324,6 +334,10 @@ def tone(
         k = math.log(f1 / f0)
         phase = 2.0 * math.pi * f0 * seconds / k * (np.exp(k * t / seconds) - 1.0)
         wave = np.sin(phase + phase0)
+    elif kind == "beeps":  # an electronic beep: the 2nd and 3rd harmonics at 1/2 and 1/3
+        parts = [(k, 1.0 / k) for k in (1, 2, 3) if k * freq < sample_rate / 2]
+        wave = sum(a * np.sin(2.0 * math.pi * k * freq * t + k * phase0) for k, a in parts)
+        wave = wave / sum(a for _, a in parts)
     else:
         wave = np.sin(2.0 * math.pi * freq * t + phase0)
     env = np.ones(n)
@@ -426,28 +440,25 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
     and ``id``) and two ``sentences`` per video, paraphrases of what it shows. Returns the JSON
     path.
 
-    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier video's (the
-    clean stage's near-duplicate rule, with a margin) is redrawn, up to 50 times, so the corpus
-    plants no near duplicates."""
-    from cmrops.imaging import hamming64
-    from cmrops.media.video import decode_video, video_hashes
-
+    Each video draws one of the 48 shape x colour x direction contents; the background belongs
+    to the content (drawn from ``seed`` and it), so a content drawn again is a near duplicate of
+    its first video - the same frames encoded at another bit rate, other bytes - which the
+    clean stage should find, and videos of different contents are far apart."""
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     videos, sentences = [], []
-    seen: list[tuple[int, int]] = []
+    drawn: dict[tuple[str, str, str], int] = {}
     n_train, n_val = round(0.8 * n), round(0.9 * n)
+    combos = [(a, b, c) for a in SHAPES for b in COLOURS for c in DIRECTIONS]
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0x71])
-        for _try in range(50):
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            color = tuple(COLOURS)[int(rng.integers(len(COLOURS)))]
-            direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
-            data = moving_shape_video(shape, color, direction, seed=int(rng.integers(2**31)))
-            ph, dh = video_hashes(decode_video(data).frames)
-            if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
-                break
-        seen.append((ph, dh))
+        k = int(rng.integers(len(combos)))
+        shape, color, direction = combos[k]
+        repeat = drawn.get(combos[k], 0)
+        drawn[combos[k]] = repeat + 1
+        data = moving_shape_video(
+            shape, color, direction, seed=seed * 1009 + k, bit_rate=2_000_000 + 100_000 * repeat
+        )
         vid = f"video{i}"
         (out / "videos" / f"{vid}.mp4").write_bytes(data)
         split = "train" if i < n_train else "validate" if i < n_val else "test"
@@ -464,42 +475,36 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
         )
         picks = rng.choice(3, size=2, replace=False)
         texts = _video_paraphrases(shape, color, direction)
-        for k in picks:
-            sentences.append({"video_id": vid, "caption": texts[int(k)], "sen_id": len(sentences)})
+        for p in picks:
+            sentences.append({"video_id": vid, "caption": texts[int(p)], "sen_id": len(sentences)})
     path = out / "train_val_videodatainfo.json"
     path.write_text(json.dumps({"videos": videos, "sentences": sentences}, indent=1) + "\n")
     return path
+
+
+#: Pitches of the corpus clips: low, unnamed and high by :func:`audio_caption`.
+CORPUS_FREQS: Final = (220.0, 440.0, 1200.0)
 
 
 def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
     """``n`` one-second clips (16 kHz PCM-16 WAV) as ``out/audio/clip{i}.wav`` and a Clotho-style
     ``out/clotho_captions.csv`` (``file_name,caption_1,...,caption_5``). Returns the CSV path.
 
-    Each clip is a :func:`tone` of a seeded kind at a seeded pitch (log-uniform 150-2400 Hz).
-    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier clip's (the same
-    sound by the clean stage's near-duplicate rule, e.g. beeps and a tone of one pitch) is
-    redrawn, up to 50 times, so the corpus plants no near duplicates; white noise is always
-    distinct, so a large corpus ends with more of it."""
-    from cmrops.imaging import hamming64
-    from cmrops.media.audio import audio_hashes, log_mel
-
+    Each clip draws one of the 15 kind x pitch sounds (:data:`TONE_KINDS` x
+    :data:`CORPUS_FREQS`) and its own seed. A tone, chirp or beeps drawn again differs only in
+    phase - a near duplicate the clean stage should find; white noise drawn again is other noise
+    (far); different sounds are far apart."""
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     path = out / "clotho_captions.csv"
-    seen: list[tuple[int, int]] = []
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", *(f"caption_{k}" for k in range(1, 6))])
         for i in range(n):
             rng = np.random.default_rng([seed, i, 0xC1])
-            for _try in range(50):
-                kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
-                freq = round(float(np.exp(rng.uniform(math.log(150.0), math.log(2400.0)))), 1)
-                wave = tone(kind, seed=int(rng.integers(2**31)), freq=freq)
-                ph, dh = audio_hashes(log_mel(wave, 16_000))
-                if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
-                    break
-            seen.append((ph, dh))
+            kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
+            freq = CORPUS_FREQS[int(rng.integers(len(CORPUS_FREQS)))]
+            wave = tone(kind, seed=seed * 100_003 + i, freq=freq)
             name = f"clip{i}.wav"
             (out / "audio" / name).write_bytes(encode_audio(wave, 16_000))
             writer.writerow([name, *_audio_paraphrases(kind, freq)])
