@@ -526,15 +526,14 @@ def test_logmel_stats_separates_pitch_and_direction(same: tuple, other: tuple) -
 
 
 def test_audio_corpus(tmp_path) -> None:
-    path = syn.write_audio_corpus(tmp_path, 24, seed=2)
+    path = syn.write_audio_corpus(tmp_path, 12, seed=2)
     assert path == tmp_path / "clotho_captions.csv"
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5"]
-    rows = rows[1:]
-    assert [r[0] for r in rows] == [f"clip{i}.wav" for i in range(24)]
+    assert [r[0] for r in rows[1:]] == [f"clip{i}.wav" for i in range(12)]
     hashes = []
-    for row in rows:
+    for row in rows[1:]:
         assert all(c.strip() for c in row[1:])
         a = decode_audio((tmp_path / "audio" / row[0]).read_bytes())
         assert (a.format, a.duration_s) == ("WAV", 1.0)
@@ -542,21 +541,6 @@ def test_audio_corpus(tmp_path) -> None:
         if "tone" in row[1] and "pitched" in row[1]:
             hz = peak_hz(a.wave, SR)
             assert (hz >= 600) if "high" in row[1] else (hz < 300)
-    # by the clean stage's rule (pHash <= 6 and dHash <= 10): every sound drawn again is found
-    # (white noise drawn again is other noise), and only clips of one caption are ever paired
-    repeats = near = 0
-    for i, j in itertools.combinations(range(len(rows)), 2):
-        is_near = (
-            hamming64(hashes[i][0], hashes[j][0]) <= 6
-            and hamming64(hashes[i][1], hashes[j][1]) <= 10
-        )
-        same = rows[i][1] == rows[j][1]
-        if same and rows[i][1] != "white noise":
-            repeats += 1
-            assert is_near, (rows[i][1], i, j)
-        if is_near:
-            near += 1
-            assert same, (rows[i][1], rows[j][1])
-    assert repeats > 5
-    assert near >= repeats
-    assert syn.write_audio_corpus(tmp_path / "again", 24, seed=2).read_text() == path.read_text()
+    for a, b in itertools.combinations(hashes, 2):  # plants no near duplicates
+        assert hamming64(a[0], b[0]) > 6 or hamming64(a[1], b[1]) > 10
+    assert syn.write_audio_corpus(tmp_path / "again", 12, seed=2).read_text() == path.read_text()

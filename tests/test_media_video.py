@@ -540,11 +540,11 @@ def test_encoder_frames() -> None:
 
 
 def test_video_corpus(tmp_path) -> None:
-    path = syn.write_video_corpus(tmp_path, 24, seed=3)
+    path = syn.write_video_corpus(tmp_path, 10, seed=3)
     assert path == tmp_path / "train_val_videodatainfo.json"
     info = json.loads(path.read_text())
-    assert [v["video_id"] for v in info["videos"]] == [f"video{i}" for i in range(24)]
-    assert [v["split"] for v in info["videos"]] == ["train"] * 19 + ["validate"] * 3 + ["test"] * 2
+    assert [v["video_id"] for v in info["videos"]] == [f"video{i}" for i in range(10)]
+    assert [v["split"] for v in info["videos"]] == ["train"] * 8 + ["validate"] + ["test"]
     assert set(info["videos"][0]) == {
         "video_id",
         "category",
@@ -554,8 +554,8 @@ def test_video_corpus(tmp_path) -> None:
         "split",
         "id",
     }
-    assert [s["sen_id"] for s in info["sentences"]] == list(range(48))
-    hashes, contents = [], []
+    assert [s["sen_id"] for s in info["sentences"]] == list(range(20))
+    hashes = []
     for video in info["videos"]:
         captions = [s["caption"] for s in info["sentences"] if s["video_id"] == video["video_id"]]
         assert len(captions) == 2
@@ -563,27 +563,9 @@ def test_video_corpus(tmp_path) -> None:
             (tmp_path / "videos" / f"{video['video_id']}.mp4").read_bytes(), VideoLimits(fps=4)
         )
         colour = next(c for c in syn.COLOURS if c in captions[0])
-        shape = next(c for c in syn.SHAPES if c in captions[0])
-        assert all(colour in c and shape in c for c in captions)
+        assert all(colour in c for c in captions)
         assert shape_mask(v.frames[0], colour).sum() > 100  # the captioned colour is on screen
-        assert video["category"] == syn.SHAPES.index(shape) * 4 + syn.DIRECTIONS.index(
-            next(d for d in syn.DIRECTIONS if d in captions[0].split())
-        )
-        hashes.append(
-            video_hashes(
-                decode_video((tmp_path / "videos" / f"{video['video_id']}.mp4").read_bytes()).frames
-            )
-        )
-        contents.append((shape, colour, video["category"]))
-    # by the clean stage's rule (pHash <= 6 and dHash <= 10), a content drawn again is found and
-    # nothing else is (measured on 64 videos: 37 repeat pairs, all found, none else)
-    repeats = 0
-    for i, j in itertools.combinations(range(len(hashes)), 2):
-        near = (
-            hamming64(hashes[i][0], hashes[j][0]) <= 6
-            and hamming64(hashes[i][1], hashes[j][1]) <= 10
-        )
-        repeats += contents[i] == contents[j]
-        assert near == (contents[i] == contents[j]), (i, j, contents[i], contents[j])
-    assert repeats >= 1
-    assert syn.write_video_corpus(tmp_path / "again", 24, seed=3).read_text() == path.read_text()
+        hashes.append(video_hashes(v.frames))
+    for a, b in itertools.combinations(hashes, 2):  # plants no near duplicates
+        assert hamming64(a[0], b[0]) > 6 or hamming64(a[1], b[1]) > 10
+    assert syn.write_video_corpus(tmp_path / "again", 10, seed=3).read_text() == path.read_text()

@@ -440,25 +440,28 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
     and ``id``) and two ``sentences`` per video, paraphrases of what it shows. Returns the JSON
     path.
 
-    Each video draws one of the 48 shape x colour x direction contents; the background belongs
-    to the content (drawn from ``seed`` and it), so a content drawn again is a near duplicate of
-    its first video - the same frames encoded at another bit rate, other bytes - which the
-    clean stage should find, and videos of different contents are far apart."""
+    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier video's (the
+    clean stage's near-duplicate rule, with a margin) is redrawn, up to 50 times, so the corpus
+    plants no near duplicates."""
+    from cmrops.imaging import hamming64
+    from cmrops.media.video import decode_video, video_hashes
+
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     videos, sentences = [], []
-    drawn: dict[tuple[str, str, str], int] = {}
+    seen: list[tuple[int, int]] = []
     n_train, n_val = round(0.8 * n), round(0.9 * n)
-    combos = [(a, b, c) for a in SHAPES for b in COLOURS for c in DIRECTIONS]
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0x71])
-        k = int(rng.integers(len(combos)))
-        shape, color, direction = combos[k]
-        repeat = drawn.get(combos[k], 0)
-        drawn[combos[k]] = repeat + 1
-        data = moving_shape_video(
-            shape, color, direction, seed=seed * 1009 + k, bit_rate=2_000_000 + 100_000 * repeat
-        )
+        for _try in range(50):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            color = tuple(COLOURS)[int(rng.integers(len(COLOURS)))]
+            direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+            data = moving_shape_video(shape, color, direction, seed=int(rng.integers(2**31)))
+            ph, dh = video_hashes(decode_video(data).frames)
+            if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
+                break
+        seen.append((ph, dh))
         vid = f"video{i}"
         (out / "videos" / f"{vid}.mp4").write_bytes(data)
         split = "train" if i < n_train else "validate" if i < n_val else "test"
@@ -475,36 +478,47 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
         )
         picks = rng.choice(3, size=2, replace=False)
         texts = _video_paraphrases(shape, color, direction)
-        for p in picks:
-            sentences.append({"video_id": vid, "caption": texts[int(p)], "sen_id": len(sentences)})
+        for k in picks:
+            sentences.append({"video_id": vid, "caption": texts[int(k)], "sen_id": len(sentences)})
     path = out / "train_val_videodatainfo.json"
     path.write_text(json.dumps({"videos": videos, "sentences": sentences}, indent=1) + "\n")
     return path
 
 
-#: Pitches of the corpus clips: low, unnamed and high by :func:`audio_caption`.
-CORPUS_FREQS: Final = (220.0, 440.0, 1200.0)
+# white noise is always distinct, so it is drawn rarely: else it fills a corpus's redraws
+_CORPUS_KIND_P: Final = tuple(0.04 if k == "noise" else 0.24 for k in TONE_KINDS)
 
 
 def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
     """``n`` one-second clips (16 kHz PCM-16 WAV) as ``out/audio/clip{i}.wav`` and a Clotho-style
     ``out/clotho_captions.csv`` (``file_name,caption_1,...,caption_5``). Returns the CSV path.
 
-    Each clip draws one of the 15 kind x pitch sounds (:data:`TONE_KINDS` x
-    :data:`CORPUS_FREQS`) and its own seed. A tone, chirp or beeps drawn again differs only in
-    phase - a near duplicate the clean stage should find; white noise drawn again is other noise
-    (far); different sounds are far apart."""
+    Each clip is a :func:`tone` of a seeded kind at a seeded pitch (log-uniform 150-2400 Hz).
+    A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier clip's (the same
+    sound by the clean stage's near-duplicate rule, e.g. beeps and a tone of one pitch) is
+    redrawn, up to 50 times, so the corpus plants no near duplicates. White noise (always
+    distinct) is drawn with probability 0.04, the other kinds 0.24 each; as the distinct tonal
+    sounds run out, redraws end on noise more often (3 of 60 clips, 34 of 120)."""
+    from cmrops.imaging import hamming64
+    from cmrops.media.audio import audio_hashes, log_mel
+
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     path = out / "clotho_captions.csv"
+    seen: list[tuple[int, int]] = []
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", *(f"caption_{k}" for k in range(1, 6))])
         for i in range(n):
             rng = np.random.default_rng([seed, i, 0xC1])
-            kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
-            freq = CORPUS_FREQS[int(rng.integers(len(CORPUS_FREQS)))]
-            wave = tone(kind, seed=seed * 100_003 + i, freq=freq)
+            for _try in range(50):
+                kind = str(rng.choice(TONE_KINDS, p=_CORPUS_KIND_P))
+                freq = round(float(np.exp(rng.uniform(math.log(150.0), math.log(2400.0)))), 1)
+                wave = tone(kind, seed=int(rng.integers(2**31)), freq=freq)
+                ph, dh = audio_hashes(log_mel(wave, 16_000))
+                if all(hamming64(ph, p) > 8 or hamming64(dh, d) > 12 for p, d in seen):
+                    break
+            seen.append((ph, dh))
             name = f"clip{i}.wav"
             (out / "audio" / name).write_bytes(encode_audio(wave, 16_000))
             writer.writerow([name, *_audio_paraphrases(kind, freq)])
