@@ -455,15 +455,9 @@ def test_fingerprint_is_far_for_different_sounds(
 
 
 def test_fingerprint_limits_are_what_the_docstring_says() -> None:
-    # beeps are told from a tone of their pitch by their harmonics (measured (8, 19), (12, 16),
-    # (24, 17) at 220 / 440 / 1200 Hz: never a near duplicate), not by the on/off rhythm
-    for f in (220.0, 440.0, 1200.0):
-        a, b = hashes_of("tone", f), hashes_of("beeps", f)
-        assert hamming64(a[0], b[0]) > 6 or hamming64(a[1], b[1]) > 10
-    chopped = syn.tone("tone", freq=440.0, seed=1) * (np.arange(SR) % 3200 < 1600)
-    h = audio_hashes(log_mel(chopped.astype(np.float32), SR))
-    assert hamming64(h[0], hashes_of("tone", 440.0)[0]) <= 4  # the rhythm alone: near
-    # two tones of one pitch that differ only in phase are the same sound
+    # a steady tone and beeps of one pitch look alike to both hashes (documented), and so do
+    # two tones of one pitch that differ only in phase
+    assert hamming64(hashes_of("tone", 440.0)[0], hashes_of("beeps", 440.0)[0]) <= 4
     assert hashes_of("tone", 440.0) == hashes_of("tone", 440.0, seed=9)
     # different white noise is different audio to pHash
     assert hamming64(hashes_of("noise", 440.0)[0], hashes_of("noise", 440.0, seed=2)[0]) >= 16
@@ -505,7 +499,7 @@ def test_logmel_stats_layout() -> None:
     ("same", "other"),
     [
         # cosines measured: same sound (other phase, gain 0.3) 0.999; other pitch 0.78 / 0.92;
-        # other chirp direction 0.72 / 0.64; beeps vs tone 0.88
+        # other chirp direction 0.72 / 0.64; beeps vs tone 0.94
         ((("tone", 440.0), ("tone", 440.0)), ("tone", 1200.0)),
         ((("tone", 220.0), ("tone", 220.0)), ("tone", 440.0)),
         ((("chirp_up", 440.0), ("chirp_up", 440.0)), ("chirp_down", 440.0)),

@@ -574,10 +574,9 @@ def audio_hashes(mel: np.ndarray) -> tuple[int, int]:
     or resampled from 44.1 kHz is within 4 bits in both hashes (mostly 0); a different pitch
     (440 vs 1200 Hz, 220 vs 440 Hz), a rising vs a falling chirp, and noise vs a tone are 16
     or more apart in both.
-    An on/off rhythm alone is *not* seen: a tone chopped at 5 Hz hashes like the steady tone
-    (the rhythm is finer than the hash's time resolution, as fine texture is for image pHash);
-    the synthetic beeps differ from a tone by their harmonics, and :func:`logmel_stats` (its
-    per-band deviation) separates a chopped tone from a steady one.
+    Beeps and a steady tone of the same pitch are *not* told apart: a 5 Hz on/off rhythm is
+    finer than the hash's time resolution (as fine texture is for image pHash);
+    :func:`logmel_stats` separates them.
     """
     from PIL import Image
 

@@ -313,10 +313,8 @@ def tone(
 
     ``tone``: a sine at ``freq``; ``chirp_up`` / ``chirp_down``: a logarithmic sweep between
     ``freq / 2`` and ``2 * freq``; ``noise``: white noise of the same RMS as the sine (clipped at
-    ±1); ``beeps``: 0.1 s pulses every 0.2 s of an electronic beep at ``freq`` (with its 2nd and
-    3rd harmonics at 1/2 and 1/3 amplitude, those below Nyquist) - harmonics, not the on/off
-    rhythm, are what tell beeps from a tone to the audio fingerprint. The seed sets the start
-    phase (and the noise). Tones start and end with a 5 ms ramp, so there are no clicks.
+    ±1); ``beeps``: 0.1 s sine pulses at ``freq`` every 0.2 s. The seed sets the start phase (and
+    the noise). Tones start and end with a 5 ms ramp, so there are no clicks.
     """
     if kind not in TONE_KINDS:
         raise ValueError(f"unknown tone kind {kind!r}; expected one of {TONE_KINDS}")
@@ -334,10 +332,6 @@ def tone(
         k = math.log(f1 / f0)
         phase = 2.0 * math.pi * f0 * seconds / k * (np.exp(k * t / seconds) - 1.0)
         wave = np.sin(phase + phase0)
-    elif kind == "beeps":  # an electronic beep: the 2nd and 3rd harmonics at 1/2 and 1/3
-        parts = [(k, 1.0 / k) for k in (1, 2, 3) if k * freq < sample_rate / 2]
-        wave = sum(a * np.sin(2.0 * math.pi * k * freq * t + k * phase0) for k, a in parts)
-        wave = wave / sum(a for _, a in parts)
     else:
         wave = np.sin(2.0 * math.pi * freq * t + phase0)
     env = np.ones(n)
@@ -485,10 +479,6 @@ def write_video_corpus(out: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-# white noise is always distinct, so it is drawn rarely: else it fills a corpus's redraws
-_CORPUS_KIND_P: Final = tuple(0.04 if k == "noise" else 0.24 for k in TONE_KINDS)
-
-
 def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
     """``n`` one-second clips (16 kHz PCM-16 WAV) as ``out/audio/clip{i}.wav`` and a Clotho-style
     ``out/clotho_captions.csv`` (``file_name,caption_1,...,caption_5``). Returns the CSV path.
@@ -496,9 +486,8 @@ def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
     Each clip is a :func:`tone` of a seeded kind at a seeded pitch (log-uniform 150-2400 Hz).
     A draw whose fingerprint lies within pHash 8 *and* dHash 12 of an earlier clip's (the same
     sound by the clean stage's near-duplicate rule, e.g. beeps and a tone of one pitch) is
-    redrawn, up to 50 times, so the corpus plants no near duplicates. White noise (always
-    distinct) is drawn with probability 0.04, the other kinds 0.24 each; as the distinct tonal
-    sounds run out, redraws end on noise more often (3 of 60 clips, 34 of 120)."""
+    redrawn, up to 50 times, so the corpus plants no near duplicates; white noise is always
+    distinct, so a large corpus ends with more of it."""
     from cmrops.imaging import hamming64
     from cmrops.media.audio import audio_hashes, log_mel
 
@@ -512,7 +501,7 @@ def write_audio_corpus(out: Path, n: int, seed: int = 0) -> Path:
         for i in range(n):
             rng = np.random.default_rng([seed, i, 0xC1])
             for _try in range(50):
-                kind = str(rng.choice(TONE_KINDS, p=_CORPUS_KIND_P))
+                kind = TONE_KINDS[int(rng.integers(len(TONE_KINDS)))]
                 freq = round(float(np.exp(rng.uniform(math.log(150.0), math.log(2400.0)))), 1)
                 wave = tone(kind, seed=int(rng.integers(2**31)), freq=freq)
                 ph, dh = audio_hashes(log_mel(wave, 16_000))
