@@ -473,7 +473,7 @@ def test_fingerprint_is_near_for_copies(copy: str, video: tuple) -> None:
 
 def test_fingerprint_is_far_for_different_videos() -> None:
     # 12 videos, each its own content and seed: measured closest pairs (pHash, dHash) are
-    # (12, 23), (16, 15), (18, 11): never a near duplicate by the clean stage's rule
+    # (14, 13), (14, 17), (18, 11): never a near duplicate by the clean stage's rule
     vids = [
         (syn.SHAPES[i % 3], list(syn.COLOURS)[i % 4], syn.DIRECTIONS[(i // 3) % 4], i)
         for i in range(12)
@@ -484,7 +484,21 @@ def test_fingerprint_is_far_for_different_videos() -> None:
     for a, b in itertools.combinations(hashes, 2):
         dp, dd = hamming64(a[0], b[0]), hamming64(a[1], b[1])
         assert dp >= 12, (dp, dd)
-        assert max(dp, dd) >= 16, (dp, dd)
+        assert dp > 6 or dd > 10, (dp, dd)
+
+
+def test_other_content_on_the_same_background_is_far() -> None:
+    # the seed draws the background, which covers most of a frame; on one background another
+    # shape moving another way is still far (measured pHash 16 and 24), the re-encoded copy
+    # near (0). Across all shape x direction pairs on one background the closest is 8, so the
+    # corpora also vary the seed.
+    def h(*args, **kw):
+        return video_hashes(decode_video(syn.moving_shape_video(*args, **kw)).frames)[0]
+
+    red = h("circle", "red", "right")
+    assert hamming64(red, h("circle", "red", "right", size=(144, 96), codec="libx264")) <= 4
+    assert hamming64(red, h("square", "blue", "up")) >= 14
+    assert hamming64(red, h("triangle", "green", "left")) >= 14
 
 
 def test_video_hashes_is_a_majority_vote_with_the_middle_frame_breaking_ties() -> None:

@@ -115,7 +115,7 @@ def _background(size: tuple[int, int], seed: int) -> np.ndarray:
     # the frames' pHash bits rest on large DCT coefficients, not on codec noise
     field = rng.uniform(-1.0, 1.0, size=(4, 5)).astype(np.float32)
     blot = np.asarray(Image.fromarray(field, "F").resize((w, h), Image.Resampling.BICUBIC))
-    out = light * (1.0 - t) + dark * t + 28.0 * blot[..., None].astype(np.float64)
+    out = light * (1.0 - t) + dark * t + 16.0 * blot[..., None].astype(np.float64)
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     out.setflags(write=False)
     return out
@@ -143,7 +143,12 @@ def shape_radius(size: tuple[int, int]) -> float:
 
 
 def render_frame(
-    shape: str, color: str, direction: str, u: float, size: tuple[int, int], seed: int = 0
+    shape: str,
+    color: str,
+    direction: str,
+    u: float,
+    size: tuple[int, int],
+    seed: int = 0,
 ) -> np.ndarray:
     """One RGB frame (``(height, width, 3)`` uint8) of :func:`moving_shape_video` at ``u``."""
     if shape not in SHAPES:
@@ -178,11 +183,14 @@ def moving_shape_video(
     seed: int = 0,
     codec: str = "mpeg4",
     container: str = "mp4",
+    bit_rate: int = 2_000_000,
 ) -> bytes:
     """A ``seconds`` long video of ``size = (width, height)`` at ``fps``: one ``color`` ``shape``
     crossing a mild background (a two-colour gradient with soft blotches, drawn from ``seed``)
     towards ``direction``, from one edge at the first frame to the other at the last. Frame
-    ``i`` is shown at ``i / fps``."""
+    ``i`` is shown at ``i / fps``. ``bit_rate`` (mpeg4, mjpeg) is the encoder's target; at this
+    size anything from 1 Mbit/s up decodes to the same frames, while the bytes differ (the rate
+    is written in the header): an easy near copy."""
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"video sides must be even for yuv420p, got {size}")
     n = max(1, round(seconds * fps))
@@ -190,7 +198,7 @@ def moving_shape_video(
         render_frame(shape, color, direction, i / (n - 1) if n > 1 else 0.0, size, seed)
         for i in range(n)
     ]
-    return encode_frames(frames, fps, codec=codec, container=container)
+    return encode_frames(frames, fps, codec=codec, container=container, bit_rate=bit_rate)
 
 
 def add_audio_track(video: bytes, wave: np.ndarray, sample_rate: int = 16_000) -> bytes:
