@@ -18,8 +18,8 @@ THUMB = 160
 
 def _thumb(slot: Any, path: Any, caption: str) -> None:
     t = data.thumbnail(path if isinstance(path, str) else None, THUMB)
-    if t.png is not None:
-        slot.image(t.png, caption=caption, width=THUMB)
+    if t.data is not None:
+        slot.image(t.data, caption=caption, width=THUMB)
     else:  # a corrupt or missing image is shown as its evidence, never decoded again
         slot.warning(f"{caption}: {t.error}", icon=":material/broken_image:")
 

@@ -93,8 +93,8 @@ def _image_query(project: str, name: str, k: int, query_ids: tuple[str, ...]) ->
     )
     thumb = data.thumbnail(_path(catalog.image_paths.get(sid)), 200)
     cols = st.columns([1, 4])
-    if thumb.png is not None:
-        cols[0].image(thumb.png, caption=f"query {sid}")
+    if thumb.data is not None:
+        cols[0].image(thumb.data, caption=f"query {sid}")
     else:
         cols[0].caption(thumb.error or "no image")
     labels = catalog.labels.get(sid)
@@ -123,8 +123,8 @@ def _card(project: str, hit: SearchHit) -> None:
     with st.container(key=f"search_hit_{hit.rank}", border=True):
         st.markdown(f"**#{hit.rank}** · {hit.score}")
         thumb = data.thumbnail(_path(hit.image_path), 160)
-        if thumb.png is not None:
-            st.image(thumb.png, width="stretch")
+        if thumb.data is not None:
+            st.image(thumb.data, width="stretch")
         else:
             st.caption(thumb.error or "no image")
         st.markdown(MARKS[hit.relevant])
