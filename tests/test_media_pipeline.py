@@ -1,6 +1,7 @@
 """Video-text and audio-text data sets through every stage of the pipeline (the same commands DVC
-and the DAG run): an MSR-VTT-style and a Clotho-style corpus the test generates, real decoding,
-the real offline encoders, CPU."""
+and the DAG run): an MSR-VTT-style and a Clotho-style corpus with two broken files each, real
+decoding, the real offline encoders, CPU - the session's ``video_project`` / ``audio_project``
+(tests/media_project.py), which the dashboard tests show too."""
 
 from __future__ import annotations
 
@@ -11,29 +12,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from cmrops import pipeline
-from cmrops.media import synthetic as syn
+from tests.media_project import BROKEN, N
 
-REPO = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.slow  # about a minute each on 2 cores
-
-
-def _run(work: Path, media: str, source: dict[str, Any], query: int, train: int) -> None:
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["collect"]["media"] = media
-    p["collect"]["sources"] = [source]
-    p["preprocess"].update(shard_size=32, n_workers=1, device="cpu")
-    p["split"]["protocol"] = "hashing"
-    p["split"]["protocols"]["hashing"] = {"kind": "hashing", "query": query, "train": train}
-    p["train"].update(
-        bits=[16], epochs=10, batch_size=16, device="cpu", methods=["dcmh", "contrastive"]
-    )
-    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    for stage in pipeline.stage_names():
-        pipeline.run_stage(stage, work, str(work / "params.yaml"))
+pytestmark = pytest.mark.slow  # about a minute and a half each on 2 cores
 
 
 def _chance_map(work: Path) -> float:
@@ -50,6 +32,10 @@ def _chance_map(work: Path) -> float:
 
 
 def _check(work: Path, media: str) -> dict[str, Any]:
+    # the broken files are quarantined by preprocess with their reasons; the rest go on
+    q = pq.read_table(work / "data/interim/quarantine.parquet").to_pylist()
+    assert {r["source_key"]: r["reason"] for r in q} == BROKEN[media]
+    assert json.loads((work / "data/interim/metrics.json").read_text())["kept"] == N
     r = json.loads((work / "metrics/retrieval.json").read_text())
     forward, backward = f"{media}_to_text", f"text_to_{media}"
     assert r["media"] == media
@@ -85,26 +71,20 @@ def _near_duplicates_share_labels(work: Path) -> int:
         for r in pq.read_table(work / "data/interim/samples.parquet").to_pylist()
     }
     for r in q:
-        kept = json.loads(r["evidence"])["duplicate_of"]
+        kept = json.loads(r["evidence"])["kept"]
         assert labels[r["sample_id"]] == labels[kept], r
     return len(q)
 
 
-def test_video_text_pipeline(tmp_path: Path) -> None:
-    corpus = syn.write_video_corpus(tmp_path / "corpus", 64)
-    source = {"name": "clips", "kind": "msrvtt", "path": str(corpus.relative_to(tmp_path))}
-    _run(tmp_path, "video", source, query=10, train=20)
-    _check(tmp_path, "video")
+def test_video_text_pipeline(video_project: Path) -> None:
+    _check(video_project, "video")
     # 64 draws of 48 shape x colour x direction videos repeat some: each repeat is found
-    assert _near_duplicates_share_labels(tmp_path) > 5
-    thumbs = pq.read_table(tmp_path / "data/interim/thumbs.parquet")
-    assert thumbs.num_rows == 64
+    assert _near_duplicates_share_labels(video_project) > 5
+    thumbs = pq.read_table(video_project / "data/interim/thumbs.parquet")
+    assert thumbs.num_rows == N  # a strip per decoded video, none for the broken ones
 
 
-def test_audio_text_pipeline(tmp_path: Path) -> None:
-    corpus = syn.write_audio_corpus(tmp_path / "corpus", 64)
-    source = {"name": "clips", "kind": "clotho", "path": str(corpus.relative_to(tmp_path))}
-    _run(tmp_path, "audio", source, query=6, train=10)
-    _check(tmp_path, "audio")
-    quality = json.loads((tmp_path / "metrics/quality.json").read_text())
+def test_audio_text_pipeline(audio_project: Path) -> None:
+    _check(audio_project, "audio")
+    quality = json.loads((audio_project / "metrics/quality.json").read_text())
     assert "audio clips have no frame size" in quality["not_run"]["min_side"]
