@@ -137,11 +137,6 @@ def bit_stats(project: Path, model: str, modality: str) -> dict[str, Any]:
     return _load("bit_stats", project, model, modality)
 
 
-@st.cache_data(show_spinner=False, max_entries=1024)
-def thumbnail(path: str | None, max_side: int = 160) -> Thumbnail:
-    return report.thumbnail(path, max_side)
-
-
 def preview(
     project: Path, sample_id: str | None, path: str | None, media: str, max_side: int = 160
 ) -> Preview:
