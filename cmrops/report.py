@@ -25,15 +25,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmrops.media import MEDIA_KINDS
+
 __all__ = [
     "FILES",
+    "AudioClip",
+    "Preview",
     "ReportError",
     "Thumbnail",
+    "audio_clip",
+    "audio_mime",
     "bit_stats",
     "caption_lengths",
     "clean_rules",
     "code_health",
     "curves",
+    "durations",
     "funnel",
     "headline",
     "history",
@@ -43,8 +50,10 @@ __all__ = [
     "label_sources",
     "latest_run",
     "leakage",
+    "media_of",
     "missing",
     "model_names",
+    "preview",
     "quarantine",
     "quarantine_counts",
     "retrieval_table",
@@ -53,6 +62,7 @@ __all__ = [
     "split_sizes",
     "stamp",
     "thumbnail",
+    "video_strip",
 ]
 
 #: The pipeline outputs read here (relative to the project root), and the stage rewriting each.
@@ -63,6 +73,8 @@ FILES: dict[str, tuple[str, str]] = {
     "interim_metrics": ("data/interim/metrics.json", "preprocess"),
     "interim_samples": ("data/interim/samples.parquet", "preprocess"),
     "interim_quarantine": ("data/interim/quarantine.parquet", "preprocess"),
+    "features_meta": ("data/interim/features/meta.json", "preprocess"),
+    "thumbs": ("data/interim/thumbs.parquet", "preprocess"),
     "label_metrics": ("data/labelled/metrics.json", "label"),
     "labels": ("data/labelled/labels.parquet", "label"),
     "review_queue": ("data/labelled/review_queue.csv", "label"),
@@ -79,7 +91,8 @@ FILES: dict[str, tuple[str, str]] = {
 _QUARANTINE = (("collect", "raw_quarantine"), ("preprocess", "interim_quarantine"),
                ("clean", "clean_quarantine"))  # fmt: skip
 
-#: Where images live: sample tables hold ``objects/<sha[:2]>/<sha>`` relative to ``data/raw``.
+#: Where images live: sample tables hold ``objects/<sha[:2]>/<sha>`` relative to ``data/raw``
+#: (a video's or audio clip's file too: the ``image_path`` column names the data set's media).
 _IMAGE_ROOT = "data/raw"
 
 
@@ -387,6 +400,26 @@ def image_sizes(project: Path) -> pd.DataFrame:
     return df
 
 
+def durations(project: Path) -> pd.DataFrame:
+    """Decoded duration per video or audio clip (sample_id, duration_s); empty for images
+    (and for sample tables written before video and audio)."""
+    p = _path(project, "interim_samples")
+    empty = pd.DataFrame({"sample_id": [], "duration_s": []})
+    if not p.is_file():
+        return empty
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(p).names
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise _unreadable(project, "interim_samples", e) from e
+    if "duration_s" not in names:
+        return empty
+    df = _parquet(project, "interim_samples", ["sample_id", "duration_s"])
+    assert df is not None
+    return df.dropna(subset=["duration_s"]).reset_index(drop=True)
+
+
 def label_counts(project: Path) -> pd.DataFrame:
     """Samples per label (label, samples), most frequent first, from ``labels.parquet``."""
     df = _parquet(project, "labels", ["sample_id", "label"])
@@ -625,9 +658,12 @@ def code_health(project: Path) -> pd.DataFrame:
 def bit_stats(project: Path, model: str, modality: str, role: str = "database") -> dict[str, Any]:
     """Per-bit statistics of one model's codes (``data/codes/<model>/<modality>_<role>.npy``):
     ``balance`` (bit, p_one, deviation) and ``correlation`` (bit_i, bit_j, corr: the Pearson
-    correlation of every pair of bits, NaN where a bit is constant), plus ``n_codes``/``n_bits``."""
+    correlation of every pair of bits, NaN where a bit is constant), plus ``n_codes``/``n_bits``.
+    In a video or audio data set the codes of that media are the ``image_*.npy`` files (train
+    names the non-text side "image"; evaluate's code health names it by its media)."""
     folder = Path(project) / "data" / "codes" / model
-    meta_p, codes_p = folder / "meta.json", folder / f"{modality}_{role}.npy"
+    stem = "image" if modality in MEDIA_KINDS else modality
+    meta_p, codes_p = folder / "meta.json", folder / f"{stem}_{role}.npy"
     if not codes_p.is_file() or not meta_p.is_file():
         raise ReportError(
             f"no codes at {codes_p}: run `cmrops train` (or `make run`) to write them"
@@ -672,17 +708,19 @@ def bit_stats(project: Path, model: str, modality: str, role: str = "database") 
 
 @dataclass(frozen=True)
 class Thumbnail:
-    """A downscaled PNG of an image file, or why there is none (a corrupt or missing file)."""
+    """A small picture of a sample - a downscaled PNG of an image file, or the JPEG strip of a
+    video's keyframes - or why there is none (a corrupt or missing file, no strip stored)."""
 
-    png: bytes | None
+    data: bytes | None  # the encoded picture, ``mime`` says which format
     error: str | None = None
-    width: int | None = None  # of the original
+    width: int | None = None  # of the original image (a strip: of the strip)
     height: int | None = None
+    mime: str = "image/png"
 
 
 def thumbnail(path: str | os.PathLike[str] | None, max_side: int = 160) -> Thumbnail:
-    """Decode ``path`` (bounded: at most 50 Mpx) and shrink it to ``max_side``; never raises
-    for a bad image - the error says what is wrong instead."""
+    """Decode ``path`` (bounded: at most 50 Mpx) and shrink it to ``max_side`` (a PNG); never
+    raises for a bad image - the error says what is wrong instead."""
     if path is None or (isinstance(path, float) and math.isnan(path)):
         return Thumbnail(None, "no image stored for this sample")
     from PIL import Image, UnidentifiedImageError
@@ -704,3 +742,171 @@ def thumbnail(path: str | os.PathLike[str] | None, max_side: int = 160) -> Thumb
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         return Thumbnail(None, f"cannot decode the image ({e})")
     return Thumbnail(buf.getvalue(), None, *size)
+
+
+# --------------------------------------------------------------------------- video and audio
+
+
+def media_of(project: Path) -> str:
+    """The data set's media - ``"image"``, ``"video"`` or ``"audio"`` (one kind per data set) -
+    as preprocess recorded it (``features/meta.json``), else as the interim or raw sample table
+    holds it (``media``; null means image); ``"image"`` before any stage ran and for tables
+    written before video and audio."""
+    recorded = _json(project, "features_meta").get("media")
+    if recorded is not None:
+        return _known_media(project, "features_meta", recorded)
+    import pyarrow.parquet as pq
+
+    for key in ("interim_samples", "raw_samples"):
+        p = _path(project, key)
+        if not p.is_file():
+            continue
+        try:
+            if "media" not in pq.read_schema(p).names:
+                return "image"
+            kinds = pq.read_table(p, columns=["media"])["media"].drop_null().unique()
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise _unreadable(project, key, e) from e
+        return _known_media(project, key, kinds[0].as_py()) if len(kinds) else "image"
+    return "image"
+
+
+def _known_media(project: Path, key: str, media: Any) -> str:
+    if media not in MEDIA_KINDS:
+        raise _unreadable(project, key, ValueError(f"unknown media {media!r}"))
+    return str(media)
+
+
+def video_strip(project: Path, sample_id: str | None) -> Thumbnail:
+    """The JPEG strip of a video's keyframes that preprocess stored (``thumbs.parquet``), or
+    why there is none: preprocess has not run, it could not decode the video (quarantined, see
+    its evidence), or ran with ``preprocess.video.thumbnails`` off. Never raises: a damaged
+    table is this sample's error, with the command that rewrites it."""
+    if not isinstance(sample_id, str) or not sample_id:
+        return Thumbnail(None, "no sample id, so no keyframe strip", mime="image/jpeg")
+    p = _path(project, "thumbs")
+    if not p.is_file():
+        return Thumbnail(None, f"no keyframe strips yet ({FILES['thumbs'][0]} is not there): run "
+                         "`cmrops preprocess`", mime="image/jpeg")  # fmt: skip
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(
+            p, columns=["sample_id", "jpeg"], filters=[("sample_id", "==", sample_id)]
+        )
+    except Exception as e:  # pyarrow raises several types for damaged files
+        return Thumbnail(None, str(_unreadable(project, "thumbs", e)), mime="image/jpeg")
+    jpeg = t["jpeg"][0].as_py() if t.num_rows else None
+    if not jpeg:
+        return Thumbnail(None, f"no keyframe strip stored for {sample_id}: preprocess did not "
+                         "decode this video (see its quarantine evidence) or ran with "
+                         "preprocess.video.thumbnails off", mime="image/jpeg")  # fmt: skip
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(jpeg)) as im:
+            size = (im.width, im.height)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return Thumbnail(None, f"the stored keyframe strip of {sample_id} is not an image ({e}); "
+                         "rerun `cmrops preprocess`", mime="image/jpeg")  # fmt: skip
+    return Thumbnail(jpeg, None, *size, mime="image/jpeg")
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """The stored bytes of an audio clip to hand to a player, with their MIME type, or why
+    there are none (a missing, oversized or unrecognised file)."""
+
+    data: bytes | None
+    mime: str | None
+    error: str | None = None
+
+
+#: Audio formats a browser plays, by the bytes they start with: (offset, magic, MIME type).
+#: MPEG audio without an ID3 tag starts with a frame header (MPEG-1 / 2 layer III, no CRC).
+_AUDIO_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"fLaC", "audio/flac"),
+    (0, b"OggS", "audio/ogg"),
+    (0, b"ID3", "audio/mpeg"),
+    (0, b"\xff\xfb", "audio/mpeg"),
+    (0, b"\xff\xf3", "audio/mpeg"),
+    (0, b"\xff\xf2", "audio/mpeg"),
+    (4, b"ftyp", "audio/mp4"),  # M4A (AAC)
+    (0, b"\x1a\x45\xdf\xa3", "audio/webm"),
+)
+
+
+def audio_mime(head: bytes) -> str | None:
+    """The MIME type of an audio file from its first bytes (RIFF/WAVE, FLAC, Ogg, MP3, M4A,
+    WebM), or ``None`` for anything else."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    for at, magic, mime in _AUDIO_MAGIC:
+        if head[at : at + len(magic)] == magic:
+            return mime
+    return None
+
+
+def audio_clip(path: str | os.PathLike[str] | None, max_bytes: int = 16 << 20) -> AudioClip:
+    """The bytes of the clip at ``path`` (the content-addressed store has no file extensions,
+    so the format is read from its magic bytes), at most ``max_bytes`` of them: a larger file
+    is not read but named in the error. Never raises for a bad file - the error says what is
+    wrong instead."""
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return AudioClip(None, None, "no audio stored for this sample")
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return AudioClip(None, None, f"audio file missing: {p}")
+    except OSError as e:
+        return AudioClip(None, None, f"cannot read the audio file ({e})")
+    if len(data) > max_bytes:
+        size = p.stat().st_size
+        return AudioClip(None, None, f"the clip is {size / 2**20:.1f} MiB, more than the "
+                         f"{max_bytes / 2**20:.1f} MiB a preview plays")  # fmt: skip
+    mime = audio_mime(data[:16])
+    if mime is None:
+        what = "an empty file" if not data else f"starts {data[:8]!r}"
+        return AudioClip(None, None, f"not an audio format a browser plays ({what})")
+    return AudioClip(data, mime)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the dashboard shows for one sample: a picture (``mime`` ``image/*``: an image's
+    thumbnail, a video's keyframe strip) or a clip to play (``audio/*``), or why there is none
+    (``data`` None, ``error`` set)."""
+
+    media: str  # the sample's media: image, video or audio
+    data: bytes | None
+    mime: str | None
+    error: str | None = None
+
+    @property
+    def is_audio(self) -> bool:
+        return self.data is not None and (self.mime or "").startswith("audio/")
+
+
+def preview(
+    project: Path,
+    sample_id: str | None,
+    path: str | os.PathLike[str] | None,
+    media: str,
+    max_side: int = 160,
+) -> Preview:
+    """The preview of one sample of a ``media`` data set (:func:`media_of`): an image's
+    :func:`thumbnail` of ``path`` (at most ``max_side``), a video's :func:`video_strip` (by
+    ``sample_id``; the file at ``path`` is not decoded again), an audio clip's
+    :func:`audio_clip` of ``path``. Never raises for a bad sample."""
+    if media == "image":
+        t = thumbnail(path, max_side)
+    elif media == "video":
+        t = video_strip(project, sample_id)
+    elif media == "audio":
+        a = audio_clip(path)
+        return Preview(media, a.data, a.mime, a.error)
+    else:
+        return Preview(media, None, None, f"unknown media {media!r}")
+    return Preview(media, t.data, t.mime if t.data is not None else None, t.error)

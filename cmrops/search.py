@@ -13,7 +13,8 @@ Everything is read from a project folder (the one ``dvc.yaml`` lives in) after `
   alignment that put them there, searched by cosine similarity (``kind == "float"``);
 * ``data/interim/features/meta.json`` - the text encoder preprocess used (a tiny run may use
   another encoder than params.yaml names: the one the run *recorded* is the one loaded);
-* ``data/clean/samples.parquet`` - captions and image paths (images under ``data/raw/``);
+* ``data/clean/samples.parquet`` - captions, media file paths (under ``data/raw/``) and the
+  data set's ``media`` (image, video or audio);
 * ``data/labelled/labels.parquet`` and ``vocabulary.json`` - labels, for relevance.
 
 **Queries.** A caption is normalised as preprocess normalises captions
@@ -29,6 +30,12 @@ is a query-set sample: its stored image code searches the database *text* codes 
 re-encoded; the page offers the held-out query samples, so a result is never the query's own
 pair). Results come from :class:`cmrops.HammingIndex`: exact, sorted by
 (distance, database row).
+
+**Video and audio.** In a video-text or audio-text data set the codes' "image" side is that
+media (train writes ``image_*.npy`` for it, as for images), so the same two searches run: a
+caption searches the database videos or clips, a query video or clip searches the captions.
+:attr:`SearchResult.direction` keeps the code's names (``text_to_image``);
+:attr:`SearchResult.direction_name` names the media (``text_to_video``), as evaluate's metrics do.
 
 **Relevance** follows the evaluate stage: a result is relevant when it shares at least one label
 with the query (labels below ``min_confidence`` ignored). An image query's labels are its labels
@@ -52,6 +59,7 @@ import numpy as np
 from cmrops import io
 from cmrops.labels.keywords import KeywordMatcher
 from cmrops.labels.vocab import Vocabulary
+from cmrops.media import MEDIA_KINDS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -276,15 +284,16 @@ class ModelCodes:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The samples behind the code rows: captions, image files and labels."""
+    """The samples behind the code rows: captions, media files and labels."""
 
     query_ids: tuple[str, ...]  # row i of the query codes
     database_ids: tuple[str, ...]  # row i of the database codes
     captions: Mapping[str, tuple[str, ...]]  # normalised captions
-    image_paths: Mapping[str, Path]  # absolute paths of the image files
+    image_paths: Mapping[str, Path]  # absolute paths of the media files (images, videos, clips)
     labels: Mapping[str, frozenset[str]]  # labels with confidence >= min_confidence
     matcher: KeywordMatcher | None  # None: the run has no vocabulary (no labels)
     has_labels: bool
+    media: str = "image"  # what the "image" side is: image, video or audio
 
     @classmethod
     def load(cls, project: str | os.PathLike[str], settings: SearchSettings) -> Catalog:
@@ -301,7 +310,13 @@ class Catalog:
         samples_path = root / CLEAN_SAMPLES
         if not samples_path.is_file():
             raise SearchError(f"{samples_path}: not found - run `cmrops clean` (or dvc pull)")
-        t = io.read_parquet(samples_path).select(["sample_id", "image_path", "captions_norm"])
+        import pyarrow.parquet as pq
+
+        cols = ["sample_id", "image_path", "captions_norm"]
+        has_media = "media" in pq.read_schema(samples_path).names  # absent: written before video
+        t = io.read_parquet(samples_path, [*cols, "media"] if has_media else cols)
+        media = _media(samples_path, t["media"] if has_media else None)
+        t = t.select(cols)
         captions: dict[str, tuple[str, ...]] = {}
         images: dict[str, Path] = {}
         for sid, path, caps in zip(*(t[c].to_pylist() for c in t.column_names), strict=True):
@@ -323,11 +338,25 @@ class Catalog:
             labels=labels,
             matcher=matcher,
             has_labels=bool(labels),
+            media=media,
         )
 
     def caption_of(self, sample_id: str) -> str:
         caps = self.captions.get(sample_id, ())
         return caps[0] if caps else ""
+
+
+def _media(path: Path, column: Any) -> str:
+    """The one media of a sample table's ``media`` column (null or absent: image)."""
+    kinds = set() if column is None else {m for m in column.to_pylist() if m is not None}
+    if not kinds:
+        return "image"
+    if len(kinds) > 1 or not kinds <= set(MEDIA_KINDS):
+        raise SearchError(
+            f"{path}: media {', '.join(sorted(map(str, kinds)))}; expected one of "
+            f"{', '.join(MEDIA_KINDS)} (one kind per data set) - re-run the pipeline"
+        )
+    return kinds.pop()
 
 
 def _labels(
@@ -373,7 +402,7 @@ class CaptionEncoder:
         try:
             self._load(Path(project), info, settings)
         except ModelNotFoundError as e:  # the encoder's files are not on this machine
-            raise SearchError(f"{e} - or search by image (no encoder needed)") from e
+            raise SearchError(f"{e} - or query by a stored sample (no encoder needed)") from e
 
     def _load(self, project: Path, info: ModelInfo, settings: SearchSettings) -> None:
         self.info = info
@@ -476,7 +505,7 @@ def _recorded_text_encoder(project: Path) -> str:
     except FileNotFoundError:
         raise SearchError(
             f"{path}: not found - a caption search needs the text encoder preprocess used; run "
-            "`cmrops preprocess` (or `dvc pull data/interim`), or search by image"
+            "`cmrops preprocess` (or `dvc pull data/interim`), or query by a stored sample"
         ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise SearchError(f"{path}: no text encoder recorded ({e}); re-run preprocess") from e
@@ -533,7 +562,7 @@ class SearchHit:
     rank: int  # 1-based
     sample_id: str
     caption: str  # the sample's first normalised caption
-    image_path: Path | None
+    image_path: Path | None  # its media file (an image, a video or an audio clip)
     distance: int | None  # Hamming distance in bits (None: a float model)
     labels: frozenset[str]
     relevant: bool | None  # None: unknown (the query has no labels)
@@ -555,6 +584,12 @@ class SearchResult:
     query_labels: frozenset[str] | None  # None: unknown
     relevance: str  # how relevance was decided, in words
     hits: tuple[SearchHit, ...]
+    media: str = "image"  # what the "image" side is (Catalog.media)
+
+    @property
+    def direction_name(self) -> str:
+        """The direction named by the media, as evaluate names it: ``text_to_video``."""
+        return self.direction.replace("image", self.media)
 
     @property
     def n_relevant(self) -> int | None:
@@ -566,7 +601,7 @@ class SearchResult:
 def search_caption(
     codes: ModelCodes, encoder: CaptionEncoder, catalog: Catalog, caption: str, k: int
 ) -> SearchResult:
-    """Top ``k`` database images for a typed caption (text → image)."""
+    """Top ``k`` database images (videos, clips) for a typed caption (text → image)."""
     if encoder.info.name != codes.info.name:
         raise ValueError(f"encoder of {encoder.info.name} used with codes of {codes.info.name}")
     text = encoder.normalise(caption)
@@ -583,11 +618,12 @@ def search_caption(
         )
         found = found or None
     hits = _hits(codes.image_index, query, k, catalog, found)
-    return SearchResult(codes.info.name, "text_to_image", text, found, why, hits)
+    return SearchResult(codes.info.name, "text_to_image", text, found, why, hits, catalog.media)
 
 
 def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) -> SearchResult:
-    """Top ``k`` database captions for a query-set sample's stored image code (image → text)."""
+    """Top ``k`` database captions for a query-set sample's stored image (video, clip) code
+    (image → text)."""
     try:
         row = catalog.query_ids.index(sample_id)
     except ValueError:
@@ -603,7 +639,9 @@ def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) ->
         labels = None
     query = codes.image_query[row : row + 1]
     hits = _hits(codes.text_index, query, k, catalog, labels)
-    return SearchResult(codes.info.name, "image_to_text", sample_id, labels, why, hits)
+    return SearchResult(
+        codes.info.name, "image_to_text", sample_id, labels, why, hits, catalog.media
+    )
 
 
 def _hits(

@@ -3,7 +3,9 @@
 
 Every table is cached under the project's *stamp* (path, mtime, size of each pipeline output,
 :func:`cmrops.report.stamp`), so a new run shows on the next rerun without a restart. Images are
-content-addressed (``data/raw/objects/<sha[:2]>/<sha>``), so thumbnails are cached by path.
+content-addressed (``data/raw/objects/<sha[:2]>/<sha>``), so thumbnails are cached by path; a
+video's keyframe strip also by the mtime of ``thumbs.parquet``; audio clips are read (bounded)
+on each render, not cached, so the cache never holds megabytes of sound.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pandas as pd
 import streamlit as st
 
 from cmrops import report
-from cmrops.report import ReportError, Thumbnail
+from cmrops.report import Preview, ReportError, Thumbnail
 
-__all__ = ["PROJECT_ENV", "ReportError", "Thumbnail", "project_dir"]
+__all__ = ["PROJECT_ENV", "Preview", "ReportError", "Thumbnail", "project_dir"]
 
 #: Environment variable naming the project folder shown (default: the current directory).
 PROJECT_ENV = "CMROPS_PROJECT_DIR"
@@ -75,6 +77,14 @@ def image_sizes(project: Path) -> pd.DataFrame:
     return _load("image_sizes", project)
 
 
+def durations(project: Path) -> pd.DataFrame:
+    return _load("durations", project)
+
+
+def media_of(project: Path) -> str:
+    return _load("media_of", project)
+
+
 def label_counts(project: Path) -> pd.DataFrame:
     return _load("label_counts", project)
 
@@ -127,9 +137,32 @@ def bit_stats(project: Path, model: str, modality: str) -> dict[str, Any]:
     return _load("bit_stats", project, model, modality)
 
 
+def preview(
+    project: Path, sample_id: str | None, path: str | None, media: str, max_side: int = 160
+) -> Preview:
+    """:func:`cmrops.report.preview` of one sample: pictures cached, audio read each time."""
+    if media == "audio":
+        return report.preview(project, sample_id, path, media, max_side)
+    stamp: tuple[int, ...] = ()
+    if media == "video":  # strips live in one table that a preprocess rerun rewrites
+        try:
+            fs = (Path(project) / report.FILES["thumbs"][0]).stat()
+            stamp = (fs.st_mtime_ns, fs.st_size)
+        except OSError:
+            pass
+    return _preview(str(project), sample_id, path, media, max_side, stamp)
+
+
 @st.cache_data(show_spinner=False, max_entries=1024)
-def thumbnail(path: str | None, max_side: int = 160) -> Thumbnail:
-    return report.thumbnail(path, max_side)
+def _preview(
+    project: str,
+    sample_id: str | None,
+    path: str | None,
+    media: str,
+    max_side: int,
+    stamp: tuple[int, ...],
+) -> Preview:
+    return report.preview(Path(project), sample_id, path, media, max_side)
 
 
 # ---------------------------------------------------------------------------------------------

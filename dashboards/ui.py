@@ -1,4 +1,5 @@
-"""Small rendering helpers shared by the pages: the empty state, the error guard, number text."""
+"""Small rendering helpers shared by the pages: the empty state, the error guard, number text,
+media words and a sample's preview (a picture or a player)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,29 @@ def num(value: Any, digits: int = 4) -> str:
     if isinstance(value, numbers.Real):
         return f"{float(value):.{digits}f}"
     return str(value)
+
+
+#: What the UI calls one and several items of each media (``cmrops.report.media_of``).
+ITEM: dict[str, str] = {"image": "image", "video": "video", "audio": "clip"}
+ITEMS: dict[str, str] = {"image": "images", "video": "videos", "audio": "clips"}
+
+
+def direction(name: str) -> str:
+    """A retrieval direction as shown: ``text_to_video`` -> ``text → video``."""
+    return name.replace("_to_", " → ").replace("_", " ")
+
+
+def preview(slot: Any, p: data.Preview, caption: str | None = None, width: int | str = 160) -> None:
+    """Show one sample's :class:`~cmrops.report.Preview` in ``slot``: an image's thumbnail at
+    ``width`` (pixels or ``"stretch"``), a video's keyframe strip across the slot, a player for
+    an audio clip - or, when there is none, its error as a warning (a corrupt or undecodable
+    sample shows its evidence, it is never decoded again)."""
+    if p.data is None:
+        text = f"{caption}: {p.error}" if caption else str(p.error)
+        slot.warning(text, icon=":material/broken_image:")
+    elif p.is_audio:
+        slot.audio(p.data, format=p.mime)
+        if caption:
+            slot.caption(caption)
+    else:
+        slot.image(p.data, caption=caption, width=width if p.media == "image" else "stretch")

@@ -43,3 +43,23 @@ def dashboard_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(["dvc", "commit", "--force", "--quiet"], project, timeout=300)
     git_commit(project, "tiny run")
     return project
+
+
+@pytest.fixture(scope="session")
+def video_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE generated video-text project through every stage (tests/media_project.py: 64 clean
+    moving-shape videos plus a truncated and a junk file), shared by the media pipeline and
+    dashboard tests. About 90 s on 2 cores. Treat it as read-only."""
+    from tests.media_project import video_project
+
+    return video_project(tmp_path_factory.mktemp("video_project"))
+
+
+@pytest.fixture(scope="session")
+def audio_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE generated audio-text project through every stage (tests/media_project.py: 64 clean
+    tone clips plus a truncated and a junk file), shared like ``video_project``. About a
+    minute on 2 cores. Treat it as read-only."""
+    from tests.media_project import audio_project
+
+    return audio_project(tmp_path_factory.mktemp("audio_project"))

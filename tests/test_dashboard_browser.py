@@ -2,7 +2,9 @@
 shared tiny run, opened by Debian's headless Chromium through Playwright; every page must render
 (title shown, no exception), a caption search must show k results with non-decreasing Hamming
 distances, and each page's screenshot must be a real, small PNG
-(scripts/dashboard_screenshots.py does the driving; running it by hand refreshes the README's)."""
+(scripts/dashboard_screenshots.py does the driving; running it by hand refreshes the README's).
+On the generated video-text and audio-text runs, each search hit must show its video's keyframe
+strip as a loaded ``<img>`` and its clip as an ``<audio>`` the browser decoded."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cmrops import report
 from cmrops.search import available_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +78,47 @@ def test_missing_chromium_says_how_to_install_it(shots: ModuleType, tmp_path: Pa
     with pytest.raises(shots.DashboardError, match=r"scripts/system_packages\.sh"):
         shots.chromium_path(str(tmp_path / "chromium"))
     assert shots.chromium_path() == "/usr/bin/chromium"  # the real one is there for the test above
+
+
+_MAIN = '[data-testid="stMain"]'
+_CARDS = '[class*="st-key-search_hit_"]'
+_LOADED = """sel => [...document.querySelectorAll(sel)].every(e =>
+    e.tagName === 'IMG' ? e.complete && e.naturalWidth > 0 : e.readyState >= 1)"""
+_SAMPLE_ID = re.compile(r"\b([0-9a-f]{16}) · ")
+
+
+def test_search_shows_a_strip_per_video_and_a_player_per_clip(
+    shots: ModuleType, video_project: Path, audio_project: Path
+) -> None:
+    """Query by a held-out video / clip (no text encoder to load): the query and each of the k
+    hits show the media itself, as the browser received it."""
+    for media, item, project in (("video", "video", video_project),
+                                 ("audio", "clip", audio_project)):  # fmt: skip
+        with shots.serve(project) as url, shots.browser() as b:
+            page = b.new_page(viewport=shots.VIEWPORT)
+            page.set_default_timeout(shots.PAGE_TIMEOUT_MS)
+            page.goto(f"{url}/search")
+            assert shots._settle(page, "Search") == "Search"
+            page.get_by_text(f"Query {item} → captions", exact=True).click()
+            k = int(page.locator('.st-key-search_k input[type="range"]').input_value())
+            page.locator(f".st-key-search_hit_{k}").wait_for()
+            shots._settle(page, "Search")  # no exception
+            summary = page.get_by_text("nearest database").first.inner_text()
+            assert f"({media} → text)" in summary
+            tag = "img" if media == "video" else "audio"
+            page.wait_for_function(_LOADED, arg=f"{_MAIN} {tag}")
+            assert page.locator(f"{_MAIN} {tag}").count() == 1 + k  # the query's, each hit's
+            cards = page.locator(_CARDS).all()
+            assert len(cards) == k
+            for card in cards:
+                sid = _SAMPLE_ID.search(card.inner_text())
+                assert sid is not None, card.inner_text()
+                assert card.locator(tag).count() == 1, (media, sid.group(1))
+                if media == "video":  # the very strip preprocess stored for this hit
+                    w, h = card.locator("img").evaluate("e => [e.naturalWidth, e.naturalHeight]")
+                    strip = report.video_strip(project, sid.group(1))
+                    assert (w, h) == (strip.width, strip.height)
+                    assert w >= 2 * h  # keyframes side by side
+                else:  # the browser decoded the WAV: its length is the clip's
+                    seconds = card.locator("audio").evaluate("e => e.duration")
+                    assert abs(seconds - 1.0) < 0.05, (sid.group(1), seconds)

@@ -259,3 +259,149 @@ def test_streamlit_serves_on_loopback_headless_without_usage_stats() -> None:
     assert config["server"]["address"] == "127.0.0.1"
     assert config["server"]["headless"] is True
     assert config["browser"]["gatherUsageStats"] is False
+
+
+# --------------------------------------------------------------------------- video and audio
+# The session's generated video-text and audio-text projects (tests/media_project.py): 64 clean
+# samples and two broken files each, every stage run.
+
+MEDIA = ["video", "audio"]
+ITEMS = {"video": "videos", "audio": "clips"}
+
+
+def _media_project(media: str, request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(f"{media}_project")
+
+
+def _audio(at: AppTest) -> list[str]:
+    """The media URLs of the page's audio players."""
+    return [a.proto.url for a in at.get("audio")]
+
+
+def _images(at: AppTest) -> list[str]:
+    """The media URLs of the page's images (``.jpg``: a keyframe strip, ``.png``: a thumbnail)."""
+    return [img.url for element in at.image for img in element.proto.imgs]
+
+
+def _text(at: AppTest) -> str:
+    parts = [
+        e.value for kind in ("markdown", "caption", "title", "subheader") for e in at.get(kind)
+    ]
+    parts += [w.label for w in [*at.selectbox, *at.radio, *at.text_input]]
+    parts += [o for r in at.radio for o in r.options]
+    return " ".join(parts)
+
+
+@pytest.mark.parametrize("media", MEDIA)
+@pytest.mark.parametrize("page", [*PAGES, "search"])
+def test_every_page_renders_a_media_project(
+    page: str, media: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _app(_media_project(media, request), monkeypatch, page)
+    assert at.title[0].value == page.replace("_", " ").capitalize()
+    assert not at.info, [i.value for i in at.info]  # no empty state
+
+
+@pytest.mark.parametrize("media", MEDIA)
+def test_data_quality_previews_media_and_shows_the_broken_files_evidence(
+    media: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.media_project import BROKEN
+
+    p = _media_project(media, request)
+    at = _app(p, monkeypatch, "data_quality")
+    for key, reason in BROKEN[media].items():
+        at.selectbox(key="dq_reason").set_value(f"preprocess: {reason}").run()
+        _ok(at)
+        assert _metrics(at)["Quarantined for this reason"] == "1"
+        assert any(key in m.value for m in at.markdown)  # source:key - detail
+        assert at.json, reason  # the evidence
+        warnings = " ".join(w.value for w in at.warning)
+        if media == "video":  # never decoded: no strip, the reason says why
+            assert not _images(at)
+            assert "no keyframe strip stored" in warnings
+        elif reason == "truncated_audio":  # the stored bytes are still a WAV: listen to it
+            assert [u.rsplit(".", 1)[1] for u in _audio(at)] == ["wav"]
+        else:
+            assert not _audio(at)
+            assert "not an audio format" in warnings
+
+    n = json.loads((p / "metrics/quality.json").read_text())["quarantined_by_reason"][
+        "near_duplicate_image"
+    ]
+    at.selectbox(key="dq_reason").set_value("clean: near_duplicate_image")
+    at.number_input(key="dq_limit").set_value(3)
+    at.run()
+    _ok(at)
+    shown = min(n, 3)
+    if media == "video":  # each quarantined video's strip beside the kept one's
+        assert [u.rsplit(".", 1)[1] for u in _images(at)] == ["jpg"] * 2 * shown
+        assert not _audio(at)
+        assert "**Frame size**" in _text(at)
+    else:  # a player for the quarantined clip and one for the clip it duplicates
+        assert len(_audio(at)) == 2 * shown
+        assert not _images(at)
+        assert "Image size" not in _text(at)
+    captions = [c.value for c in at.caption] + [i.caption for e in at.image for i in e.proto.imgs]
+    assert sum("(kept)" in c for c in captions) == shown
+    assert "**Duration**" in _text(at)
+
+
+@pytest.mark.parametrize("media", MEDIA)
+def test_search_page_finds_media_and_previews_each_hit(
+    media: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmrops.search import Catalog, SearchSettings
+
+    p = _media_project(media, request)
+    catalog = Catalog.load(p, SearchSettings())
+    at = _app(p, monkeypatch, "search")
+    assert at.radio(key="search_mode").options == [
+        f"Caption → {ITEMS[media]}",
+        f"Query {ITEMS[media][:-1]} → captions",
+    ]
+    at.slider(key="search_k").set_value(4).run()
+    at.text_input(key="search_caption").input(catalog.caption_of(catalog.query_ids[0])).run()
+    _ok(at)
+    text = _text(at)
+    assert f"**4** nearest database {ITEMS[media]}" in text
+    assert f"(text → {media})" in text
+    previews = _images(at) if media == "video" else _audio(at)
+    assert [u.rsplit(".", 1)[1] for u in previews] == ["jpg" if media == "video" else "wav"] * 4
+
+    at.radio(key="search_mode").set_value("image").run()
+    _ok(at)
+    sid = catalog.query_ids[-1]
+    at.selectbox(key="search_image").set_value(sid).run()
+    _ok(at)
+    text = _text(at)
+    assert f"Query {ITEMS[media][:-1]} (held-out query set)" in text
+    assert "**4** nearest database captions" in text
+    assert f"({media} → text)" in text
+    previews = _images(at) if media == "video" else _audio(at)
+    assert len(previews) == 1 + 4  # the query's, then each hit's
+    assert "image" not in text.lower()  # the media's own words
+
+
+@pytest.mark.parametrize("media", MEDIA)
+def test_retrieval_and_code_health_name_the_media(
+    media: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = _media_project(media, request)
+    retrieval = _json(p, "metrics/retrieval.json")
+    at = _app(p, monkeypatch, "retrieval")
+    box = at.selectbox(key="ret_direction")
+    assert sorted(box.options) == sorted(d.replace("_to_", " → ") for d in retrieval["directions"])
+    at.selectbox(key="ret_direction").set_value(f"text_to_{media}").run()
+    _ok(at)
+    d = retrieval["models"]["dcmh-16"]["directions"][f"text_to_{media}"]
+    at.selectbox(key="ret_method").set_value("dcmh").run()
+    assert _close(_metrics(at)["Best mAP (hash)"], d["hash"]["map"])
+
+    at = _app(p, monkeypatch, "code_health")
+    at.selectbox(key="ch_model").set_value("dcmh-16")
+    at.selectbox(key="ch_modality").set_value(media)
+    at.run()
+    _ok(at)  # the media's codes are the image_*.npy files
+    ch = retrieval["models"]["dcmh-16"]["code_health"][media]
+    assert _metrics(at)["Distinct codes"] == f"{ch['buckets']['distinct']} / {ch['codes']}"

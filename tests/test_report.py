@@ -4,6 +4,7 @@ project."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ def test_quarantine_examples_carry_images_and_evidence(dashboard_project: Path) 
         assert row["distance_kind"] == "phash_distance"
         for path in (row["image"], row["other_image"]):
             thumb = report.thumbnail(path, 64)
-            assert thumb.png is not None, thumb.error
+            assert thumb.data is not None, thumb.error
             assert thumb.width
             assert thumb.height
     exact = dups[dups["reason"] == "exact_duplicate"].iloc[0]
@@ -82,7 +83,7 @@ def test_a_corrupt_image_gives_its_error_not_an_exception(
     truncated = q[q["reason"] == "truncated_image"]
     for path in truncated["image"]:
         t = report.thumbnail(path)
-        assert t.png is None
+        assert t.data is None
         assert "cannot decode" in (t.error or "")
     bad = tmp_path / "zero"
     bad.write_bytes(b"")
@@ -267,3 +268,139 @@ def test_the_stamp_changes_when_a_stage_rewrites_an_output(
     st = (p / "metrics" / "split.json").stat()
     os.utime(p / "metrics" / "split.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert report.stamp(p) != before
+
+
+# --------------------------------------------------------------------------- video and audio
+
+
+def _thumbs(project: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (project / "data" / "interim").mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("sample_id", pa.string()), ("jpeg", pa.binary())])
+    pq.write_table(pa.Table.from_pylist(rows, schema), project / "data/interim/thumbs.parquet")
+
+
+def _strip() -> bytes:
+    from PIL import Image
+
+    from cmrops.media.video import thumbnail_strip
+
+    return thumbnail_strip([Image.new("RGB", (96, 64), (200, 30, 30))] * 3, height=24)
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (b"RIFF\x24\x19\x00\x00WAVEfmt ", "audio/wav"),
+        (b"fLaC\x00\x00\x00\x22", "audio/flac"),
+        (b"OggS\x00\x02\x00\x00", "audio/ogg"),
+        (b"ID3\x04\x00\x00\x00\x00", "audio/mpeg"),
+        (b"\xff\xfb\x90\xc4\x00", "audio/mpeg"),  # MPEG-1 layer III frame, no ID3 tag
+        (b"\xff\xf3\x88\xc4\x00", "audio/mpeg"),  # MPEG-2 (16 kHz)
+        (b"\x00\x00\x00\x1cftypM4A ", "audio/mp4"),
+        (b"RIFF\x24\x19\x00\x00AVI LIST", None),  # RIFF, but a video
+        (b"\x00junk", None),
+        (b"", None),
+    ],
+)
+def test_audio_mime_from_magic_bytes(data: bytes, mime: str | None) -> None:
+    assert report.audio_mime(data) == mime
+
+
+def test_audio_clip_reads_real_encodings(tmp_path: Path) -> None:
+    from cmrops.media import synthetic as syn
+
+    wave = syn.tone("chirp_up", seconds=0.2)
+    for fmt, mime in [("WAV", "audio/wav"), ("FLAC", "audio/flac"), ("OGG", "audio/ogg"),
+                      ("MP3", "audio/mpeg")]:  # fmt: skip
+        data = syn.encode_audio(wave, 16_000, fmt)
+        p = tmp_path / fmt  # the content-addressed store has no extensions
+        p.write_bytes(data)
+        clip = report.audio_clip(p)
+        assert (clip.data, clip.mime, clip.error) == (data, mime, None), fmt
+
+
+def test_audio_clip_errors_never_raise(tmp_path: Path) -> None:
+    from cmrops.media import synthetic as syn
+
+    assert "no audio stored" in (report.audio_clip(None).error or "")
+    assert "missing" in (report.audio_clip(tmp_path / "nope").error or "")
+    assert "cannot read" in (report.audio_clip(tmp_path).error or "")  # a folder
+    (tmp_path / "empty").write_bytes(b"")
+    assert "empty file" in (report.audio_clip(tmp_path / "empty").error or "")
+    (tmp_path / "junk").write_bytes(syn.not_media())
+    junk = report.audio_clip(tmp_path / "junk")
+    assert (junk.data, junk.mime) == (None, None)
+    assert "not an audio format" in (junk.error or "")
+    (tmp_path / "big").write_bytes(syn.encode_audio(syn.tone("noise", seconds=1.0), 16_000))
+    big = report.audio_clip(tmp_path / "big", max_bytes=1000)  # a bounded read: not loaded
+    assert big.data is None
+    assert "0.0 MiB a preview plays" in (big.error or "")
+    assert report.audio_clip(tmp_path / "big", max_bytes=1 << 20).mime == "audio/wav"
+
+
+def test_video_strip_from_thumbs_or_why_not(tmp_path: Path) -> None:
+    absent = report.video_strip(tmp_path, "a")
+    assert absent.data is None
+    assert "thumbs.parquet is not there" in (absent.error or "")
+    assert "cmrops preprocess" in (absent.error or "")
+    jpeg = _strip()
+    _thumbs(tmp_path, [{"sample_id": "a", "jpeg": jpeg}])
+    t = report.video_strip(tmp_path, "a")
+    assert (t.data, t.mime, t.width, t.height, t.error) == (jpeg, "image/jpeg", 108, 24, None)
+    quarantined = report.video_strip(tmp_path, "b")  # preprocess could not decode it
+    assert quarantined.data is None
+    assert "no keyframe strip stored for b" in (quarantined.error or "")
+    assert report.video_strip(tmp_path, None).error
+    _thumbs(tmp_path, [{"sample_id": "a", "jpeg": b"not a jpeg"}])
+    assert "not an image" in (report.video_strip(tmp_path, "a").error or "")
+    (tmp_path / "data/interim/thumbs.parquet").write_bytes(b"PAR1 truncated")
+    damaged = report.video_strip(tmp_path, "a")  # this sample's error, not the page's
+    assert damaged.data is None
+    assert "rerun `cmrops preprocess`" in (damaged.error or "")
+
+
+def test_media_of_follows_preprocess_then_the_sample_tables(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert report.media_of(tmp_path) == "image"  # nothing ran yet
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    pq.write_table(pa.table({"sample_id": ["a"]}), raw / "samples.parquet")
+    assert report.media_of(tmp_path) == "image"  # written before video and audio
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "media": [None, "audio"]}),
+                   raw / "samples.parquet")  # fmt: skip
+    assert report.media_of(tmp_path) == "audio"
+    meta = tmp_path / "data" / "interim" / "features" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"media": "video"}))
+    assert report.media_of(tmp_path) == "video"
+    meta.write_text(json.dumps({"media": "smell"}))
+    with pytest.raises(report.ReportError, match=r"unknown media 'smell'.*cmrops preprocess"):
+        report.media_of(tmp_path)
+
+
+def test_preview_dispatches_on_the_media(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cmrops.media import synthetic as syn
+
+    Image.new("RGB", (300, 200), (0, 90, 200)).save(tmp_path / "img", format="JPEG")
+    (tmp_path / "wav").write_bytes(syn.encode_audio(syn.tone("beeps", seconds=0.3), 16_000))
+    _thumbs(tmp_path, [{"sample_id": "v", "jpeg": _strip()}])
+    image = report.preview(tmp_path, "i", tmp_path / "img", "image", max_side=64)
+    assert (image.mime, image.is_audio) == ("image/png", False)
+    assert Image.open(io.BytesIO(image.data or b"")).size == (64, 43)
+    video = report.preview(tmp_path, "v", tmp_path / "img", "video")  # the strip, not the file
+    assert (video.data, video.mime, video.is_audio) == (_strip(), "image/jpeg", False)
+    audio = report.preview(tmp_path, "a", tmp_path / "wav", "audio")
+    assert (audio.mime, audio.is_audio) == ("audio/wav", True)
+    assert audio.data == (tmp_path / "wav").read_bytes()
+    for media, path in [("image", tmp_path / "wav"), ("video", None), ("audio", tmp_path / "img"),
+                        ("smell", tmp_path / "img")]:  # fmt: skip
+        bad = report.preview(tmp_path, "nope", path, media)
+        assert (bad.data, bad.mime, bad.is_audio) == (None, None, False), media
+        assert bad.error, media

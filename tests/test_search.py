@@ -222,7 +222,7 @@ def test_damaged_or_missing_files_are_refused_clearly(
     meta = copy / "data/interim/features/meta.json"
     recorded = json.loads(meta.read_text())
     meta.write_text(json.dumps({**recorded, "text": {"encoder": str(tmp_path / "no-encoder")}}))
-    with pytest.raises(SearchError, match=r"no-encoder.*or search by image"):
+    with pytest.raises(SearchError, match=r"no-encoder.*or query by a stored sample"):
         CaptionEncoder(copy, info, SETTINGS)
     weights = info.model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
@@ -231,7 +231,9 @@ def test_damaged_or_missing_files_are_refused_clearly(
     ):
         load_model(info)
     (copy / "data/interim/features/meta.json").unlink()
-    with pytest.raises(SearchError, match=r"features/meta\.json: not found .*search by image"):
+    with pytest.raises(
+        SearchError, match=r"features/meta\.json: not found .*query by a stored sample"
+    ):
         CaptionEncoder(copy, info, SETTINGS)
     np.save(info.codes_dir / "image_database.npy", np.zeros((2, 1), np.uint64))
     with pytest.raises(SearchError, match="stale or damaged"):
@@ -352,7 +354,7 @@ def test_page_empty_state_and_clear_errors(
     at = open_search_page(copy, monkeypatch)
     at.text_input(key="search_caption").input("a red star").run()
     assert not at.exception, at.exception
-    assert any("search by image" in e.value for e in at.error)
+    assert any("query by a stored sample" in e.value for e in at.error)
     at.radio(key="search_mode").set_value("image").run()  # image search still works
     assert not at.error
     assert len(shown_cards(at)) == at.slider(key="search_k").value
@@ -394,3 +396,39 @@ def test_caption_search_through_a_finetuned_encoder(tmp_path: Path) -> None:
         want = np.unpackbits(pack_bits(text_out[i : i + 1] > 0).view(np.uint8), bitorder="little")
         stable = np.abs(text_out[i]) > 1e-4  # a bit this close to 0 may flip in float rounding
         assert np.array_equal(got[stable], want[:16][stable])
+
+
+@pytest.mark.parametrize("media", ["video", "audio"])
+def test_search_a_video_or_audio_project(media: str, request: pytest.FixtureRequest) -> None:
+    """The generated video-text / audio-text run (tests/media_project.py): a caption finds the
+    database videos or clips, a query item's stored code finds captions, every hit names its
+    media file, and directions are named by the media."""
+    from cmrops import report
+
+    project = request.getfixturevalue(f"{media}_project")
+    catalog = Catalog.load(project, SETTINGS)
+    assert catalog.media == media
+    info = find_model(project, "dcmh-16")
+    codes = ModelCodes.load(info)
+    encoder = CaptionEncoder(project, info, SETTINGS)
+    caption = catalog.caption_of(catalog.query_ids[0])
+    by_caption = search_caption(codes, encoder, catalog, caption, 5)
+    assert (by_caption.direction, by_caption.direction_name) == (
+        "text_to_image",
+        f"text_to_{media}",
+    )
+    by_item = search_image(codes, catalog, catalog.query_ids[0], 5)
+    assert (by_item.direction, by_item.direction_name) == ("image_to_text", f"{media}_to_text")
+    for result in (by_caption, by_item):
+        assert result.media == media
+        assert len(result.hits) == 5
+        distances = [h.distance for h in result.hits]
+        assert distances == sorted(distances)
+        for h in result.hits:
+            assert h.sample_id in catalog.database_ids
+            assert h.image_path is not None
+            assert h.image_path.is_file()
+    hit = by_caption.hits[0]
+    shown = report.preview(project, hit.sample_id, hit.image_path, media)
+    assert shown.error is None
+    assert shown.mime == ("image/jpeg" if media == "video" else "audio/wav")

@@ -1,5 +1,6 @@
-"""Data quality: quarantine by reason with examples and evidence, the cleaning rules, caption
-length / image size / label histograms, label sources and agreement, the review queue."""
+"""Data quality: quarantine by reason with examples (an image's thumbnail, a video's keyframe
+strip or an audio player) and evidence, the cleaning rules, caption length / image size /
+duration / label histograms, label sources and agreement, the review queue."""
 
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ from dashboards import data, ui
 THUMB = 160
 
 
-def _thumb(slot: Any, path: Any, caption: str) -> None:
-    t = data.thumbnail(path if isinstance(path, str) else None, THUMB)
-    if t.png is not None:
-        slot.image(t.png, caption=caption, width=THUMB)
-    else:  # a corrupt or missing image is shown as its evidence, never decoded again
-        slot.warning(f"{caption}: {t.error}", icon=":material/broken_image:")
+def _preview(slot: Any, project: Path, sample_id: Any, path: Any, media: str, caption: str) -> None:
+    sid = sample_id if isinstance(sample_id, str) else None
+    p = data.preview(project, sid, path if isinstance(path, str) else None, media, THUMB)
+    ui.preview(slot, p, caption, THUMB)
 
 
 def _pair_text(row: pd.Series) -> str:
@@ -48,15 +47,17 @@ def _examples(project: Path) -> None:
     limit = c[1].number_input("Examples", 1, 50, 6, key="dq_limit")
     stage, reason = choice.split(": ", 1)
     q = data.quarantine(project)
+    media = data.media_of(project)
     rows = q[(q["stage"] == stage) & (q["reason"] == reason)]
     st.metric("Quarantined for this reason", len(rows))
     for _, row in rows.head(int(limit)).iterrows():
         with st.container(border=True):
             left, mid, right = st.columns([1, 1, 2])
             name = row["sample_id"] if isinstance(row["sample_id"], str) else row["source_key"]
-            _thumb(left, row["image"], f"{name} (quarantined)")
+            _preview(left, project, row["sample_id"], row["image"], media, f"{name} (quarantined)")
             if isinstance(row["other_id"], str):
-                _thumb(mid, row["other_image"], f"{row['other_id']} (kept)")
+                other = row["other_id"]
+                _preview(mid, project, other, row["other_image"], media, f"{other} (kept)")
             right.markdown(f"**{row['source']}:{row['source_key']}** — {row['detail']}")
             pair = _pair_text(row)
             if pair:
@@ -68,11 +69,13 @@ def _examples(project: Path) -> None:
 
 
 def _histograms(project: Path) -> None:
+    media = data.media_of(project)
     lengths, sizes, labels = (
         data.caption_lengths(project),
-        data.image_sizes(project),
+        data.image_sizes(project) if media != "audio" else pd.DataFrame(),  # clips: no frames
         data.label_counts(project),
     )
+    durations = data.durations(project) if media != "image" else pd.DataFrame()
     c = st.columns(2)
     if len(lengths):
         c[0].markdown("**Caption length** (tokens per caption)")
@@ -87,7 +90,8 @@ def _histograms(project: Path) -> None:
             key="dq_caption_hist",
         )
     if len(sizes):
-        c[1].markdown("**Image size** (decoded width × height)")
+        what = "Frame size" if media == "video" else "Image size"
+        c[1].markdown(f"**{what}** (decoded width × height)")
         c[1].altair_chart(
             alt.Chart(sizes)
             .mark_circle(opacity=0.5)
@@ -99,6 +103,19 @@ def _histograms(project: Path) -> None:
             ),
             width="stretch",
             key="dq_size_scatter",
+        )
+    if len(durations):
+        slot = c[1] if media == "audio" else st
+        slot.markdown(f"**Duration** (seconds per {ui.ITEM[media]})")
+        slot.altair_chart(
+            alt.Chart(durations)
+            .mark_bar()
+            .encode(
+                x=alt.X("duration_s:Q", bin=alt.Bin(maxbins=40), title="seconds"),
+                y=alt.Y("count():Q", title=ui.ITEMS[media]),
+            ),
+            width="stretch",
+            key="dq_duration_hist",
         )
     if len(labels):
         st.markdown("**Labels** (samples per label)")

@@ -65,7 +65,7 @@ def render(project: Path) -> None:
         c[3].metric(
             "Best mAP (hash)",
             ui.num(head["best_map"]),
-            help=f"{head['best_model']}, {head['best_direction']} (tie-aware)"
+            help=f"{head['best_model']}, {ui.direction(head['best_direction'])} (tie-aware)"
             if head["best_model"]
             else "run `cmrops evaluate`",
         )

@@ -21,7 +21,9 @@ def _filters(table: pd.DataFrame) -> tuple[str, str | int, str]:
     directions = list(dict.fromkeys(table["direction"]))
     method = c[0].selectbox("Method", methods, key="ret_method")
     nbits = c[1].selectbox("Bits", bits, key="ret_bits")
-    direction = c[2].selectbox("Direction", directions, key="ret_direction")
+    direction = c[2].selectbox(
+        "Direction", directions, format_func=ui.direction, key="ret_direction"
+    )
     return method, nbits, direction
 
 

@@ -1,5 +1,6 @@
-"""Search: type a caption (or pick a query image) and see the top-k of the other modality from the
-trained codes, with thumbnails, Hamming distances and relevance (logic: cmrops/search.py)."""
+"""Search: type a caption (or pick a query image, video or clip) and see the top-k of the other
+modality from the trained codes, with thumbnails, keyframe strips or audio players, Hamming
+distances and relevance (logic: cmrops/search.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dashboards import data, ui
 
 COLUMNS = 5  # result cards per row
 FLOAT_METHOD = "aligned-float"  # the aligned float baseline (cmrops.align.baseline.NAME)
-MODES = {"caption": "Caption → images", "image": "Query image → captions"}
+MODES = ("caption", "image")  # by a typed caption, by a stored query item ("image" side)
 MARKS = {
     True: ":green[:material/check_circle: relevant]",
     False: ":red[:material/cancel: not relevant]",
@@ -20,12 +21,22 @@ MARKS = {
 }
 
 
+def _mode_label(mode: str, media: str) -> str:
+    return (
+        f"Caption → {ui.ITEMS[media]}"
+        if mode == "caption"
+        else f"Query {ui.ITEM[media]} → captions"
+    )
+
+
 def render(project: Path) -> None:
     st.title("Search")
+    media = data.media_of(project)
+    item, items = ui.ITEM[media], ui.ITEMS[media]
     st.caption(
         "Exact Hamming kNN over the trained codes (cmrops.HammingIndex). A caption goes through "
-        "the run's text encoder and the model's text head and searches the database images; a "
-        "query image's stored code searches the database captions. Relevant = shares a label "
+        f"the run's text encoder and the model's text head and searches the database {items}; a "
+        f"query {item}'s stored code searches the database captions. Relevant = shares a label "
         "with the query (a caption's labels: the vocabulary terms it names). Method "
         "aligned-float is the float baseline: cosine similarity in the shared space of the "
         "alignment fitted on the training pairs, the reference the codes are measured against."
@@ -51,29 +62,33 @@ def render(project: Path) -> None:
     k_max = min(50, info.n_database)
     k = right.slider("Results (k)", 1, k_max, min(10, k_max), key="search_k")
     mode = st.radio(
-        "Query by", list(MODES), format_func=MODES.get, horizontal=True, key="search_mode"
+        "Query by",
+        MODES,
+        format_func=lambda m: _mode_label(m, media),
+        horizontal=True,
+        key="search_mode",
     )
     try:
         catalog = data.search_catalog(str(project))
         if mode == "caption":
-            result = _caption_query(str(project), info.name, k)
+            result = _caption_query(str(project), info.name, k, items)
         else:
-            result = _image_query(str(project), info.name, k, catalog.query_ids)
+            result = _item_query(str(project), info.name, k, catalog.query_ids)
     except SearchError as e:
         st.error(str(e))
         return
     if result is not None:
-        _results(str(project), result)
+        _results(project, result)
 
 
-def _caption_query(project: str, name: str, k: int) -> SearchResult | None:
+def _caption_query(project: str, name: str, k: int, items: str) -> SearchResult | None:
     caption = st.text_input(
         "Caption",
         key="search_caption",
         placeholder="e.g. a red circle and a blue star - then press Enter",
     )
     if not caption or not caption.strip():
-        st.caption("Type a caption and press Enter to search the database images.")
+        st.caption(f"Type a caption and press Enter to search the database {items}.")
         return None
     codes = data.search_codes(project, name)
     with st.spinner("Loading the text encoder and the model (once) ..."):
@@ -81,7 +96,7 @@ def _caption_query(project: str, name: str, k: int) -> SearchResult | None:
     return search_caption(codes, encoder, data.search_catalog(project), caption, k)
 
 
-def _image_query(project: str, name: str, k: int, query_ids: tuple[str, ...]) -> SearchResult:
+def _item_query(project: str, name: str, k: int, query_ids: tuple[str, ...]) -> SearchResult:
     catalog = data.search_catalog(project)
 
     def label(sid: str) -> str:
@@ -89,44 +104,43 @@ def _image_query(project: str, name: str, k: int, query_ids: tuple[str, ...]) ->
         return f"{sid} - {text[:60]}{'…' if len(text) > 60 else ''}"
 
     sid = st.selectbox(
-        "Query image (held-out query set)", query_ids, format_func=label, key="search_image"
+        f"Query {ui.ITEM[catalog.media]} (held-out query set)",
+        query_ids,
+        format_func=label,
+        key="search_image",
     )
-    thumb = data.thumbnail(_path(catalog.image_paths.get(sid)), 200)
-    cols = st.columns([1, 4])
-    if thumb.png is not None:
-        cols[0].image(thumb.png, caption=f"query {sid}")
-    else:
-        cols[0].caption(thumb.error or "no image")
+    shown = data.preview(
+        Path(project), sid, _path(catalog.image_paths.get(sid)), catalog.media, 200
+    )
+    cols = st.columns([1, 4] if catalog.media == "image" else [2, 3])
+    ui.preview(cols[0], shown, f"query {sid}", 200)
     labels = catalog.labels.get(sid)
     cols[1].markdown(f"**Query caption** (not used by the search): {catalog.caption_of(sid)}")
     cols[1].caption("labels: " + (", ".join(sorted(labels)) if labels else "none"))
     return search_image(data.search_codes(project, name), catalog, sid, k)
 
 
-def _results(project: str, result: SearchResult) -> None:
-    target = "images" if result.direction == "text_to_image" else "captions"
+def _results(project: Path, result: SearchResult) -> None:
+    target = ui.ITEMS[result.media] if result.direction == "text_to_image" else "captions"
     relevant = result.n_relevant
     tally = "" if relevant is None else f" · **{relevant} of {len(result.hits)}** relevant"
     st.markdown(
         f"**{len(result.hits)}** nearest database {target} · model **{result.model}** "
-        f"({result.direction.replace('_', ' ')}){tally}"
+        f"({ui.direction(result.direction_name)}){tally}"
     )
     st.caption(f"Relevance: {result.relevance}")
     for start in range(0, len(result.hits), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, hit in zip(cols, result.hits[start : start + COLUMNS], strict=False):
             with col:
-                _card(project, hit)
+                _card(project, hit, result.media)
 
 
-def _card(project: str, hit: SearchHit) -> None:
+def _card(project: Path, hit: SearchHit, media: str) -> None:
     with st.container(key=f"search_hit_{hit.rank}", border=True):
         st.markdown(f"**#{hit.rank}** · {hit.score}")
-        thumb = data.thumbnail(_path(hit.image_path), 160)
-        if thumb.png is not None:
-            st.image(thumb.png, width="stretch")
-        else:
-            st.caption(thumb.error or "no image")
+        shown = data.preview(project, hit.sample_id, _path(hit.image_path), media, 160)
+        ui.preview(st, shown, width="stretch")
         st.markdown(MARKS[hit.relevant])
         st.write(hit.caption)
         st.caption(f"{hit.sample_id} · " + (", ".join(sorted(hit.labels)) or "no labels"))
