@@ -1,7 +1,8 @@
 """Video-text and audio-text data sets through every stage of the pipeline (the same commands DVC
-and the DAG run): an MSR-VTT-style and a Clotho-style corpus with planted re-encoded copies and two broken
-files each, real decoding, the real offline encoders, CPU - the session's ``video_project`` / ``audio_project``
-(tests/media_project.py), which the dashboard tests show too."""
+and the DAG run): an MSR-VTT-style and a Clotho-style corpus with planted re-encoded copies and
+two broken files each, real decoding, the real offline encoders, CPU - the session's
+``video_project`` / ``audio_project`` (tests/media_project.py), which the dashboard tests show
+too."""
 
 from __future__ import annotations
 
