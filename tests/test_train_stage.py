@@ -464,3 +464,32 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
     ]
     m = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert sorted(m["models"]) == models
+
+
+def test_validation_slice_never_leaves_fewer_than_two_training_samples() -> None:
+    # 19 training-pool samples: one near-duplicate group of 17 and two singletons. Holding the
+    # big group out (its hash may come first) would leave 2 or 1 to train on; it is passed over.
+    from cmrops.stages.train import Inputs, assign_roles
+
+    n = 21
+    ids = [f"s{i:02d}" for i in range(n)]
+    split = np.array(["database"] * 19 + ["query"] * 2, dtype=object)
+    group = ["big"] * 17 + ["s17", "s18", "s19", "s20"]
+    x = np.ones((n, 4), np.float32)
+    data = Inputs(
+        ids=ids,
+        split=split,
+        in_train=np.arange(n) < 19,
+        group_id=group,
+        protocol="hashing",
+        split_seed=0,
+        image=x,
+        text=x,
+        labels=None,
+        features={},
+    )
+    for seed in range(8):
+        roles = assign_roles(data, TrainParams(val_fraction=0.5, seed=seed))
+        assert len(roles.train) >= 2
+        assert len(roles.val) >= 1
+        assert not {group[i] for i in roles.val} & {group[i] for i in roles.train}

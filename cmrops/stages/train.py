@@ -689,8 +689,11 @@ def assign_roles(data: Inputs, params: TrainParams) -> Roles:
 
 def _held_out_groups(data: Inputs, pool: np.ndarray, params: TrainParams) -> np.ndarray:
     """Mask over ``pool``: whole near-duplicate groups, in the order of a hash of (seed, group),
-    until ``val_fraction`` of the pool is held out (at least one sample, at most all but one)."""
+    until ``val_fraction`` of the pool is held out (at least one sample, at most all but one).
+    A group that would leave fewer than two training samples (the least training needs) is
+    passed over while the pool has three or more."""
     target = min(max(1, round(params.val_fraction * len(pool))), len(pool) - 1)
+    keep = 2 if len(pool) >= 3 else 1
     groups: dict[str, list[int]] = {}
     for j, i in enumerate(pool):
         groups.setdefault(data.group_id[i], []).append(j)
@@ -699,7 +702,7 @@ def _held_out_groups(data: Inputs, pool: np.ndarray, params: TrainParams) -> np.
     for g in sorted(groups, key=lambda g: _hash(params.seed, "val", g)):
         if count >= target:
             break
-        if count + len(groups[g]) > len(pool) - 1:
+        if count + len(groups[g]) > len(pool) - keep:
             continue
         held[groups[g]] = True
         count += len(groups[g])
