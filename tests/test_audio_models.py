@@ -109,7 +109,6 @@ def _chirp(f0: float, f1: float, seconds: float = 1.0) -> np.ndarray:
 
 
 def test_logmel_stats_separates_pitch_and_direction_more_than_gain() -> None:
-    pytest.importorskip("cmrops.media.audio")
     enc = A.load_audio_encoder("logmel-stats")
     assert (enc.dim, enc.sample_rate) == (192, 16000)
     low, high = _tone(220), _tone(1760)
