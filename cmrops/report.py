@@ -824,27 +824,25 @@ class AudioClip:
 
 #: Audio formats a browser plays, by the bytes they start with: (offset, magic, MIME type).
 #: MPEG audio without an ID3 tag starts with a frame header (MPEG-1 / 2 layer III, no CRC).
-_AUDIO_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"fLaC", "audio/flac"),
-    (0, b"OggS", "audio/ogg"),
-    (0, b"ID3", "audio/mpeg"),
-    (0, b"\xff\xfb", "audio/mpeg"),
-    (0, b"\xff\xf3", "audio/mpeg"),
-    (0, b"\xff\xf2", "audio/mpeg"),
-    (4, b"ftyp", "audio/mp4"),  # M4A (AAC)
-    (0, b"\x1a\x45\xdf\xa3", "audio/webm"),
-)
+#: The MIME type a browser plays each audio container as (:func:`cmrops.media.audio.audio_format`).
+_AUDIO_MIME = {
+    "WAV": "audio/wav",
+    "FLAC": "audio/flac",
+    "OGG": "audio/ogg",
+    "MP3": "audio/mpeg",
+    "AIFF": "audio/aiff",
+    "MP4": "audio/mp4",  # M4A (AAC)
+    "MATROSKA": "audio/webm",
+}
 
 
 def audio_mime(head: bytes) -> str | None:
-    """The MIME type of an audio file from its first bytes (RIFF/WAVE, FLAC, Ogg, MP3, M4A,
+    """The MIME type of an audio file from its first bytes (WAV, FLAC, Ogg, MP3, AIFF, M4A,
     WebM), or ``None`` for anything else."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "audio/wav"
-    for at, magic, mime in _AUDIO_MAGIC:
-        if head[at : at + len(magic)] == magic:
-            return mime
-    return None
+    from cmrops.media.audio import audio_format
+
+    fmt = audio_format(head)
+    return None if fmt is None else _AUDIO_MIME[fmt]
 
 
 def audio_clip(path: str | os.PathLike[str] | None, max_bytes: int = 16 << 20) -> AudioClip:

@@ -94,7 +94,9 @@ class DecodedAudio:
 # -- structure checks ----------------------------------------------------------------------------
 
 
-def _audio_magic(data: bytes) -> str | None:
+def audio_format(data: bytes) -> str | None:
+    """The audio container its first bytes say (``WAV``, ``FLAC``, ``OGG``, ``MP3``, ``AIFF``,
+    ``MP4`` for M4A/AAC, ``MATROSKA`` for WebM/MKV), or None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "WAV"
     if data[:4] == b"fLaC":
@@ -107,12 +109,14 @@ def _audio_magic(data: bytes) -> str | None:
         return "AIFF"
     if data[4:8] == b"ftyp":
         return "MP4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "MATROSKA"
     return None
 
 
 def _wav_cut(data: bytes) -> dict[str, int] | None:
     """Facts about a WAV whose ``data`` chunk (or RIFF size) runs past the end, else None."""
-    if len(data) < 12 or _audio_magic(data) != "WAV":
+    if len(data) < 12 or audio_format(data) != "WAV":
         return None
     pos = 12
     while pos + 8 <= len(data):
@@ -335,7 +339,7 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 def _decode_with_av(data: bytes, limits: AudioLimits, sf_err: BaseException) -> DecodedAudio:
     import av
 
-    magic = _audio_magic(data)
+    magic = audio_format(data)
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace")
     except Exception as e:
