@@ -6,10 +6,10 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
     cmrops preprocess --params params.yaml --raw data/raw --out data/interim
     cmrops align      --params params.yaml --interim data/interim --raw data/raw --out data/align
     cmrops label      --params params.yaml --interim data/interim --align data/align
-                      --out data/labelled
+                      --out data/labelled --review-log review/answers.jsonl
     cmrops clean      --params params.yaml --interim data/interim --align data/align
                       --labelled data/labelled --raw data/raw --out data/clean
-                      --metrics metrics/quality.json
+                      --metrics metrics/quality.json --review-log review/answers.jsonl
     cmrops split      --params params.yaml --clean data/clean --labelled data/labelled
                       --out data/split --metrics metrics/split.json
     cmrops train      --params params.yaml --split data/split --clean data/clean
@@ -33,6 +33,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+
+from cmrops.answers import DEFAULT_PATH as REVIEW_LOG
+
+REVIEW_HELP = "the project's review answers, merged when there (dashboard Review page)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--interim", default="data/interim", help="preprocess's output folder")
     label.add_argument("--align", default="data/align", help="align's output folder")
     label.add_argument("--out", default="data/labelled", help="output folder (data/labelled)")
+    label.add_argument("--review-log", default=REVIEW_LOG, help=REVIEW_HELP)
     label.set_defaults(handler="cmrops.stages.label:cli_main")
 
     clean = sub.add_parser("clean", help="drop duplicates, broken pairs and off-topic samples")
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
     clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")
     clean.add_argument("--metrics", default="metrics/quality.json", help="metrics file")
+    clean.add_argument("--review-log", default=REVIEW_LOG, help=REVIEW_HELP)
     clean.set_defaults(handler="cmrops.stages.clean:cli_main")
 
     split = sub.add_parser("split", help="group-aware stratified splits with a leakage audit")

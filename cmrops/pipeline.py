@@ -73,8 +73,9 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "label",
-            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled"),
-            ("data/interim", "data/align"),
+            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled",
+             "--review-log", "review/answers.jsonl"),
+            ("data/interim", "data/align", "review/answers.jsonl"),
             ("data/labelled",),
         ),
         Stage(
@@ -82,9 +83,9 @@ STAGES: dict[str, Stage] = {
             (
                 "--interim", "data/interim", "--align", "data/align", "--labelled",
                 "data/labelled", "--raw", "data/raw", "--out", "data/clean",
-                "--metrics", "metrics/quality.json",
+                "--metrics", "metrics/quality.json", "--review-log", "review/answers.jsonl",
             ),
-            ("data/interim", "data/align", "data/labelled", "data/raw"),
+            ("data/interim", "data/align", "data/labelled", "data/raw", "review/answers.jsonl"),
             ("data/clean", "metrics/quality.json"),
         ),
         Stage(

@@ -66,6 +66,8 @@ def make_project(dest: Path, params: dict[str, Any] | None = None) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     (dest / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    (dest / "review").mkdir(exist_ok=True)  # the project's review answers: none yet (a dvc dep)
+    (dest / "review" / "answers.jsonl").write_bytes(b"")
     if params is not None:
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], dest)

@@ -31,7 +31,8 @@ from cmrops.text import normalize_captions
 
 OUTPUTS = (
     "labels.parquet", "evidence.parquet", "sample_labels.parquet", "vocabulary.json",
-    "review_queue.csv", "review_tasks.json", "review_config.xml", "metrics.json",
+    "review_queue.csv", "review_tasks.json", "review_config.xml", "review_log.json",
+    "metrics.json",
 )  # fmt: skip
 
 

@@ -12,6 +12,10 @@
   and what was measured (the duplicate kept instead and the distances, the similarity, ...);
 * ``<out>/groups.parquet`` - :data:`~cmrops.schema.CLEAN_GROUPS`, every sample of a duplicate
   group, kept or dropped;
+* ``<out>/overrides.parquet`` - :data:`~cmrops.schema.CLEAN_OVERRIDES`, the quarantine verdicts
+  (confirm / overrule, who, when, why) of the project's review answer log (``review_log``,
+  default ``review/answers.jsonl``, :mod:`cmrops.cleaning.overrides`) and what became of each
+  sample; ``<out>/review_log.json`` - how much of that log this run merged;
 * ``metrics_path`` (``metrics/quality.json``) - counts by rule, kept / dropped, group sizes, the
   rules that did not run and why, and the precision / recall of every rule on the planted
   defects when a synthetic truth is there (:mod:`cmrops.cleaning.scoring`);
@@ -63,6 +67,9 @@ images differ - and never drops on its own. Duplicates are resolved last: the re
 group (largest ``width * height``, then smallest ``sample_id``) is chosen among the members no
 earlier rule dropped (:mod:`cmrops.cleaning.dedup`).
 
+**Overrules.** A sample whose quarantine by a rule a person overruled (the dashboard's Review
+page) is exempt from that rule: kept, unless a later rule claims it.
+
 Inputs = kept + quarantined (asserted). A run that would keep nothing is an error that names the
 rules that dropped the samples. The same inputs give byte-identical outputs.
 """
@@ -86,7 +93,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cmrops import io
-from cmrops.cleaning import candidates, dedup, scoring
+from cmrops.cleaning import candidates, dedup, overrides, scoring
 from cmrops.cleaning.graph import components, hamming, pairs_within, size_histogram
 from cmrops.schema import CLEAN_GROUPS, INTERIM_SAMPLES, QUARANTINE
 
@@ -261,6 +268,7 @@ def cli_main(args: Any) -> int:
             raw_dir=args.raw,
             metrics_path=args.metrics,
             align_dir=args.align,
+            review_log=args.review_log,
         )
     by = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
     print(f"clean: {m['inputs']} in, {m['kept']} kept, {m['quarantined']} quarantined ({by})")
@@ -299,12 +307,15 @@ def run(
     raw_dir: str | os.PathLike[str] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     align_dir: str | os.PathLike[str] | None = None,
+    review_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Clean ``interim_dir`` into ``out_dir`` (see module docstring); returns the metrics.
 
     ``labelled_dir`` may be None only when the label rules (``irrelevant``,
     ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``.
-    ``align_dir`` is the align stage's output (:func:`cmrops.stages.align.load_output`)."""
+    ``align_dir`` is the align stage's output (:func:`cmrops.stages.align.load_output`).
+    ``review_log``: the project's review answer log (:mod:`cmrops.answers`); its quarantine
+    verdicts are applied when it is there (:mod:`cmrops.cleaning.overrides`)."""
     interim, out = Path(interim_dir), Path(out_dir)
     table, file_rows = _load_interim(interim)
     n = table.num_rows
@@ -314,6 +325,8 @@ def run(
     del table  # the kept rows are streamed from the file at the end
     meta, image_emb, text_emb = _load_features(interim, cols["feature_row"])
     labels = _load_labels(Path(labelled_dir) if labelled_dir else None, params, cols["sample_id"])
+    verdicts = overrides.load(review_log, cols["sample_id"])
+    exempt = verdicts.exempt(n)
 
     rules: dict[str, _Rule] = {}
     rules["min_side"] = _min_side(params.min_side, cols)
@@ -329,11 +342,11 @@ def run(
     dropped = np.zeros(n, bool)
     reason_of: dict[int, str] = {}
     for name in RULE_ORDER[:7]:
-        _claim(rules[name], dropped, reason_of)
+        _claim(rules[name], dropped, reason_of, exempt.get(name))
     dup = _duplicates(params, cols, image_emb, ~dropped, out / CACHE_DIR)
     rules.update(dup.rules)
     for name in RULE_ORDER[7:]:
-        _claim(rules[name], dropped, reason_of)
+        _claim(rules[name], dropped, reason_of, exempt.get(name))
 
     kept_idx = np.flatnonzero(~dropped)
     if len(kept_idx) == 0:
@@ -342,7 +355,7 @@ def run(
             f"cleaning would drop all {n} samples ({by}); loosen the thresholds or disable "
             "rules in the clean: section of params"
         )
-    quarantine = _quarantine_table(cols, rules, reason_of)
+    quarantine = _quarantine_table(cols, rules, reason_of, verdicts.overruled_rules())
     if n != len(kept_idx) + quarantine.num_rows:  # the stage contract: nothing leaves silently
         raise AssertionError(
             f"inputs {n} != kept {len(kept_idx)} + quarantined {quarantine.num_rows}"
@@ -350,6 +363,7 @@ def run(
     groups = _groups_table(cols, dup, dropped)
 
     metrics = _metrics(n, len(kept_idx), reason_of, rules, dup, labels)
+    metrics["review"] = overrides.metrics(verdicts, reason_of)
     truth = _load_truth(Path(raw_dir) if raw_dir else None)
     if truth:
         flags = {name: r.flagged for name, r in rules.items() if r.flagged is not None}
@@ -368,18 +382,28 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "quarantine.parquet", quarantine)
     io.write_parquet(out / "groups.parquet", groups)
+    flagged = {name: r.flagged for name, r in rules.items()}
+    io.write_parquet(
+        out / "overrides.parquet", overrides.table(verdicts, cols["sample_id"], flagged, reason_of)
+    )
+    io.write_json(out / "review_log.json", overrides.merged(verdicts))
     _write_kept(interim / "samples.parquet", out / "samples.parquet", file_rows[kept_idx])
     io.write_json(Path(metrics_path) if metrics_path else out / "quality.json", metrics)
     io.write_json(out / "throughput.json", {"near_image_search": dup.search})
     return metrics
 
 
-def _claim(rule: _Rule, dropped: np.ndarray, reason_of: dict[int, str]) -> None:
+def _claim(
+    rule: _Rule, dropped: np.ndarray, reason_of: dict[int, str], exempt: np.ndarray | None
+) -> None:
+    """Quarantine the rows ``rule`` flags that no earlier rule claimed, except those whose
+    quarantine by this rule a person overruled (``exempt``)."""
     if rule.status != "run" or not rule.drops or rule.flagged is None:
         return
-    for i in np.flatnonzero(rule.flagged & ~dropped):
+    flags = rule.flagged if exempt is None else rule.flagged & ~exempt
+    for i in np.flatnonzero(flags & ~dropped):
         reason_of[int(i)] = rule.name
-    dropped |= rule.flagged
+    dropped |= flags
 
 
 # --------------------------------------------------------------------------- inputs
@@ -1061,7 +1085,10 @@ def _json(obj: Any) -> str:
 
 
 def _quarantine_table(
-    c: dict[str, Any], rules: Mapping[str, _Rule], reason_of: Mapping[int, str]
+    c: dict[str, Any],
+    rules: Mapping[str, _Rule],
+    reason_of: Mapping[int, str],
+    overruled: Mapping[int, list[str]],
 ) -> pa.Table:
     rows = []
     for i in sorted(reason_of):
@@ -1076,6 +1103,8 @@ def _quarantine_table(
         ]
         if also:
             evidence = {**evidence, "also_flagged_by": also}
+        if i in overruled:  # a person overruled another rule's quarantine of this sample
+            evidence = {**evidence, "overruled": overruled[i]}
         rows.append(
             {
                 "sample_id": c["sample_id"][i],
