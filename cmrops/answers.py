@@ -120,10 +120,16 @@ def label_answer(
     if action == "reject" and chosen:
         raise AnswerLogError("action 'reject' (no label applies) takes no labels")
     return {
-        "v": VERSION, "id": uuid.uuid4().hex, "at": at or _now(), "who": _who(who),
-        "kind": "labels", "sample_id": _sample_id(sample_id), "action": action,
-        "labels": sorted(chosen), "note": str(note).strip()[:MAX_TEXT],
-    }  # fmt: skip
+        "v": VERSION,
+        "id": uuid.uuid4().hex,
+        "at": at or _now(),
+        "who": _who(who),
+        "kind": "labels",
+        "sample_id": _sample_id(sample_id),
+        "action": action,
+        "labels": sorted(chosen),
+        "note": str(note).strip()[:MAX_TEXT],
+    }
 
 
 def quarantine_verdict(
@@ -145,10 +151,17 @@ def quarantine_verdict(
     if not stage or not reason:
         raise AnswerLogError("stage and reason name the quarantine decision judged")
     return {
-        "v": VERSION, "id": uuid.uuid4().hex, "at": at or _now(), "who": _who(who),
-        "kind": "quarantine", "sample_id": _sample_id(sample_id), "stage": str(stage),
-        "reason": str(reason), "verdict": verdict, "why": why,
-    }  # fmt: skip
+        "v": VERSION,
+        "id": uuid.uuid4().hex,
+        "at": at or _now(),
+        "who": _who(who),
+        "kind": "quarantine",
+        "sample_id": _sample_id(sample_id),
+        "stage": str(stage),
+        "reason": str(reason),
+        "verdict": verdict,
+        "why": why,
+    }
 
 
 def _check(obj: Any, where: str) -> dict[str, Any]:
@@ -345,8 +358,13 @@ def merged_record(snapshot: LogSnapshot | None, log: str | None, **counts: int) 
     and its own counts."""
     if snapshot is None:
         return {"log": log, "bytes": 0, "records": 0, "sha256": None, **counts}
-    return {"log": log, "bytes": snapshot.bytes, "records": len(snapshot.records),
-            "sha256": snapshot.sha256, **counts}  # fmt: skip
+    return {
+        "log": log,
+        "bytes": snapshot.bytes,
+        "records": len(snapshot.records),
+        "sha256": snapshot.sha256,
+        **counts,
+    }
 
 
 @dataclass(frozen=True)

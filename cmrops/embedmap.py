@@ -36,8 +36,15 @@ import pyarrow.parquet as pq
 
 from cmrops import io
 
-__all__ = ["METHODS", "MapError", "SampleMap", "attributes", "compute", "features_hash",
-           "sample_map"]  # fmt: skip
+__all__ = [
+    "METHODS",
+    "MapError",
+    "SampleMap",
+    "attributes",
+    "compute",
+    "features_hash",
+    "sample_map",
+]
 
 METHODS = ("umap", "pca", "tsne")
 MODALITIES = ("image", "text")
@@ -173,8 +180,16 @@ def sample_map(
             t = pq.read_table(path)
             meta = json.loads((t.schema.metadata or {}).get(b"cmrops", b"{}"))
             xy = np.column_stack([t["x"].to_numpy(), t["y"].to_numpy()]).astype(np.float32)
-            return SampleMap(t["sample_id"].to_pylist(), xy, method, modality, seed,
-                             float(meta.get("seconds", 0.0)), True, key)  # fmt: skip
+            return SampleMap(
+                t["sample_id"].to_pylist(),
+                xy,
+                method,
+                modality,
+                seed,
+                float(meta.get("seconds", 0.0)),
+                True,
+                key,
+            )
         except Exception:  # a damaged cache file is recomputed
             path.unlink(missing_ok=True)
     try:
@@ -187,8 +202,14 @@ def sample_map(
     started = time.perf_counter()
     xy = compute(x, method, seed, **settings)
     seconds = time.perf_counter() - started
-    meta = {"method": method, "seed": seed, "modality": modality, "seconds": round(seconds, 3),
-            "settings": settings, "rows": len(ids)}  # fmt: skip
+    meta = {
+        "method": method,
+        "seed": seed,
+        "modality": modality,
+        "seconds": round(seconds, 3),
+        "settings": settings,
+        "rows": len(ids),
+    }
     table = pa.table({"sample_id": ids, "x": xy[:, 0], "y": xy[:, 1]}).replace_schema_metadata(
         {"cmrops": json.dumps(meta, sort_keys=True)}
     )
@@ -217,8 +238,9 @@ def attributes(project: Path, sample_ids: Sequence[str]) -> pd.DataFrame:
     ``quarantine`` (clean's reason, or "kept"), ``dup_group`` (its near-duplicate image group,
     or "(none)"), ``caption`` (the first), ``image_path`` (under data/raw)."""
     out = pd.DataFrame({"sample_id": list(sample_ids)})
-    samples = _column(project, "data/interim/samples.parquet",
-                      ["sample_id", "captions", "image_path"])  # fmt: skip
+    samples = _column(
+        project, "data/interim/samples.parquet", ["sample_id", "captions", "image_path"]
+    )
     if samples is not None:
         samples["caption"] = samples["captions"].map(lambda c: c[0] if len(c) else "")
         out = out.merge(samples[["sample_id", "caption", "image_path"]], "left", "sample_id")
@@ -241,8 +263,9 @@ def attributes(project: Path, sample_ids: Sequence[str]) -> pd.DataFrame:
     qmap = q.set_index("sample_id")["reason"] if q is not None else pd.Series(dtype=str)
     out["quarantine"] = out["sample_id"].map(qmap).fillna("kept")
     g = _column(project, "data/clean/groups.parquet", ["sample_id", "image_group"])
-    gmap = (g.dropna().set_index("sample_id")["image_group"] if g is not None
-            else pd.Series(dtype=str))  # fmt: skip
+    gmap = (
+        g.dropna().set_index("sample_id")["image_group"] if g is not None else pd.Series(dtype=str)
+    )
     out["dup_group"] = out["sample_id"].map(gmap).fillna("(none)")
     for c in ("caption", "image_path"):
         if c not in out:

@@ -54,19 +54,40 @@ KINDS = ("labels", "quarantine", "selection")
 ROW_GROUP = 256
 #: Inputs per kind (relative to the project root): the cache key and what must be there.
 INPUTS: dict[str, tuple[str, ...]] = {
-    "labels": ("data/labelled/review_queue.csv", "data/labelled/evidence.parquet",
-               "data/labelled/labels.parquet", "data/interim/samples.parquet"),
-    "quarantine": ("data/clean/quarantine.parquet", "data/labelled/evidence.parquet",
-                   "data/labelled/labels.parquet", "data/interim/samples.parquet"),
-    "selection": ("data/labelled/evidence.parquet", "data/labelled/labels.parquet",
-                  "data/interim/samples.parquet"),
-}  # fmt: skip
-REQUIRED = {"labels": INPUTS["labels"][0], "quarantine": INPUTS["quarantine"][0],
-            "selection": "data/interim/samples.parquet"}  # fmt: skip
+    "labels": (
+        "data/labelled/review_queue.csv",
+        "data/labelled/evidence.parquet",
+        "data/labelled/labels.parquet",
+        "data/interim/samples.parquet",
+    ),
+    "quarantine": (
+        "data/clean/quarantine.parquet",
+        "data/labelled/evidence.parquet",
+        "data/labelled/labels.parquet",
+        "data/interim/samples.parquet",
+    ),
+    "selection": (
+        "data/labelled/evidence.parquet",
+        "data/labelled/labels.parquet",
+        "data/interim/samples.parquet",
+    ),
+}
+REQUIRED = {
+    "labels": INPUTS["labels"][0],
+    "quarantine": INPUTS["quarantine"][0],
+    "selection": "data/interim/samples.parquet",
+}
 
-CANDIDATE = pa.struct([("label", pa.string()), ("source", pa.string()), ("method", pa.string()),
-                       ("confidence", pa.float64()), ("passed", pa.bool_()),
-                       ("selected", pa.bool_())])  # fmt: skip
+CANDIDATE = pa.struct(
+    [
+        ("label", pa.string()),
+        ("source", pa.string()),
+        ("method", pa.string()),
+        ("confidence", pa.float64()),
+        ("passed", pa.bool_()),
+        ("selected", pa.bool_()),
+    ]
+)
 ITEMS = pa.schema(
     [
         ("pos", pa.int64()),  # 0-based, in the default order (doubt descending)
@@ -125,8 +146,11 @@ def quarantine_doubt(reason: str, evidence: Mapping[str, Any]) -> float:
         if overlap is not None and cap:
             value = overlap / cap
     elif reason == "min_side":
-        w, h, px = (num(evidence.get("width")), num(evidence.get("height")),
-                    num(thr.get("min_side")))  # fmt: skip
+        w, h, px = (
+            num(evidence.get("width")),
+            num(evidence.get("height")),
+            num(thr.get("min_side")),
+        )
         if w is not None and h is not None and px:
             value = min(w, h) / px
     elif reason == "max_aspect":
@@ -215,25 +239,36 @@ def _queue_rows(project: Path) -> list[dict[str, Any]]:
             p,
             convert_options=csv.ConvertOptions(
                 include_columns=names,
-                column_types={"rank": pa.int64(), "priority": pa.float64(),
-                              **{n: pa.string() for n in names[1:4] + names[5:]}},
+                column_types={
+                    "rank": pa.int64(),
+                    "priority": pa.float64(),
+                    **{n: pa.string() for n in names[1:4] + names[5:]},
+                },
                 strings_can_be_null=False,
             ),
-        )  # fmt: skip
+        )
     except (pa.ArrowInvalid, KeyError, OSError) as e:
         raise ReviewItemsError(f"{p} cannot be read ({e}); rerun `cmrops label`") from e
     rows = []
     for r in t.to_pylist():
         auto = [s.strip() for s in (r["auto_labels"] or "").split("|") if s.strip()]
-        rows.append({"sample_id": r["sample_id"], "reason": r["reason"], "rank": r["rank"],
-                     "doubt": r["priority"], "detail": r["detail"],
-                     "auto_labels": auto})  # fmt: skip
+        rows.append(
+            {
+                "sample_id": r["sample_id"],
+                "reason": r["reason"],
+                "rank": r["rank"],
+                "doubt": r["priority"],
+                "detail": r["detail"],
+                "auto_labels": auto,
+            }
+        )
     return rows
 
 
 def _quarantine_rows(project: Path) -> list[dict[str, Any]]:
-    t = _read(project, INPUTS["quarantine"][0],
-              columns=["sample_id", "reason", "detail", "evidence"])  # fmt: skip
+    t = _read(
+        project, INPUTS["quarantine"][0], columns=["sample_id", "reason", "detail", "evidence"]
+    )
     assert t is not None
     rows = []
     for r in t.to_pylist():
@@ -243,9 +278,16 @@ def _quarantine_rows(project: Path) -> list[dict[str, Any]]:
             ev = {}
         ev = ev if isinstance(ev, dict) else {}
         other = ev.get("kept") or ev.get("duplicate_of") or ev.get("matched")
-        rows.append({"sample_id": r["sample_id"], "reason": r["reason"], "detail": r["detail"],
-                     "evidence": r["evidence"], "doubt": quarantine_doubt(r["reason"] or "", ev),
-                     "other_id": other if isinstance(other, str) else None})  # fmt: skip
+        rows.append(
+            {
+                "sample_id": r["sample_id"],
+                "reason": r["reason"],
+                "detail": r["detail"],
+                "evidence": r["evidence"],
+                "doubt": quarantine_doubt(r["reason"] or "", ev),
+                "other_id": other if isinstance(other, str) else None,
+            }
+        )
     return rows
 
 
@@ -269,8 +311,9 @@ def _enrich(project: Path, rows: list[dict[str, Any]]) -> pa.Table:
     )
     info = {r["sample_id"]: r for r in samples.to_pylist()} if samples is not None else {}
     labels: dict[str, list[tuple[str, float]]] = {}
-    t = _filtered(project, "data/labelled/labels.parquet", ["sample_id", "label", "confidence"],
-                  ids)  # fmt: skip
+    t = _filtered(
+        project, "data/labelled/labels.parquet", ["sample_id", "label", "confidence"], ids
+    )
     for r in t.to_pylist() if t is not None else []:
         labels.setdefault(r["sample_id"], []).append((r["label"], r["confidence"]))
     cands: dict[str, list[dict[str, Any]]] = {}
@@ -287,16 +330,27 @@ def _enrich(project: Path, rows: list[dict[str, Any]]) -> pa.Table:
         if doubt is None:  # a selection: least confident labels first
             doubt = 1.0 - max((c for _, c in mine), default=0.0)
         other = r.get("other_id")
-        out.append({
-            "sample_id": sid, "reason": r.get("reason"), "doubt": float(doubt),
-            "detail": r.get("detail"), "rank": r.get("rank"), "source": s.get("source"),
-            "source_key": s.get("source_key"), "image_path": s.get("image_path"),
-            "captions": list(s.get("captions") or []), "labels": sorted(x for x, _ in mine),
-            "auto_labels": r.get("auto_labels", sorted(x for x, _ in mine)),
-            "candidates": sorted(cands.get(sid, []), key=lambda c: (-c["confidence"], c["label"])),
-            "evidence": r.get("evidence"), "other_id": other,
-            "other_path": info.get(other, {}).get("image_path") if other else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "sample_id": sid,
+                "reason": r.get("reason"),
+                "doubt": float(doubt),
+                "detail": r.get("detail"),
+                "rank": r.get("rank"),
+                "source": s.get("source"),
+                "source_key": s.get("source_key"),
+                "image_path": s.get("image_path"),
+                "captions": list(s.get("captions") or []),
+                "labels": sorted(x for x, _ in mine),
+                "auto_labels": r.get("auto_labels", sorted(x for x, _ in mine)),
+                "candidates": sorted(
+                    cands.get(sid, []), key=lambda c: (-c["confidence"], c["label"])
+                ),
+                "evidence": r.get("evidence"),
+                "other_id": other,
+                "other_path": info.get(other, {}).get("image_path") if other else None,
+            }
+        )
     out.sort(key=lambda r: (-r["doubt"], r["sample_id"]))
     for i, r in enumerate(out):
         r["pos"] = i

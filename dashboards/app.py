@@ -28,6 +28,8 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("splits.py", "Splits", ":material/call_split:"),
     ("retrieval.py", "Retrieval", ":material/leaderboard:"),
     ("search.py", "Search", ":material/search:"),
+    ("review.py", "Review", ":material/rate_review:"),
+    ("map.py", "Map", ":material/scatter_plot:"),
     ("code_health.py", "Code health", ":material/grid_on:"),
 )
 

@@ -39,9 +39,11 @@ def test_records_round_trip_and_bad_answers_are_refused(tmp_path: Path) -> None:
     assert size == log.stat().st_size
     snap = answers.read(log)
     assert [r.data for r in snap.records] == [a, v]
-    assert a["labels"] == ["cat", "dog"] and a["who"] == "Ann Lee"
+    assert a["labels"] == ["cat", "dog"]
+    assert a["who"] == "Ann Lee"
     assert [(r.line, r.start) for r in snap.records] == [(1, 0), (2, snap.records[0].end)]
-    assert snap.bytes == size and snap.torn_bytes == 0
+    assert snap.bytes == size
+    assert snap.torn_bytes == 0
     assert answers.latest(snap.records, "labels")["s1"].labels == ("cat", "dog")
     assert answers.latest(snap.records, "quarantine", "clean")["s2"].data["verdict"] == "overrule"
     with pytest.raises(answers.AnswerLogError, match="takes no labels"):
@@ -107,10 +109,16 @@ def test_a_torn_tail_is_ignored_then_cut_and_a_bad_line_is_an_error(tmp_path: Pa
 def test_the_index_reads_only_what_was_appended_and_reloads_a_replaced_log(tmp_path: Path) -> None:
     log = tmp_path / "answers.jsonl"
     index = answers.AnswerIndex(log).refresh()
-    assert index.records == [] and index.bytes == 0
+    assert index.records == []
+    assert index.bytes == 0
     answers.append(log, [answers.label_answer("s1", ["a"], "edit", "ann")])
-    answers.append(log, [answers.label_answer("s1", ["b"], "edit", "bo"),
-                         answers.quarantine_verdict("s9", "clean", "x", "confirm", "", "bo")])  # fmt: skip
+    answers.append(
+        log,
+        [
+            answers.label_answer("s1", ["b"], "edit", "bo"),
+            answers.quarantine_verdict("s9", "clean", "x", "confirm", "", "bo"),
+        ],
+    )
     index.refresh()
     assert [r.line for r in index.records] == [1, 2, 3]
     assert index.labels["s1"].labels == ("b",)  # the latest answer wins
@@ -118,7 +126,8 @@ def test_the_index_reads_only_what_was_appended_and_reloads_a_replaced_log(tmp_p
     before = index.bytes
     answers.append(log, [answers.label_answer("s2", [], "reject", "cy")])
     index.refresh()
-    assert index.records[-1].start == before and index.records[-1].line == 4
+    assert index.records[-1].start == before
+    assert index.records[-1].line == 4
     assert [r.data for r in index.records] == [r.data for r in answers.read(log).records]
     replacement = tmp_path / "other.jsonl"
     answers.append(replacement, [answers.label_answer("s7", ["c"], "edit", "di")])
@@ -138,11 +147,14 @@ def test_merge_state_tells_merged_from_pending_and_notices_edits(tmp_path: Path)
     answers.append(log, [answers.label_answer("s2", ["a"], "edit", "ann")])
     state = answers.merge_state("label", merged, log)
     r1, r2 = answers.read(log).records
-    assert state.ran and state.consistent
-    assert state.merged(r1) and not state.merged(r2)
+    assert state.ran
+    assert state.consistent
+    assert state.merged(r1)
+    assert not state.merged(r2)
     log.write_text(log.read_text().replace('"a"', '"b"'))  # someone edited the log by hand
     state = answers.merge_state("label", merged, log)
-    assert not state.consistent and "changed" in state.detail
+    assert not state.consistent
+    assert "changed" in state.detail
     assert not state.merged(answers.read(log).records[0])
 
 
@@ -159,13 +171,16 @@ def test_label_merges_the_latest_answer_per_sample_reviewed_over_manual(tmp_path
     assert json.loads((out / "review_log.json").read_text())["bytes"] == 0
     assert first["review"]["log"] is None
     d, e, a = by_key["d.png"].sid, by_key["e.png"].sid, by_key["a.png"].sid
-    answers.append(log, [
-        answers.label_answer(d, ["circle"], "edit", "ann"),
-        answers.label_answer(e, [], "reject", "ann"),
-        answers.label_answer(a, ["red", "circle"], "accept", "bo"),
-        answers.label_answer(gone.sid, ["red"], "edit", "bo"),  # quarantined upstream since
-        answers.label_answer("0123456789abcdef", ["red"], "edit", "bo"),  # not a sample
-    ])  # fmt: skip
+    answers.append(
+        log,
+        [
+            answers.label_answer(d, ["circle"], "edit", "ann"),
+            answers.label_answer(e, [], "reject", "ann"),
+            answers.label_answer(a, ["red", "circle"], "accept", "bo"),
+            answers.label_answer(gone.sid, ["red"], "edit", "bo"),  # quarantined upstream since
+            answers.label_answer("0123456789abcdef", ["red"], "edit", "bo"),  # not a sample
+        ],
+    )
     answers.append(log, [answers.label_answer(d, ["triangle", "yellow"], "edit", "cy")])
     (tmp_path / "manual.csv").write_text(f"key,label\n{d},star\n{by_key['g.png'].sid},star\n")
     params = dataclasses.replace(PARAMS, manual=("manual.csv",))
@@ -178,21 +193,31 @@ def test_label_merges_the_latest_answer_per_sample_reviewed_over_manual(tmp_path
     rows = [r for r in pq.read_table(out / "labels.parquet").to_pylist() if r["sample_id"] == d]
     assert {(r["source"], r["method"]) for r in rows} == {("reviewed", "review")}
     ev = pq.read_table(out / "evidence.parquet").to_pylist()
-    tri = next(r for r in ev if (r["sample_id"], r["label"], r["source"]) == (d, "triangle",
-                                                                               "reviewed"))
+    tri = next(
+        r for r in ev if (r["sample_id"], r["label"], r["source"]) == (d, "triangle", "reviewed")
+    )
     detail = json.loads(tri["detail"])
-    assert detail["who"] == "cy" and detail["action"] == "edit"
-    assert detail["at"] == f"{log}:6" and detail["answered_at"].endswith("Z")
+    assert detail["who"] == "cy"
+    assert detail["action"] == "edit"
+    assert detail["at"] == f"{log}:6"
+    assert detail["answered_at"].endswith("Z")
     assert m["review"]["log"] == {
-        "answers": 6, "samples": 3, "labels": 4, "samples_answered": 5,
-        "quarantined_samples": 1, "unknown_samples": 1, "torn_bytes": 0,
-    }  # fmt: skip
+        "answers": 6,
+        "samples": 3,
+        "labels": 4,
+        "samples_answered": 5,
+        "quarantined_samples": 1,
+        "unknown_samples": 1,
+        "torn_bytes": 0,
+    }
     assert m["decided_by"]["reviewed"] == 3
     merged = json.loads((out / "review_log.json").read_text())
-    assert merged["bytes"] == log.stat().st_size and merged["records"] == 6
+    assert merged["bytes"] == log.stat().st_size
+    assert merged["records"] == 6
     assert answers.merge_state("label", out / "review_log.json", log).consistent
     queued = (out / "review_queue.csv").read_text()
-    assert d not in queued and e not in queued  # answered samples leave the queue
+    assert d not in queued
+    assert e not in queued
 
 
 def test_the_log_supersedes_the_params_answers_file_for_the_samples_it_answers(
@@ -207,7 +232,8 @@ def test_the_log_supersedes_the_params_answers_file_for_the_samples_it_answers(
     params = dataclasses.replace(PARAMS, review=label.ReviewParams(answers="answers.csv"))
     m = label.run(params, inter, tmp_path / "out", base_dir=tmp_path, review_log=log)
     got = _labels_of(tmp_path / "out")
-    assert got[d] == {"triangle"} and got[e] == {"green"}
+    assert got[d] == {"triangle"}
+    assert got[e] == {"green"}
     assert m["review"]["answers"]["superseded_by_review_log"] == 1
 
 
@@ -229,13 +255,20 @@ def test_clean_returns_an_overruled_sample_and_records_every_verdict(tmp_path: P
     ]
     inter = interim(tmp_path / "interim", rows)
     log = tmp_path / "answers.jsonl"
-    answers.append(log, [
-        answers.quarantine_verdict(sid("tiny"), "clean", "min_side", "overrule", "icon", "ann"),
-        answers.quarantine_verdict(sid("both"), "clean", "min_side", "overrule", "ok", "ann"),
-        answers.quarantine_verdict(sid("short"), "clean", "caption_length", "confirm", "", "bo"),
-        answers.quarantine_verdict("0123456789abcdef", "clean", "min_side", "overrule", "x", "bo"),
-        answers.label_answer(sid("fine"), ["x"], "edit", "bo"),  # label answers: not clean's
-    ])  # fmt: skip
+    answers.append(
+        log,
+        [
+            answers.quarantine_verdict(sid("tiny"), "clean", "min_side", "overrule", "icon", "ann"),
+            answers.quarantine_verdict(sid("both"), "clean", "min_side", "overrule", "ok", "ann"),
+            answers.quarantine_verdict(
+                sid("short"), "clean", "caption_length", "confirm", "", "bo"
+            ),
+            answers.quarantine_verdict(
+                "0123456789abcdef", "clean", "min_side", "overrule", "x", "bo"
+            ),
+            answers.label_answer(sid("fine"), ["x"], "edit", "bo"),  # label answers: not clean's
+        ],
+    )
     out = tmp_path / "clean"
     m = clean.run(NO_LABEL_RULES, inter, None, out, review_log=log)
     kept = pq.read_table(out / "samples.parquet")["sample_id"].to_pylist()
@@ -246,21 +279,29 @@ def test_clean_returns_an_overruled_sample_and_records_every_verdict(tmp_path: P
     assert m["inputs"] == m["kept"] + m["quarantined"] == 4
     assert m["rules"]["min_side"]["flagged"] == 2  # still measured
     assert m["review"] == {
-        "verdicts": 3, "confirmed": 1, "overruled": 2, "kept_by_overrule": 1,
-        "overruled_by_reason": {"min_side": 2}, "not_in_input": 1,
-    }  # fmt: skip
+        "verdicts": 3,
+        "confirmed": 1,
+        "overruled": 2,
+        "kept_by_overrule": 1,
+        "overruled_by_reason": {"min_side": 2},
+        "not_in_input": 1,
+    }
     t = pq.read_table(out / "overrides.parquet")
     assert t.schema.equals(CLEAN_OVERRIDES)
     got = {r["sample_id"]: r for r in t.to_pylist()}
-    assert got[sid("tiny")]["outcome"] == "kept" and got[sid("tiny")]["why"] == "icon"
+    assert got[sid("tiny")]["outcome"] == "kept"
+    assert got[sid("tiny")]["why"] == "icon"
     assert got[sid("both")]["quarantined_by"] == "caption_length"
-    assert got[sid("short")]["verdict"] == "confirm" and got[sid("short")]["rule_flags"]
+    assert got[sid("short")]["verdict"] == "confirm"
+    assert got[sid("short")]["rule_flags"]
     merged = json.loads((out / "review_log.json").read_text())
-    assert merged["bytes"] == log.stat().st_size and merged["verdicts"] == 3
+    assert merged["bytes"] == log.stat().st_size
+    assert merged["verdicts"] == 3
 
     # a later verdict undoes the overrule; without a log everything is as before
-    answers.append(log, [answers.quarantine_verdict(sid("tiny"), "clean", "min_side",
-                                                    "confirm", "", "cy")])  # fmt: skip
+    answers.append(
+        log, [answers.quarantine_verdict(sid("tiny"), "clean", "min_side", "confirm", "", "cy")]
+    )
     clean.run(NO_LABEL_RULES, inter, None, out, review_log=log)
     assert sid("tiny") not in pq.read_table(out / "samples.parquet")["sample_id"].to_pylist()
     plain = clean.run(NO_LABEL_RULES, inter, None, tmp_path / "plain")
@@ -272,13 +313,23 @@ def test_an_overruled_near_duplicate_is_kept_beside_its_twin(tmp_path: Path) -> 
     from tests.clean_helpers import flip, rand64
 
     base = rand64("twin")
-    rows = [row("big", phash=base, dhash=1, width=200, height=200),
-            row("small", phash=flip(base, [2]), dhash=1), row("other")]  # fmt: skip
+    rows = [
+        row("big", phash=base, dhash=1, width=200, height=200),
+        row("small", phash=flip(base, [2]), dhash=1),
+        row("other"),
+    ]
     inter = interim(tmp_path / "interim", rows)
     first = clean.run(NO_LABEL_RULES, inter, None, tmp_path / "a")
     assert first["quarantined_by_reason"] == {"near_duplicate_image": 1}
     log = tmp_path / "answers.jsonl"
-    answers.append(log, [answers.quarantine_verdict(
-        sid("small"), "clean", "near_duplicate_image", "overrule", "another view", "ann")])  # fmt: skip
+    answers.append(
+        log,
+        [
+            answers.quarantine_verdict(
+                sid("small"), "clean", "near_duplicate_image", "overrule", "another view", "ann"
+            )
+        ],
+    )
     m = clean.run(NO_LABEL_RULES, inter, None, tmp_path / "b", review_log=log)
-    assert m["quarantined"] == 0 and m["kept"] == 3
+    assert m["quarantined"] == 0
+    assert m["kept"] == 3

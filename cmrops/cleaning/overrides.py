@@ -66,8 +66,11 @@ def load(review_log: str | os.PathLike[str] | None, sample_ids: Sequence[str]) -
         else:
             out.not_in_input += 1
     if out.not_in_input:
-        log.warning("clean: %s: verdicts about %d sample(s) not in the input skipped",
-                    review_log, out.not_in_input)  # fmt: skip
+        log.warning(
+            "clean: %s: verdicts about %d sample(s) not in the input skipped",
+            review_log,
+            out.not_in_input,
+        )
     return out
 
 
@@ -83,12 +86,20 @@ def table(
         d = rec.data
         mask = flagged.get(str(d["reason"]))
         now = reason_of.get(i)
-        rows.append({
-            "sample_id": sample_ids[i], "reason": d["reason"], "verdict": d["verdict"],
-            "why": d.get("why") or "", "who": d["who"], "answered_at": d["at"],
-            "answer_id": d["id"], "rule_flags": bool(mask is not None and mask[i]),
-            "outcome": "kept" if now is None else "quarantined", "quarantined_by": now,
-        })  # fmt: skip
+        rows.append(
+            {
+                "sample_id": sample_ids[i],
+                "reason": d["reason"],
+                "verdict": d["verdict"],
+                "why": d.get("why") or "",
+                "who": d["who"],
+                "answered_at": d["at"],
+                "answer_id": d["id"],
+                "rule_flags": bool(mask is not None and mask[i]),
+                "outcome": "kept" if now is None else "quarantined",
+                "quarantined_by": now,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=CLEAN_OVERRIDES)
 
 
