@@ -41,6 +41,7 @@ __all__ = [
     "MapError",
     "SampleMap",
     "attributes",
+    "cache_path",
     "compute",
     "features_hash",
     "sample_map",
@@ -159,13 +160,21 @@ def _embedded(project: Path, modality: str) -> tuple[list[str], np.ndarray, Path
     return [kept_ids[i] for i in order], rows[keep][order], feats
 
 
-def sample_map(
+def cache_path(
     project: Path, method: str = "umap", seed: int = 0, modality: str = "image", **settings: Any
-) -> SampleMap:
-    """The map of the project's embedded samples (see module docstring), from the cache when
-    this data version was mapped before with the same method, settings and seed."""
+) -> Path:
+    """Where :func:`sample_map` keeps (or will keep) this map of the current data version: the
+    file exists when it was computed before."""
+    return _keyed(project, method, seed, modality, settings)[0]
+
+
+def _keyed(
+    project: Path, method: str, seed: int, modality: str, settings: dict[str, Any]
+) -> tuple[Path, str, list[str], np.ndarray, Path]:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     ids, rows, feats = _embedded(project, modality)
     if not ids:
         raise MapError("no sample has an embedding (feature_row = -1 everywhere)")
@@ -174,7 +183,15 @@ def sample_map(
     h.update("\n".join(ids).encode())
     h.update(rows.tobytes())
     key = h.hexdigest()[:20]
-    path = _cache_dir(project) / f"{modality}-{method}-{key}.parquet"
+    return _cache_dir(project) / f"{modality}-{method}-{key}.parquet", key, ids, rows, feats
+
+
+def sample_map(
+    project: Path, method: str = "umap", seed: int = 0, modality: str = "image", **settings: Any
+) -> SampleMap:
+    """The map of the project's embedded samples (see module docstring), from the cache when
+    this data version was mapped before with the same method, settings and seed."""
+    path, key, ids, rows, feats = _keyed(project, method, seed, modality, settings)
     if path.is_file():
         try:
             t = pq.read_table(path)

@@ -363,6 +363,19 @@ def _sample_map(
     return embedmap.sample_map(Path(project), method, seed, modality)
 
 
+def map_cached(project: Path, method: str, modality: str, seed: int = 0) -> bool:
+    """Whether this data version's map by ``method`` was computed before (no computing)."""
+    feats = Path(project) / "data/interim/features" / f"{modality}.npy"
+    samples = Path(project) / "data/interim/samples.parquet"
+    path = _map_path(str(project), method, modality, seed, _file_stamp(feats, samples))
+    return path.is_file()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _map_path(project: str, method: str, modality: str, seed: int, stamp: tuple[Any, ...]) -> Path:
+    return embedmap.cache_path(Path(project), method, seed, modality)
+
+
 def map_attributes(project: Path, sample_ids: tuple[str, ...]) -> pd.DataFrame:
     return _map_attributes(str(project), report.stamp(project), sample_ids)
 

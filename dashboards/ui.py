@@ -125,7 +125,7 @@ def drill(
         return
     found = data.drill(project, *picked)
     name = " / ".join(str(v) for v in row.to_numpy()[:2])
-    st.markdown(f"**{len(found)} {what}** — {name}")
+    st.markdown(f"**{len(found)}** {what} — {name}")
     st.dataframe(found, hide_index=True, key=f"{key}_samples")
     slug = "-".join(str(v) for v in (picked[1] if isinstance(picked[1], tuple) else (picked[1],)))
     download(found, f"{picked[0]}-{slug}", f"{key}_dl")

@@ -64,6 +64,11 @@ def _who() -> str:
 
 def render(project: Path) -> None:
     st.title("Review")
+    absent = data.missing(project, "review_queue", "clean_quarantine")
+    if len(absent) == 2 and not st.session_state.get(SELECTION):
+        ui.empty_state(project, "review queue or quarantine decisions", absent,
+                       ["label", "clean"])  # fmt: skip
+        return
     who = _who()
     media = data.media_of(project)
     index = data.answer_index(project)
@@ -146,6 +151,11 @@ def _ordered(light: pd.DataFrame, kind: str, index: answers.AnswerIndex) -> pd.D
         df = df.sort_values("sample_id")
     if df.empty:
         st.success(f"Nothing {STATUSES[status]} here ({len(light)} items in all).")
+    if kind == "labels" and status != "open":
+        st.caption(
+            "Answers leave the label queue once label merged them (the queue holds samples no "
+            "person labelled): every answer and its status is under *Latest answers* above."
+        )
     return df
 
 
