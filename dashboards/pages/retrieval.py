@@ -120,7 +120,7 @@ def render(project: Path) -> None:
         f"Models on the curves ({len(ranked)} match the filters; the best {SHOWN} by mAP shown)",
         ranked,
         default=ranked[:SHOWN],
-        key="ret_models",
+        key=f"ret_models_{method}_{bits}_{direction}",  # a pick per filter choice
     )
     if not picked:
         st.caption("Pick at least one model to draw its curves.")
