@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module_name, func_name = args.handler.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    from cmrops.pipeline import STAGES
+    from cmrops.stage_table import STAGES
 
     if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
         from cmrops.telemetry.record import run_recorded
