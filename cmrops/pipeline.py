@@ -251,4 +251,43 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
             )
     elif raw:
         lines += ["", "no retrieval metrics (train/evaluate did not run)"]
+    lines += _timings(w)
+    lines += _release_line(w)
     return "\n".join(lines)
+
+
+def _timings(work: Path) -> list[str]:
+    """Wall-clock seconds per stage of the latest run in the run log (preprocess's mapped shard
+    tasks included), or nothing when no run was recorded."""
+    from cmrops import runlog
+
+    runs = runlog.read_runs(work)
+    if not runs:
+        return []
+    last = runs[-1].run_id
+    mine = [r for r in runs if r.run_id == last]
+    done = [r for r in mine if r.part is None and r.status == "success"]
+    if not done:
+        return []
+    cells = [f"{r.stage} {runlog.wall_seconds(mine, r):.1f}" for r in done]
+    total = max(r.finished_at for r in mine) - min(r.started_at for r in mine)
+    return ["", f"stage seconds (run {last}): " + ", ".join(cells) + f"; {total:.0f} s in all"]
+
+
+def _release_line(work: Path) -> list[str]:
+    """The release this workspace is, when it is one."""
+    from cmrops import releases
+
+    try:
+        found = releases.list_releases(work, include_remote=False)
+    except (OSError, ValueError):
+        return []
+    if not found:
+        return []
+    r = found[-1]
+    tag = (r.git or {}).get("tag")
+    lock = work / "dvc.lock"
+    same = lock.is_file() and r.files.get("dvc.lock") == releases.io.sha256_file(lock)
+    what = "release" if same else "latest release (the workspace has changed since)"
+    return ["", f"{what} {r.id}" + (f", git tag {tag}" if tag else "")
+            + ": cmrops release list | show ID | checkout ID"]

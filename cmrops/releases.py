@@ -67,8 +67,9 @@ DEFINITION = ("dvc.lock", "dvc.yaml", "params.yaml")
 TAG_PREFIX = "release/"
 
 
-class ReleaseError(RuntimeError):
-    """No such release, a damaged record, or a restore that did not match."""
+class ReleaseError(ValueError):
+    """No such release, a damaged record, or a restore that did not match (the message says
+    what to do)."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,13 @@ def create(
     params = params or ReleaseParams()
     rid = new_id(root)
     rels = recorded_files(root)
+    now = {rel: _sha256(root / rel) for rel in rels}
+    for known in reversed(list(_local_records(root).values())):
+        if known.files == now:  # this state is a release already (a rerun, a no-op run)
+            log.info("release %s already records this workspace", known.id)
+            if _has_remote(root, remote):
+                _push_record(root, known, remote)
+            return known
     folder = release_dir(root, rid)
     staging = folder.with_name(f".{rid}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -335,7 +343,13 @@ def checkout(
     args = ["pull", "--force", "--jobs", str(jobs), *(["-r", remote] if remote else [])]
     if not _has_remote(root, remote):
         args = ["checkout", "--force"]
-    versioning.dvc(args, root)
+    try:
+        versioning.dvc(args, root)
+    except versioning.VersioningError as e:
+        raise ReleaseError(
+            f"release {rel.id}: its outputs could not be restored ({e}); is the DVC remote "
+            "reachable and does it hold the release (dvc push after the run)?"
+        ) from e
     status = json.loads(versioning.dvc(["status", "--json"], root).stdout or "{}")
     if status:
         raise ReleaseError(

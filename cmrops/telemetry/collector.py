@@ -216,7 +216,7 @@ class ProjectCollector(Collector):
                 for ranking, (part, key) in RANKINGS.items():
                     value = (d.get(part) or {}).get(key)
                     if isinstance(value, int | float):
-                        mean_ap.add_metric([*labels, direction, protocol, ranking], value)
+                        mean_ap.add_metric([*labels, direction, protocol, ranking, run_id], value)
             for modality, h in sorted((spec.get("code_health") or {}).items()):
                 values = {
                     "balance": (h.get("bit_balance") or {}).get("mean_abs_deviation"),
@@ -226,7 +226,7 @@ class ProjectCollector(Collector):
                 }
                 for key, value in values.items():
                     if isinstance(value, int | float):
-                        health[key].add_metric([*labels, modality], value)
+                        health[key].add_metric([*labels, modality, run_id], value)
         return [mean_ap, *health.values()]
 
 

@@ -27,14 +27,15 @@ ROOT_MARKERS = ("dvc.yaml", "cmrops-workspace.json")
 
 
 def project_root(path: str | os.PathLike[str]) -> Path:
-    """The project (or trial workspace) ``path`` belongs to: the nearest folder at or above it
-    holding one of :data:`ROOT_MARKERS`; else the folder of ``path`` itself."""
+    """The project (or trial workspace) that output ``path`` (a stage's metrics file or output
+    folder) belongs to: the nearest folder at or above it holding one of :data:`ROOT_MARKERS`;
+    else the folder that holds the stage's output folder (``/tmp/x`` for ``/tmp/x/raw``)."""
     p = Path(path).resolve()
     folder = p if p.is_dir() else p.parent
     for candidate in (folder, *folder.parents):
         if any((candidate / m).is_file() for m in ROOT_MARKERS):
             return candidate
-    return folder
+    return folder.parent
 
 
 def metrics_file_of(args: argparse.Namespace) -> Path | None:
