@@ -104,7 +104,7 @@ def resolve(project: str | os.PathLike[str], form: dict[str, Any]) -> RunConfig:
     """The run's settings from the trigger form's values (every one optional: a blank or missing
     value means the default). Raises :class:`RunError` for a bad params file or value."""
     from cmrops.params import ParamsError, read_yaml
-    from cmrops.pipeline import effective_params
+    from cmrops.pipeline import effective_params, same_place
 
     proj = Path(project).resolve()
     name = "params.yaml" if _blank(form.get("params_file")) else str(form["params_file"])
@@ -129,8 +129,10 @@ def resolve(project: str | os.PathLike[str], form: dict[str, Any]) -> RunConfig:
     if not versioned:
         trial = hashlib.sha256(effective.read_bytes()).hexdigest()[:12]
         work = proj / TRIALS / trial
-        if root:  # a trial never writes into the release's storage root
+        if root and not same_place(root, proj):  # never into the release's storage root
             root = f"{root.rstrip('/')}/trials/{trial}"
+        elif root:
+            root = None  # the project folder itself: the trial's workspace is its place
         _init_trial(work, proj, effective, overrides)
     return RunConfig(proj, work, effective, root, stop_after, trial, remote, push)
 

@@ -110,7 +110,7 @@ def run_stage(
 
     st = STAGES[name]
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     # exactly dvc.yaml's command line, run from the work folder: stages stamp the paths they are
     # given into their outputs (e.g. model_dir), so absolute paths would change the bytes
     params_arg = os.path.relpath(Path(params_file).resolve(), work)
@@ -133,7 +133,7 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def _same_place(root: str, work: Path) -> bool:
+def same_place(root: str, work: Path) -> bool:
     from cmrops.storage import parse_root
 
     r = parse_root(root)
@@ -158,7 +158,7 @@ def preprocess_plan(
     from cmrops.stages.preprocess import plan_shards
 
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     with _staged(Stage("preprocess_plan", (), ("data/raw",), ("data/interim/shards",)), work, root):
         return plan_shards(
             _preprocess_params(params_file), work / "data/raw", work / "data/interim"
@@ -176,7 +176,7 @@ def preprocess_shards(
     from cmrops.stages.preprocess import run_shards
 
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     st = Stage(
         "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )

@@ -95,7 +95,8 @@ def wall_seconds(runs: list[StageRun], run: StageRun) -> float:
     to ``run``'s end. ``run.duration_s`` alone when it was the stage's only work."""
     starts = [r.started_at for r in runs if r.run_id == run.run_id and r.stage == run.stage
               and r.finished_at <= run.finished_at]  # fmt: skip
-    return round(max(run.finished_at - min(starts, default=run.started_at), run.duration_s), 3)
+    span = run.finished_at - min(starts, default=run.started_at)
+    return run.duration_s if span <= run.duration_s + 1e-3 else round(span, 6)
 
 
 def runlog_file(project: str | os.PathLike[str]) -> Path:

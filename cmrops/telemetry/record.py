@@ -26,15 +26,22 @@ __all__ = ["metrics_file_of", "project_root", "recorded", "run_recorded"]
 ROOT_MARKERS = ("dvc.yaml", "cmrops-workspace.json")
 
 
-def project_root(path: str | os.PathLike[str]) -> Path:
+def project_root(
+    path: str | os.PathLike[str], params_file: str | os.PathLike[str] | None = None
+) -> Path:
     """The project (or trial workspace) that output ``path`` (a stage's metrics file or output
     folder) belongs to: the nearest folder at or above it holding one of :data:`ROOT_MARKERS`;
-    else the folder that holds the stage's output folder (``/tmp/x`` for ``/tmp/x/raw``)."""
+    else the params file's folder when the output lies inside it; else the folder that holds
+    the stage's output folder (``/tmp/x`` for ``/tmp/x/raw``)."""
     p = Path(path).resolve()
     folder = p if p.is_dir() else p.parent
     for candidate in (folder, *folder.parents):
         if any((candidate / m).is_file() for m in ROOT_MARKERS):
             return candidate
+    if params_file is not None:
+        home = Path(params_file).resolve().parent
+        if folder == home or home in folder.parents:
+            return home
     return folder.parent
 
 
@@ -60,7 +67,8 @@ def run_recorded(args: argparse.Namespace, call: Callable[[], int]) -> int:
     ``args.command``; exceptions propagate after the failed run is recorded."""
     stage = str(args.command)
     metrics_file = metrics_file_of(args)
-    project = project_root(metrics_file if metrics_file is not None else Path.cwd())
+    params_file = getattr(args, "params", None)
+    project = project_root(metrics_file if metrics_file is not None else Path.cwd(), params_file)
 
     def headline() -> tuple[dict[str, int], dict[str, float]]:
         data = files.load_json(metrics_file) if metrics_file else None
