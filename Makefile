@@ -23,7 +23,7 @@ screenshots: setup    ## refresh docs/screenshots/*.png: every dashboard page on
 	.venv/bin/python scripts/dashboard_screenshots.py
 
 docs: setup           ## the documentation site into site/ (mkdocs build --strict: broken links fail)
-	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 docs-serve: setup     ## the documentation site on http://127.0.0.1:8000, rebuilt on every edit
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000

@@ -13,5 +13,5 @@ step "cargo clippy";        cargo clippy --all-targets --quiet -- -D warnings
                             cargo clippy --all-targets --quiet --no-default-features -- -D warnings
 step "cargo test";          cargo test --quiet --no-default-features
 step "ruff check";          ruff check .
-step "mkdocs build --strict"; NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet  # the docs site
+step "mkdocs build --strict"; NO_MKDOCS_2_WARNING=1 mkdocs build --strict  # the docs site
 step "pytest";              python -m pytest "$@"
