@@ -3,7 +3,7 @@
 It reads the files at every scrape (they are small), so a long-running ``cmrops metrics serve``
 shows the newest run without a restart. Names follow Prometheus conventions: base units
 (``_seconds``), ``_total`` only on counters, ratios as plain 0..1 gauges. The table of names,
-labels and units is in the README ("Prometheus metrics").
+labels and units is in docs/orchestration.md ("Prometheus metrics").
 """
 
 from __future__ import annotations
