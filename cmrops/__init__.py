@@ -16,26 +16,56 @@ Bit order: bit ``j`` of a code is bit ``j % 64`` of ``uint64`` word ``j // 64`` 
 
 from __future__ import annotations
 
-from cmrops._core import (
-    CorruptIndexError,
-    HammingIndex,
-    duplicate_groups,
-    get_simd_path,
-    near_duplicates,
-    set_simd_path,
-    simd_paths,
-)
-from cmrops.codes import (
-    from_faiss,
-    hamming_histogram,
-    n_words,
-    pack_bits,
-    pack_labels,
-    to_faiss,
-    unpack_bits,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cmrops._core import (
+        CorruptIndexError,
+        HammingIndex,
+        duplicate_groups,
+        get_simd_path,
+        near_duplicates,
+        set_simd_path,
+        simd_paths,
+    )
+    from cmrops.codes import (
+        from_faiss,
+        hamming_histogram,
+        n_words,
+        pack_bits,
+        pack_labels,
+        to_faiss,
+        unpack_bits,
+    )
 
 __version__ = "0.1.0"
+
+#: The public API, loaded on first use: ``import cmrops.schedule`` (the Airflow DAG, at parse
+#: time) must not pay for numpy and the Rust extension.
+_LAZY = {
+    **dict.fromkeys(
+        ("CorruptIndexError", "HammingIndex", "duplicate_groups", "get_simd_path",
+         "near_duplicates", "set_simd_path", "simd_paths"),
+        "cmrops._core",
+    ),
+    **dict.fromkeys(
+        ("from_faiss", "hamming_histogram", "n_words", "pack_bits", "pack_labels", "to_faiss",
+         "unpack_bits"),
+        "cmrops.codes",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cmrops' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CorruptIndexError",

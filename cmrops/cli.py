@@ -20,6 +20,7 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
                       --train-metrics metrics/train.json
     cmrops storage check [--url URL | --remote NAME]
     cmrops pipeline summary [--work .]
+    cmrops release list | show ID | checkout ID [--project .] [--remote NAME]
     cmrops metrics serve [--project .] [--host 127.0.0.1] [--port 9108]
     cmrops metrics push [--project .] [--gateway URL] [--job cmrops]
 
@@ -156,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--no-create-bucket", action="store_true", help="do not create it")
     check.set_defaults(handler="cmrops.cli:_storage_check")
 
+    rel = sub.add_parser("release", help="the releases (versioned runs): list, show, checkout")
+    rel_sub = rel.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "every release known here or in the DVC remote, oldest first"),
+        ("show", "one release: its record and headline figures"),
+        ("checkout", "restore a release in the workspace (outputs pulled from the remote)"),
+    ):
+        a = rel_sub.add_parser(name, help=text)
+        if name != "list":
+            a.add_argument("id", help="a release id, a unique prefix of one, or 'latest'")
+        a.add_argument("--project", default=".", help="the project folder (default .)")
+        a.add_argument("--remote", help="DVC remote (default: the default remote)")
+        if name == "list":
+            a.add_argument("--local", action="store_true", help="do not read the remote")
+        a.set_defaults(handler=f"cmrops.cli:_release_{name}")
+
     pipe = sub.add_parser("pipeline", help="the stage table shared by dvc.yaml and the DAG")
     pipe_sub = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
@@ -199,6 +216,40 @@ def _metrics_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_list(args: argparse.Namespace) -> int:
+    from cmrops import releases
+
+    found = releases.list_releases(args.project, args.remote, include_remote=not args.local)
+    if not found:
+        print("no releases yet: a versioned run (make run, or the DAG on params.yaml) makes one")
+        return 0
+    print(f"{'release':<28}{'created':<22}{'kept':>7}  {'where':<14}git tag")
+    for r in found:
+        kept = r.summary.get("kept", "-")
+        tag = (r.git or {}).get("tag") or "-"
+        print(f"{r.id:<28}{r.created:<22}{kept!s:>7}  {'+'.join(r.where):<14}{tag}")
+    return 0
+
+
+def _release_show(args: argparse.Namespace) -> int:
+    import json
+
+    from cmrops import releases
+
+    r = releases.find(args.project, args.id, args.remote)
+    print(json.dumps({**r.to_json(), "record": str(r.path), "where": list(r.where)}, indent=2))
+    return 0
+
+
+def _release_checkout(args: argparse.Namespace) -> int:
+    from cmrops import releases
+
+    r = releases.checkout(args.project, args.id, args.remote)
+    print(f"release {r.id} restored in {args.project}: {len(r.files)} recorded files and every "
+          "output of its dvc.lock (dvc status: up to date)")
+    return 0
+
+
 def _pipeline_summary(args: argparse.Namespace) -> int:
     from cmrops.pipeline import summary
 
@@ -234,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module_name, func_name = args.handler.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    from cmrops.pipeline import STAGES
+    from cmrops.stage_table import STAGES
 
     if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
         from cmrops.telemetry.record import run_recorded

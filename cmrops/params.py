@@ -16,6 +16,22 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Every top-level section a params file may hold, in params.yaml's order. A section not listed
+#: here is an error (a misspelled ``splt:`` must not run the stage on its defaults).
+SECTIONS: tuple[str, ...] = (
+    "schedule",
+    "engine",
+    "release",
+    "collect",
+    "preprocess",
+    "align",
+    "label",
+    "clean",
+    "split",
+    "train",
+    "evaluate",
+)
+
 
 class ParamsError(ValueError):
     """A params file or section is missing, malformed or has unknown / mistyped keys."""
@@ -37,7 +53,24 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ParamsError(f"{p}: top level must be a mapping of sections")
+    check_sections(data, str(p))
     return data
+
+
+def check_sections(data: dict[str, Any], where: str) -> None:
+    """Refuse top-level keys that are not sections, naming the nearest known one."""
+    import difflib
+
+    unknown = [k for k in data if k not in SECTIONS]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), SECTIONS, n=1, cutoff=0.5)
+        hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    raise ParamsError(
+        f"{where}: unknown section(s) {', '.join(hints)}; the sections are: {', '.join(SECTIONS)}"
+    )
 
 
 def load_section(path: str | os.PathLike[str], section: str, cls: type[T]) -> T:
@@ -67,6 +100,10 @@ def from_dict(cls: type[T], raw: Any, where: str) -> T:
         raise ParamsError(f"{where}: {e}") from e
 
 
+def _is_mapping_type(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -82,9 +119,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             try:
                 return _convert(arg, value, where)
             except ParamsError as e:
-                errors.append(str(e))
+                errors.append((arg, str(e)))
+        # a mapping meant one of the mapping types: its own error says what is wrong inside
+        shaped = [m for a, m in errors if isinstance(value, dict) == _is_mapping_type(a)]
+        if len(shaped) == 1:
+            raise ParamsError(shaped[0])
         raise ParamsError(
-            errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}"
+            errors[0][1] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}"
         )
     if origin is typing.Literal:
         if value not in args:

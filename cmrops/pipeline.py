@@ -1,8 +1,8 @@
-"""The pipeline's stages as data: their ``cmrops`` command line, inputs and outputs.
+"""Running the pipeline's stages (:mod:`cmrops.stage_table` is the table of them).
 
-One table serves both shells, so Airflow and DVC drive the same code with the same arguments:
-``dvc.yaml``'s ``cmd`` of each stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's
-tasks call :func:`run_stage`, which runs ``cmrops.cli.main(argv)`` in-process with the same argv.
+Airflow and DVC drive the same code with the same arguments: ``dvc.yaml``'s ``cmd`` of each
+stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's tasks call
+:func:`run_stage`, which runs ``cmrops.cli.main(argv)`` in-process with the same argv.
 
 Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives). With a
 storage root other than the work folder (``s3://bucket/prefix`` for workers that share no disk),
@@ -16,9 +16,10 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cmrops.stage_table import STAGES, Stage, argv, stage_names
 
 log = logging.getLogger(__name__)
 
@@ -44,95 +45,6 @@ class StageError(RuntimeError):
     @property
     def retryable(self) -> bool:
         return self.rc != 2
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    args: tuple[str, ...]  # after "cmrops <name> --params P"
-    inputs: tuple[str, ...]  # folders/files read (relative to the work folder)
-    outputs: tuple[str, ...]  # folders/files written
-    gpu: bool = False
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage("collect", ("--out", "data/raw"), (), ("data/raw",)),
-        Stage(
-            "preprocess",
-            ("--raw", "data/raw", "--out", "data/interim"),
-            ("data/raw",),
-            ("data/interim",),
-        ),
-        Stage(
-            "align",
-            ("--interim", "data/interim", "--raw", "data/raw", "--out", "data/align"),
-            ("data/interim", "data/raw"),
-            ("data/align",),
-        ),
-        Stage(
-            "label",
-            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled",
-             "--review-log", "review/answers.jsonl"),
-            ("data/interim", "data/align", "review/answers.jsonl"),
-            ("data/labelled",),
-        ),
-        Stage(
-            "clean",
-            (
-                "--interim", "data/interim", "--align", "data/align", "--labelled",
-                "data/labelled", "--raw", "data/raw", "--out", "data/clean",
-                "--metrics", "metrics/quality.json", "--review-log", "review/answers.jsonl",
-            ),
-            ("data/interim", "data/align", "data/labelled", "data/raw", "review/answers.jsonl"),
-            ("data/clean", "metrics/quality.json"),
-        ),
-        Stage(
-            "split",
-            (
-                "--clean", "data/clean", "--labelled", "data/labelled",
-                "--out", "data/split", "--metrics", "metrics/split.json",
-            ),
-            ("data/clean", "data/labelled"),
-            ("data/split", "metrics/split.json"),
-        ),
-        Stage(
-            "train",
-            (
-                "--split", "data/split", "--clean", "data/clean", "--interim", "data/interim",
-                "--labelled", "data/labelled", "--raw", "data/raw", "--models", "models",
-                "--codes", "data/codes", "--metrics", "metrics/train.json",
-            ),
-            ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
-            ("models", "data/codes", "metrics/train.json", "metrics/train_throughput.json"),
-            gpu=True,
-        ),
-        Stage(
-            "evaluate",
-            (
-                "--codes", "data/codes", "--labelled", "data/labelled", "--split", "data/split",
-                "--metrics", "metrics/retrieval.json", "--plots", "plots",
-                "--train-metrics", "metrics/train.json",
-            ),
-            ("data/codes", "data/labelled", "data/split", "metrics/train.json"),
-            ("metrics/retrieval.json", "plots"),
-        ),
-    )
-}  # fmt: skip
-
-
-def stage_names() -> list[str]:
-    return list(STAGES)
-
-
-def argv(name: str, params_file: str = "params.yaml", root: str | None = None) -> list[str]:
-    """``cmrops`` arguments of stage ``name``; paths prefixed with ``root`` when given."""
-    st = STAGES[name]
-    args = list(st.args)
-    if root is not None:
-        args = [a if a.startswith("--") else str(Path(root) / a) for a in args]
-    return [name, "--params", params_file, *args]
 
 
 def available(name: str) -> bool:
@@ -198,7 +110,7 @@ def run_stage(
 
     st = STAGES[name]
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     # exactly dvc.yaml's command line, run from the work folder: stages stamp the paths they are
     # given into their outputs (e.g. model_dir), so absolute paths would change the bytes
     params_arg = os.path.relpath(Path(params_file).resolve(), work)
@@ -221,7 +133,7 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def _same_place(root: str, work: Path) -> bool:
+def same_place(root: str, work: Path) -> bool:
     from cmrops.storage import parse_root
 
     r = parse_root(root)
@@ -246,7 +158,7 @@ def preprocess_plan(
     from cmrops.stages.preprocess import plan_shards
 
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     with _staged(Stage("preprocess_plan", (), ("data/raw",), ("data/interim/shards",)), work, root):
         return plan_shards(
             _preprocess_params(params_file), work / "data/raw", work / "data/interim"
@@ -264,7 +176,7 @@ def preprocess_shards(
     from cmrops.stages.preprocess import run_shards
 
     work = Path(work).resolve()
-    root = None if not root or _same_place(root, work) else root
+    root = None if not root or same_place(root, work) else root
     st = Stage(
         "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
@@ -339,4 +251,43 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
             )
     elif raw:
         lines += ["", "no retrieval metrics (train/evaluate did not run)"]
+    lines += _timings(w)
+    lines += _release_line(w)
     return "\n".join(lines)
+
+
+def _timings(work: Path) -> list[str]:
+    """Wall-clock seconds per stage of the latest run in the run log (preprocess's mapped shard
+    tasks included), or nothing when no run was recorded."""
+    from cmrops import runlog
+
+    runs = runlog.read_runs(work)
+    if not runs:
+        return []
+    last = runs[-1].run_id
+    mine = [r for r in runs if r.run_id == last]
+    done = [r for r in mine if r.part is None and r.status == "success"]
+    if not done:
+        return []
+    cells = [f"{r.stage} {runlog.wall_seconds(mine, r):.1f}" for r in done]
+    total = max(r.finished_at for r in mine) - min(r.started_at for r in mine)
+    return ["", f"stage seconds (run {last}): " + ", ".join(cells) + f"; {total:.0f} s in all"]
+
+
+def _release_line(work: Path) -> list[str]:
+    """The release this workspace is, when it is one."""
+    from cmrops import releases
+
+    try:
+        found = releases.list_releases(work, include_remote=False)
+    except (OSError, ValueError):
+        return []
+    if not found:
+        return []
+    r = found[-1]
+    tag = (r.git or {}).get("tag")
+    lock = work / "dvc.lock"
+    same = lock.is_file() and r.files.get("dvc.lock") == releases.io.sha256_file(lock)
+    what = "release" if same else "latest release (the workspace has changed since)"
+    return ["", f"{what} {r.id}" + (f", git tag {tag}" if tag else "")
+            + ": cmrops release list | show ID | checkout ID"]

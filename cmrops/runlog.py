@@ -37,6 +37,7 @@ __all__ = [
     "data_version",
     "read_runs",
     "record_stage",
+    "wall_seconds",
 ]
 
 #: The run log, relative to the project root.
@@ -60,6 +61,9 @@ class StageRun:
     data_version: str | None
     counts: dict[str, int] = field(default_factory=dict)  # e.g. in / kept / quarantined
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. "map/<model>/<direction>"
+    # a part of the stage's work run on its own (preprocess's mapped shard tasks: "shards");
+    # None: the stage command itself
+    part: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -81,7 +85,18 @@ class StageRun:
             data_version=None if dv is None else str(dv),
             counts={str(k): int(v) for k, v in (d.get("counts") or {}).items()},
             metrics={str(k): float(v) for k, v in (d.get("metrics") or {}).items()},
+            part=None if d.get("part") is None else str(d["part"]),
         )
+
+
+def wall_seconds(runs: list[StageRun], run: StageRun) -> float:
+    """The wall-clock time of ``run``'s stage in its run: from the first record of that stage
+    and run id (the mapped shard tasks of preprocess, ``part="shards"``, come before the merge)
+    to ``run``'s end. ``run.duration_s`` alone when it was the stage's only work."""
+    starts = [r.started_at for r in runs if r.run_id == run.run_id and r.stage == run.stage
+              and r.finished_at <= run.finished_at]  # fmt: skip
+    span = run.finished_at - min(starts, default=run.started_at)
+    return run.duration_s if span <= run.duration_s + 1e-3 else round(span, 6)
 
 
 def runlog_file(project: str | os.PathLike[str]) -> Path:
@@ -214,6 +229,7 @@ def record_stage(
     project: str | os.PathLike[str],
     stage: str,
     headline: Callable[[], tuple[dict[str, int], dict[str, float]]] | None = None,
+    part: str | None = None,
 ) -> Iterator[Attempt]:
     """Time the block and append a :class:`StageRun` for it: ``success`` with the counts and
     metrics ``headline()`` returns (read after the block, from the stage's metrics files), or
@@ -244,6 +260,7 @@ def record_stage(
             data_version=data_version(project),
             counts=counts,
             metrics=metrics,
+            part=part,
         )
         try:
             append_run(project, run)

@@ -1,41 +1,33 @@
 """
 ### cmrops pipeline
 
-Builds an image-text retrieval dataset and hashing models, one task per stage:
+Builds a cross-modal retrieval dataset and its hashing models, one task per stage:
 
 `collect` → `changes` → `preprocess` (planned into shards, one **mapped** task per group of
-shards of about `preprocess.task_rows` samples, then merged) → `align` → `label` → `clean` →
-`split` → `train` (pool `gpu`; Celery queue `$CMROPS_GPU_QUEUE` when set) → `evaluate` → `version`
-(`dvc commit` + `dvc push` to the DVC remote).
+shards, then merged) → `align` → `label` → `clean` → `split` → `train` (pool `gpu`) →
+`evaluate` → `version` (`dvc commit`, `dvc push`, a **release** you can go back to:
+`cmrops release list / checkout ID`).
 
-**Schedule** (`schedule:` in params.yaml, read when the DAG file is parsed): a cron (`cron`, UTC;
-daily by default) and/or asset URIs (`assets`) whose updates also start a run. Every run is
-incremental: `collect` rescans the sources (stored images are not copied again); `changes`
-compares the workspace with the last versioned run (`dvc.lock`, `dvc status`) and, when nothing is
-new, skips every later task (a fast no-op). Otherwise only the new samples are decoded and embedded
-(preprocess keeps known samples in their shards), deduplicated against the whole set (the Rust
-index), and placed in sets while every earlier sample keeps its own (`split.anchor: previous`).
+**Trigger form**: every field is optional; **Trigger** with the defaults runs `params.yaml` and
+makes a release. A run with another `params_file` or an override (`synthetic_n`) is a **trial**:
+it works in its own folder `.cmrops/trials/<id>/` and never touches the release in the project.
 
-Every task runs the same code with the same arguments as `dvc repro` (`cmrops.pipeline`, which
-calls `cmrops.cli.main`), so both produce the same bytes. Tasks are idempotent: a retry or a rerun
-of a finished task rewrites the same files (stages write atomically and skip recorded work).
-Each stage task appends a line to the run log (`.cmrops/runs.jsonl`, not versioned) under this
-DAG run's `run_id`, and pushes the stage's metrics to `$CMROPS_PUSHGATEWAY_URL` when it is set.
+- `params_file` - relative to the project (default `params.yaml`)
+- `synthetic_n` - size of the built-in synthetic set (a trial; at least 40)
+- `stop_after` - the last stage to run
+- `storage_root` - `s3://bucket/prefix` for workers that share no disk (default: the project
+  folder, or `$CMROPS_STORAGE_ROOT`)
+- `dvc_remote` - DVC remote of the push (default: the default remote, or `$CMROPS_DVC_REMOTE`)
+- `push` - `dvc push` at the end (default on)
 
-**Params** (trigger form): `params_file` (relative to the project), `storage_root` (empty: the
-project folder; or `s3://bucket/prefix` - endpoint and credentials from the workers' environment:
-`CMROPS_S3_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), `synthetic_n` (override the
-size of the built-in synthetic set), `stop_after` (last stage to run; later ones are skipped),
-`dvc_remote` (empty: the default remote) and `push`. A run with another params file or an
-override is not versioned (`version` skips: dvc.lock would pair the outputs with params.yaml).
-Empty `storage_root` / `dvc_remote` fall back to `$CMROPS_STORAGE_ROOT` / `$CMROPS_DVC_REMOTE`
-(set by `deploy/docker-compose.yml`).
+**Schedule** (`schedule:` in params.yaml, read when this file is parsed): a cron (UTC, daily at
+03:00 by default) and/or asset URIs; every run is incremental, and `changes` skips the rest when
+nothing is new. The DAG starts **paused**: unpausing it runs nothing until the next cron slot
+(`schedule.run_immediately: true` runs the latest missed slot at once). Task and run timeouts
+and a deadline come from the same section; failures call `cmrops.airflow_hooks.on_failure`
+(log + `$CMROPS_ALERT_WEBHOOK` / `$CMROPS_ALERT_EMAIL`).
 
-The project folder is `$CMROPS_PROJECT`, else the folder above `dags/`.
-
-**Assets** updated (schedule downstream DAGs on them): `cmrops://dataset/raw`,
-`cmrops://dataset/clean`, `cmrops://dataset/split`, `cmrops://models/hashing`,
-`cmrops://metrics/retrieval`, `cmrops://dataset/versioned`.
+Task bodies live in `cmrops.dag_tasks`; this file only wires them.
 """
 
 from __future__ import annotations
@@ -43,6 +35,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import (
     Asset,
@@ -55,8 +48,14 @@ from airflow.sdk import (
     task,
 )
 
+from cmrops import schedule as schedule_params
+from cmrops.airflow_hooks import on_failure
+from cmrops.stage_table import STAGES
+
 PROJECT = os.environ.get("CMROPS_PROJECT") or str(Path(__file__).resolve().parents[1])
-STAGE_ORDER = ["collect", "preprocess", "align", "label", "clean", "split", "train", "evaluate"]
+SCHEDULE = schedule_params.load(Path(PROJECT) / "params.yaml")
+#: The smallest synthetic set that runs end to end (split needs a few clean samples per set).
+MIN_SYNTHETIC_N = 40
 
 RAW = Asset("cmrops://dataset/raw")
 CLEAN = Asset("cmrops://dataset/clean")
@@ -66,33 +65,37 @@ RETRIEVAL = Asset("cmrops://metrics/retrieval")
 VERSIONED = Asset("cmrops://dataset/versioned")
 
 
-def schedule_from_params(params_file: Path) -> object:
-    """The DAG's schedule from the ``schedule:`` section of ``params_file`` (a small file read at
-    parse time: Airflow needs the schedule before any run exists; nothing else is read here).
-
-    ``cron`` (UTC, default daily at 03:00; null: no timed runs) and ``assets`` (URIs whose updates
-    also start a run); Airflow itself validates both."""
-    import yaml
-
-    known = {"cron": "0 3 * * *", "assets": []}
-    data = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.is_file() else {}
-    section = (data or {}).get("schedule") or {}
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ValueError(f"{params_file}:schedule: unknown key(s) {unknown}; allowed: cron, assets")
-    cron = section.get("cron", known["cron"])
-    assets = [Asset(str(uri)) for uri in section.get("assets") or []]
-    timetable = CronTriggerTimetable(str(cron), timezone="UTC") if cron else None
+def _schedule(s: schedule_params.ScheduleParams) -> Any:
+    timetable = (
+        CronTriggerTimetable(s.cron, timezone="UTC", run_immediately=s.run_immediately)
+        if s.cron
+        else None
+    )
+    assets = [Asset(uri) for uri in s.assets]
     if timetable is not None and assets:
         return AssetOrTimeSchedule(timetable=timetable, assets=AssetAny(*assets))
-    if assets:
-        return AssetAny(*assets)
-    return timetable
+    return AssetAny(*assets) if assets else timetable
 
 
-#: Celery queue of the ``gpu``-pool task (train) when ``$CMROPS_GPU_QUEUE`` is set where DAGs are
-#: parsed (GPU machines serve it: ``airflow celery worker --queues default,gpu``); unset, it runs
-#: on Airflow's default queue. Executors without queues ignore it.
+def _minutes(m: int | None) -> timedelta | None:
+    return timedelta(minutes=m) if m else None
+
+
+def _deadline(s: schedule_params.ScheduleParams) -> Any:
+    if not s.deadline_minutes:
+        return None
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    from cmrops.airflow_hooks import deadline_missed
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=s.deadline_minutes),
+        callback=AsyncCallback(deadline_missed, kwargs={"minutes": s.deadline_minutes}),
+    )
+
+
+#: Celery queue of the train task (GPU machines serve it) when ``$CMROPS_GPU_QUEUE`` is set.
 GPU_QUEUE = os.environ.get("CMROPS_GPU_QUEUE") or None
 
 DEFAULT_ARGS = {
@@ -101,182 +104,142 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=20),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
+    "execution_timeout": _minutes(SCHEDULE.task_timeout_minutes),
+    "on_failure_callback": on_failure,
 }
 
 
-def _read_config() -> dict[str, str]:
-    """The run's settings from the trigger form (resolved in the worker, not at parse time)."""
+def _body(fn: Any) -> Any:
+    """Run ``fn(cfg, context)`` for a task: the run's settings resolved from the form, the task's
+    log written where the UI reads it, and errors a retry cannot cure failing the task at once."""
     from airflow.sdk import get_current_context
-
-    from cmrops.pipeline import effective_params
-
-    p = get_current_context()["params"]
-    project = Path(PROJECT)
-    params_file = project / p["params_file"]
-    overrides = {"synthetic_n": p.get("synthetic_n")}
-    return {
-        "work": str(project),
-        "params": effective_params(params_file, overrides),
-        "root": p.get("storage_root") or os.environ.get("CMROPS_STORAGE_ROOT", ""),
-        "stop_after": p["stop_after"],
-    }
-
-
-def _config() -> dict[str, str]:
-    """The run's settings; a bad params file fails the task at once (no retries)."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    try:
-        return _read_config()
-    except (ValueError, FileNotFoundError) as e:
-        raise AirflowFailException(str(e)) from e
-
-
-def _use_airflow_run_id() -> None:
-    """The stage's run-log line (and its Pushgateway push, when ``$CMROPS_PUSHGATEWAY_URL`` is
-    set) carries this DAG run's ``run_id``."""
-    from airflow.sdk import get_current_context
-
-    from cmrops.runlog import RUN_ID_ENV
-
-    os.environ[RUN_ID_ENV] = str(get_current_context()["run_id"])
-
-
-def _run(name: str) -> dict[str, str]:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from cmrops.pipeline import StageError, run_stage
+    from cmrops import dag_tasks
+    from cmrops.airflow_hooks import task_log
 
-    cfg = _config()
-    if STAGE_ORDER.index(name) > STAGE_ORDER.index(cfg["stop_after"]):
-        raise AirflowSkipException(f"{name} is after stop_after={cfg['stop_after']}")
-    _use_airflow_run_id()
-    try:
-        run_stage(name, cfg["work"], cfg["params"], cfg["root"] or None)
-    except StageError as e:
-        if not e.retryable:  # bad input or configuration: retrying cannot help
-            raise AirflowFailException(str(e)) from e
-        raise
-    return {"stage": name, "work": cfg["work"]}
+    context = get_current_context()
+    with task_log(context):
+        try:
+            cfg = dag_tasks.resolve(PROJECT, dict(context["params"]))
+            return fn(cfg, context)
+        except dag_tasks.Skip as e:
+            raise AirflowSkipException(str(e)) from e
+        except dag_tasks.RunError as e:
+            if not e.retryable:
+                raise AirflowFailException(str(e)) from e
+            raise
+
+
+def _stage(name: str) -> dict[str, Any]:
+    from cmrops import dag_tasks
+
+    def run(cfg: Any, context: Any) -> dict[str, Any]:
+        return dag_tasks.run_stage_task(cfg, name, str(context["run_id"]))
+
+    return _body(run)
+
+
+def _opt(default: Any, kind: str, description: str, **schema: Any) -> Param:
+    """An optional form field: blank or null means the default."""
+    return Param(default, type=["null", kind], description=description, **schema)
 
 
 @dag(
     dag_id="cmrops_pipeline",
-    schedule=schedule_from_params(Path(PROJECT) / "params.yaml"),
-    start_date=datetime(2026, 1, 1),
+    schedule=_schedule(SCHEDULE),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=_minutes(SCHEDULE.run_timeout_minutes),
+    deadline=_deadline(SCHEDULE),
+    on_failure_callback=on_failure,
     tags=["cmrops", "dataset", "hashing"],
     doc_md=__doc__,
     default_args=DEFAULT_ARGS,
+    start_date=None if not SCHEDULE.cron else datetime(2026, 1, 1),
     params={
-        "params_file": Param("params.yaml", type="string", description="relative to the project"),
-        "storage_root": Param(
-            "", type="string", description="empty = project folder; or s3://bucket/prefix"
+        "params_file": _opt("params.yaml", "string", "relative to the project"),
+        "synthetic_n": _opt(
+            None, "integer", f"the synthetic set's size (a trial run; >= {MIN_SYNTHETIC_N})",
+            minimum=MIN_SYNTHETIC_N,
         ),
-        "synthetic_n": Param(
-            None, type=["null", "integer"], minimum=1, description="override synthetic size"
-        ),
-        "stop_after": Param("evaluate", enum=STAGE_ORDER, description="last stage to run"),
-        "dvc_remote": Param("", type="string", description="empty = the default DVC remote"),
-        "push": Param(True, type="boolean", description="dvc push at the end"),
+        "stop_after": _opt("evaluate", "string", "last stage to run", enum=[None, *STAGES]),
+        "storage_root": _opt(None, "string", "s3://bucket/prefix (blank: the project folder)"),
+        "dvc_remote": _opt(None, "string", "DVC remote of the push (blank: the default)"),
+        "push": _opt(True, "boolean", "dvc push at the end"),
     },
 )
 def cmrops_pipeline() -> None:
-    @task(outlets=[RAW])
-    def collect() -> dict[str, str]:
-        return _run("collect")
+    @task(outlets=[RAW], doc_md="Gather the samples of every source in params (`data/raw`).")
+    def collect() -> dict[str, Any]:
+        return _stage("collect")
 
-    @task.short_circuit
-    def changes(_: dict[str, str]) -> dict[str, object] | bool:
-        """Skip every later task when nothing changed since the last versioned run."""
-        import logging
+    @task.short_circuit(
+        doc_md="Skip every later task when nothing changed since the last release (`dvc status` "
+        "against `dvc.lock`); trials always go on."
+    )
+    def changes(_: dict[str, Any]) -> dict[str, Any] | bool:
+        from cmrops import dag_tasks
 
-        from cmrops.versioning import changes_since_versioned
+        return _body(lambda cfg, _ctx: dag_tasks.changes(cfg) or False)
 
-        cfg = _config()
-        if Path(cfg["params"]).resolve() != (Path(cfg["work"]) / "params.yaml").resolve():
-            return {"checked": False}  # an override run is never versioned: always run it
-        if cfg["root"]:
-            return {"checked": False}  # outputs live in the storage root, not this workspace
-        c = changes_since_versioned(cfg["work"])
-        logging.getLogger("cmrops.changes").info("changes: %s", c.describe())
-        if c.up_to_date:
-            return False
-        return {"checked": True, "new_samples": c.new_samples, "stages": list(c.stages)}
-
-    @task
+    @task(doc_md="Plan preprocess's shards: groups of whole shards, one per mapped task.")
     def preprocess_plan(_: object) -> list[list[int]]:
         from cmrops.pipeline import preprocess_plan as plan
 
-        cfg = _config()
-        return plan(cfg["work"], cfg["params"], cfg["root"] or None)
+        return _body(lambda cfg, _ctx: plan(cfg.work, str(cfg.params), cfg.root))
 
-    @task(max_active_tis_per_dagrun=4)
+    @task(
+        max_active_tis_per_dagrun=4,
+        doc_md="Decode, hash and embed one group of shards (a no-op for recorded shards).",
+    )
     def preprocess_shards(indices: list[int]) -> list[int]:
-        from cmrops.pipeline import preprocess_shards as run_group
+        from cmrops import dag_tasks
 
-        cfg = _config()
-        return run_group(indices, cfg["work"], cfg["params"], cfg["root"] or None)
+        return _body(lambda cfg, ctx: dag_tasks.preprocess_shards(cfg, indices, str(ctx["run_id"])))
 
-    @task
-    def preprocess(_: list[list[int]]) -> dict[str, str]:
-        # every shard is recorded now: this only merges them (and redoes any that went missing)
-        return _run("preprocess")
+    @task(doc_md="Merge the shards into `data/interim` (redoing any that went missing).")
+    def preprocess(_: list[list[int]]) -> dict[str, Any]:
+        return _stage("preprocess")
 
-    @task
-    def align(_: dict[str, str]) -> dict[str, str]:
-        return _run("align")
+    @task(doc_md="Fit the shared image-text space (`data/align`) and score every pair.")
+    def align(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("align")
 
-    @task
-    def label(_: dict[str, str]) -> dict[str, str]:
-        return _run("label")
+    @task(doc_md="Labels: source, keywords, zero-shot, manual and reviewed (`data/labelled`).")
+    def label(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("label")
 
-    @task(outlets=[CLEAN])
-    def clean(_: dict[str, str]) -> dict[str, str]:
-        return _run("clean")
+    @task(outlets=[CLEAN], doc_md="Quarantine duplicates, broken pairs and off-topic samples.")
+    def clean(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("clean")
 
-    @task(outlets=[SPLIT])
-    def split(_: dict[str, str]) -> dict[str, str]:
-        return _run("split")
+    @task(outlets=[SPLIT], doc_md="Group-aware, stratified query/database/train sets, audited.")
+    def split(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("split")
 
-    @task(pool="gpu", outlets=[MODELS], **({"queue": GPU_QUEUE} if GPU_QUEUE else {}))
-    def train(_: dict[str, str]) -> dict[str, str]:
-        return _run("train")
+    @task(
+        pool="gpu",
+        outlets=[MODELS],
+        doc_md="Train every hashing model and write its codes (pool `gpu`).",
+        **({"queue": GPU_QUEUE} if GPU_QUEUE else {}),
+    )
+    def train(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("train")
 
-    @task(outlets=[RETRIEVAL])
-    def evaluate(_: dict[str, str]) -> dict[str, str]:
-        return _run("evaluate")
+    @task(outlets=[RETRIEVAL], doc_md="Retrieval metrics, plots and the protocol card.")
+    def evaluate(_: dict[str, Any]) -> dict[str, Any]:
+        return _stage("evaluate")
 
-    @task(outlets=[VERSIONED], trigger_rule=TriggerRule.NONE_FAILED)
-    def version() -> dict[str, str]:
-        """Record this run's outputs in DVC (dvc.lock + cache) and push them to the remote."""
-        from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowSkipException
+    @task(
+        outlets=[VERSIONED],
+        trigger_rule=TriggerRule.NONE_FAILED,
+        doc_md="`dvc commit` + `dvc push` + a release record (skipped for trials).",
+    )
+    def version() -> dict[str, Any]:
+        from cmrops import dag_tasks
 
-        from cmrops import storage, versioning
-        from cmrops.pipeline import STAGES
-
-        cfg = _config()
-        p = get_current_context()["params"]
-        if Path(cfg["params"]).resolve() != (Path(cfg["work"]) / "params.yaml").resolve():
-            # dvc.yaml's commands read params.yaml: dvc.lock would pair these outputs with
-            # params they were not made with
-            raise AirflowSkipException(
-                f"not versioned: this run used {cfg['params']}, not params.yaml (overrides are "
-                "for trying things; edit params.yaml for a versioned run)"
-            )
-        if cfg["root"]:  # DVC versions the project's workspace: bring the outputs there
-            storage.pull(cfg["root"], [o for s in STAGES.values() for o in s.outputs], cfg["work"])
-        import yaml
-
-        declared = yaml.safe_load((Path(cfg["work"]) / "dvc.yaml").read_text())["stages"]
-        ran = STAGE_ORDER[: STAGE_ORDER.index(cfg["stop_after"]) + 1]
-        last = [s for s in ran if s in declared][-1]  # the last stage dvc.yaml declares
-        versioning.dvc(["commit", "--force", "--with-deps", last], cfg["work"])
-        remote = p["dvc_remote"] or os.environ.get("CMROPS_DVC_REMOTE") or None
-        pushed = versioning.push(cfg["work"], remote) if p["push"] else ""
-        return {"committed": last, "pushed": pushed[-500:]}
+        return _body(lambda cfg, ctx: dag_tasks.version(cfg, str(ctx["run_id"])))
 
     raw = collect()
     groups = preprocess_plan(changes(raw))

@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboards import data
 
-#: What to run, per stage, shown in empty states (the README's commands).
+#: What to run, per stage, shown in empty states (the commands of docs/stages/index.md).
 COMMANDS: dict[str, str] = {
     "collect": "cmrops collect --params params.yaml --out data/raw",
     "preprocess": "cmrops preprocess --params params.yaml --raw data/raw --out data/interim",

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Serve the dashboard on a real run, open every page in headless Chromium, run a search, and
-save a PNG of each page (the README's figures; tests/test_dashboard_browser.py runs it too).
+save a PNG of each page (the README's and the docs' figures; tests/test_dashboard_browser.py
+runs it too).
 
     .venv/bin/python scripts/dashboard_screenshots.py                  # a fresh tiny run (~1 min)
     .venv/bin/python scripts/dashboard_screenshots.py --project DIR    # an existing run

@@ -6,12 +6,14 @@
 #   3. the DVC remote checked (default: the local folder .dvc-remote/);
 #   4. `airflow dags test cmrops_pipeline` on params.yaml (the built-in synthetic set by default):
 #      collect -> preprocess (one mapped task per shard) -> align -> label -> clean -> split -> train
-#      -> evaluate -> version (dvc commit + dvc push);
+#      -> evaluate -> version (dvc commit + dvc push + a release: cmrops release list);
+#      each task's log is written where the Airflow UI reads it;
 #   5. a summary, then how to open the dashboard and the Airflow UI.
 # Exits non-zero when any task failed.
 #
 # Your own data: edit collect.sources in params.yaml (see the comments there). Other knobs
-# (environment; a run with CMROPS_PARAMS or an override in CMROPS_MAIN_CONF is not versioned):
+# (environment; a run with CMROPS_PARAMS or an override in CMROPS_MAIN_CONF is a trial: it runs
+# in .cmrops/trials/<id>/ and leaves the project's release alone):
 #   CMROPS_PARAMS        another params file (relative to the project)
 #   CMROPS_MAIN_CONF     JSON for the DAG's params, e.g. '{"synthetic_n": 500, "push": false}'
 #   CMROPS_SKIP_SETUP=1  skip scripts/bootstrap.sh (the environment is ready)
@@ -59,10 +61,14 @@ if [[ $RC -ne 0 || "$STATE" != success ]]; then
     exit 1
 fi
 
+# the folder the run worked in: the project, or a trial's own workspace
+WORK=$(python -c 'import json, sys; from cmrops import dag_tasks; print(dag_tasks.resolve(sys.argv[1], json.loads(sys.argv[2])).work)' "$ROOT" "$CONF")
 echo
-cmrops pipeline summary --work "$ROOT"
+cmrops pipeline summary --work "$WORK"
 echo
-if dvc status --cloud -q >/dev/null 2>&1; then
+if [[ "$WORK" != "$ROOT" ]]; then
+    echo "trial run: outputs in $WORK (not versioned; the project's release is untouched)"
+elif dvc status --cloud -q >/dev/null 2>&1; then
     echo "DVC: every output is committed (dvc.lock) and in the remote ($(cmrops storage check | sed -E 's/.* - //'))"
 else
     echo "DVC: outputs committed; some are not in the remote yet (run: dvc push)"
@@ -76,6 +82,8 @@ Finished in ${SECS}s. Next:
   Airflow UI  source scripts/airflow_env.sh && airflow standalone
               then open http://127.0.0.1:${AIRFLOW__API__PORT:-8080} and log in as "admin"; the password is
               printed by standalone and kept in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
-              (the run you just made is listed under the DAG cmrops_pipeline)
+              (the run you just made is listed under the DAG cmrops_pipeline, with its task logs;
+              the DAG is paused: unpausing waits for the next cron slot, Trigger runs now)
+  releases    .venv/bin/cmrops release list   (checkout ID restores one, bytes from the DVC remote)
   rebuild     .venv/bin/dvc repro   (same stages, same bytes; only what changed reruns)
 MSG

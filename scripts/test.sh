@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, Rust tests and lints, Python lint, pytest.
+# The whole test suite: set-up, Rust tests and lints, Python lint, the docs build, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -13,4 +13,5 @@ step "cargo clippy";        cargo clippy --all-targets --quiet -- -D warnings
                             cargo clippy --all-targets --quiet --no-default-features -- -D warnings
 step "cargo test";          cargo test --quiet --no-default-features
 step "ruff check";          ruff check .
+step "mkdocs build --strict"; NO_MKDOCS_2_WARNING=1 mkdocs build --strict  # the docs site
 step "pytest";              python -m pytest "$@"

@@ -82,7 +82,8 @@ def test_nothing_heavy_is_imported_at_parse_time(tmp_path: Path) -> None:
     code = (
         "import json, runpy, sys; runpy.run_path(sys.argv[1]); "
         "print(json.dumps(sorted(m for m in ('torch', 'numpy', 'pyarrow', 'pandas', 'dvc', "
-        "'cmrops', 'transformers', 'boto3', 's3fs') if m in sys.modules)))"
+        "'cmrops._core', 'cmrops.pipeline', 'transformers', 'boto3', 's3fs') "
+        "if m in sys.modules)))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(DAGS / "cmrops_pipeline.py")],
@@ -96,8 +97,8 @@ def test_nothing_heavy_is_imported_at_parse_time(tmp_path: Path) -> None:
 
 
 def test_dag_tasks_run_the_dvc_yaml_commands() -> None:
-    """One table (cmrops.pipeline) gives the DAG's argv; dvc.yaml must spell the same."""
-    from cmrops.pipeline import STAGES, argv
+    """One table (cmrops.stage_table) gives the DAG's argv; dvc.yaml must spell the same."""
+    from cmrops.stage_table import STAGES, argv
 
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in STAGES:
@@ -161,4 +162,41 @@ def test_the_schedule_comes_from_params(dagbag, tmp_path: Path) -> None:
     assert "Asset" in only_assets.stdout
     bad = parse("schedule:\n  crn: daily\n")
     assert bad.returncode != 0
-    assert "unknown key(s) ['crn']" in bad.stderr
+    assert "schedule: unknown key(s) crn" in bad.stderr
+    typo = parse("schedul:\n  cron: null\n")  # a misspelled section is refused too
+    assert typo.returncode != 0
+    assert "'schedul' (did you mean 'schedule'?)" in typo.stderr
+
+
+def test_the_trigger_form_submits_with_its_defaults(dagbag) -> None:
+    """The Airflow UI marks a field required unless its schema type allows null, and turns a
+    blank text field into null: every field must be optional, and the defaults must validate."""
+    dag = dagbag.dags["cmrops_pipeline"]
+    for name, param in dag.params.items():
+        kinds = param.schema.get("type")
+        assert isinstance(kinds, list), name
+        assert "null" in kinds, f"{name} would be required in the trigger form"
+        param.resolve(None)  # a blank field validates
+        param.resolve(param.value)  # so does the default
+    assert dag.params.get_param("synthetic_n").schema["minimum"] >= 8  # split's minimum
+
+
+def test_every_task_has_a_doc_a_timeout_and_the_failure_hook(dagbag) -> None:
+    from cmrops.airflow_hooks import on_failure
+
+    dag = dagbag.dags["cmrops_pipeline"]
+    assert dag.dagrun_timeout is not None
+    assert on_failure in (dag.on_failure_callback if isinstance(dag.on_failure_callback, list)
+                          else [dag.on_failure_callback])  # fmt: skip
+    for t in dag.tasks:
+        assert t.doc_md, t.task_id
+        assert t.execution_timeout is not None, t.task_id
+        callbacks = t.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert on_failure in callbacks, t.task_id
+
+
+def test_unpausing_waits_for_the_next_cron_slot(dagbag) -> None:
+    """run_immediately=False: a DAG unpaused after today's slot does not fire it at once."""
+    timetable = dagbag.dags["cmrops_pipeline"].timetable
+    assert timetable.run_immediately is False

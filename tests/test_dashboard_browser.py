@@ -2,7 +2,7 @@
 shared tiny run, opened by Debian's headless Chromium through Playwright; every page must render
 (title shown, no exception), a caption search must show k results with non-decreasing Hamming
 distances, and each page's screenshot must be a real, small PNG
-(scripts/dashboard_screenshots.py does the driving; running it by hand refreshes the README's).
+(scripts/dashboard_screenshots.py does the driving; running it by hand refreshes docs/screenshots/).
 On the generated video-text and audio-text runs, each search hit must show its video's keyframe
 strip as a loaded ``<img>`` and its clip as an ``<audio>`` the browser decoded."""
 

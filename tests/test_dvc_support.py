@@ -50,7 +50,6 @@ def tiny_params(n: int = 80) -> dict[str, Any]:
     p["collect"]["sources"] = [{**p["collect"]["sources"][0], "n": n}]
     # one shard per mapped task (task_rows = shard_size): the DAG tests spread shards over workers
     p["preprocess"].update(shard_size=32, n_workers=2, device="cpu", task_rows=32)
-    p["split"]["protocols"]["hashing"] = {"kind": "hashing", "query": 10, "train": 40}
     p["train"].update(bits=[16, 32], epochs=3, hidden=[64], batch_size=32, device="cpu")
     return p
 

@@ -16,7 +16,7 @@ from cmrops import cli
 from cmrops.params import ParamsError, load_section
 from cmrops.schema import ASSIGNMENTS
 from cmrops.splitting.manifests import read_manifests
-from cmrops.stages.split import Protocol, SplitParams, run
+from cmrops.stages.split import Protocol, SetSize, SplitParams, resolve_size, run
 from tests.clean_helpers import flip, interim, labelled, rand64, read_json, row
 
 RATIO = Protocol("ratio", train=0.8, val=0.1, test=0.1)
@@ -299,10 +299,10 @@ def test_a_set_left_empty_is_an_error(tmp_path: Path) -> None:
         split(tmp_path / "a", rows, None, params(stratify=False))
     assert not (tmp_path / "a" / "split" / "assignments.parquet").exists()
     rows = [row(i) for i in range(50)]
-    with pytest.raises(ValueError, match="query set of 100 would leave the database empty"):
+    with pytest.raises(ValueError, match=r"query set of 100 .exactly 100. would leave too small"):
         split(tmp_path / "b", rows, None, params("hashing", stratify=False))
     big = [row(i) for i in range(300)]
-    with pytest.raises(ValueError, match="training set of 500 is larger than the database"):
+    with pytest.raises(ValueError, match=r"training set of 500 .exactly 500. is larger than the"):
         split(tmp_path / "c", big, None, params("hashing", stratify=False))
     # one near-duplicate group holding everything cannot be split
     same = [row(i, phash=rand64("one")) for i in range(20)]
@@ -332,8 +332,11 @@ def test_params_are_strict(tmp_path: Path) -> None:
     cases = {
         protocols + "{kind: ratio, train: 0.8, val: 0.1, test: 0.2}\n": "must be 1",
         protocols + "{kind: hashing, query: 10, train: 5, val: 0.1}\n": "val",
-        protocols + "{kind: hashing, query: 0.5, train: 5}\n": "expected int",
-        protocols + "{kind: hashing, query: 10, train: 0.5}\n": "count >= 1",
+        protocols + "{kind: hashing, query: 1.5, train: 5}\n": "fraction must lie in",
+        protocols + "{kind: hashing, query: 10, train: 0}\n": "count must be >= 1",
+        protocols + "{kind: hashing, query: {fraction: 0.1, maks: 9}, train: 5}\n": "maks",
+        protocols + "{kind: hashing, query: {fraction: 0.1, max: 0}, train: 5}\n": "min <= max",
+        "splt:\n  seed: 1\n": "unknown section.*'splt' .did you mean 'split'",
         "split:\n  protocol: nope\n": "not one of protocols",
         "split:\n  image_radus: 3\n": "image_radus",
     }
@@ -387,3 +390,31 @@ def test_protocol_spec() -> None:
     with pytest.raises(ValueError, match="fractions"):
         Protocol("ratio", train=0.0, val=0.5, test=0.5)
     assert dataclasses.replace(HASHING, query=5).query == 5
+
+
+def test_sizes_given_as_capped_fractions_scale_with_the_data(tmp_path: Path) -> None:
+    """One setting serves a tiny trial and a large release: a fraction, capped, recorded."""
+    adaptive = Protocol(
+        "hashing", query=SetSize(0.15, max=200), train=SetSize(0.8, max=1000)
+    )
+
+    def sizes(n: int) -> dict[str, Any]:
+        p = SplitParams(protocol="h", protocols={"h": adaptive}, stratify=False)
+        _, m = split(tmp_path / str(n), [row(f"s{n}-{i}") for i in range(n)], None, p)
+        return m
+
+    small = sizes(40)
+    assert small["sizes"] == {"query": 6, "database": 34, "train": 27}
+    assert small["sizes_chosen"]["query"] == 6
+    assert "0.15 of the samples, at most 200" in small["sizes_chosen"]["query_rule"]
+    large = sizes(2000)
+    assert large["sizes"]["query"] == 200  # the cap
+    assert large["sizes"]["train"] == 1000
+    # a plain fraction works too, and a count stays exact
+    assert resolve_size(0.5, 11) == 6
+    assert resolve_size(7, 1000) == 7
+    assert resolve_size(SetSize(0.01, max=50, min=3), 20) == 3
+    with pytest.raises(ValueError, match=r"too few for the hashing protocol .* at least 8"):
+        sizes(5)
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        SetSize(1.5)

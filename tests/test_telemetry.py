@@ -374,3 +374,65 @@ def test_the_dag_records_airflow_run_ids_and_pushes(
     kept = value(got, "cmrops_stage_samples", instance="dagproj", stage="collect", outcome="kept")
     assert kept == raw["kept"] == record.counts["kept"]
     shutil.rmtree(home, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- one run per gauge
+
+
+def test_every_gauge_names_the_run_that_made_it(tmp_path: Path) -> None:
+    """A stage rerun by a new run shows that run's id; the stages it did not rerun keep the id
+    of the run that made their files - a scrape never mixes two runs silently."""
+    proj = collect_project(tmp_path / "p", n=12)
+    for run_id in ("run-a", "run-b"):
+        done = cmrops("collect", "--params", "params.yaml", "--out", "data/raw", cwd=proj,
+                      extra_env={runlog.RUN_ID_ENV: run_id})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    from prometheus_client import generate_latest
+
+    from cmrops.telemetry.collector import registry_for
+
+    text = generate_latest(registry_for(proj)).decode()
+    got = {(s.name, frozenset(s.labels.items())): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    assert value(got, "cmrops_stage_samples", stage="collect", outcome="in", run_id="run-b") == 12
+    assert not [s for s in series(got, "cmrops_stage_samples") if s["run_id"] == "run-a"]
+    assert value(got, "cmrops_stage_duration_seconds", stage="collect", run_id="run-b") > 0
+
+
+def test_a_stage_split_over_tasks_counts_all_its_work(tmp_path: Path) -> None:
+    """preprocess in the DAG: mapped shard tasks, then the merge; its duration spans both."""
+    def rec(stage: str, start: float, end: float, part: str | None = None) -> runlog.StageRun:
+        return runlog.StageRun("dag-run-1", stage, start, end, end - start, "success", None,
+                               part=part)  # fmt: skip
+
+    for r in (
+        rec("collect", 0.0, 10.0),
+        rec("preprocess", 10.0, 200.0, part="shards"),
+        rec("preprocess", 12.0, 240.0, part="shards"),
+        rec("preprocess", 240.0, 241.0),  # the merge, the only record with a metrics file
+    ):
+        runlog.append_run(tmp_path, r)
+    from prometheus_client import generate_latest
+
+    from cmrops.telemetry.collector import registry_for
+
+    text = generate_latest(registry_for(tmp_path)).decode()
+    got = {(s.name, frozenset(s.labels.items())): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    assert value(got, "cmrops_stage_duration_seconds", stage="preprocess") == pytest.approx(231.0)
+    assert value(got, "cmrops_stage_duration_seconds", stage="collect") == pytest.approx(10.0)
+    assert value(got, "cmrops_stage_runs_total", stage="preprocess", status="success") == 1
+
+
+def test_a_run_writing_elsewhere_never_touches_the_project(tmp_path: Path) -> None:
+    """A failed (or any) stage run whose outputs go to another folder records there: the
+    project's run log, and so its failure timestamp and alerts, stay as they were."""
+    proj = collect_project(tmp_path / "p", n=12)
+    (proj / "dvc.yaml").write_text("stages: {}\n")  # the project's root marker
+    elsewhere = tmp_path / "scratch"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collect:\n  sources: [{name: x, kind: folder, path: /no/such/folder}]\n")
+    for params in (str(bad), "params.yaml"):
+        cmrops("collect", "--params", params, "--out", str(elsewhere / "raw"), cwd=proj)
+    assert runlog.read_runs(proj) == []
+    assert {r.status for r in runlog.read_runs(elsewhere)} == {"failed", "success"}

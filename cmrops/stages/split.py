@@ -19,8 +19,12 @@ the name is stamped into every row:
 * ``kind: ratio`` - ``train`` / ``val`` / ``test`` fractions; ``in_train`` = split is train;
 * ``kind: hashing`` - the cross-modal hashing protocol (DCMH and its successors): ``query``
   samples form the query set, all others the retrieval ``database``; ``train`` of the database
-  samples (stratified the same way) are the training set (``in_train``). Query and training
-  sizes are exact.
+  samples (stratified the same way) are the training set (``in_train``). Each size is a count
+  (exact), a fraction, or ``{fraction: f, max: m, min: k}`` - a fraction of the samples it is
+  drawn from (``query``: the clean samples; ``train``: the database), capped at ``max`` and at
+  least ``min`` - so one setting serves a 200-sample trial and a 100k-sample release. The sizes
+  chosen, and the rule they came from, are recorded (``sizes_chosen`` in the metrics and the
+  manifest). A set too small to split fails at once, naming :data:`MIN_CLEAN_SAMPLES`.
 
 **Procedure** (every step a pure function of the data and ``seed``):
 
@@ -76,9 +80,49 @@ log = logging.getLogger(__name__)
 STAGE = "split"
 RATIO_SETS = ("train", "val", "test")
 HASHING_SETS = ("query", "database")
+#: The fewest clean samples the hashing protocol splits: a query set, a database and a training
+#: subset of at least two near-duplicate groups each need a few samples.
+MIN_CLEAN_SAMPLES = 8
 
 
 # --------------------------------------------------------------------------- params
+
+
+@dataclass(frozen=True)
+class SetSize:
+    """A set size that scales with the data: ``fraction`` of the samples it is drawn from,
+    rounded, then held within [``min``, ``max``]."""
+
+    fraction: float
+    max: int | None = None
+    min: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must lie in (0, 1), got {self.fraction!r}")
+        if self.min < 1 or (self.max is not None and self.max < self.min):
+            raise ValueError(f"need 1 <= min <= max, got min={self.min}, max={self.max}")
+
+
+def resolve_size(size: int | float | SetSize, available: int) -> int:
+    """The count ``size`` means when drawn from ``available`` samples (not yet checked against
+    what the other sets need)."""
+    if isinstance(size, SetSize):
+        n = int(np.floor(size.fraction * available + 0.5))
+        n = max(n, size.min)
+        return min(n, size.max) if size.max is not None else n
+    if isinstance(size, float):
+        return max(1, int(np.floor(size * available + 0.5)))
+    return int(size)
+
+
+def _size_rule(size: int | float | SetSize) -> str:
+    if isinstance(size, SetSize):
+        cap = f", at most {size.max}" if size.max is not None else ""
+        return f"{size.fraction:g} of the samples{cap}, at least {size.min}"
+    if isinstance(size, float):
+        return f"{size:g} of the samples"
+    return f"exactly {size}"
 
 
 @dataclass(frozen=True)
@@ -86,10 +130,12 @@ class Protocol:
     """One named split protocol (see module docstring)."""
 
     kind: Literal["ratio", "hashing"]
-    train: int | float | None = None  # ratio: fraction; hashing: training samples (a count)
+    # ratio: a fraction; hashing: training samples of the database (a count, a fraction, or a
+    # capped fraction)
+    train: int | float | SetSize | None = None
     val: float | None = None  # ratio only
     test: float | None = None  # ratio only
-    query: int | None = None  # hashing only: query samples
+    query: int | float | SetSize | None = None  # hashing only: query samples (idem, of all)
 
     def __post_init__(self) -> None:
         if self.kind == "ratio":
@@ -109,8 +155,13 @@ class Protocol:
             if self.val is not None or self.test is not None:
                 raise ValueError("'val'/'test' apply to kind ratio, not hashing")
             for name, v in (("query", self.query), ("train", self.train)):
-                if v is None or isinstance(v, float) or v < 1:
-                    raise ValueError(f"kind hashing needs '{name}' as a count >= 1, got {v!r}")
+                if v is None:
+                    raise ValueError(f"kind hashing needs '{name}' (a count, a fraction or "
+                                     "{fraction: f, max: m})")
+                if isinstance(v, float) and not 0.0 < v < 1.0:
+                    raise ValueError(f"'{name}' as a fraction must lie in (0, 1), got {v!r}")
+                if isinstance(v, int) and v < 1:
+                    raise ValueError(f"'{name}' as a count must be >= 1, got {v!r}")
 
     @property
     def sets(self) -> tuple[str, ...]:
@@ -123,7 +174,9 @@ class Protocol:
 def _default_protocols() -> dict[str, Protocol]:
     return {
         "ratio": Protocol("ratio", train=0.8, val=0.1, test=0.1),
-        "hashing": Protocol("hashing", train=1000, query=200),
+        "hashing": Protocol(
+            "hashing", train=SetSize(0.8, max=1000), query=SetSize(0.15, max=200)
+        ),
     }
 
 
@@ -170,6 +223,10 @@ def cli_main(args: Any) -> int:
         base_dir=Path(args.params).resolve().parent,
     )  # fmt: skip
     sizes = ", ".join(f"{k} {v}" for k, v in m["sizes"].items())
+    chosen = m.get("sizes_chosen")
+    if chosen:
+        print(f"split: query {chosen['query']} ({chosen['query_rule']}), train {chosen['train']} "
+              f"({chosen['train_rule']})")
     print(
         f"split ({m['protocol']['name']}, {m['mode']}): {m['samples']} samples in "
         f"{m['groups']['count']} groups -> {sizes}; in_train {m['in_train']}; "
@@ -554,11 +611,19 @@ def _assign(
         split = np.array([sets[int(assign[g])] for g in group_idx], dtype=object)
         return split, split == "train", extra
 
-    q = int(proto.query)  # type: ignore[arg-type]
-    t = int(proto.train)  # type: ignore[arg-type]
-    if q >= n:
+    if n < MIN_CLEAN_SAMPLES:
         raise ValueError(
-            f"split: the query set of {q} would leave the database empty ({n} clean samples)"
+            f"split: {n} clean samples are too few for the hashing protocol (it needs at least "
+            f"{MIN_CLEAN_SAMPLES}: a query set, a database and a training set); add data or "
+            "see what the earlier stages quarantined"
+        )
+    assert proto.query is not None
+    assert proto.train is not None
+    q = resolve_size(proto.query, n)
+    if q >= n - 1:
+        raise ValueError(
+            f"split: a query set of {q} ({_size_rule(proto.query)}) would leave too small a "
+            f"database ({n} clean samples); lower query or use a fraction"
         )
     targets = np.array([q, n - q], np.int64)
     assign = stratify(keys, weights, glabels, sets, targets, seed, fixed=fixed, exact=True,
@@ -566,11 +631,19 @@ def _assign(
     split = np.array([sets[int(assign[g])] for g in group_idx], dtype=object)
     db = split == "database"
     n_db = int(db.sum())
+    t = resolve_size(proto.train, n_db)
     if t > n_db:
         raise ValueError(
-            f"split: the training set of {t} is larger than the database ({n_db} samples: "
-            f"{n} clean - {n - n_db} query); lower train or query"
+            f"split: the training set of {t} ({_size_rule(proto.train)}) is larger than the "
+            f"database ({n_db} samples: {n} clean - {n - n_db} query); lower train or query, or "
+            "give them as fractions ({fraction: f, max: m})"
         )
+    extra["sizes_chosen"] = {
+        "query": q,
+        "train": t,
+        "query_rule": _size_rule(proto.query),
+        "train_rule": f"{_size_rule(proto.train)} (of the {n_db}-sample database)",
+    }
     # training subset of the database, stratified the same way (groups stay whole)
     db_groups = np.unique(group_idx[db])
     sub = {int(g): i for i, g in enumerate(db_groups)}

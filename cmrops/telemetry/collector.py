@@ -3,7 +3,7 @@
 It reads the files at every scrape (they are small), so a long-running ``cmrops metrics serve``
 shows the newest run without a restart. Names follow Prometheus conventions: base units
 (``_seconds``), ``_total`` only on counters, ratios as plain 0..1 gauges. The table of names,
-labels and units is in the README ("Prometheus metrics").
+labels and units is in docs/orchestration.md ("Prometheus metrics").
 """
 
 from __future__ import annotations
@@ -46,27 +46,32 @@ class ProjectCollector(Collector):
         return None if rel is None else files.load_json(self.project / rel)
 
     def collect(self) -> Iterator[Metric]:
-        from cmrops.pipeline import STAGES
+        from cmrops.stage_table import STAGES
 
         stages = [s for s in STAGES if self._wants(s)]
         found = {s: m for s in stages if (m := self._file(s)) is not None}
+        runs = runlog.read_runs(self.project)
+        # the run that wrote each stage's metrics file: every gauge read from that file says so
+        made_by = {r.stage: r.run_id for r in runs if r.status == "success" and r.part is None}
         families: list[Metric] = [
-            *self._run_log(stages),
-            *self._samples(found),
-            *self._split(found.get("split")),
-            *self._clean(found.get("clean")),
-            *self._retrieval(found.get("evaluate")),
+            *self._run_log(stages, runs),
+            *self._samples(found, made_by),
+            *self._split(found.get("split"), made_by.get("split", "")),
+            *self._clean(found.get("clean"), made_by.get("clean", "")),
+            *self._retrieval(found.get("evaluate"), made_by.get("evaluate", "")),
         ]
         yield from (f for f in families if f.samples)
 
     # ------------------------------------------------------------------ run log
 
-    def _run_log(self, stages: Sequence[str]) -> Iterable[Metric]:
-        runs = [r for r in runlog.read_runs(self.project) if r.stage in stages]
+    def _run_log(self, stages: Sequence[str], all_runs: list[runlog.StageRun]) -> Iterable[Metric]:
+        parts = [r for r in all_runs if r.stage in stages]
+        runs = [r for r in parts if r.part is None]
         duration = GaugeMetricFamily(
             "cmrops_stage_duration_seconds",
-            "Wall-clock duration of the stage's last successful run.",
-            labels=["stage"],
+            "Wall-clock duration of the stage's last successful run, its parts run as separate "
+            "tasks included (preprocess's mapped shards).",
+            labels=["stage", "run_id"],
         )
         success = GaugeMetricFamily(
             "cmrops_stage_last_success_timestamp_seconds",
@@ -96,8 +101,9 @@ class ProjectCollector(Collector):
             counts[(r.stage, r.status)] = counts.get((r.stage, r.status), 0) + 1
         for stage in stages:
             if stage in last_ok:
-                duration.add_metric([stage], last_ok[stage].duration_s)
-                success.add_metric([stage], last_ok[stage].finished_at)
+                ok = last_ok[stage]
+                duration.add_metric([stage, ok.run_id], runlog.wall_seconds(parts, ok))
+                success.add_metric([stage], ok.finished_at)
             if stage in last_failed:
                 failure.add_metric([stage], last_failed[stage].finished_at)
             for status in runlog.STATUSES:
@@ -110,63 +116,65 @@ class ProjectCollector(Collector):
     # ------------------------------------------------------------------ stage files
 
     @staticmethod
-    def _samples(found: dict[str, dict[str, Any]]) -> Iterable[Metric]:
+    def _samples(found: dict[str, dict[str, Any]], made_by: dict[str, str]) -> Iterable[Metric]:
         samples = GaugeMetricFamily(
             "cmrops_stage_samples",
             "Samples into the stage (outcome=in), passed on (kept) and quarantined, from its "
-            "metrics file; in = kept + quarantined.",
-            labels=["stage", "outcome"],
+            "metrics file; in = kept + quarantined. run_id: the run that wrote the file.",
+            labels=["stage", "outcome", "run_id"],
         )
         reasons = GaugeMetricFamily(
             "cmrops_quarantined_samples",
             "Samples the stage quarantined, by reason code.",
-            labels=["stage", "reason"],
+            labels=["stage", "reason", "run_id"],
         )
         for stage, m in found.items():
+            run_id = made_by.get(stage, "")
             for outcome, n in files.stage_samples(stage, m).items():
-                samples.add_metric([stage, outcome], n)
+                samples.add_metric([stage, outcome, run_id], n)
             for reason, n in sorted(files.quarantine_reasons(stage, m).items()):
-                reasons.add_metric([stage, reason], n)
+                reasons.add_metric([stage, reason, run_id], n)
         return samples, reasons
 
     @staticmethod
-    def _split(m: dict[str, Any] | None) -> Iterable[Metric]:
+    def _split(m: dict[str, Any] | None, run_id: str) -> Iterable[Metric]:
         if not m:
             return ()
-        protocol = str((m.get("protocol") or {}).get("name", ""))
+        protocol = files.split_protocol(m)
         sizes = GaugeMetricFamily(
             "cmrops_split_samples",
             "Samples assigned to each set of the split (a sample may be in database and train).",
-            labels=["protocol", "set"],
+            labels=["protocol", "set", "run_id"],
         )
-        for name, n in sorted((m.get("sizes") or {}).items()):
-            sizes.add_metric([protocol, name], n)
+        for name, n in sorted(files.split_sizes(m).items()):
+            sizes.add_metric([protocol, name, run_id], n)
         leaking = GaugeMetricFamily(
             "cmrops_split_leaking_pairs",
             "Near-duplicate pairs that straddle query and database/train (should be 0).",
-            labels=["protocol"],
+            labels=["protocol", "run_id"],
         )
-        total = (m.get("leakage") or {}).get("total")
-        if isinstance(total, int | float):
-            leaking.add_metric([protocol], total)
+        total = files.split_leaking(m)
+        if total is not None:
+            leaking.add_metric([protocol, run_id], total)
         return sizes, leaking
 
     @staticmethod
-    def _clean(m: dict[str, Any] | None) -> Iterable[Metric]:
-        overall = ((m or {}).get("synthetic") or {}).get("overall") or {}
+    def _clean(m: dict[str, Any] | None, run_id: str) -> Iterable[Metric]:
+        overall = files.planted_defects(m or {})
         out = []
         for key in ("precision", "recall"):
             fam = GaugeMetricFamily(
                 f"cmrops_clean_planted_defect_{key}",
                 f"Cleaning {key} on the defects planted in the synthetic set (0..1).",
+                labels=["run_id"],
             )
             if isinstance(overall.get(key), int | float):
-                fam.add_metric([], overall[key])
+                fam.add_metric([run_id], overall[key])
             out.append(fam)
         return out
 
     @staticmethod
-    def _retrieval(m: dict[str, Any] | None) -> Iterable[Metric]:
+    def _retrieval(m: dict[str, Any] | None, run_id: str) -> Iterable[Metric]:
         if not m:
             return ()
         mean_ap = GaugeMetricFamily(
@@ -174,10 +182,10 @@ class ProjectCollector(Collector):
             "Retrieval mAP (0..1) over the whole ranking: ranking=tie_aware (Hamming ranking, "
             "expected value over tie orders; the headline), database_order (ties broken by "
             "database row) or float (the continuous outputs before binarising: the baseline).",
-            labels=[*MODEL_LABELS, "direction", "protocol", "ranking"],
+            labels=[*MODEL_LABELS, "direction", "protocol", "ranking", "run_id"],
         )
         health = {
-            key: GaugeMetricFamily(name, doc, labels=[*MODEL_LABELS, "modality"])
+            key: GaugeMetricFamily(name, doc, labels=[*MODEL_LABELS, "modality", "run_id"])
             for key, name, doc in (
                 (
                     "balance",
@@ -208,7 +216,7 @@ class ProjectCollector(Collector):
                 for ranking, (part, key) in RANKINGS.items():
                     value = (d.get(part) or {}).get(key)
                     if isinstance(value, int | float):
-                        mean_ap.add_metric([*labels, direction, protocol, ranking], value)
+                        mean_ap.add_metric([*labels, direction, protocol, ranking, run_id], value)
             for modality, h in sorted((spec.get("code_health") or {}).items()):
                 values = {
                     "balance": (h.get("bit_balance") or {}).get("mean_abs_deviation"),
@@ -218,7 +226,7 @@ class ProjectCollector(Collector):
                 }
                 for key, value in values.items():
                     if isinstance(value, int | float):
-                        health[key].add_metric([*labels, modality], value)
+                        health[key].add_metric([*labels, modality, run_id], value)
         return [mean_ap, *health.values()]
 
 

@@ -2,7 +2,7 @@
 
 Every stage writes one small JSON of metrics (DVC tracks it): ``<out>/metrics.json`` for
 collect, preprocess and label, the ``--metrics`` file for the others. Its path comes from the
-stage table (:data:`cmrops.pipeline.STAGES`), never spelled a second time here.
+stage table (:data:`cmrops.stage_table.STAGES`), never spelled a second time here.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ PASS_THROUGH_STAGES = ("label", "split")
 
 def metrics_path(stage: str) -> str | None:
     """The stage's metrics file relative to the project root (``None``: the stage writes none)."""
-    from cmrops.pipeline import STAGES
+    from cmrops.stage_table import STAGES
 
     if stage not in STAGES:
         return None
@@ -84,6 +84,29 @@ def quarantine_reasons(stage: str, m: dict[str, Any]) -> dict[str, int]:
         return {}
     by = m.get("quarantined_by_reason") or {}
     return {str(k): int(v) for k, v in by.items() if isinstance(v, int | float)}
+
+
+def split_protocol(m: dict[str, Any]) -> str:
+    """The split protocol's name, from ``metrics/split.json``."""
+    p = m.get("protocol")
+    return str(p.get("name", "")) if isinstance(p, dict) else str(p or "")
+
+
+def split_sizes(m: dict[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (m.get("sizes") or {}).items()
+            if isinstance(v, int | float)}  # fmt: skip
+
+
+def split_leaking(m: dict[str, Any]) -> int | None:
+    total = (m.get("leakage") or {}).get("total")
+    return int(total) if isinstance(total, int | float) else None
+
+
+def planted_defects(m: dict[str, Any]) -> dict[str, float]:
+    """Cleaning precision/recall on the synthetic set's planted defects (``metrics/quality.json``;
+    empty for other data)."""
+    overall = (m.get("synthetic") or {}).get("overall") or {}
+    return {k: float(v) for k, v in overall.items() if isinstance(v, int | float)}
 
 
 def retrieval_maps(m: dict[str, Any]) -> dict[tuple[str, str], float]:

@@ -94,7 +94,7 @@ def push_project(
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> list[str]:
     """Push every stage's metrics (one group each); returns the stages pushed."""
-    from cmrops.pipeline import STAGES
+    from cmrops.stage_table import STAGES
 
     if not Path(project).is_dir():
         raise FileNotFoundError(f"project folder {project} not found (pass --project DIR)")
