@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cmrops import answers, drilldown, embedmap, report, review_items
+from cmrops import answers, drilldown, embedmap, release_view, releases, report, review_items
 from cmrops.answers import AnswerLogError
 from cmrops.embedmap import MapError
 from cmrops.report import Preview, ReportError, Thumbnail
@@ -26,15 +26,73 @@ from cmrops.review_items import ReviewItemsError
 __all__ = ["PAGE_ERRORS", "PROJECT_ENV", "Preview", "ReportError", "Thumbnail", "project_dir"]
 
 #: Errors a page shows as an error box saying what to rerun (a damaged or half-written output).
-PAGE_ERRORS = (ReportError, ReviewItemsError, MapError, AnswerLogError)
+PAGE_ERRORS = (ReportError, ReviewItemsError, MapError, AnswerLogError, releases.ReleaseError)
 
 #: Environment variable naming the project folder shown (default: the current directory).
 PROJECT_ENV = "CMROPS_PROJECT_DIR"
 
 
 def project_dir() -> Path:
-    """The project shown: ``$CMROPS_PROJECT_DIR``, else the current directory."""
+    """The project (its workspace): ``$CMROPS_PROJECT_DIR``, else the current directory."""
     return Path(os.environ.get(PROJECT_ENV, "").strip() or ".").resolve()
+
+
+#: Session key of the release picker (app.py's sidebar); its value is a release id or WORKSPACE.
+RELEASE_KEY = "release"
+WORKSPACE = "workspace"
+
+
+def release_list(project: Path) -> list[Any]:
+    """The project's releases on this machine, oldest first (:mod:`cmrops.releases`)."""
+    reg = Path(project) / releases.REGISTRY
+    try:
+        stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in reg.iterdir()))
+    except OSError:
+        stamp = ()
+    return list(_release_list(str(project), stamp))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _release_list(project: str, stamp: tuple[Any, ...]) -> tuple[Any, ...]:
+    try:
+        return tuple(releases.list_releases(Path(project), include_remote=False))
+    except releases.ReleaseError:
+        return ()
+
+
+def shown_view(project: Path | None = None) -> release_view.ReleaseView:
+    """The release the pages show (the sidebar's pick; the latest by default) as a folder."""
+    project = project or project_dir()
+    listed = release_list(project)
+    pick = st.session_state.get(RELEASE_KEY)
+    rel = None
+    if pick != WORKSPACE and listed:
+        rel = next((r for r in listed if r.id == pick), listed[-1])
+    lock = Path(project) / "dvc.lock"
+    return _view(str(project), rel.id if rel else None, _file_stamp(lock))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _view(project: str, release_id: str | None, stamp: tuple[Any, ...]) -> Any:
+    rel = None
+    if release_id is not None:
+        rel = next(r for r in release_list(Path(project)) if r.id == release_id)
+    return release_view.view(Path(project), rel)
+
+
+def shown_dir() -> Path:
+    """The folder the pages read: the workspace, or the view of the release picked."""
+    return shown_view().folder
+
+
+def trends(project: Path) -> dict[str, pd.DataFrame]:
+    listed = release_list(project)
+    return _trends(str(project), tuple(r.id for r in listed))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _trends(project: str, ids: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    return release_view.trends(release_list(Path(project)))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

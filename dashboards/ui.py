@@ -39,6 +39,17 @@ def empty_state(project: Path, what: str, absent: list[str], stages: list[str]) 
         "Run `make run` (the whole pipeline on the built-in synthetic set) or `dvc repro`, "
         "or the missing stage(s) from the project folder:",
     ]
+    view = data.shown_view()
+    if not view.workspace and view.release is not None:
+        lines = [
+            lines[0],
+            "",
+            f"Release {view.release.id} is not the workspace: its tables come from the local "
+            "DVC cache. Bring them with:",
+        ]
+        st.info("\n".join(lines), icon=":material/hourglass_empty:")
+        st.code(f"cmrops release checkout {view.release.id}", language="bash")
+        return
     st.info("\n".join(lines), icon=":material/hourglass_empty:")
     st.code("\n".join(COMMANDS[s] for s in stages), language="bash")
 
@@ -46,8 +57,8 @@ def empty_state(project: Path, what: str, absent: list[str], stages: list[str]) 
 def render(page: Callable[[Path], None]) -> None:
     """Run a page's ``render(project)``; an unreadable output becomes an error box saying what
     to rerun, not a traceback."""
-    project = data.project_dir()
     try:
+        project = data.shown_dir()
         page(project)
     except data.PAGE_ERRORS as e:
         st.error(str(e), icon=":material/error:")

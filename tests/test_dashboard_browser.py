@@ -135,8 +135,10 @@ def project_copy(dashboard_project: Path, tmp_path: Path) -> Path:
     import shutil
 
     dest = tmp_path / "project"
-    shutil.copytree(dashboard_project, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns("cache"))  # fmt: skip
+    def caches(folder: str, names: list[str]) -> list[str]:  # the dashboard's, not DVC's
+        return ["cache"] if Path(folder).name == ".cmrops" else []
+
+    shutil.copytree(dashboard_project, dest, symlinks=True, ignore=caches)  # fmt: skip
     return dest
 
 

@@ -25,8 +25,10 @@ APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 def project_copy(dashboard_project: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny run (30 MB) for tests that answer and rerun stages."""
     dest = tmp_path / "project"
-    shutil.copytree(dashboard_project, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns("cache"))  # fmt: skip
+    def caches(folder: str, names: list[str]) -> list[str]:  # the dashboard's, not DVC's
+        return ["cache"] if Path(folder).name == ".cmrops" else []
+
+    shutil.copytree(dashboard_project, dest, symlinks=True, ignore=caches)  # fmt: skip
     return dest
 
 
@@ -49,8 +51,9 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 
 def _text(at: AppTest) -> str:
-    kinds = ("markdown", "caption", "success", "warning", "info")
-    return " ".join(e.value for kind in kinds for e in at.get(kind))
+    parts = [e.value for kind in ("markdown", "caption") for e in at.get(kind)]
+    parts += [e.value for e in [*at.success, *at.warning, *at.info]]
+    return " ".join(parts)
 
 
 def _items(at: AppTest) -> list[str]:
@@ -312,3 +315,66 @@ def test_search_opens_on_the_best_model_and_offers_the_stricter_rule(
     assert "Relevant = a result that has every label of the query" in _text(at)
     tally = [m.value for m in at.markdown if "relevant" in m.value and " of " in m.value]
     assert int(tally[0].split("**")[-2].split(" of ")[0]) <= any_n
+
+
+# --------------------------------------------------------------------------- releases
+
+
+def _two_releases(p: Path) -> tuple[str, str]:
+    """Release the run as it is, then a second one with other metrics (kept - 5) and lock."""
+    from cmrops import releases
+
+    off = releases.ReleaseParams(git="off")
+    first = releases.create(p, params=off).id
+    quality = json.loads((p / "metrics/quality.json").read_text())
+    quality["kept"] -= 5
+    (p / "metrics/quality.json").write_text(json.dumps(quality))
+    with (p / "dvc.lock").open("a") as fh:
+        fh.write("# a later run\n")
+    second = releases.create(p, params=off).id
+    assert first != second
+    return first, second
+
+
+def test_the_release_picker_shows_the_latest_and_an_earlier_release_from_the_cache(
+    project_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = project_copy
+    kept = json.loads((p / "metrics/quality.json").read_text())["kept"]
+    first, second = _two_releases(p)
+    monkeypatch.setenv("CMROPS_PROJECT_DIR", str(p))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    _ok(at)
+    box = at.selectbox(key="release_box")
+    assert box.value == second  # the latest by default
+    assert int(_metrics(at)["Kept after clean"]) == kept - 5
+    box.set_value(first).run()
+    _ok(at)
+    assert int(_metrics(at)["Kept after clean"]) == kept
+    at.switch_page("pages/data_quality.py").run()  # its tables come from the DVC cache
+    _ok(at)
+    assert not at.info
+    at.switch_page("pages/review.py").run()
+    _ok(at)
+    assert "Review works on the workspace" in _text(at)
+    at.switch_page("pages/releases.py").run()
+    _ok(at)
+    table = next(d.value for d in at.dataframe if "release" in d.value.columns)
+    assert list(table["release"]) == [second, first]
+
+
+def test_an_earlier_release_missing_from_the_cache_says_what_is_missing(
+    project_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = project_copy
+    first, _ = _two_releases(p)
+    shutil.rmtree(p / ".dvc" / "cache")  # the tables of the first release are gone
+    monkeypatch.setenv("CMROPS_PROJECT_DIR", str(p))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    at.selectbox(key="release_box").set_value(first).run()
+    _ok(at)
+    for page in ("data_quality", "splits", "map", "search", "releases"):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    at.switch_page("pages/map.py").run()
+    assert any(f"cmrops release checkout {first}" in c.value for c in at.code)

@@ -401,6 +401,7 @@ def test_every_gauge_names_the_run_that_made_it(tmp_path: Path) -> None:
 
 def test_a_stage_split_over_tasks_counts_all_its_work(tmp_path: Path) -> None:
     """preprocess in the DAG: mapped shard tasks, then the merge; its duration spans both."""
+
     def rec(stage: str, start: float, end: float, part: str | None = None) -> runlog.StageRun:
         return runlog.StageRun("dag-run-1", stage, start, end, end - start, "success", None,
                                part=part)  # fmt: skip

@@ -62,8 +62,15 @@ def _who() -> str:
         ).strip()
 
 
-def render(project: Path) -> None:
+def render(shown: Path) -> None:
     st.title("Review")
+    project = data.project_dir()  # answers are about the workspace, merged by its next run
+    if shown != project:
+        st.info(
+            "Review works on the workspace (the latest run), whichever release the sidebar "
+            "shows: answers are merged by the workspace's next run.",
+            icon=":material/info:",
+        )
     absent = data.missing(project, "review_queue", "clean_quarantine")
     if len(absent) == 2 and not st.session_state.get(SELECTION):
         ui.empty_state(project, "review queue or quarantine decisions", absent,
