@@ -229,6 +229,9 @@ def _same_place(root: str, work: Path) -> bool:
 
 # --------------------------------------------------------------------------- preprocess fan-out
 
+#: Mapped ``preprocess_shards`` tasks one DAG run runs at once (its ``max_active_tis_per_dagrun``).
+PREPROCESS_TASKS_AT_ONCE = 4
+
 
 def _preprocess_params(params_file: str) -> Any:
     from cmrops.params import load_section
@@ -258,19 +261,24 @@ def preprocess_shards(
     params_file: str = "params.yaml",
     root: str | None = None,
 ) -> list[int]:
-    """Decode and embed a group of shards (a no-op for those recorded already)."""
-    from cmrops import engine
-    from cmrops.stages.preprocess import run_shards
+    """Decode and embed a group of shards (a no-op for those recorded already). The task's
+    threads are its share of the machine's: up to :data:`PREPROCESS_TASKS_AT_ONCE` groups run
+    side by side."""
+    from cmrops import engine, threads
+    from cmrops.stages.preprocess import planned_tasks, run_shards
 
     work = Path(work).resolve()
     root = None if not root or _same_place(root, work) else root
     st = Stage(
         "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
-    with _staged(st, work, root), engine.session(engine.load_params(params_file)):
-        run_shards(
-            _preprocess_params(params_file), work / "data/raw", work / "data/interim", indices
-        )
+    engine_params = engine.load_params(params_file)
+    params = _preprocess_params(params_file)
+    with _staged(st, work, root):
+        beside = min(PREPROCESS_TASKS_AT_ONCE, planned_tasks(params, work / "data/interim"))
+        threads.configure(engine_params.threads, side_by_side=beside)
+        with engine.session(engine_params):
+            run_shards(params, work / "data/raw", work / "data/interim", indices)
     return list(indices)
 
 
