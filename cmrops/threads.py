@@ -12,7 +12,7 @@ at least 1). One setting overrides the detection: ``$CMROPS_THREADS`` (the envir
 :func:`apply` sizes every pool of this process to that number before it computes anything:
 
 * torch: ``set_num_threads`` (intra-op) and ``set_num_interop_threads`` (the latter only before
-  torch's first parallel op; later calls are skipped);
+  torch's first parallel op; later calls are skipped) - now, or as soon as torch is imported;
 * OpenMP / BLAS pools already loaded (OpenBLAS, MKL, BLIS, libgomp) through ``threadpoolctl``, and
   ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ... plus
   ``OMP_WAIT_POLICY=PASSIVE`` in the environment, for libraries loaded later and for every
@@ -27,6 +27,8 @@ Threads never change what a stage writes: every output is byte-identical whateve
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import math
 import os
@@ -35,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +213,10 @@ def apply(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads)  # OpenBLAS / MKL / OpenMP already loaded (numpy, torch)
-    if "torch" in sys.modules:  # else torch reads OMP_NUM_THREADS when it is imported
+    if "torch" in sys.modules:
         _torch_threads(threads)
+    else:  # torch caps its own default at the cores it sees: set it once it is imported
+        _hook_torch_import()
     if _applied != threads:
         log.debug("thread budget: %d", threads)
     _applied = threads
@@ -227,6 +232,34 @@ def _torch_threads(threads: int) -> None:
             t.set_num_interop_threads(threads)
     except RuntimeError:  # the inter-op pool has started already: it can no longer change
         pass
+
+
+class _TorchImported(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of ``torch`` so that the budget applied last is
+    set in torch as soon as torch has been imported (before its first op)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)  # one shot; the other finders locate torch
+        spec = importlib.util.find_spec(name)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            if _applied is not None:
+                _torch_threads(_applied)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _hook_torch_import() -> None:
+    if not any(isinstance(f, _TorchImported) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchImported())
 
 
 def configure(setting: int | None = None, *, side_by_side: int = 1) -> ThreadBudget:
