@@ -219,9 +219,13 @@ class TextEncoder:
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
-        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array (batches sorted by length)."""
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-        ordered = [texts[i] for i in order]
+        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array: each distinct text embedded
+        once, in batches sorted by length."""
+        first: dict[str, int] = {}
+        owner = np.array([first.setdefault(t, len(first)) for t in texts], dtype=np.int64)
+        distinct = list(first)
+        order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i]), i))
+        ordered = [distinct[i] for i in order]
         emb = _run_batches(
             len(ordered),
             batch_size,
@@ -233,7 +237,7 @@ class TextEncoder:
         )
         out = np.empty_like(emb)
         out[np.asarray(order, dtype=np.int64)] = emb
-        return out
+        return out[owner]
 
 
 def _run_batches(
