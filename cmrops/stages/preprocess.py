@@ -171,6 +171,7 @@ def run(
     _remove_stale(shard_dir, len(shards))
 
     timing = _execute(shards, params, raw, shard_dir)
+    timing["shard_tasks"] = _shard_tasks(shard_dir, len(shards))
     for name in _INPUT_FILES:  # all embedded (or not wanted) now
         for leftover in shard_dir.glob(f"shard-*.{name}"):
             leftover.unlink()
@@ -178,8 +179,35 @@ def run(
     del table
     metrics = _merge(shards, stage_quarantine, params, out, n_in)
     timing["seconds_total"] = round(time.perf_counter() - t_start, 3)
+    # the stage's duration includes the work its mapped tasks did before this merge
+    timing["seconds_with_shard_tasks"] = round(
+        timing["seconds_total"] + timing["shard_tasks"]["wall_seconds"], 3
+    )
     io.write_json(out / "throughput.json", timing)
     return metrics
+
+
+def _shard_tasks(shard_dir: Path, n_shards: int) -> dict[str, Any]:
+    """What the fan-out tasks (:func:`run_shards`) of this plan recorded since the last merge
+    (their records are consumed): how many, the seconds they ran in all, and the wall-clock span
+    from the first start to the last end."""
+    records = []
+    for path in sorted(shard_dir.glob("shard-*.task.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            rec = None
+        path.unlink(missing_ok=True)
+        if rec is not None and int(path.name[6:11]) < n_shards:
+            records.append(rec)
+    if not records:
+        return {"tasks": 0, "seconds": 0.0, "wall_seconds": 0.0}
+    span = max(r["finished_at"] for r in records) - min(r["started_at"] for r in records)
+    return {
+        "tasks": len(records),
+        "seconds": round(sum(r["seconds"] for r in records), 3),
+        "wall_seconds": round(span, 3),
+    }
 
 
 # Fan-out hooks for schedulers (Airflow dynamic task mapping): plan_shards -> run_shards on
@@ -232,7 +260,10 @@ def run_shards(
     out_dir: str | os.PathLike[str],
     indices: Sequence[int],
 ) -> dict[str, Any]:
-    """Decode and embed the shards ``indices`` (those not recorded already); returns timings."""
+    """Decode and embed the shards ``indices`` (those not recorded already); returns timings,
+    also kept as ``shards/shard-NNNNN.task.json`` (NNNNN: the group's first shard) so that
+    :func:`run`'s merge reports the stage's whole duration."""
+    t0, started = time.perf_counter(), time.time()
     raw = Path(raw_dir)
     table, _ = _load_raw(raw)
     shard_dir = Path(out_dir) / "shards"
@@ -241,7 +272,14 @@ def run_shards(
     if bad:
         raise ValueError(f"shard index(es) {bad} out of range: the plan has {len(shards)} shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
-    return _execute([shards[i] for i in sorted(set(indices))], params, raw, shard_dir)
+    todo = sorted(set(indices))
+    timing = _execute([shards[i] for i in todo], params, raw, shard_dir)
+    if todo:
+        seconds = time.perf_counter() - t0
+        task = {"indices": todo, "seconds": round(seconds, 3), "started_at": started,
+                "finished_at": started + seconds}  # fmt: skip
+        io.write_json(shard_dir / f"shard-{todo[0]:05d}.task.json", task)
+    return timing
 
 
 # --------------------------------------------------------------------------- input and plan
