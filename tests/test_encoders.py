@@ -225,10 +225,11 @@ def test_default_image_encoder_is_the_pretrained_imagenet_model(coco_mini: Path)
 # --------------------------------------------------------------------------- ONNX Runtime
 
 
-def test_onnx_runtime_matches_torch_for_any_batch_split(coco_mini: Path) -> None:
+def test_onnx_runtime_matches_torch_and_reruns_are_identical(coco_mini: Path) -> None:
     """The defaults on the CPU run through ONNX Runtime: equal to torch to cosine >= 0.9999 on
-    real photos and captions, and the same bytes for another batch split (other thread counts:
-    tests/test_align_stage.py, through the whole preprocess stage)."""
+    real photos and captions; images give the same bytes for another batch split (a text batch
+    pads to its longest text, so text bytes follow the batch size, which the stage fixes; other
+    thread counts: tests/test_align_stage.py, through the whole preprocess stage)."""
     rows = [json.loads(x) for x in (coco_mini / "pairs.jsonl").read_text().splitlines()[:8]]
     pixels = np.stack(
         [resize_for_encoder(decode_image((coco_mini / r["image"]).read_bytes()).image, 224)
@@ -239,7 +240,7 @@ def test_onnx_runtime_matches_torch_for_any_batch_split(coco_mini: Path) -> None
     assert (image.runtime, text.runtime) == ("onnxruntime", "onnxruntime")
     got_image, got_text = image.encode(pixels, 3, False), text.encode(caps, 7, False)
     assert np.array_equal(got_image, image.encode(pixels, 8, False))
-    assert np.array_equal(got_text, text.encode(caps, 64, False))
+    assert np.array_equal(got_text, text.encode(caps, 7, False))  # a rerun
     ref_image = E.load_image_encoder(device="cpu", runtime="torch").encode(pixels, 4, False)
     ref_text = E.load_text_encoder(device="cpu", runtime="torch").encode(caps, 12, False)
     assert (got_image * ref_image).sum(1).min() >= 0.9999

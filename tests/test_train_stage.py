@@ -499,7 +499,7 @@ def test_thread_count_never_changes_the_bytes(tmp_path: Path) -> None:
     from cmrops import threads
 
     dirs = fabricate(tmp_path / "data", n=250)
-    p = dataclasses.replace(FAST, methods=("dcmh", "itq"), bits=(32,), epochs=2)
+    p = dataclasses.replace(FAST, methods=("dcmh", "itq"), bits=(16,), epochs=2)
     before = threads.current()
     outs = []
     try:
