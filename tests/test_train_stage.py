@@ -495,6 +495,11 @@ def test_validation_slice_never_leaves_fewer_than_two_training_samples() -> None
         assert not {group[i] for i in roles.val} & {group[i] for i in roles.train}
 
 
+@pytest.mark.xfail(
+    reason="torch's CPU training kernels reduce in thread-count-dependent order: dcmh and the "
+    "aligned float baseline differ between 1 and 3 threads (issue 20, open)",
+    strict=False,
+)
 def test_thread_count_never_changes_the_bytes(tmp_path: Path) -> None:
     from cmrops import threads
 
