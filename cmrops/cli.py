@@ -30,6 +30,7 @@ Heavy modules are imported only inside the command that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -283,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        _thread_budget(args)  # before the command imports torch or ONNX Runtime
+    except ValueError as e:  # a bad $CMROPS_THREADS
+        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
+        return 2
     module_name, func_name = args.handler.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     from cmrops.stage_table import STAGES
@@ -292,6 +298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_recorded(args, lambda: _call(func, args))
     return _call(func, args)
+
+
+def _thread_budget(args: argparse.Namespace) -> None:
+    """Size this process's threads (:mod:`cmrops.threads`) from ``engine.threads`` of the
+    command's params file (``$CMROPS_THREADS`` wins; neither: the CPUs it may use)."""
+    from cmrops import threads
+
+    setting = None
+    if getattr(args, "params", None):
+        from cmrops.engine import load_params
+
+        with contextlib.suppress(ValueError, FileNotFoundError):  # the command reports those
+            setting = load_params(args.params).threads
+    threads.configure(setting)
 
 
 def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

@@ -142,6 +142,9 @@ def same_place(root: str, work: Path) -> bool:
 
 # --------------------------------------------------------------------------- preprocess fan-out
 
+#: Mapped ``preprocess_shards`` tasks one DAG run runs at once (its ``max_active_tis_per_dagrun``).
+PREPROCESS_TASKS_AT_ONCE = 4
+
 
 def _preprocess_params(params_file: str) -> Any:
     from cmrops.params import load_section
@@ -171,23 +174,53 @@ def preprocess_shards(
     params_file: str = "params.yaml",
     root: str | None = None,
 ) -> list[int]:
-    """Decode and embed a group of shards (a no-op for those recorded already)."""
-    from cmrops import engine
-    from cmrops.stages.preprocess import run_shards
+    """Decode and embed a group of shards (a no-op for those recorded already). The task's
+    threads are its share of the machine's: up to :data:`PREPROCESS_TASKS_AT_ONCE` groups run
+    side by side."""
+    from cmrops import engine, threads
+    from cmrops.stages.preprocess import planned_tasks, run_shards
 
     work = Path(work).resolve()
     root = None if not root or same_place(root, work) else root
     st = Stage(
         "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
     )
-    with _staged(st, work, root), engine.session(engine.load_params(params_file)):
-        run_shards(
-            _preprocess_params(params_file), work / "data/raw", work / "data/interim", indices
-        )
+    engine_params = engine.load_params(params_file)
+    params = _preprocess_params(params_file)
+    with _staged(st, work, root):
+        beside = min(PREPROCESS_TASKS_AT_ONCE, planned_tasks(params, work / "data/interim"))
+        threads.configure(engine_params.threads, side_by_side=beside)
+        with engine.session(engine_params):
+            run_shards(params, work / "data/raw", work / "data/interim", indices)
     return list(indices)
 
 
 # --------------------------------------------------------------------------- run summary
+
+
+def _stage_seconds(work: Path, preprocess_timing: dict[str, Any]) -> list[str]:
+    """``stage seconds`` of the last run in the run log, preprocess's mapped shard tasks
+    included (the merge alone is what the log times)."""
+    from cmrops.runlog import read_runs
+
+    runs = read_runs(work)
+    if not runs:
+        return []
+    last = runs[-1].run_id
+    out = []
+    for r in runs:
+        if r.run_id != last:
+            continue
+        tasks = preprocess_timing.get("shard_tasks", {})
+        if r.stage == "preprocess" and tasks.get("tasks"):
+            total = r.duration_s + float(tasks["wall_seconds"])
+            out.append(
+                f"{r.stage} {total:.1f} ({tasks['tasks']} shard task(s) "
+                f"{float(tasks['wall_seconds']):.1f} + merge {r.duration_s:.1f})"
+            )
+        else:
+            out.append(f"{r.stage} {r.duration_s:.1f}")
+    return out
 
 
 def summary(work: str | os.PathLike[str] = ".") -> str:
@@ -232,6 +265,9 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
         leak = split.get("leakage", {}).get("total")
         proto = split.get("protocol", {}).get("name", "")
         lines += ["", f"split ({proto}): {sizes}; leaking near-duplicate pairs: {leak}"]
+    seconds = _stage_seconds(w, load("data/interim/throughput.json"))
+    if seconds:
+        lines += ["", "stage seconds (wall clock, the last run): " + ", ".join(seconds)]
     models = retrieval.get("models", {})
     if models:
         directions = list(retrieval.get("directions", []))

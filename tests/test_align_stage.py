@@ -88,6 +88,26 @@ def test_rerun_gives_identical_bytes(tiny: dict[str, Any], tmp_path: Path) -> No
         assert (tmp_path / rel).read_bytes() == (root / "align" / rel).read_bytes(), rel
 
 
+def test_thread_count_never_changes_the_bytes(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """preprocess (ONNX Runtime encoders, worker processes) at 1 thread gives the bytes the
+    fixture made with this machine's budget (align trains in torch: see the xfail in
+    tests/test_train_stage.py)."""
+    from cmrops import threads
+
+    root = tiny["root"]
+    before = threads.current()
+    try:
+        threads.apply(1)
+        pre = preprocess.PreprocessParams(n_workers=1, tokenizer="words")
+        preprocess.run(pre, root / "raw", tmp_path / "interim")
+    finally:
+        threads.apply(before)
+    for rel in ("samples.parquet", "features/image.npy", "features/text.npy", "metrics.json"):
+        assert (tmp_path / "interim" / rel).read_bytes() == (root / "interim" / rel).read_bytes()
+    meta = json.loads((root / "interim" / "features" / "meta.json").read_text())
+    assert (meta["image"]["runtime"], meta["text"]["runtime"]) == ("onnxruntime", "onnxruntime")
+
+
 def test_numeric_threshold_still_works(tiny: dict[str, Any], tmp_path: Path) -> None:
     root = tiny["root"]
     params = dataclasses.replace(CleanParams(), mismatch=MismatchRule(min_similarity=-1.0))

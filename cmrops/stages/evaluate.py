@@ -171,7 +171,7 @@ class EvaluateParams:
     aligned_baseline: str | None = "aligned-float"  # <codes>/<this>: the aligned float baseline
     pair_recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@K, pair relevance
     models: list[str] = field(default_factory=list)  # <method>-<bits> folders; empty = all
-    n_threads: int | None = None  # for the Rust kernel; None = every core
+    n_threads: int | None = None  # for the Rust kernel; None = the thread budget
 
     def __post_init__(self) -> None:
         if not self.directions:

@@ -104,6 +104,8 @@ class PreprocessParams:
     text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # or a dir / HF id
     batch_size: int = 64  # embedding batch size
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: ONNX Runtime on the CPU (exported once, verified against torch), torch on a GPU
+    runtime: Literal["auto", "torch"] = "auto"
     embeddings: bool = True  # compute features/{image,text}.npy
     task_rows: int = 4096  # raw rows per Airflow mapped task (whole shards; scheduling only)
     video: VideoParams = field(default_factory=VideoParams)  # keyframes, caps (collect.media)
@@ -169,6 +171,7 @@ def run(
     _remove_stale(shard_dir, len(shards))
 
     timing = _execute(shards, params, raw, shard_dir)
+    timing["shard_tasks"] = _shard_tasks(shard_dir, len(shards))
     for name in _INPUT_FILES:  # all embedded (or not wanted) now
         for leftover in shard_dir.glob(f"shard-*.{name}"):
             leftover.unlink()
@@ -176,8 +179,35 @@ def run(
     del table
     metrics = _merge(shards, stage_quarantine, params, out, n_in)
     timing["seconds_total"] = round(time.perf_counter() - t_start, 3)
+    # the stage's duration includes the work its mapped tasks did before this merge
+    timing["seconds_with_shard_tasks"] = round(
+        timing["seconds_total"] + timing["shard_tasks"]["wall_seconds"], 3
+    )
     io.write_json(out / "throughput.json", timing)
     return metrics
+
+
+def _shard_tasks(shard_dir: Path, n_shards: int) -> dict[str, Any]:
+    """What the fan-out tasks (:func:`run_shards`) of this plan recorded since the last merge
+    (their records are consumed): how many, the seconds they ran in all, and the wall-clock span
+    from the first start to the last end."""
+    records = []
+    for path in sorted(shard_dir.glob("shard-*.task.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            rec = None
+        path.unlink(missing_ok=True)
+        if rec is not None and int(path.name[6:11]) < n_shards:
+            records.append(rec)
+    if not records:
+        return {"tasks": 0, "seconds": 0.0, "wall_seconds": 0.0}
+    span = max(r["finished_at"] for r in records) - min(r["started_at"] for r in records)
+    return {
+        "tasks": len(records),
+        "seconds": round(sum(r["seconds"] for r in records), 3),
+        "wall_seconds": round(span, 3),
+    }
 
 
 # Fan-out hooks for schedulers (Airflow dynamic task mapping): plan_shards -> run_shards on
@@ -196,15 +226,32 @@ def plan_shards(
     shards = _plan(table, params, shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale(shard_dir, len(shards))
+    return _groups([s.num_rows for s in shards], params.task_rows)
+
+
+def _groups(sizes: Sequence[int], task_rows: int) -> list[list[int]]:
+    """Shard indices in groups of about ``task_rows`` rows (whole shards)."""
     groups: list[list[int]] = []
     rows = 0
-    for s in shards:
-        if not groups or rows >= params.task_rows:
+    for index, size in enumerate(sizes):
+        if not groups or rows >= task_rows:
             groups.append([])
             rows = 0
-        groups[-1].append(s.index)
-        rows += s.num_rows
+        groups[-1].append(index)
+        rows += size
     return groups
+
+
+def planned_tasks(params: PreprocessParams, out_dir: str | os.PathLike[str]) -> int:
+    """How many groups :func:`plan_shards` made of the recorded plan (1 without one): the mapped
+    tasks that may run side by side and share the machine's threads."""
+    path = Path(out_dir) / "shards" / PLAN_FILE
+    try:
+        shard = io.read_parquet(path, columns=["shard"])["shard"].to_numpy()
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError):
+        return 1
+    sizes = np.bincount(shard) if len(shard) else np.zeros(0, np.int64)
+    return max(1, len(_groups(sizes.tolist(), params.task_rows)))
 
 
 def run_shards(
@@ -213,7 +260,10 @@ def run_shards(
     out_dir: str | os.PathLike[str],
     indices: Sequence[int],
 ) -> dict[str, Any]:
-    """Decode and embed the shards ``indices`` (those not recorded already); returns timings."""
+    """Decode and embed the shards ``indices`` (those not recorded already); returns timings,
+    also kept as ``shards/shard-NNNNN.task.json`` (NNNNN: the group's first shard) so that
+    :func:`run`'s merge reports the stage's whole duration."""
+    t0, started = time.perf_counter(), time.time()
     raw = Path(raw_dir)
     table, _ = _load_raw(raw)
     shard_dir = Path(out_dir) / "shards"
@@ -222,7 +272,14 @@ def run_shards(
     if bad:
         raise ValueError(f"shard index(es) {bad} out of range: the plan has {len(shards)} shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
-    return _execute([shards[i] for i in sorted(set(indices))], params, raw, shard_dir)
+    todo = sorted(set(indices))
+    timing = _execute([shards[i] for i in todo], params, raw, shard_dir)
+    if todo:
+        seconds = time.perf_counter() - t0
+        task = {"indices": todo, "seconds": round(seconds, 3), "started_at": started,
+                "finished_at": started + seconds}  # fmt: skip
+        io.write_json(shard_dir / f"shard-{todo[0]:05d}.task.json", task)
+    return timing
 
 
 # --------------------------------------------------------------------------- input and plan
@@ -438,6 +495,7 @@ def _embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
         "encoder_size": params.encoder_size,
         "batch_size": params.batch_size,
         "device": device,
+        "runtime": params.runtime,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -575,15 +633,14 @@ def _engine_device(eng: Any, params: PreprocessParams) -> str:
 
 def _embedders(eng: Any, params: PreprocessParams, device: str, n_shards: int) -> Any:
     """The encoder workers: this process on the local engine, Ray actors otherwise (one GPU
-    each on cuda). A CPU actor uses this process's torch thread count, so its floats are those
-    the local engine computes."""
+    each on cuda). A CPU actor uses this process's thread budget."""
     if eng.kind == "local":
         return eng.actors(functools.partial(_Embedder, params, device), size=1, gpu=False)
     threads = None
     if device == "cpu":
-        import torch
+        from cmrops.threads import current
 
-        threads = torch.get_num_threads()
+        threads = current()
     size = eng.params.embed_actors or (eng.gpus() if device == "cuda" else 1)
     factory = functools.partial(_Embedder, params, device, threads)
     return eng.actors(factory, size=min(size, n_shards), gpu=device == "cuda")
@@ -632,7 +689,7 @@ def _device(params: PreprocessParams) -> str:
 
 class _Embedder:
     """The encoders, loaded on first use, wherever the engine runs it (this process or a Ray
-    actor); ``threads`` pins torch's CPU threads (float sums depend on it)."""
+    actor); ``threads``: the thread budget to apply first (:mod:`cmrops.threads`)."""
 
     def __init__(self, params: PreprocessParams, device: str, threads: int | None = None) -> None:
         self.params = params
@@ -643,17 +700,18 @@ class _Embedder:
     def _load(self, what: str) -> Any:
         if what not in self._models:
             if self.threads is not None:
-                import torch
+                from cmrops.threads import apply
 
-                torch.set_num_threads(self.threads)
+                apply(self.threads)
+            runtime = self.params.runtime
             if what == "image":
                 from cmrops.encoders import load_image_encoder
 
-                model = load_image_encoder(self.params.image_encoder, self.device)
+                model = load_image_encoder(self.params.image_encoder, self.device, runtime)
             elif what == "text":
                 from cmrops.encoders import load_text_encoder
 
-                model = load_text_encoder(self.params.text_encoder, self.device)
+                model = load_text_encoder(self.params.text_encoder, self.device, runtime)
             elif what == "audio":
                 from cmrops.audio_models import load_audio_encoder
 
@@ -725,8 +783,10 @@ class _Embedder:
             "media": media,
             "image_encoder": media_encoder.name,
             "image_dim": media_encoder.dim,
+            "image_runtime": getattr(media_encoder, "runtime", "torch"),
             "text_encoder": text_encoder.name,
             "text_dim": text_encoder.dim,
+            "text_runtime": text_encoder.runtime,
         }
         if transcripts is not None:
             facts["asr_model"] = self._load("asr").name
@@ -1081,6 +1141,7 @@ def _write_features(
         "encoder": first.get("image_encoder", params.image_encoder),
         "dim": int(dims["image"]),
         "input_size": params.encoder_size,
+        "runtime": _runtime(records, "image"),
     }
     if media == "video":
         image["pooling"] = (
@@ -1092,6 +1153,7 @@ def _write_features(
             "encoder": first.get("image_encoder", params.audio.encoder),
             "dim": int(dims["image"]),
             "sample_rate": params.audio.sample_rate,
+            "runtime": _runtime(records, "image"),
         }
     meta = {
         "embeddings": True,
@@ -1102,6 +1164,7 @@ def _write_features(
         "text": {
             "encoder": first.get("text_encoder", params.text_encoder),
             "dim": int(dims["text"]),
+            "runtime": _runtime(records, "text"),
             "pooling": "mean of the sample's caption embeddings, L2-renormalised",
         },
         "dtype": "float32",
@@ -1115,6 +1178,13 @@ def _write_features(
         }
     io.write_json(feat / "meta.json", meta)
     return meta
+
+
+def _runtime(records: list[dict[str, Any]], kind: str) -> str:
+    """What embedded the ``kind`` side: ``onnxruntime``, ``torch``, or ``mixed`` when shards
+    differ (a model that exported on one machine but not another)."""
+    found = sorted({str(r.get(f"{kind}_runtime", "torch")) for r in records})
+    return found[0] if len(found) == 1 else ("mixed" if found else "none")
 
 
 def _metrics(
