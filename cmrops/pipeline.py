@@ -198,31 +198,6 @@ def preprocess_shards(
 # --------------------------------------------------------------------------- run summary
 
 
-def _stage_seconds(work: Path, preprocess_timing: dict[str, Any]) -> list[str]:
-    """``stage seconds`` of the last run in the run log, preprocess's mapped shard tasks
-    included (the merge alone is what the log times)."""
-    from cmrops.runlog import read_runs
-
-    runs = read_runs(work)
-    if not runs:
-        return []
-    last = runs[-1].run_id
-    out = []
-    for r in runs:
-        if r.run_id != last:
-            continue
-        tasks = preprocess_timing.get("shard_tasks", {})
-        if r.stage == "preprocess" and tasks.get("tasks"):
-            total = r.duration_s + float(tasks["wall_seconds"])
-            out.append(
-                f"{r.stage} {total:.1f} ({tasks['tasks']} shard task(s) "
-                f"{float(tasks['wall_seconds']):.1f} + merge {r.duration_s:.1f})"
-            )
-        else:
-            out.append(f"{r.stage} {r.duration_s:.1f}")
-    return out
-
-
 def summary(work: str | os.PathLike[str] = ".") -> str:
     """A short text report of a finished run from the metrics files under ``work``: samples
     in / kept / quarantined by stage and reason, cleaning precision/recall on the planted
@@ -265,9 +240,6 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
         leak = split.get("leakage", {}).get("total")
         proto = split.get("protocol", {}).get("name", "")
         lines += ["", f"split ({proto}): {sizes}; leaking near-duplicate pairs: {leak}"]
-    seconds = _stage_seconds(w, load("data/interim/throughput.json"))
-    if seconds:
-        lines += ["", "stage seconds (wall clock, the last run): " + ", ".join(seconds)]
     models = retrieval.get("models", {})
     if models:
         directions = list(retrieval.get("directions", []))
