@@ -5,7 +5,8 @@ The train stage calls :func:`write_float_baseline` beside the hashing models. It
 only** (the query and database samples are never seen: the align stage's model, trained on every
 pair for the clean stage, would leak the query set into the baseline): heads learned on them,
 the concept bridge (:mod:`cmrops.align.concept`, centred on the training samples) fused with
-such heads (:func:`~cmrops.align.crossfit.fit_fused`), the bridge alone, or the identity when
+such heads (:func:`~cmrops.align.crossfit.fit_fused`, the weight chosen on the heads' own
+held-out split), the bridge alone, or the identity when
 one aligned dual encoder (a CLIP / SigLIP) embedded both sides - and writes, under
 ``<codes>/aligned-float/``:
 
@@ -91,7 +92,9 @@ def fit_or_reuse(
     except AlignmentError:
         pass  # none yet, or of other data: fit
     if prior is not None:
-        return fit_fused(image, text, prior, params, progress=progress).alignment, False
+        # the weight on the one model's held-out split: one training, not 1 + folds
+        fit = fit_fused(image, text, prior, params, progress=progress, cross_fit=False)
+        return fit.alignment, False
     alignment, _metrics = fit_alignment(image, text, params, progress=progress)
     return alignment, False
 

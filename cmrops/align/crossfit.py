@@ -120,19 +120,22 @@ def fit_fused(
     params: AlignParams,
     *,
     progress: bool = False,
+    cross_fit: bool = True,
 ) -> FusedFit:
     """Heads trained on the pairs (:func:`~cmrops.align.fit_alignment`), fused with ``prior``
-    at the weight the out-of-fold models choose (:func:`~cmrops.align.fusion.choose_weight`)."""
+    at the weight the out-of-fold models choose (:func:`~cmrops.align.fusion.choose_weight`);
+    with ``cross_fit`` false, at the weight the held-out split of the one model chooses (one
+    training instead of ``1 + folds``; noisier with few pairs)."""
     image = np.asarray(image, dtype=np.float32)
     text = np.asarray(text, dtype=np.float32)
     learned, _ = fit_alignment(image, text, params, progress=progress)
-    parts = fit_folds(image, text, params)
+    hold = split_pairs(len(image), params.holdout, params.seed)[1]
+    parts = fit_folds(image, text, params) if cross_fit else [Fold(learned, hold)]
     weight, record = choose_weight(prior, [(f.model, image[f.hold], text[f.hold]) for f in parts])
     fused = fuse(prior, learned, weight)
     fused.info["fusion"] = record
     fused.info["data_sha256"] = learned.info.get("data_sha256")
     fused.info["params"] = learned.info.get("params")
-    hold = split_pairs(len(image), params.holdout, params.seed)[1]
     holdout = {**evaluate(fused, image[hold], text[hold], params), "loss": None}
     fused.info["holdout"] = holdout
     return FusedFit(fused, learned, holdout, parts, record)
