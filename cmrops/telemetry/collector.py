@@ -201,6 +201,12 @@ class ProjectCollector(Collector):
                 ),
             )
         }
+        recall = GaugeMetricFamily(
+            "cmrops_retrieval_pair_recall",
+            "Pair relevance (caption data): share of queries whose own pair is in the top k "
+            "(R@k, 0..1), ranking=tie_aware or database_order (hash codes) or float.",
+            labels=[*MODEL_LABELS, "direction", "protocol", "ranking", "k"],
+        )
         for model, spec in sorted((m.get("models") or {}).items()):
             labels = [model, str(spec.get("method", "")), str(spec.get("bits", ""))]
             protocol = str(spec.get("protocol", ""))
@@ -209,6 +215,12 @@ class ProjectCollector(Collector):
                     value = (d.get(part) or {}).get(key)
                     if isinstance(value, int | float):
                         mean_ap.add_metric([*labels, direction, protocol, ranking], value)
+                ranks = (d.get("hash") or {}).get("pair_ranks") or {}
+                pair_ranks = {**ranks, "float": (d.get("float") or {}).get("pair_ranks") or {}}
+                for ranking, pr in sorted(pair_ranks.items()):
+                    for k, value in sorted(((pr or {}).get("recall_at") or {}).items()):
+                        if isinstance(value, int | float):
+                            recall.add_metric([*labels, direction, protocol, ranking, k], value)
             for modality, h in sorted((spec.get("code_health") or {}).items()):
                 values = {
                     "balance": (h.get("bit_balance") or {}).get("mean_abs_deviation"),
@@ -219,7 +231,7 @@ class ProjectCollector(Collector):
                 for key, value in values.items():
                     if isinstance(value, int | float):
                         health[key].add_metric([*labels, modality], value)
-        return [mean_ap, *health.values()]
+        return [mean_ap, recall, *health.values()]
 
 
 def registry_for(
