@@ -106,11 +106,12 @@ def cli_main(args: Any) -> int:
     if not m["run"]:
         print(f"align: not run: {m['reason']}")
         return 0
-    h = m["holdout"]
+    h, c = m["holdout"], m["calibration"]
+    weight = f" (prior weight {m['prior_weight']:g})" if "prior_weight" in m else ""
     line = (
-        f"align: {m['kind']} alignment over {m['pairs']} pairs; held-out swapped-caption AUROC "
-        f"{h['swapped_auroc']}, R@1 i2t {h['r1_i2t']} t2i {h['r1_t2i']}, mismatch threshold "
-        f"{m['threshold']} -> {args.out}"
+        f"align: {m['kind']} alignment{weight} over {m['pairs']} pairs; held-out "
+        f"swapped-caption AUROC {h['swapped_auroc']}, R@1 i2t {h['r1_i2t']} t2i {h['r1_t2i']}; "
+        f"mismatch calibration flags {c['flagged']} pair(s) (cut {c['threshold']}) -> {args.out}"
     )
     print(line)
     if m.get("synthetic", {}).get("auroc") is not None:
@@ -223,7 +224,7 @@ def _build(
         return _untrained(alignment, image, text, p)
     prior = None
     if kind in ("concept", "fused"):
-        prior = _concept(params, meta, image, text, progress)
+        prior = _concept(params, meta, image, text)
         if kind == "concept":
             prior.info["why"] = f"no pairs needed: {why}"
             return _untrained(prior, image, text, p)
@@ -291,7 +292,6 @@ def _concept(
     meta: dict[str, Any],
     image: np.ndarray,
     text: np.ndarray,
-    progress: bool,
 ) -> Alignment:
     from cmrops.align.concept import build_concept_alignment
 
