@@ -127,13 +127,18 @@ def coco(shared: Path, work: Path) -> Dataset:
         labels_column="no_labels",
     )  # fmt: skip
     rows, image, _, meta = _interim(_prepare(work, (spec,)))
-    enc = load_text_encoder(meta["text"]["encoder"], device="cpu")
     caps, owner = [], []
     for i, r in enumerate(rows):
         for c in r["captions_norm"]:
             caps.append(c)
             owner.append(i)
-    cap_emb = enc.encode(caps, progress=False)
+    cached = work / "caption_embeddings.npy"  # one row per caption, in this order
+    if cached.is_file() and len(np.load(cached)) == len(caps):
+        cap_emb = np.load(cached)
+    else:
+        enc = load_text_encoder(meta["text"]["encoder"], device="cpu")
+        cap_emb = enc.encode(caps, progress=False)
+        io.write_npy(cached, cap_emb)
     owner_a = np.asarray(owner)
     img = image[[r["feature_row"] for r in rows]]
     is_train = np.array(["train2017" in r["source_key"] for r in rows])
