@@ -31,13 +31,22 @@ from cmrops.align.params import AlignParams
 from cmrops.align.train import MIN_PAIRS, evaluate, fit_alignment, fit_split, split_pairs
 
 
-def folds(n: int, holdout: float, seed: int) -> list[np.ndarray]:
-    """``k = max(2, round(1 / holdout))`` sorted, disjoint row sets covering ``range(n)``."""
+def folds(n: int, holdout: float, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """``k = max(2, round(1 / holdout))`` sorted, disjoint row sets covering ``range(n)``.
+    With ``groups`` (one id per row, e.g. the image of several caption pairs), the rows of a
+    group stay in one fold, so no fold model has seen a held-out pair's image."""
     k = max(2, round(1.0 / holdout))
     if n < k * 2:
         raise ValueError(f"{n} pairs are too few for {k} folds of at least 2")
-    perm = np.random.default_rng([seed, 0xF0]).permutation(n)
-    return [np.sort(part) for part in np.array_split(perm, k)]
+    rng = np.random.default_rng([seed, 0xF0])
+    if groups is None:
+        return [np.sort(part) for part in np.array_split(rng.permutation(n), k)]
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(index.max()) + 1
+    if n_groups < k:
+        raise ValueError(f"{n_groups} groups are too few for {k} folds")
+    parts = np.array_split(rng.permutation(n_groups), k)
+    return [np.flatnonzero(np.isin(index, part)) for part in parts]
 
 
 @dataclass(frozen=True)
@@ -49,14 +58,20 @@ class Fold:
 
 
 def fit_folds(
-    image: np.ndarray, text: np.ndarray, params: AlignParams, *, progress: bool = False
+    image: np.ndarray,
+    text: np.ndarray,
+    params: AlignParams,
+    *,
+    progress: bool = False,
+    groups: np.ndarray | None = None,
 ) -> list[Fold]:
-    """One learned alignment per fold, each trained on the other folds (module docstring)."""
+    """One learned alignment per fold, each trained on the other folds (module docstring);
+    ``groups`` keeps each group's rows in one fold (:func:`folds`)."""
     if len(image) < max(MIN_PAIRS, 4):
         raise ValueError(f"{len(image)} pairs: out-of-fold scores need at least {MIN_PAIRS}")
     every = np.arange(len(image))
     out = []
-    for hold in folds(len(image), params.holdout, params.seed):
+    for hold in folds(len(image), params.holdout, params.seed, groups):
         train = np.setdiff1d(every, hold, assume_unique=True)
         model, _ = fit_split(image, text, train, hold, params, progress=progress)
         out.append(Fold(model, hold))
@@ -121,16 +136,20 @@ def fit_fused(
     *,
     progress: bool = False,
     cross_fit: bool = True,
+    groups: np.ndarray | None = None,
 ) -> FusedFit:
     """Heads trained on the pairs (:func:`~cmrops.align.fit_alignment`), fused with ``prior``
     at the weight the out-of-fold models choose (:func:`~cmrops.align.fusion.choose_weight`);
     with ``cross_fit`` false, at the weight the held-out split of the one model chooses (one
-    training instead of ``1 + folds``; noisier with few pairs)."""
+    training instead of ``1 + folds``; noisier with few pairs). ``groups`` (one id per pair,
+    e.g. its image when an image has several caption pairs) keeps a group in one fold: a fold
+    model that saw a held-out pair's image would make the learned part look better than it
+    is on new images."""
     image = np.asarray(image, dtype=np.float32)
     text = np.asarray(text, dtype=np.float32)
     learned, _ = fit_alignment(image, text, params, progress=progress)
     hold = split_pairs(len(image), params.holdout, params.seed)[1]
-    parts = fit_folds(image, text, params) if cross_fit else [Fold(learned, hold)]
+    parts = fit_folds(image, text, params, groups=groups) if cross_fit else [Fold(learned, hold)]
     weight, record = choose_weight(prior, [(f.model, image[f.hold], text[f.hold]) for f in parts])
     fused = fuse(prior, learned, weight)
     fused.info["fusion"] = record
