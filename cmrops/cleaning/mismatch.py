@@ -14,7 +14,7 @@ fixed), then:
 
 1. **Gap test**: is there a null-like component at all? The likelihood ratio of the mixture
    against ``pi = 0`` (one normal fitted to every pair), referred to the boundary distribution
-   ``0.5 chi2(0) + 0.5 chi2(1)``; with p-value above ``alpha`` (default 0.001) nothing is
+   ``0.5 chi2(0) + 0.5 chi2(1)``; with p-value above ``alpha`` (default 0.01) nothing is
    flagged. On clean data the true pairs' low tail is part of ``g``, and the estimate of ``pi``
    stays at or near 0.
 2. **Flag rule**: otherwise a pair is flagged when its score is below the cut where a mismatch
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 #: Significance of the gap test (a mixture with a null-like component vs one normal).
-ALPHA = 0.001
+ALPHA = 0.01
 #: Posterior probability of a mismatch at which a pair is flagged.
 POSTERIOR = 0.5
 #: The null density is estimated from at most this many null scores (an even subsample).
