@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.99,
         help="cosine from which a database row makes a query a near-duplicate one",
     )
+    for flag, what in (
+        ("--image", "image features"),
+        ("--text", "text features"),
+        ("--labels", "labels (multi-hot or class ids)"),
+        ("--train-index", "training (and, without --database-index, database) sample indices"),
+        ("--test-index", "test (query) sample indices"),
+        ("--database-index", "database sample indices"),
+    ):
+        imp.add_argument(
+            flag, default=None, metavar="VAR",
+            help=f"the variable holding the {what}: a name or a dotted path into a MATLAB "
+            "struct (data.X1); default: recognised by name",
+        )  # fmt: skip
+    imp.add_argument(
+        "--index-base", choices=["auto", "0", "1"], default="auto",
+        help="how index variables count: 1 (MATLAB), 0, or auto (0-based when an index is 0)",
+    )  # fmt: skip
     imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
 
     ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")

@@ -243,20 +243,16 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
     models = retrieval.get("models", {})
     if models:
         directions = list(retrieval.get("directions", []))
-        head = "mAP (hash codes)"
-        lines += ["", f"{head:<22}" + "".join(f"{d:>16}" for d in directions)]
-
-        def order(name: str) -> tuple[str, int]:
-            m = models[name]
-            return str(m.get("method", name)), int(m.get("bits", 0))
-
-        for name in sorted(models, key=order):
-            dirs = models[name].get("directions", {})
-            cells = [dirs.get(d, {}).get("hash", {}).get("map") for d in directions]
-            lines.append(
-                f"  {name:<20}"
-                + "".join(f"{c:>16.4f}" if isinstance(c, float) else f"{'-':>16}" for c in cells)
-            )
+        relevance = retrieval.get("relevance", {})
+        if relevance.get("mode") == "pair":
+            lines += ["", *_pair_lines(retrieval, directions)]
+            beside = retrieval.get("label_relevance")
+            if beside:
+                induced = beside.get("relevance", {}).get("labels_induced")
+                head = "mAP, label relevance" + (" (induced labels)" if induced else "")
+                lines += ["", *_map_lines(beside.get("models", {}), directions, head)]
+        else:
+            lines += ["", *_map_lines(models, directions, "mAP (hash codes)")]
     elif raw:
         lines += ["", "no retrieval metrics (train/evaluate did not run)"]
     lines += _timings(w)
@@ -299,3 +295,64 @@ def _release_line(work: Path) -> list[str]:
     what = "release" if same else "latest release (the workspace has changed since)"
     return ["", f"{what} {r.id}" + (f", git tag {tag}" if tag else "")
             + ": cmrops release list | show ID | checkout ID"]
+
+
+def _model_order(models: dict[str, Any]) -> list[str]:
+    def key(name: str) -> tuple[str, int]:
+        m = models[name]
+        return str(m.get("method", name)), int(m.get("bits", 0))
+
+    return sorted(models, key=key)
+
+
+def _map_lines(models: dict[str, Any], directions: list[str], head: str) -> list[str]:
+    lines = [f"{head:<22}" + "".join(f"{d:>16}" for d in directions)]
+    for name in _model_order(models):
+        dirs = models[name].get("directions", {})
+        cells = [dirs.get(d, {}).get("hash", {}).get("map") for d in directions]
+        lines.append(
+            f"  {name:<20}"
+            + "".join(f"{c:>16.4f}" if isinstance(c, float) else f"{'-':>16}" for c in cells)
+        )
+    return lines
+
+
+def _pair_lines(retrieval: dict[str, Any], directions: list[str]) -> list[str]:
+    """Caption retrieval under pair relevance: R@1/5/10 and the median rank per direction."""
+    models = retrieval.get("models", {})
+
+    def cell(ranks: dict[str, Any] | None) -> str:
+        if not ranks:
+            return f"{'-':>30}"
+        r = ranks.get("recall_at", {})
+        vals = " / ".join(
+            f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in sorted(r, key=int)
+        )
+        med = ranks.get("median_rank")
+        return f"{vals + (f'  med {med:g}' if med is not None else ''):>30}"
+
+    some = next(iter(models.values()), {}).get("directions", {})
+    first = next(iter(some.values()), {}) if some else {}
+    ks = sorted(
+        first.get("hash", {}).get("pair_ranks", {}).get("tie_aware", {}).get("recall_at", {}),
+        key=int,
+    )
+    head = f"R@{'/'.join(ks) or 'K'}, median rank (pair relevance: a caption's own photo)"
+    lines = [head, f"{'':<22}" + "".join(f"{d:>30}" for d in directions)]
+    base = retrieval.get("float_baseline")
+    if base:
+        dirs = base.get("directions", {})
+        lines.append(
+            f"  {'aligned float':<20}"
+            + "".join(cell(dirs.get(d, {}).get("pair_ranks")) for d in directions)
+        )
+    for name in _model_order(models):
+        dirs = models[name].get("directions", {})
+        lines.append(
+            f"  {name:<20}"
+            + "".join(
+                cell(dirs.get(d, {}).get("hash", {}).get("pair_ranks", {}).get("tie_aware"))
+                for d in directions
+            )
+        )
+    return lines

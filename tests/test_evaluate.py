@@ -298,7 +298,7 @@ def test_pair_relevance_for_unlabelled_data(tmp_path):
     assert m["relevance"]["why"].startswith("auto")
     assert m["skipped"] == {"text_to_text": m["skipped"]["text_to_text"]}
     d = m["models"]["dcmh-64"]["directions"]["image_to_text"]
-    assert d["database"] == 120  # the query samples' texts, then the database's
+    assert d["database"] == 120  # the query samples' texts and the database's
     assert d["queries_without_relevant"] == 0
     # each query has exactly one relevant item: R@K is the chance it is in the top K
     assert 0 < d["hash"]["recall_at"]["10"] <= 1
@@ -318,8 +318,12 @@ def test_pair_relevance_matches_a_direct_computation(tmp_path):
     db = np.concatenate(
         [io.read_npy(folder / "text_query.npy"), io.read_npy(folder / "text_database.npy")]
     )
-    # the paired item of query i is database row i
-    s = M.hamming_metrics(*M.histograms(q, db, np.arange(25), np.arange(85)), map_at=[5]).summary()
+    # the ranked items are in sample_id order; the paired item of query i is the one of its id
+    order = np.argsort(np.asarray(data["ids"]), kind="stable")
+    ids = np.asarray(data["ids"])
+    s = M.hamming_metrics(
+        *M.histograms(q, db[order], *M.pair_labels(list(ids[:25]), list(ids[order]))), map_at=[5]
+    ).summary()
     assert m["models"]["dcmh-32"]["directions"]["image_to_text"]["hash"]["map"] == round(
         s["map"], 6
     )
@@ -658,9 +662,10 @@ def test_pair_ranks_for_unlabelled_captions_match_a_brute_force_ranking(tmp_path
     db = np.concatenate(
         [io.read_npy(folder / "text_query.npy"), io.read_npy(folder / "text_database.npy")]
     )
-    d = distances(q, db)
-    rel = np.zeros(d.shape, bool)
-    rel[np.arange(20), np.arange(20)] = True  # the pair of query i is row i
+    order = np.argsort(np.asarray(data["ids"]), kind="stable")  # ranked in sample_id order
+    d = distances(q, db[order])
+    rel = np.asarray(data["ids"])[:20, None] == np.asarray(data["ids"])[order][None, :]
+    assert rel.sum(axis=1).tolist() == [1] * 20  # one relevant item: the query's own pair
     out = m["models"]["dcmh-16"]["directions"]["image_to_text"]
     assert out["cutoffs_clipped"]["500"] == 60
     got = out["hash"]["pair_ranks"]
@@ -685,3 +690,56 @@ def test_pair_ranks_for_unlabelled_captions_match_a_brute_force_ranking(tmp_path
         pr = part["pair_ranks"]
         assert 1 <= pr["median_rank"] <= 60
         assert 0 <= pr["recall_at"]["1"] <= pr["recall_at"]["5"] <= pr["recall_at"]["10"] <= 1
+
+
+def test_induced_labels_put_pair_relevance_first_with_labels_beside(tmp_path):
+    """Labels the label stage induced from the captions: pair relevance is the primary protocol
+    (a caption finds its photo), label relevance is reported beside it, and neither database
+    order nor the gallery order favours the query's own pair."""
+    fabricate(tmp_path, n_query=20, n_database=60, models=(("dcmh", 32),))
+    io.write_json(tmp_path / "labelled" / "vocabulary.json", {"labels": [], "induced": True})
+    m = evaluate(tmp_path)
+    assert m["relevance"]["mode"] == "pair"
+    assert "induced" in m["relevance"]["why"]
+    assert "sample_id order" in m["relevance"]["rule"]
+    assert m["protocol"]["relevance"]["secondary"] == "labels"
+    d = m["models"]["dcmh-32"]["directions"]["text_to_image"]
+    assert d["database"] == 80
+    assert set(d["hash"]["pair_ranks"]["tie_aware"]["recall_at"]) == {"1", "5", "10"}
+    beside = m["label_relevance"]
+    assert beside["relevance"]["mode"] == "labels"
+    assert beside["relevance"]["labels_induced"] is True
+    lab = beside["models"]["dcmh-32"]["directions"]["text_to_image"]
+    assert lab["database"] == 60  # label relevance ranks the database only
+    assert "plots" not in lab
+    assert "pair_ranks" not in lab["hash"]
+    # the same as evaluating with relevance: labels on its own
+    labels_only = run(
+        dataclasses.replace(EvaluateParams(), relevance="labels"),
+        tmp_path / "codes", tmp_path / "labelled", tmp_path / "split",
+        tmp_path / "m2.json", tmp_path / "plots2",
+    )  # fmt: skip
+    want = labels_only["models"]["dcmh-32"]["directions"]["text_to_image"]["hash"]["map"]
+    assert lab["hash"]["map"] == want
+    # the run summary leads with caption retrieval and puts the label mAP beside it
+    from cmrops.pipeline import summary
+
+    text = summary(tmp_path)
+    assert "R@1/5/10, median rank (pair relevance" in text
+    assert text.index("R@1/5/10") < text.index("mAP, label relevance (induced labels)")
+    r = d["hash"]["pair_ranks"]["tie_aware"]["recall_at"]
+    assert f"{r['1']:.3f} / {r['5']:.3f} / {r['10']:.3f}" in text
+    # codes that say nothing (all equal): every item ties, so database order decides. With
+    # the query samples' items first, the pair of query i came at rank i + 1 (mean 10.5 of 80);
+    # in sample_id order it lands anywhere, as the tie-aware expectation (40.5) says
+    const = tmp_path / "codes" / "const-16"
+    const.mkdir()
+    for modality in ("image", "text"):
+        for role, n in (("query", 20), ("database", 60)):
+            io.write_npy(const / f"{modality}_{role}.npy", np.zeros((n, 1), np.uint64))
+            io.write_npy(const / f"{modality}_{role}_float.npy", np.ones((n, 4), np.float32))
+    io.write_json(const / "meta.json", {"method": "const", "bits": 16, "n_bits": 16,
+                                       "protocol": "hashing", "split_seed": 7})  # fmt: skip
+    pr = evaluate(tmp_path)["models"]["const-16"]["directions"]["text_to_image"]["hash"]
+    assert pr["pair_ranks"]["tie_aware"]["mean_rank"] == 40.5
+    assert pr["pair_ranks"]["database_order"]["mean_rank"] > 25

@@ -437,3 +437,33 @@ def test_a_run_writing_elsewhere_never_touches_the_project(tmp_path: Path) -> No
         cmrops("collect", "--params", params, "--out", str(elsewhere / "raw"), cwd=proj)
     assert runlog.read_runs(proj) == []
     assert {r.status for r in runlog.read_runs(elsewhere)} == {"failed", "success"}
+
+
+def test_pair_recall_of_caption_data_is_exported(tmp_path: Path) -> None:
+    """Pair relevance (caption data): each model's R@K per direction and ranking is a gauge."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cmrops.telemetry.collector import registry_for
+
+    ranks = {"recall_at": {"1": 0.05, "5": 0.3, "10": 0.41}, "median_rank": 14.0}
+    retrieval = {
+        "stage": "evaluate",
+        "relevance": {"mode": "pair"},
+        "models": {"itq-64": {"method": "itq", "bits": 64, "protocol": "hashing", "directions": {
+            "text_to_image": {"hash": {"map": 0.1, "pair_ranks": {"tie_aware": ranks}},
+                              "float": {"map": 0.2, "pair_ranks": ranks}},
+        }}},
+    }  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "retrieval.json").write_text(json.dumps(retrieval))
+    text = generate_latest(registry_for(tmp_path, ["evaluate"])).decode()
+    got = {
+        (s.labels["ranking"], s.labels["k"]): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "cmrops_retrieval_pair_recall"
+    }
+    assert got[("tie_aware", "10")] == 0.41
+    assert got[("float", "1")] == 0.05
+    assert len(got) == 6

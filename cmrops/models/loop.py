@@ -79,6 +79,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps; 0 = only at the end
     seed: int = 0
     encoder_lr: float = 1e-5  # learning rate of the fine-tuned encoder blocks (finetune only)
+    # What a supervised method (dcmh) counts as similar: "labels" - image i and text j share a
+    # label; "pairs" - only the pair itself (S = I), for labels induced from the captions, which
+    # say little that the pairing does not, and for data without labels.
+    similarity: Literal["labels", "pairs"] = "labels"
     # One method's own knobs each (cmrops.methods); only the trained method's go to config.json.
     djsrh: DjsrhOptions = field(default_factory=DjsrhOptions)
     cca: CcaOptions = field(default_factory=CcaOptions)
@@ -104,6 +108,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.similarity not in ("labels", "pairs"):
+            raise ValueError(f"similarity must be 'labels' or 'pairs', got {self.similarity!r}")
 
 
 @dataclass
@@ -154,6 +160,8 @@ def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: s
     for name in OPTIONS:  # other methods' knobs: changing them must not invalidate this model
         if name != train_config.method:
             del train[name]
+    if train["similarity"] == "labels" or not info(train_config.method).supervised:
+        del train["similarity"]  # the default, or meaningless: configs stay as they were
     return {"model": model_config.to_json(), "train": train, "data": data_id}
 
 
@@ -178,8 +186,11 @@ def fit(
     from cmrops.encoders import resolve_device
 
     method = info(config.method)
-    if method.supervised and train.labels is None:
-        raise ValueError(f"method {method.name} is supervised: the training samples need labels")
+    if method.supervised and config.similarity == "labels" and train.labels is None:
+        raise ValueError(
+            f"method {method.name} is supervised: the training samples need labels (or "
+            "similarity: pairs)"
+        )
     if method.kind == "closed_form":
         from cmrops.models import closed_form
 
@@ -272,7 +283,7 @@ def _fit(
         resumed_from = state["step"]
         log.info("%s: resuming from step %d (epoch %d)", directory, state["step"], state["epoch"])
     labelled = train.labels is not None and val is not None and val.labels is not None
-    relevance = "labels" if labelled else "pairs"
+    relevance = "labels" if labelled and config.similarity == "labels" else "pairs"
     if state["done"]:
         model.eval()
         return _result(model, state, relevance, resumed_from, clock)
@@ -410,6 +421,9 @@ def _batch_loss(
     """The method's objective on one batch (rows ``idx`` of the training set)."""
     qw, bw = config.quantization_weight, config.balance_weight
     if config.method == "dcmh":
+        if config.similarity == "pairs":  # S = I: image i is similar to its own text only
+            eye = torch.eye(len(idx), device=f.device)
+            return dcmh_loss(f, g, eye, qw, bw, balanced=True)
         assert labels is not None
         return dcmh_loss(f, g, label_similarity(labels[idx], labels[idx]), qw, bw)
     if config.method == "djsrh":

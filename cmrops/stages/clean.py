@@ -39,12 +39,14 @@ metrics count each rule's flags on its own):
 * ``caption_language`` - no caption in an ``allowed`` language; needs ``detector``
   (``"module:function"``, text -> language code); without one the rule is *not run*;
 * ``mismatch`` - the cosine of the image and its caption in the align stage's shared space
-  (``<align>/model``, :mod:`cmrops.stages.align`: learned heads, or the identity for an aligned
-  dual encoder) below ``min_similarity``. ``auto`` (default) is the threshold the align stage
-  calibrated on held-out true pairs against the same images with other samples' captions (the
-  best TPR - FPR with at most ``align.train.max_flag_rate`` of the true pairs flagged); a number
-  is a cosine in that space. Without an alignment (``align`` not run, or no embeddings) it is
-  *not run*, with the reason;
+  (``<align>/model``, :mod:`cmrops.stages.align`: the concept bridge fused with learned heads,
+  learned heads, or the identity for an aligned dual encoder) below ``min_similarity``. ``auto``
+  (default) reads the cut from these pairs' scores against the align stage's null (the same
+  images with other samples' captions, ``null_scores.parquet``): a mixture fit and a gap test
+  (:mod:`cmrops.cleaning.mismatch`) flag the pairs likelier mismatched than correct, and none
+  when the scores show no null-like component - so clean data loses no pair to a fixed flag
+  rate; the fit is under ``report.calibration``. A number is a cosine in that space. Without an
+  alignment (``align`` not run, or no embeddings) it is *not run*, with the reason;
 * ``label_disagreement`` - the labels two methods of the label stage passed (default: the
   source's ``provided`` labels and the caption ``keyword`` labels, from ``evidence.parquet``),
   both non-empty, share at most ``max_overlap`` of the smaller set (the overlap coefficient
@@ -53,7 +55,9 @@ metrics count each rule's flags on its own):
   punish. A cheap, explainable signal of a caption swapped onto another image; drops only with
   ``drop: true``. The default 0.34 (a third or less shared) flags none of the 151 comparable
   COCO sample photos and has precision 1.0 on the synthetic set (0.5 would flag 8 COCO photos);
-* ``irrelevant`` - no effective label from the vocabulary after labelling;
+* ``irrelevant`` - no effective label from the vocabulary after labelling; reported, not
+  dropped, when the label stage induced the vocabulary from the captions (its words are the
+  commonest ones; a sample without them is rarer, not off-topic);
 * ``exact_duplicate`` - same image bytes as the kept representative of its group;
 * ``near_duplicate_image`` - pHash within ``radius`` of a kept sample, confirmed by dHash within
   ``dhash_radius`` and image-embedding cosine >= ``min_image_cosine`` when set
@@ -552,6 +556,7 @@ class _Labels:
     methods_present: frozenset[str] = frozenset()
     outside_vocabulary: dict[str, int] = field(default_factory=dict)
     stale_rows: int = 0  # label rows of samples not in the interim table
+    induced: bool = False  # the label stage induced the vocabulary from the captions
 
 
 def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> _Labels:
@@ -615,7 +620,16 @@ def _load_labels(labelled: Path | None, params: CleanParams, ids: list[str]) -> 
         methods_present=frozenset(present),
         outside_vocabulary=dict(sorted(outside.items())),
         stale_rows=stale,
+        induced=_induced(vpath),
     )
+
+
+def _induced(vpath: Path) -> bool:
+    try:
+        v = json.loads(vpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(v, dict) and v.get("induced"))
 
 
 def _row_sets(
@@ -789,7 +803,8 @@ def _mismatch(
     text_emb: np.ndarray | None,
     sample_ids: list[str],
 ) -> _Rule:
-    from cmrops.stages.align import load_output
+    from cmrops.cleaning.mismatch import calibrate_mismatch
+    from cmrops.stages.align import load_null, load_output
 
     thr: dict[str, Any] = {"min_similarity": p.min_similarity}
     if not p.enabled:
@@ -798,15 +813,12 @@ def _mismatch(
     if loaded.alignment is None or image_emb is None or text_emb is None:
         why = loaded.why if loaded.alignment is None else "preprocess wrote no embeddings"
         return _Rule("mismatch", "not_run", True, thr, why=why)
-    cut = loaded.threshold if p.min_similarity == "auto" else float(p.min_similarity)
-    if cut is None:
+    null = load_null(align_dir) if p.min_similarity == "auto" else None
+    if p.min_similarity == "auto" and null is None and loaded.threshold is None:
         return _Rule("mismatch", "not_run", True, thr, why=(
-            f"min_similarity: auto needs the align stage's calibrated threshold ({loaded.why}); "
+            f"min_similarity: auto needs the align stage's null scores ({loaded.why}); "
             "run `cmrops align` and pass --align, or set clean.mismatch.min_similarity"
         ))  # fmt: skip
-    thr = {"min_similarity": round(cut, 6)}
-    if p.min_similarity == "auto":
-        thr["calibrated"] = True
     sim = np.full(len(image_emb), np.nan)
     measured = ~(np.isnan(image_emb).any(axis=1) | np.isnan(text_emb).any(axis=1))
     known = loaded.pair_scores or {}  # the align stage's (out-of-fold) scores, by sample_id
@@ -815,7 +827,18 @@ def _mismatch(
         sim[i] = known[sample_ids[i]]
     if fresh.any():  # samples the align stage did not see: the saved model scores them
         sim[fresh] = loaded.alignment.pair_scores(image_emb[fresh], text_emb[fresh])
-    flagged = measured & (sim < cut)
+    calibration = None
+    if p.min_similarity != "auto":
+        cut: float | None = float(p.min_similarity)
+    elif null is not None:  # the flag rate read from these pairs' scores against the null
+        calibration = calibrate_mismatch(sim[measured], null)
+        cut = calibration["threshold"]
+    else:  # an align output without null scores (older cmrops): its calibrated cut
+        cut = loaded.threshold
+    thr = {"min_similarity": None if cut is None else round(cut, 6)}
+    if p.min_similarity == "auto":
+        thr["calibrated"] = True
+    flagged = measured & (sim < cut) if cut is not None else np.zeros(len(sim), bool)
     r = _Rule("mismatch", "run", True, thr, flagged=flagged)
     r.scores = sim
     for i in np.flatnonzero(flagged):
@@ -833,6 +856,8 @@ def _mismatch(
             if len(ok) else {}
         ),
     }  # fmt: skip
+    if calibration is not None:
+        r.report["calibration"] = calibration
     return r
 
 
@@ -880,12 +905,19 @@ def _irrelevant(p: IrrelevantRule, labels: _Labels, c: dict[str, Any]) -> _Rule:
         return _Rule("irrelevant", "not_run", True, thr, why=labels.why)
     n = len(labels.effective)
     flagged = np.array([not s for s in labels.effective], dtype=bool)
-    r = _Rule("irrelevant", "run", True, thr, flagged=flagged)
+    # An induced vocabulary is the captions' commonest words: a sample that uses none of them is
+    # rarer, not off-topic - flagged and reported, never dropped.
+    r = _Rule("irrelevant", "run", not labels.induced, thr, flagged=flagged)
     for i in np.flatnonzero(flagged):
         i = int(i)
         r.evidence[i] = {"labels": [], "provided": sorted(c["provided"][i])}
         r.detail[i] = "no label from the vocabulary after labelling"
     r.report = {"samples": n}
+    if labels.induced:
+        r.report["reported_only"] = (
+            "the vocabulary was induced from the captions: a sample none of its words labels "
+            "is not off-topic, so it is not dropped"
+        )
     return r
 
 

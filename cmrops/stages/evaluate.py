@@ -38,11 +38,17 @@ float_precision}``).
 ``image_*`` names).
 
 **Relevance** (``relevance``): ``labels`` - a database item is relevant when it shares at least one
-label with the query (labels with ``confidence >= min_confidence``); ``pair`` - for unlabelled
-data, only the query's own pair is relevant, so the database of ``image_to_text`` is the texts of
-the query samples followed by those of the database samples (``text_to_image`` likewise), and the
-unimodal directions are skipped (the pair of a query would be itself); ``auto`` - ``labels`` when
-some query and some database sample have a label, else ``pair``.
+label with the query (labels with ``confidence >= min_confidence``); ``pair`` - for caption data,
+only the query's own pair is relevant, so the database of ``image_to_text`` is the texts of the
+query samples and of the database samples, **in sample_id order** (content hashes: database
+order never puts the pair first), ``text_to_image`` likewise, and the unimodal directions are
+skipped (the pair of a query would be itself); ``auto`` - ``pair`` when the label stage induced
+its labels from the captions (``vocabulary.json`` ``"induced": true``: keyword labels restate the
+captions, and a caption should find its own photo), else ``labels`` when some query and some
+database sample have a label, else ``pair``. Whenever the primary relevance is ``pair`` and the
+samples have labels, the same models are also evaluated under label relevance, beside it:
+``label_relevance`` (``relevance``, ``float_baseline``, ``models`` as at the top level, without
+plots or code health).
 
 **Metrics** per model and direction (:mod:`cmrops.metrics` has the formulas and conventions):
 tie-aware mAP over the whole ranking (a query with no relevant item counts as AP 0; the number of
@@ -268,19 +274,22 @@ def run(
 
     metrics: dict[str, Any] = {"stage": STAGE}
     baseline = _find_baseline(codes, params, split, len(query_ids), len(database_ids), notes)
-    base_dirs: dict[str, Any] = {}
-    if baseline is not None:
-        folder, meta = baseline
-        metrics["float_baseline"] = _evaluate_baseline(ctx, folder, meta)
-        base_dirs = metrics["float_baseline"]["directions"]
-
-    out_models: dict[str, Any] = {}
-    for name, folder, meta in models:
+    for _, folder, meta in models:
         _check_meta(folder, meta, split)
-        t0 = time.perf_counter()
-        out_models[name] = _evaluate_model(ctx, name, folder, meta, base_dirs)
-        log.info("evaluated %s in %.1fs", name, time.perf_counter() - t0)
-
+    base_section, out_models = _evaluate_all(ctx, baseline, models)
+    if base_section is not None:
+        metrics["float_baseline"] = base_section
+    second = relevance.get("secondary")
+    if second is not None:  # label relevance beside pair relevance: the same models, no plots
+        ctx2 = _Context(
+            params, query_ids, database_ids, second, near_dup, plots, set(), {}, media, True
+        )
+        base2, models2 = _evaluate_all(ctx2, baseline, models)
+        metrics["label_relevance"] = {
+            "relevance": second["stamp"],
+            **({"float_baseline": base2} if base2 is not None else {}),
+            "models": models2,
+        }
     metrics.update(
         split=split["stamp"],
         protocol=_protocol_card(
@@ -306,6 +315,24 @@ def run(
     return metrics
 
 
+def _evaluate_all(
+    ctx: _Context,
+    baseline: tuple[Path, dict[str, Any]] | None,
+    models: list[tuple[str, Path, dict[str, Any]]],
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The aligned float baseline's section (None without one) and every model's, under the
+    relevance of ``ctx``."""
+    base = _evaluate_baseline(ctx, *baseline) if baseline is not None else None
+    base_dirs = base["directions"] if base is not None else {}
+    out: dict[str, Any] = {}
+    for name, folder, meta in models:
+        t0 = time.perf_counter()
+        out[name] = _evaluate_model(ctx, name, folder, meta, base_dirs)
+        log.info("evaluated %s (%s) in %.1fs", name, ctx.relevance["mode"],
+                 time.perf_counter() - t0)  # fmt: skip
+    return base, out
+
+
 @dataclass
 class _Context:
     """What every model's evaluation shares."""
@@ -319,6 +346,16 @@ class _Context:
     written: set[Path]
     skipped: dict[str, str]
     media: str = "image"  # the "image" side of the codes: image, video or audio
+    secondary: bool = False  # the label relevance beside pair relevance: no plots, no health
+    gallery: np.ndarray = field(init=False)  # pair relevance: ranked rows in sample_id order
+    gallery_ids: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        ids = np.asarray([*self.query_ids, *self.database_ids])
+        # pair relevance ranks every sample's other modality in sample_id order (content hashes):
+        # a stable sort then breaks ties in an order unrelated to which item is the pair
+        self.gallery = np.argsort(ids, kind="stable")
+        self.gallery_ids = ids[self.gallery]
 
     def name(self, direction: str) -> str:
         """A direction (or modality) as reported: ``image_to_text`` is ``video_to_text`` in a
@@ -344,15 +381,15 @@ class _Context:
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Query and (ranked) database relevance labels of a cross-modal direction."""
         if self.pair:
-            return M.pair_labels(self.query_ids, [*self.query_ids, *self.database_ids])
+            return M.pair_labels(self.query_ids, list(self.gallery_ids))
         return self.relevance["query_labels"], self.relevance["database_labels"]
 
     def ranked(self, x: dict[tuple[str, str], np.ndarray], qm: str, dm: str):
         """Query rows of modality ``qm`` and the database rows of ``dm`` they rank (with pair
-        relevance: the query samples' ``dm`` rows first, then the database's)."""
+        relevance: the query and the database samples' ``dm`` rows, in sample_id order)."""
         db = x[dm, "database"]
         if self.pair:
-            db = np.concatenate([x[dm, "query"], db])
+            db = np.concatenate([x[dm, "query"], db])[self.gallery]
         return x[qm, "query"], db
 
     def cutoffs(self, n_db: int) -> dict[str, dict[int, int]]:
@@ -475,6 +512,9 @@ def _relevance(
     query_ids: list[str],
     database_ids: list[str],
 ) -> dict[str, Any]:
+    """The primary relevance (``mode``, ``stamp``, label matrices when ``labels``) and, when
+    the primary is ``pair`` and the samples have labels, the label relevance beside it
+    (``secondary``)."""
     path = Path(labelled_dir) / "labels.parquet" if labelled_dir else None
     have = path is not None and path.is_file()
     if params.relevance == "labels" and not have:
@@ -483,7 +523,7 @@ def _relevance(
             "set evaluate.relevance: pair"
         )
     per: dict[str, set[str]] = {}
-    if have and params.relevance != "pair":
+    if have:
         t = io.read_parquet(path)
         conf = t["confidence"].to_pylist() if "confidence" in t.column_names else None
         for i, (sid, label) in enumerate(
@@ -492,53 +532,97 @@ def _relevance(
             if label is None or (conf is not None and (conf[i] or 0.0) < params.min_confidence):
                 continue
             per.setdefault(sid, set()).add(label)
+    induced = _induced(Path(labelled_dir)) if labelled_dir else False
     q_lab = sum(s in per for s in query_ids)
     d_lab = sum(s in per for s in database_ids)
     mode = params.relevance
     why = f"evaluate.relevance: {mode}"
     if mode == "auto":
-        mode = "labels" if q_lab and d_lab else "pair"
-        why = (
-            "auto: labels found for query and database samples"
-            if mode == "labels"
-            else "auto: no labels for the query or the database samples (unlabelled data)"
-        )
+        if induced:
+            mode = "pair"
+            why = (
+                "auto: the labels were induced from the captions (vocabulary.json), so a caption "
+                "retrieves its own photo first; label relevance is reported beside it"
+            )
+        else:
+            mode = "labels" if q_lab and d_lab else "pair"
+            why = (
+                "auto: labels found for query and database samples"
+                if mode == "labels"
+                else "auto: no labels for the query or the database samples (unlabelled data)"
+            )
     if mode == "labels" and not (q_lab and d_lab):
         raise ValueError(
             f"{path}: no labels (confidence >= {params.min_confidence}) for the "
             f"{'query' if not q_lab else 'database'} samples - use evaluate.relevance: pair"
         )
-    stamp: dict[str, Any] = {"mode": mode, "why": why}
-    out: dict[str, Any] = {"mode": mode, "stamp": stamp}
+    out: dict[str, Any] = {"mode": mode, "stamp": {"mode": mode, "why": why}}
     if mode == "labels":
-        vocab = sorted({lab for s in (*query_ids, *database_ids) for lab in per.get(s, ())})
-        col = {lab: j for j, lab in enumerate(vocab)}
-
-        def hot(ids: list[str]) -> np.ndarray:
-            a = np.zeros((len(ids), len(vocab)), dtype=bool)
-            for i, s in enumerate(ids):
-                for lab in per.get(s, ()):
-                    a[i, col[lab]] = True
-            return a
-
-        out["query_labels"] = hot(query_ids)
-        out["database_labels"] = hot(database_ids)
-        stamp.update(
-            rule="relevant = shares at least one label with the query",
-            labels=str(path),
-            min_confidence=params.min_confidence,
-            vocabulary=len(vocab),
-            unlabelled={"query": len(query_ids) - q_lab, "database": len(database_ids) - d_lab},
-        )
+        _add_labels(out, _label_relevance(per, path, params, query_ids, database_ids, induced))
     else:
-        stamp.update(
-            rule=(
-                "relevant = the query's own pair only (same sample); the database of a "
-                "cross-modal direction is the query samples' other modality followed by the "
-                "database samples'"
-            )
+        out["stamp"]["rule"] = (
+            "relevant = the query's own pair only (same sample); the database of a cross-modal "
+            "direction is the query samples' other modality and the database samples', in "
+            "sample_id order (content hashes), so database order never favours the pair"
         )
+        if q_lab and d_lab:
+            second = {"mode": "labels", "stamp": {"mode": "labels", "why": (
+                "beside pair relevance: the labels"
+                + (" induced from the captions" if induced else "")
+            )}}  # fmt: skip
+            _add_labels(
+                second, _label_relevance(per, path, params, query_ids, database_ids, induced)
+            )
+            out["secondary"] = second
     return out
+
+
+def _add_labels(out: dict[str, Any], lab: dict[str, Any]) -> None:
+    out["query_labels"], out["database_labels"] = lab["query_labels"], lab["database_labels"]
+    out["stamp"].update(lab["stamp_update"])
+
+
+def _label_relevance(
+    per: dict[str, set[str]],
+    path: Path | None,
+    params: EvaluateParams,
+    query_ids: list[str],
+    database_ids: list[str],
+    induced: bool,
+) -> dict[str, Any]:
+    vocab = sorted({lab for s in (*query_ids, *database_ids) for lab in per.get(s, ())})
+    col = {lab: j for j, lab in enumerate(vocab)}
+
+    def hot(ids: list[str]) -> np.ndarray:
+        a = np.zeros((len(ids), len(vocab)), dtype=bool)
+        for i, s in enumerate(ids):
+            for lab in per.get(s, ()):
+                a[i, col[lab]] = True
+        return a
+
+    q_lab = sum(s in per for s in query_ids)
+    d_lab = sum(s in per for s in database_ids)
+    return {
+        "query_labels": hot(query_ids),
+        "database_labels": hot(database_ids),
+        "stamp_update": {
+            "rule": "relevant = shares at least one label with the query",
+            "labels": str(path),
+            "labels_induced": induced,
+            "min_confidence": params.min_confidence,
+            "vocabulary": len(vocab),
+            "unlabelled": {"query": len(query_ids) - q_lab, "database": len(database_ids) - d_lab},
+        },
+    }
+
+
+def _induced(labelled: Path) -> bool:
+    """Whether the label stage induced its vocabulary from the captions (vocabulary.json)."""
+    try:
+        v = json.loads((labelled / "vocabulary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(v, dict) and v.get("induced"))
 
 
 def _find_models(codes: Path, wanted: list[str]) -> list[tuple[str, Path, dict[str, Any]]]:
@@ -727,6 +811,8 @@ def _evaluate_model(
         },
         "directions": {},
     }
+    if ctx.secondary:  # beside the primary relevance: the code health is the same
+        entry = {"method": entry["method"], "bits": entry["bits"], "directions": {}}
     ql, dl = ctx.labels()
     for direction in wanted:
         qm, dm = DIRECTIONS[direction]
@@ -949,6 +1035,8 @@ def _evaluate_direction(
         if fs is not None:
             row["float_precision"] = _r(fs["precision_at"][k])
         pk_rows.append(row)
+    if ctx.secondary:  # the plots are of the primary relevance
+        return out
     for sub, rows in (("pr", pr_rows), ("pk", pk_rows)):
         path = ctx.plots / sub / f"{plot_name}.json"
         io.write_json(path, rows)
@@ -992,7 +1080,11 @@ def _protocol_card(
             "train": split["in_train"],
             "val": sets.get("val", 0),
         },
-        "relevance": {"mode": relevance["mode"], "rule": relevance["stamp"]["rule"]},
+        "relevance": {
+            "mode": relevance["mode"],
+            "rule": relevance["stamp"]["rule"],
+            "secondary": "labels" if relevance.get("secondary") else None,
+        },
         "model_selection": {
             "rule": (
                 "validation split only: checkpoints and early stopping are chosen on the "

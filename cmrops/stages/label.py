@@ -372,7 +372,9 @@ def _vocabulary(
         labels += sorted({clean_label(x) for row in provided for x in row})
     induced = None
     if not any(clean_label(x) for x in labels) and params.induce.enabled:
-        labels, induced = induce_vocabulary(captions, params.induce)
+        labels, induced = induce_vocabulary(
+            captions, params.induce, agreement=params.keyword.threshold
+        )
         log.info("label: no labels given; induced %d from the captions", len(labels))
     synonyms: dict[str, list[str]] = defaultdict(list)
     for name in params.synonym_presets:
