@@ -22,7 +22,10 @@ at least 1). One setting overrides the detection: ``$CMROPS_THREADS`` (the envir
   ``n_threads`` argument of :mod:`cmrops._core`).
 
 Threads never change what a stage writes: every output is byte-identical whatever the count
-(tests check it; ``docs/performance.md`` lists the timings files, the only exception).
+(tests check it; ``docs/performance.md`` lists the timings files, the only exception). Training on
+the CPU (the train stage, the align stage's heads) is why :func:`training` exists: torch's CPU
+kernels reduce in an order that depends on the thread count, so training always runs on
+:data:`TRAINING_THREADS` threads, the same on every machine.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ __all__ = [
     "configure",
     "current",
     "detect",
+    "training",
     "worker_environment",
 ]
 
@@ -68,6 +72,12 @@ _COUNT_VARS = (
 )
 
 _applied: int | None = None
+
+#: Threads of torch / BLAS while a model trains on the CPU: a fixed number, not the budget,
+#: because torch's CPU kernels sum in an order that depends on the thread count (a model
+#: trained on 1 and on 3 threads differs in its last bits). One thread also never competes:
+#: the small models here gain little from a second one, and lose much beside other work.
+TRAINING_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -274,6 +284,18 @@ def configure(setting: int | None = None, *, side_by_side: int = 1) -> ThreadBud
 def current() -> int:
     """The threads this process may use: the budget applied (:func:`apply`), else detected."""
     return _applied if _applied is not None else detect().total
+
+
+@contextmanager
+def training() -> Iterator[None]:
+    """Run the block's torch / BLAS work on :data:`TRAINING_THREADS` threads (the same bytes
+    whatever the machine or the budget), then restore the budget."""
+    before = current()
+    apply(TRAINING_THREADS)
+    try:
+        yield
+    finally:
+        apply(before)
 
 
 @contextmanager

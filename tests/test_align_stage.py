@@ -97,8 +97,8 @@ def test_rerun_gives_identical_bytes(tiny: dict[str, Any], tmp_path: Path) -> No
 
 def test_thread_count_never_changes_the_bytes(tiny: dict[str, Any], tmp_path: Path) -> None:
     """preprocess (ONNX Runtime encoders, worker processes) at 1 thread gives the bytes the
-    fixture made with this machine's budget (align trains in torch: see the xfail in
-    tests/test_train_stage.py)."""
+    fixture made with this machine's budget (torch training is pinned to
+    threads.TRAINING_THREADS whatever the budget: tests/test_train_stage.py checks train)."""
     from cmrops import threads
 
     root = tiny["root"]

@@ -127,6 +127,22 @@ def run(
     raw_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Run the stage (see :func:`_run`) with CPU training on a fixed number of threads
+    (:func:`cmrops.threads.training`): the same bytes whatever the machine."""
+    from cmrops import threads
+
+    with threads.training():
+        return _run(params, interim_dir, out_dir, raw_dir=raw_dir, progress=progress)
+
+
+def _run(
+    params: AlignStageParams,
+    interim_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    raw_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write the alignment of ``interim_dir``'s features into ``out_dir`` (module docstring)."""
     from cmrops.labels.zeroshot import alignment as encoders_aligned
 

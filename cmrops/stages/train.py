@@ -260,6 +260,33 @@ def run(
     raw_dir: str | os.PathLike[str] | None = None,
     align: AlignStageParams | None = None,
 ) -> dict[str, Any]:
+    """Run the stage (see :func:`_run`) with CPU training on a fixed number of threads
+    (:func:`cmrops.threads.training`): the same bytes whatever the machine."""
+    from cmrops import threads
+
+    with threads.training():
+        return _run(
+            params, split_dir, clean_dir, interim_dir, labelled_dir, models_dir, codes_dir,
+            metrics_path=metrics_path, restart=restart, progress=progress, raw_dir=raw_dir,
+            align=align,
+        )  # fmt: skip
+
+
+def _run(
+    params: TrainParams,
+    split_dir: str | os.PathLike[str],
+    clean_dir: str | os.PathLike[str],
+    interim_dir: str | os.PathLike[str],
+    labelled_dir: str | os.PathLike[str] | None,
+    models_dir: str | os.PathLike[str],
+    codes_dir: str | os.PathLike[str],
+    *,
+    metrics_path: str | os.PathLike[str] | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    raw_dir: str | os.PathLike[str] | None = None,
+    align: AlignStageParams | None = None,
+) -> dict[str, Any]:
     """Train every model of ``params`` and write their codes (see module docstring); returns
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
     ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
