@@ -95,7 +95,7 @@ def test_ids_stay_stable_when_data_is_added(tmp_path):
 
 
 def _write_params(path: Path, sources: list[dict]) -> Path:
-    path.write_text(yaml.safe_dump({"collect": {"sources": sources}, "other_stage": {"x": 1}}))
+    path.write_text(yaml.safe_dump({"collect": {"sources": sources}, "split": {"seed": 1}}))
     return path
 
 
