@@ -257,3 +257,34 @@ def describe(params: SignificanceParams) -> dict[str, Any]:
         "ci": f"{1 - params.alpha:.0%} percentile bootstrap of mean(b - a)",
         "key": "'a|b' tests b against a: delta = mean(b) - mean(a) over the same queries",
     }
+
+
+def ranking_values(m: Any, recall_at: Sequence[int], n_database: int) -> dict[str, Any]:
+    """The per-query arrays a retrieval comparison tests, from a
+    :class:`cmrops.metrics.RankingMetrics`: ``map`` (tie-aware AP; its mean is the mAP) and
+    ``recall_at_<K>`` for each K of ``recall_at`` that was computed (K clipped to the database
+    size, named as requested)."""
+    out: dict[str, Any] = {"map": np.asarray(m.ap, np.float64)}
+    for k in recall_at:
+        used = min(int(k), n_database)
+        if used in m.recall_at:
+            out[f"recall_at_{k}"] = np.asarray(m.recall_at[used], np.float64)
+    return out
+
+
+def retrieval_comparisons(
+    per_query: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    bits: Mapping[str, int],
+    params: SignificanceParams,
+) -> dict[str, Any]:
+    """The ``significance`` section of a retrieval report: ``per_query[model][direction]`` are
+    :func:`ranking_values`; the models are paired as ``params.pairs`` says (``bits``: each
+    model's code length), one family per direction and metric."""
+    pairs = model_pairs(bits, params.pairs)
+    directions = sorted({d for runs in per_query.values() for d in runs})
+    out: dict[str, Any] = {**describe(params), "pairs": params.pairs, "directions": {}}
+    for direction in directions:
+        runs = {m: d[direction] for m, d in per_query.items() if direction in d}
+        usable = [(a, b) for a, b in pairs if a in runs and b in runs]
+        out["directions"][direction] = compare(runs, usable, params) if usable else {}
+    return out
