@@ -153,9 +153,11 @@ def export(
     force: bool = False,
     resume: bool = False,
     remote: str | None = None,
+    record: bool = True,
 ) -> dict[str, Any]:
     """Export release ``release_id`` as ``fmt`` into ``out`` (see the module docstring);
-    returns the manifest."""
+    returns the manifest. ``record=False`` leaves the release record alone (a benchmark's
+    throw-away exports)."""
     from cmrops import datacard, releases
     from cmrops.export.stream import ReleaseSamples
     from cmrops.release_data import ReleaseData
@@ -199,11 +201,12 @@ def export(
     }
     io.write_json(folder / MANIFEST, manifest)  # last: the export is finished from here on
     (folder / PROGRESS).unlink(missing_ok=True)
-    record = f"{RECORDS}/{manifest['export_id']}"
-    releases.attach(root, rel.id, {
-        f"{record}/manifest.json": _json_bytes(manifest),
-        f"{record}/samples.txt": "".join(f"{s}\n" for s in ids).encode(),
-    }, remote)  # fmt: skip
+    if record:
+        name = f"{RECORDS}/{manifest['export_id']}"
+        releases.attach(root, rel.id, {
+            f"{name}/manifest.json": _json_bytes(manifest),
+            f"{name}/samples.txt": "".join(f"{s}\n" for s in ids).encode(),
+        }, remote)  # fmt: skip
     log.info("exported %d samples of release %s as %s into %s (%d files, %d bytes)",
              len(ids), rel.id, fmt, folder, len(files), manifest["bytes"])  # fmt: skip
     return manifest
