@@ -182,12 +182,13 @@ def test_hf_folder_loads_with_datasets(release, tmp_path) -> None:
     assert {c["split"] for c in header["configs"][0]["data_files"]} == set(m["sets"])
     assert "## Dataset Creation" in card
     assert "## Bias, Risks, and Limitations" in card
-    ds = datasets.load_dataset(str(out))
+    cache = str(tmp_path / "hf-cache")  # not the user's ~/.cache (and never a stale entry)
+    ds = datasets.load_dataset(str(out), cache_dir=cache)
     assert {k: len(v) for k, v in ds.items()} == m["sets"]
     row = ds["query"][0]
     assert row["image"].size == (row["width"], row["height"])
     assert row["captions"] == release["captions"][row["sample_id"]]
-    flat = datasets.load_dataset("parquet", data_dir=str(out / "data"))
+    flat = datasets.load_dataset("parquet", data_dir=str(out / "data"), cache_dir=cache)
     assert sum(len(v) for v in flat.values()) == len(release["ids"])
 
 

@@ -18,7 +18,7 @@ nor restored, so an export of any release runs beside a scheduled run, bit for b
 
 **Every export is resumable and never mistaken for a finished one.** Units (a shard, a Parquet
 file, a set's JSON) are written to a temporary file and renamed when whole; a progress file
-``.export-progress.json`` records each finished unit's sha256, so ``--resume`` skips them; the
+``.export-progress.jsonl`` records each finished unit's sha256, so ``--resume`` skips them; the
 manifest ``export.json`` (release id, format, options, every file's sha256 and size, the sample
 count per set and the sha256 of the sorted sample-id list) is written **last**: a folder
 without it is an unfinished export. A non-empty folder is refused unless ``resume`` (the same
@@ -61,8 +61,9 @@ Format = Literal["webdataset", "hf", "coco", "hashing"]
 FORMATS: tuple[str, ...] = ("webdataset", "hf", "coco", "hashing")
 #: Written last: a folder without it holds no finished export.
 MANIFEST = "export.json"
-#: The progress of an unfinished export (removed when the manifest is written).
-PROGRESS = ".export-progress.json"
+#: The progress of an unfinished export (removed when the manifest is written): a JSON line
+#: of what is exported, then one line per finished unit (appended: a torn last line is ignored).
+PROGRESS = ".export-progress.jsonl"
 #: Where a release's record keeps its exports (attachments).
 RECORDS = "exports"
 
@@ -93,13 +94,36 @@ class ExportOptions:
 
 
 class Progress:
-    """The finished units of an export (name -> sha256, bytes, samples), saved after each."""
+    """The finished units of an export (name -> sha256, bytes, samples), each appended to the
+    progress file as it is renamed into place."""
 
     def __init__(self, out: Path, header: dict[str, Any], units: dict[str, Any]) -> None:
         self.out, self.header, self.units = out, header, units
 
-    def save(self) -> None:
-        io.write_json(self.out / PROGRESS, {**self.header, "units": self.units})
+    def start(self) -> None:
+        text = json.dumps(self.header, sort_keys=True) + "\n"
+        io.write_bytes(self.out / PROGRESS, text.encode())
+
+    def save(self, name: str) -> None:
+        line = json.dumps({"unit": name, **self.units[name]}, sort_keys=True) + "\n"
+        with open(self.out / PROGRESS, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @staticmethod
+    def read(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The header and finished units of a progress file."""
+        lines = (out / PROGRESS).read_text(encoding="utf-8").splitlines()
+        header = json.loads(lines[0]) if lines else {}
+        units: dict[str, Any] = {}
+        for line in lines[1:]:
+            try:
+                u = json.loads(line)
+            except ValueError:
+                continue  # the line a kill cut short
+            units[u.pop("unit")] = u
+        return header, units
 
     def done(self, name: str) -> bool:
         """The unit was finished by an earlier (interrupted) run and is intact."""
@@ -112,17 +136,14 @@ class Progress:
         """Write unit ``name`` atomically and record it (the caller skips done units)."""
         with io.atomic_output(self.out / name, "wb") as fh:
             yield fh
-        path = self.out / name
-        self.units[name] = {"sha256": io.sha256_file(path), "bytes": path.stat().st_size,
-                            "samples": samples}  # fmt: skip
-        self.save()
+        self.record(name, samples)
 
     def record(self, name: str, samples: int = 0) -> None:
-        """Record a unit written by other means (already renamed into place)."""
+        """Record a unit renamed into place."""
         path = self.out / name
         self.units[name] = {"sha256": io.sha256_file(path), "bytes": path.stat().st_size,
                             "samples": samples}  # fmt: skip
-        self.save()
+        self.save(name)
 
 
 #: A format's writer: (samples, out folder, progress, options, card, release time) -> facts.
@@ -180,7 +201,7 @@ def export(
     samples = ReleaseSamples(data, options.splits)
     card = datacard.for_release(root, rel, remote)
     facts = _writer(fmt)(samples, folder, progress, options, card, _release_time(rel))
-    files = _files(folder)
+    files = _files(folder, progress.units)
     ids = facts.pop("sample_ids")
     manifest = {
         "export_id": _export_id(rel.id, fmt, options, folder),
@@ -236,9 +257,9 @@ def _prepare(
                 f"{folder} holds no export to resume (no {PROGRESS}, no {MANIFEST}); choose an "
                 "empty folder, or --force to replace its content"
             )
-        prior = json.loads(state.read_text(encoding="utf-8"))
+        prior, units = Progress.read(folder)
         _same(folder, header, prior, "the unfinished export")
-        return Progress(folder, header, dict(prior.get("units") or {}))
+        return Progress(folder, header, units)
     if entries:
         if manifest.is_file():
             what = "a finished export"
@@ -252,7 +273,7 @@ def _prepare(
         )
     folder.mkdir(parents=True, exist_ok=True)
     progress = Progress(folder, header, {})
-    progress.save()
+    progress.start()
     return progress
 
 
@@ -266,12 +287,18 @@ def _same(folder: Path, header: dict[str, Any], prior: dict[str, Any], what: str
         )
 
 
-def _files(folder: Path) -> dict[str, dict[str, Any]]:
+def _files(folder: Path, units: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file of the export (units as recorded when written)."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and rel not in (MANIFEST, PROGRESS) and not p.name.startswith("."):
-            out[rel] = {"sha256": io.sha256_file(p), "bytes": p.stat().st_size}
+            size = p.stat().st_size
+            known = units.get(rel)
+            if known is not None and known["bytes"] == size:
+                out[rel] = {"sha256": known["sha256"], "bytes": size}
+            else:
+                out[rel] = {"sha256": io.sha256_file(p), "bytes": size}
     return out
 
 
