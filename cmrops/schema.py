@@ -173,3 +173,13 @@ CODE_ROWS = pa.schema(
         ("sample_id", pa.string()),
     ]
 )
+
+#: ``data/codes/training_samples.parquet`` - the samples every model of the run was fitted on
+#: (``train``) or selected on (``val``), sorted by (role, sample_id): what a withdrawal's impact
+#: list reads to name the models that learned from a sample.
+TRAINING_SAMPLES = pa.schema(
+    [
+        ("role", pa.string()),  # "train" | "val"
+        ("sample_id", pa.string()),
+    ]
+)

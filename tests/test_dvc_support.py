@@ -18,7 +18,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: What the copy needs to run the pipeline (the package itself is imported from the checkout).
-COPY = [".dvc/config", ".dvcignore", "dvc.yaml", "params.yaml", "cmrops", "dags", ".gitignore"]
+COPY = [".dvc/config", ".dvcignore", "dvc.yaml", "params.yaml", "cmrops", "dags", ".gitignore",
+        "withdrawn.jsonl"]  # fmt: skip
 #: Stage outputs compared across runs; the throughput files hold wall-clock timings and are
 #: excluded (they are declared as uncached metrics, never as outputs).
 VOLATILE = {"throughput.json", "train_throughput.json"}

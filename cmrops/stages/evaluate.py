@@ -65,6 +65,12 @@ no such query both mAPs are equal). With pair relevance, ``pair_ranks`` gives th
 retrieval figures: R@K for ``pair_recall_at`` (R@1/5/10), the median and mean rank of the pair
 (hash: tie-aware and database order; float: cosine).
 
+**Significance** (``significance``, :mod:`cmrops.significance`): every two models of one code
+length (``pairs: all``: every two) are compared per direction with a paired randomisation test
+over the queries on the tie-aware per-query AP and R@K (``recall_at``), seeded, with a
+bootstrap confidence interval of the difference and Holm-adjusted p-values per family, so the
+table says which differences are real.
+
 **Protocol card** (``protocol``): the split's protocol and seed, the set sizes, the relevance
 rule, the model selection rule (validation split only, never the query set; where each model's
 validation set came from), full mAP vs mAP@k with the cut-offs used, the tie conventions
@@ -86,6 +92,7 @@ import numpy as np
 
 from cmrops import io
 from cmrops import metrics as M
+from cmrops import significance as sig
 from cmrops.codes import n_words
 from cmrops.splitting import manifests as manifest_lists
 
@@ -178,6 +185,8 @@ class EvaluateParams:
     pair_recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@K, pair relevance
     models: list[str] = field(default_factory=list)  # <method>-<bits> folders; empty = all
     n_threads: int | None = None  # for the Rust kernel; None = the thread budget
+    # paired tests between models over the queries (cmrops.significance): "significance"
+    significance: sig.SignificanceParams = field(default_factory=sig.SignificanceParams)
 
     def __post_init__(self) -> None:
         if not self.directions:
@@ -248,9 +257,12 @@ def run(
     plots_dir: str | os.PathLike[str],
     *,
     train_metrics: str | os.PathLike[str] | None = None,
+    per_query: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model under ``codes_dir`` (see module docstring); returns the metrics.
-    ``train_metrics`` (train's metrics JSON) defaults to ``<codes>/train.json`` when present."""
+    ``train_metrics`` (train's metrics JSON) defaults to ``<codes>/train.json`` when present.
+    ``per_query``, when given, receives each model's per-query values by direction
+    (:func:`cmrops.significance.ranking_values`: what paired comparisons of runs need)."""
     codes = Path(codes_dir)
     query_ids, database_ids = _load_rows(codes)
     split = _load_split(Path(split_dir) / "assignments.parquet", query_ids, database_ids)
@@ -303,6 +315,10 @@ def run(
         directions=[ctx.name(d) for d in params.directions],
         models=out_models,
     )  # fmt: skip
+    if params.significance.enabled and len(out_models) > 1:
+        bits = {name: int(m["n_bits"]) for name, m in out_models.items()}
+        metrics["significance"] = sig.retrieval_comparisons(ctx.per_query, bits,
+                                                            params.significance)  # fmt: skip
     if ctx.skipped:
         metrics["skipped"] = ctx.skipped
     if notes:
@@ -312,6 +328,8 @@ def run(
             if stale not in ctx.written:
                 stale.unlink()
     io.write_json(metrics_path, metrics)
+    if per_query is not None:
+        per_query.update(ctx.per_query)
     return metrics
 
 
@@ -347,6 +365,8 @@ class _Context:
     skipped: dict[str, str]
     media: str = "image"  # the "image" side of the codes: image, video or audio
     secondary: bool = False  # the label relevance beside pair relevance: no plots, no health
+    # model -> direction -> per-query values (cmrops.significance.ranking_values)
+    per_query: dict[str, dict[str, Any]] = field(default_factory=dict)
     gallery: np.ndarray = field(init=False)  # pair relevance: ranked rows in sample_id order
     gallery_ids: np.ndarray = field(init=False)
 
@@ -820,6 +840,7 @@ def _evaluate_model(
         fq, fdb = ctx.ranked(floats, qm, dm) if floats else (None, None)
         key = ctx.name(direction)
         out = _evaluate_direction(ctx, f"{name}_{key}", n_bits, q, db, fq, fdb, ql, dl)
+        ctx.per_query.setdefault(name, {})[key] = ctx.per_query.pop(f"{name}_{key}")
         if key in base:
             out["vs_float_baseline"] = _ratios(out["hash"], base[key])
         entry["directions"][key] = out
@@ -966,6 +987,7 @@ def _evaluate_direction(
     assert not total[:, n_bits + 1 :].any(), "bits past n_bits were checked to be zero"
     total, relevant = total[:, : n_bits + 1], relevant[:, : n_bits + 1]
     tie = M.hamming_metrics(total, relevant, map_at=map_k.values(), top_k=ranks)
+    ctx.per_query[plot_name] = sig.ranking_values(tie, params.significance.recall_at, n_db)
     ts = tie.summary()
     hash_out = _map_entries(ctx, tie, ts)
     order = None

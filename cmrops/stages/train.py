@@ -27,6 +27,8 @@ solved in float64, all through :func:`cmrops.models.loop.fit`), writing
   samples in its shared space; evaluate reports every model's mAP as a share of it;
 * ``<codes>/rows.parquet`` - ``role`` (query / database), ``row``, ``sample_id``: the sample of
   each code row, the same for every model (samples in ``sample_id`` order within a role);
+* ``<codes>/training_samples.parquet`` - ``role`` (train / val), ``sample_id``: the samples every
+  model was fitted (train) and selected (val) on - what a withdrawal's impact list reads;
 * ``metrics_path`` (``metrics/train.json``) - per model: steps, epochs, best validation mAP and
   its step, the early-stop step, final losses; ``methods``: what each trained method is.
 
@@ -62,7 +64,7 @@ import pyarrow as pa
 
 from cmrops import io
 from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
-from cmrops.schema import CODE_ROWS
+from cmrops.schema import CODE_ROWS, TRAINING_SAMPLES
 
 if TYPE_CHECKING:
     from cmrops.stages.align import AlignStageParams
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "train"
 ALIGNED = "aligned-float"  # cmrops.align.baseline.NAME (kept torch-free here)
+#: Beside rows.parquet: the samples the models were fitted and selected on (TRAINING_SAMPLES).
+TRAINING_FILE = "training_samples.parquet"
 
 
 # --------------------------------------------------------------------------- params
@@ -352,6 +356,15 @@ def _run(
         schema=CODE_ROWS,
     )
     io.write_parquet(codes / "rows.parquet", rows_table)
+    fitted = [("train", i) for i in roles.train] + [("val", i) for i in roles.val]
+    fitted.sort(key=lambda r: (r[0], data.ids[r[1]]))
+    io.write_parquet(
+        codes / TRAINING_FILE,
+        pa.table(
+            {"role": [r for r, _ in fitted], "sample_id": [data.ids[i] for _, i in fitted]},
+            schema=TRAINING_SAMPLES,
+        ),
+    )
 
     summary: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
