@@ -20,7 +20,6 @@ Errors the user must fix (a missing params file, a too-small set) are :class:`Ru
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -244,16 +243,10 @@ def version(cfg: RunConfig, run_id: str | None = None) -> dict[str, Any]:
 
 def release_summary(work: Path) -> dict[str, Any]:
     """A few headline numbers of the workspace's metrics for the release list."""
-    def load(rel: str) -> dict[str, Any]:
-        p = work / rel
-        try:
-            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+    from cmrops.telemetry.files import record
 
-    raw, quality = load("data/raw/metrics.json"), load("metrics/quality.json")
-    split, retrieval = load("metrics/split.json"), load("metrics/retrieval.json")
+    raw, quality = record(work, "collect"), record(work, "clean")
+    split, retrieval = record(work, "split"), record(work, "evaluate")
     out: dict[str, Any] = {}
     for key, value in (("samples_in", raw.get("inputs")), ("kept", quality.get("kept")),
                        ("leaking_pairs", (split.get("leakage") or {}).get("total"))):  # fmt: skip
