@@ -35,9 +35,9 @@ evaluate    ``models``, ``map.<dir>.<model>`` (tie-aware mAP of the hash codes),
 Directions are abbreviated the way the cross-modal hashing literature writes them (``i2t`` is
 image_to_text, ``t2v`` text_to_video, ...; :func:`short_direction`): DVC prints one table row
 per metrics file, every row as wide as all the columns together, so the names' length is the
-size of ``dvc metrics show`` (a release of 20 models stays well under 20 KB; the test measures
-it). Precision@K, mAP@k, the database-order mAP, the pair ranks, code health and the rest stay in
-the record; the curves are DVC plots (:mod:`cmrops.plot_tables`).
+size of ``dvc metrics show`` (14.6 KB for a release of 20 models; docs/versioning.md).
+Precision@K, mAP@k, the database-order mAP, the pair ranks, code health and the rest stay in the
+record; the curves are DVC plots (:mod:`cmrops.plot_tables`).
 """
 
 from __future__ import annotations
