@@ -177,7 +177,8 @@ def test_dry_run_fix_skips_the_run_cache_for_a_stage_with_a_missing_input(tmp_pa
 
     stage = SimpleNamespace(
         is_callback=False, always_changed=False, cmd="true",
-        deps=[dep(present), dep(tmp_path / "not-made-yet")], outs=[],
+        deps=[dep(present), dep(tmp_path / "not-made-yet")],
+        outs=[SimpleNamespace(protocol="local", def_path="out", persist=False, is_in_repo=True)],
     )  # fmt: skip
     assert cache._can_hash(stage) is False  # no FileNotFoundError: nothing to look up
     with pytest.raises(FileNotFoundError):
