@@ -25,6 +25,7 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
     cmrops datacard [--release ID] [--print]
     cmrops withdraw SAMPLE_ID|SOURCE:KEY|URL ... | --file LIST --reason TEXT; --impact ID
     cmrops ablate [--release ID] [--methods itq,cca] [--bits 32] [--rules a,b]
+    cmrops plots page [--project .]
     cmrops metrics serve [--project .] [--host 127.0.0.1] [--port 9108]
     cmrops metrics push [--project .] [--gateway URL] [--job cmrops]
 
@@ -60,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="gather image-text pairs from the sources in params")
     collect.add_argument("--params", default="params.yaml")
     collect.add_argument("--out", default="data/raw", help="output folder (data/raw)")
+    collect.add_argument("--plots", default=None, help="folder of the DVC plot files")
     collect.set_defaults(handler="cmrops.stages.collect:cli_main")
 
     pre = sub.add_parser("preprocess", help="decode, hash, normalise and embed collected samples")
     pre.add_argument("--params", default="params.yaml")
     pre.add_argument("--raw", default="data/raw", help="collect's output folder")
     pre.add_argument("--out", default="data/interim", help="output folder (data/interim)")
+    pre.add_argument("--plots", default=None, help="folder of the DVC plot files")
     pre.set_defaults(handler="cmrops.stages.preprocess:cli_main")
 
     align = sub.add_parser(
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")
     clean.add_argument("--metrics", default="metrics/quality.json", help="metrics file")
     clean.add_argument("--review-log", default=REVIEW_LOG, help=REVIEW_HELP)
+    clean.add_argument("--plots", default=None, help="folder of the DVC plot files")
     clean.set_defaults(handler="cmrops.stages.clean:cli_main")
 
     split = sub.add_parser("split", help="group-aware stratified splits with a leakage audit")
@@ -203,6 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
     summ.add_argument("--work", default=".", help="the project folder of the run")
     summ.set_defaults(handler="cmrops.cli:_pipeline_summary")
+
+    from cmrops.stage_table import STAGES
+
+    for name in STAGES:  # what DVC sees of a stage (cmrops.digest); dvc.yaml always passes it
+        sub.choices[name].add_argument(
+            "--digest", default=None, help="write the numbers-only DVC metrics file here"
+        )
+
+    plots = sub.add_parser("plots", help="what `dvc plots show` needs")
+    plots_sub = plots.add_subparsers(dest="plots_command", required=True, metavar="ACTION")
+    page = plots_sub.add_parser(
+        "page", help="(re)write .dvc/plots/offline.html: DVC's plots page with vega inline"
+    )
+    page.add_argument("--project", default=".", help="the project folder (default .)")
+    page.set_defaults(handler="cmrops.cli:_plots_page")
 
     met = sub.add_parser("metrics", help="Prometheus metrics of a project (serve, push)")
     met_sub = met.add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
@@ -397,6 +416,13 @@ def _release_checkout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plots_page(args: argparse.Namespace) -> int:
+    from cmrops.plots_page import write_page
+
+    print(f"wrote {write_page(args.project)}")
+    return 0
+
+
 def _pipeline_summary(args: argparse.Namespace) -> int:
     from cmrops.pipeline import summary
 
@@ -442,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
         from cmrops.telemetry.record import run_recorded
 
-        return run_recorded(args, lambda: _call(func, args))
+        return run_recorded(args, lambda: _call(_stage(func), args))
     return _call(func, args)
 
 
@@ -458,6 +484,28 @@ def _thread_budget(args: argparse.Namespace) -> None:
         with contextlib.suppress(ValueError, FileNotFoundError):  # the command reports those
             setting = load_params(args.params).threads
     threads.configure(setting)
+def _stage(
+    func: Callable[[argparse.Namespace], int | None],
+) -> Callable[[argparse.Namespace], int | None]:
+    """The stage command, then what DVC sees of it (its digest and plot tables) when asked."""
+
+    def run(args: argparse.Namespace) -> int:
+        rc = int(func(args) or 0)
+        digest, plots = getattr(args, "digest", None), getattr(args, "plots", None)
+        if rc == 0 and (digest or plots):
+            from cmrops import digest as digests
+            from cmrops import plot_tables
+            from cmrops.telemetry.record import metrics_file_of
+
+            record = metrics_file_of(args)
+            assert record is not None, f"{args.command} names no metrics record"
+            if digest:
+                digests.write(args.command, record, digest)
+            if plots:
+                plot_tables.write(args.command, record, plots)
+        return rc
+
+    return run
 
 
 def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

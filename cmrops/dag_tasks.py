@@ -21,7 +21,6 @@ Errors the user must fix (a missing params file, a too-small set) are :class:`Ru
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -265,22 +264,21 @@ def hand_on(work: Path, release_id: str, remote: str | None, params: Path) -> di
 
 def release_summary(work: Path) -> dict[str, Any]:
     """A few headline numbers of the workspace's metrics for the release list."""
-    def load(rel: str) -> dict[str, Any]:
-        p = work / rel
-        try:
-            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+    from cmrops.telemetry.files import record, retrieval_maps
 
-    raw, quality = load("data/raw/metrics.json"), load("metrics/quality.json")
-    split, retrieval = load("metrics/split.json"), load("metrics/retrieval.json")
+    raw, quality = record(work, "collect"), record(work, "clean")
+    split, retrieval = record(work, "split"), record(work, "evaluate")
     out: dict[str, Any] = {}
     for key, value in (("samples_in", raw.get("inputs")), ("kept", quality.get("kept")),
                        ("leaking_pairs", (split.get("leakage") or {}).get("total"))):  # fmt: skip
         if isinstance(value, int | float):
             out[key] = value
-    best = retrieval.get("best") if isinstance(retrieval.get("best"), dict) else None
-    if best:
-        out["best"] = best
+    maps = retrieval_maps(retrieval)
+    if maps:  # the model with the best tie-aware mAP averaged over its directions
+        by_model: dict[str, list[float]] = {}
+        for (model, _), value in maps.items():
+            by_model.setdefault(model, []).append(value)
+        model = max(sorted(by_model), key=lambda m: sum(by_model[m]) / len(by_model[m]))
+        out["best_model"] = model
+        out["best_map"] = round(sum(by_model[model]) / len(by_model[model]), 4)
     return out

@@ -202,17 +202,11 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
     """A short text report of a finished run from the metrics files under ``work``: samples
     in / kept / quarantined by stage and reason, cleaning precision/recall on the planted
     defects, split sizes and leakage, and the mAP table by model (method-bits) and direction."""
-    import json
+    from cmrops.telemetry.files import record
 
     w = Path(work)
-
-    def load(rel: str) -> dict[str, Any]:
-        p = w / rel
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-    raw, interim = load("data/raw/metrics.json"), load("data/interim/metrics.json")
-    quality, split = load("metrics/quality.json"), load("metrics/split.json")
-    retrieval = load("metrics/retrieval.json")
+    raw, interim = record(w, "collect"), record(w, "preprocess")
+    quality, split, retrieval = record(w, "clean"), record(w, "split"), record(w, "evaluate")
     lines = [f"cmrops run summary ({w.resolve()})", ""]
     if raw:
         rows = [

@@ -18,7 +18,6 @@ leaking near-duplicate pairs, mAP per model, bits and direction, and the alignme
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 from dataclasses import dataclass, field
@@ -62,28 +61,6 @@ def workspace_release(project: Path, listed: list[releases.Release]) -> releases
     return None
 
 
-def _cache_dir(project: Path) -> Path:
-    """The DVC cache of the project (``cache.dir`` of .dvc/config[.local], else .dvc/cache)."""
-    root = Path(project)
-    for name in ("config.local", "config"):
-        p = root / ".dvc" / name
-        if not p.is_file():
-            continue
-        cp = configparser.ConfigParser()
-        try:
-            cp.read(p)
-        except configparser.Error:
-            continue
-        if cp.has_option("cache", "dir"):
-            d = Path(cp.get("cache", "dir"))
-            return d if d.is_absolute() else (root / ".dvc" / d).resolve()
-    return root / ".dvc" / "cache"
-
-
-def _object(cache: Path, md5: str) -> Path:
-    return cache / "files" / "md5" / md5[:2] / md5[2:]
-
-
 def _outs(lock: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for stage in (lock.get("stages") or {}).values():
@@ -122,12 +99,11 @@ def view(project: Path, rel: releases.Release | None) -> ReleaseView:
         import yaml
 
         lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-        cache = _cache_dir(project)
         for out in _outs(lock):
             path, md5 = str(out["path"]), str(out.get("md5") or "")
             if path in rel.files or not md5:
                 continue
-            obj = _object(cache, md5)
+            obj = releases.cache_object(project, md5)
             if not obj.is_file():
                 missing.append(path)
                 continue
@@ -137,12 +113,13 @@ def view(project: Path, rel: releases.Release | None) -> ReleaseView:
                 except (OSError, ValueError):
                     missing.append(path)
                     continue
-                absent = [e for e in listing if not _object(cache, str(e["md5"])).is_file()]
+                objects = [releases.cache_object(project, str(e["md5"])) for e in listing]
+                absent = [o for o in objects if not o.is_file()]
                 if absent:
                     missing.append(path)
                     continue
-                for e in listing:
-                    _link(_object(cache, str(e["md5"])), folder / path / str(e["relpath"]))
+                for e, o in zip(listing, objects, strict=True):
+                    _link(o, folder / path / str(e["relpath"]))
             else:
                 _link(obj, folder / path)
     from cmrops import io

@@ -55,6 +55,8 @@ __all__ = [
     "ReleaseError",
     "ReleaseParams",
     "attach",
+    "cache_dir",
+    "cache_object",
     "checkout",
     "create",
     "find",
@@ -145,12 +147,60 @@ class Release:
             raise ReleaseError(f"release {self.id} has no local copy of {rel}")
         return self.path / rel
 
-    def read_json(self, rel: str) -> dict[str, Any] | None:
-        """A recorded JSON file of this release, or None when it did not record it."""
-        if self.path is None or rel not in self.files:
+    def output(self, rel: str) -> Path | None:
+        """A file of this release on this machine: a recorded one, else an output its
+        ``dvc.lock`` names whose object is in the project's DVC cache (None: neither)."""
+        if self.path is None:
             return None
-        data = json.loads((self.path / rel).read_text(encoding="utf-8"))
+        if rel in self.files:
+            return self.path / rel
+        lock = self.path / "dvc.lock"
+        if not lock.is_file():
+            return None
+        import yaml
+
+        spec = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+        for stage in (spec.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                md5 = str(out.get("md5") or "") if isinstance(out, dict) else ""
+                if out.get("path") == rel and md5 and not md5.endswith(".dir"):
+                    obj = cache_object(self.path.parents[2], md5)
+                    return obj if obj.is_file() else None
+        return None
+
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        """A JSON file of this release (:meth:`output`), or None when this machine has none."""
+        path = self.output(rel)
+        if path is None:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else None
+
+
+def cache_dir(project: str | os.PathLike[str]) -> Path:
+    """The project's DVC cache: ``cache.dir`` of ``.dvc/config.local`` / ``.dvc/config``, else
+    ``.dvc/cache``."""
+    import configparser
+
+    root = Path(project)
+    for name in ("config.local", "config"):
+        p = root / ".dvc" / name
+        if not p.is_file():
+            continue
+        cp = configparser.ConfigParser()
+        try:
+            cp.read(p)
+        except configparser.Error:
+            continue
+        if cp.has_option("cache", "dir"):
+            d = Path(cp.get("cache", "dir"))
+            return d if d.is_absolute() else (root / ".dvc" / d).resolve()
+    return root / ".dvc" / "cache"
+
+
+def cache_object(project: str | os.PathLike[str], md5: str) -> Path:
+    """Where DVC 3 keeps the object ``md5`` in the project's cache."""
+    return cache_dir(project) / "files" / "md5" / md5[:2] / md5[2:]
 
     def attachment(self, name: str) -> Path | None:
         """An attached file of this release on this machine (None: not attached)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STAGES", "Stage", "argv", "stage_names"]
+__all__ = ["DIGEST_DIR", "PLOTS_DIR", "STAGES", "Stage", "argv", "stage_names"]
 
 
 @dataclass(frozen=True)
@@ -25,28 +25,54 @@ class Stage:
     gpu: bool = False
 
 
+#: Where every stage's DVC metrics file (its numbers-only digest, :mod:`cmrops.digest`) goes.
+DIGEST_DIR = "metrics/dvc"
+#: The folder of the DVC plot files (evaluate's curves, the quarantine counts).
+PLOTS_DIR = "plots"
+
+
+def _dvc(name: str, plots: bool = False) -> tuple[str, ...]:
+    """The arguments naming what DVC sees of stage ``name``: its digest (and plot folder)."""
+    return ("--digest", f"{DIGEST_DIR}/{name}.json", *(("--plots", PLOTS_DIR) if plots else ()))
+
+
+def _dvc_outputs(name: str, plots: bool = False) -> tuple[str, ...]:
+    quarantine = (f"{PLOTS_DIR}/quarantine/{name}.json",) if plots else ()
+    return (f"{DIGEST_DIR}/{name}.json", *quarantine)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("collect", ("--out", "data/raw"), (), ("data/raw",)),
+        Stage(
+            "collect",
+            ("--out", "data/raw", *_dvc("collect", plots=True)),
+            (),
+            ("data/raw", *_dvc_outputs("collect", plots=True)),
+        ),
         Stage(
             "preprocess",
-            ("--raw", "data/raw", "--out", "data/interim"),
+            ("--raw", "data/raw", "--out", "data/interim", *_dvc("preprocess", plots=True)),
             ("data/raw",),
-            ("data/interim",),
+            ("data/interim", *_dvc_outputs("preprocess", plots=True)),
         ),
         Stage(
             "align",
-            ("--interim", "data/interim", "--raw", "data/raw", "--out", "data/align"),
+            (
+                "--interim", "data/interim", "--raw", "data/raw", "--out", "data/align",
+                *_dvc("align"),
+            ),
             ("data/interim", "data/raw"),
-            ("data/align",),
+            ("data/align", *_dvc_outputs("align")),
         ),
         Stage(
             "label",
-            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled",
-             "--review-log", "review/answers.jsonl"),
+            (
+                "--interim", "data/interim", "--align", "data/align", "--out", "data/labelled",
+                "--review-log", "review/answers.jsonl", *_dvc("label"),
+            ),
             ("data/interim", "data/align", "review/answers.jsonl"),
-            ("data/labelled",),
+            ("data/labelled", *_dvc_outputs("label")),
         ),
         Stage(
             "clean",
@@ -54,28 +80,30 @@ STAGES: dict[str, Stage] = {
                 "--interim", "data/interim", "--align", "data/align", "--labelled",
                 "data/labelled", "--raw", "data/raw", "--out", "data/clean",
                 "--metrics", "metrics/quality.json", "--review-log", "review/answers.jsonl",
+                *_dvc("clean", plots=True),
             ),
             ("data/interim", "data/align", "data/labelled", "data/raw", "review/answers.jsonl"),
-            ("data/clean", "metrics/quality.json"),
+            ("data/clean", "metrics/quality.json", *_dvc_outputs("clean", plots=True)),
         ),
         Stage(
             "split",
             (
                 "--clean", "data/clean", "--labelled", "data/labelled",
-                "--out", "data/split", "--metrics", "metrics/split.json",
+                "--out", "data/split", "--metrics", "metrics/split.json", *_dvc("split"),
             ),
             ("data/clean", "data/labelled"),
-            ("data/split", "metrics/split.json"),
+            ("data/split", "metrics/split.json", *_dvc_outputs("split")),
         ),
         Stage(
             "train",
             (
                 "--split", "data/split", "--clean", "data/clean", "--interim", "data/interim",
                 "--labelled", "data/labelled", "--raw", "data/raw", "--models", "models",
-                "--codes", "data/codes", "--metrics", "metrics/train.json",
+                "--codes", "data/codes", "--metrics", "metrics/train.json", *_dvc("train"),
             ),
             ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
-            ("models", "data/codes", "metrics/train.json", "metrics/train_throughput.json"),
+            # not metrics/train_throughput.json: wall-clock run-time data, never versioned
+            ("models", "data/codes", "metrics/train.json", *_dvc_outputs("train")),
             gpu=True,
         ),
         Stage(
@@ -83,10 +111,14 @@ STAGES: dict[str, Stage] = {
             (
                 "--codes", "data/codes", "--labelled", "data/labelled", "--split", "data/split",
                 "--metrics", "metrics/retrieval.json", "--plots", "plots",
-                "--train-metrics", "metrics/train.json",
+                "--train-metrics", "metrics/train.json", *_dvc("evaluate"),
             ),
             ("data/codes", "data/labelled", "data/split", "metrics/train.json"),
-            ("metrics/retrieval.json", "plots"),
+            # its curves per model (pr/, pk/) and the tables dvc.yaml's plots draw (retrieval/)
+            (
+                "metrics/retrieval.json", f"{PLOTS_DIR}/pr", f"{PLOTS_DIR}/pk",
+                f"{PLOTS_DIR}/retrieval", *_dvc_outputs("evaluate"),
+            ),
         ),
     )
 }  # fmt: skip

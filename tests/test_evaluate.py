@@ -445,6 +445,7 @@ def test_dvc_stage_declares_inputs_outputs_and_plots():
         "--metrics": "metrics/retrieval.json",
         "--plots": "plots",
         "--train-metrics": "metrics/train.json",
+        "--digest": "metrics/dvc/evaluate.json",
     }
     assert stage["params"] == ["evaluate"]
     for dep in ("cmrops/stages/evaluate.py", "cmrops/metrics.py", "cmrops/codes.py"):
@@ -454,22 +455,37 @@ def test_dvc_stage_declares_inputs_outputs_and_plots():
         "data/codes", "data/labelled/labels.parquet", "data/split/assignments.parquet",
         "data/split/manifests", "metrics/train.json",
     } <= set(stage["deps"])  # fmt: skip
-    assert stage["metrics"] == [{"metrics/retrieval.json": {"cache": False}}]
-    plots = {next(iter(p)): next(iter(p.values())) for p in stage["plots"]}
-    assert plots["plots/pr"] == {"cache": False, "x": "recall", "y": "precision"}
-    assert plots["plots/pk"] == {"cache": False, "x": "k", "y": "precision"}
+    # the full record is an out (releases restore it); DVC's metrics file is its digest
+    assert stage["metrics"] == [{"metrics/dvc/evaluate.json": {"cache": False}}]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+    assert outs == ["metrics/retrieval.json", "plots/pr", "plots/pk", "plots/retrieval"]
+    assert "plots" not in stage  # no chart per file: the top-level plots draw the tables
+    plots = {next(iter(p)): next(iter(p.values())) for p in yaml.safe_load(
+        (REPO / "dvc.yaml").read_text())["plots"]}  # fmt: skip
+    assert plots["precision_recall"]["y"] == {"plots/retrieval/pr.json": "precision"}
+    assert plots["precision_at_k"]["y"] == {"plots/retrieval/pk.json": "precision"}
+    assert plots["map_by_bits"]["y"] == {"plots/retrieval/map.json": "map"}
+    for p in plots.values():
+        assert (REPO / ".dvc" / "plots" / f"{p['template']}.json").is_file()
 
 
 def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
     fabricate(tmp_path, n_query=15, n_database=50, models=(("dcmh", 16),))
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  map_at: [5]\n  top_k: [5]\n  pk_curve: [1, 5, 10]\n")
-    # DVC renders the files through the project's own plots declaration
-    project = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]
+    # DVC renders the tables through the project's own plots declarations and templates
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    project = spec["stages"]["evaluate"]
+    retrieval = [p for p in spec["plots"] if next(iter(p)) != "quarantine"]
     env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": project}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"evaluate": project}, "plots": retrieval})
+    )
+    (tmp_path / ".dvc" / "plots").mkdir()
+    for template in (REPO / ".dvc" / "plots").glob("*.json"):
+        shutil.copy(template, tmp_path / ".dvc" / "plots" / template.name)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -478,7 +494,8 @@ def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
         )  # no data/
         code = cli.main(
             ["evaluate", "--params", "params.yaml", "--codes", "codes", "--labelled", "labelled",
-             "--split", "split", "--metrics", "metrics/retrieval.json", "--plots", "plots"]
+             "--split", "split", "--metrics", "metrics/retrieval.json", "--plots", "plots",
+             "--digest", "metrics/dvc/evaluate.json"]
         )  # fmt: skip
     finally:
         os.chdir(cwd)
@@ -491,13 +508,26 @@ def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
     )  # fmt: skip
     shown = json.loads(proc.stdout)
     assert not shown.get("errors")
-    assert set(shown["data"]) == {
-        "plots/pr/dcmh-16_image_to_text.json", "plots/pr/dcmh-16_text_to_image.json",
-        "plots/pk/dcmh-16_image_to_text.json", "plots/pk/dcmh-16_text_to_image.json",
-    }  # fmt: skip
-    spec = shown["data"]["plots/pk/dcmh-16_image_to_text.json"][0]["content"]
-    assert spec["encoding"]["x"]["field"] == "k"
-    assert [v["k"] for v in spec["data"]["values"]] == [1, 5, 10]
+    assert set(shown["data"]) == {"precision_recall", "precision_at_k", "map_by_bits"}
+    chart = shown["data"]["precision_at_k"][0]["content"]
+    assert chart["encoding"]["x"]["field"] == "k"
+    assert chart["encoding"]["color"]["field"] == "method"
+    assert chart["encoding"]["row"]["field"] == "direction"
+    rows = chart["data"]["values"]
+    assert {(r["direction"], r["k"]) for r in rows} == {
+        (d, k) for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)
+    }
+    assert {(r["method"], r["bits"], r["model"]) for r in rows} == {("dcmh", 16, "dcmh-16")}
+    mean_ap = shown["data"]["map_by_bits"][0]["content"]["data"]["values"]
+    assert sorted(r["direction"] for r in mean_ap) == ["image_to_text", "text_to_image"]
+    for r in mean_ap:
+        assert r["map"] == m["models"]["dcmh-16"]["directions"][r["direction"]]["hash"]["map"]
+    # DVC's metrics file is the record's digest: numbers only
+    d = json.loads((tmp_path / "metrics" / "dvc" / "evaluate.json").read_text())
+    assert d["models"] == 1
+    for short, direction in (("i2t", "image_to_text"), ("t2i", "text_to_image")):
+        hash_map = m["models"]["dcmh-16"]["directions"][direction]["hash"]["map"]
+        assert d["map"][short] == {"dcmh-16": hash_map}
 
 
 # --------------------------------------------------------------------------- protocol (issue 13)
