@@ -154,7 +154,17 @@ def _evaluate(r: Mapping[str, Any]) -> Digest:
     for (model, direction), value in records.retrieval_maps(dict(r)).items():
         maps.setdefault(short_direction(direction), {})[model] = value
     baseline = {short_direction(d): v for d, v in records.float_baseline_maps(dict(r)).items()}
-    return {"models": len(r.get("models") or {}), "map": maps, "float_baseline": baseline}
+    out: Digest = {"models": len(r.get("models") or {}), "map": maps, "float_baseline": baseline}
+    if (r.get("relevance") or {}).get("mode") == "pair":  # caption data: R@10 is the headline
+        r10: dict[str, dict[str, Any]] = {}
+        for model, spec in sorted((r.get("models") or {}).items()):
+            for direction, d in sorted((spec.get("directions") or {}).items()):
+                ranks = ((d.get("hash") or {}).get("pair_ranks") or {}).get("tie_aware") or {}
+                value = (ranks.get("recall_at") or {}).get("10")
+                if isinstance(value, int | float):
+                    r10.setdefault(short_direction(direction), {})[model] = value
+        out["pair_r10"] = r10
+    return out
 
 
 def short_direction(direction: str) -> str:
