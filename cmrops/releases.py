@@ -176,6 +176,12 @@ class Release:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else None
 
+    def attachment(self, name: str) -> Path | None:
+        """An attached file of this release on this machine (None: not attached)."""
+        if self.path is None or name not in self.attachments:
+            return None
+        return self.path / ATTACHED / name
+
 
 def cache_dir(project: str | os.PathLike[str]) -> Path:
     """The project's DVC cache: ``cache.dir`` of ``.dvc/config.local`` / ``.dvc/config``, else
@@ -201,12 +207,6 @@ def cache_dir(project: str | os.PathLike[str]) -> Path:
 def cache_object(project: str | os.PathLike[str], md5: str) -> Path:
     """Where DVC 3 keeps the object ``md5`` in the project's cache."""
     return cache_dir(project) / "files" / "md5" / md5[:2] / md5[2:]
-
-    def attachment(self, name: str) -> Path | None:
-        """An attached file of this release on this machine (None: not attached)."""
-        if self.path is None or name not in self.attachments:
-            return None
-        return self.path / ATTACHED / name
 
 
 # --------------------------------------------------------------------------- what is recorded

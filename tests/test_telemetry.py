@@ -431,7 +431,7 @@ def test_a_run_writing_elsewhere_never_touches_the_project(tmp_path: Path) -> No
     proj = collect_project(tmp_path / "p", n=12)
     (proj / "dvc.yaml").write_text("stages: {}\n")  # the project's root marker
     elsewhere = tmp_path / "scratch"
-    bad = tmp_path / "bad.yaml"
+    bad = proj / "bad.yaml"  # (a params file above the outputs would make its folder the project)
     bad.write_text("collect:\n  sources: [{name: x, kind: folder, path: /no/such/folder}]\n")
     for params in (str(bad), "params.yaml"):
         cmrops("collect", "--params", params, "--out", str(elsewhere / "raw"), cwd=proj)

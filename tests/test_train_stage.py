@@ -254,6 +254,7 @@ def test_stale_code_folders_are_removed(tmp_path: Path) -> None:
         "contrastive-32",
         "mine",
         "rows.parquet",
+        "training_samples.parquet",
     ]
     m = train(tmp_path, dirs, dataclasses.replace(p, bits=(32,), float_baseline=False))
     assert m["float_baseline"] is None
@@ -462,6 +463,7 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
         "aligned-float",  # the aligned float baseline
         *models,
         "rows.parquet",
+        "training_samples.parquet",
     ]
     m = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert sorted(m["models"]) == models
