@@ -12,8 +12,8 @@ use numpy::{
     PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyNotADirectoryError, PyOSError,
-    PyPermissionError, PyTypeError, PyValueError,
+    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyMemoryError,
+    PyNotADirectoryError, PyOSError, PyPermissionError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use std::io::ErrorKind;
@@ -31,6 +31,7 @@ fn to_py(e: CoreError) -> PyErr {
     match e {
         CoreError::InvalidArgument { .. } => PyValueError::new_err(e.to_string()),
         CoreError::CorruptFile(msg) => CorruptIndexError::new_err(msg),
+        CoreError::OutOfMemory(msg) => PyMemoryError::new_err(msg),
         CoreError::Io { kind, msg } => match kind {
             ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
             ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
@@ -352,9 +353,9 @@ impl PyHammingIndex {
     }
 
     /// Every id, in row order.
-    fn ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        let ids = py.detach(|| self.read().ids());
-        ids.into_pyarray(py)
+    fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = py.detach(|| self.read().ids()).map_err(to_py)?;
+        Ok(ids.into_pyarray(py))
     }
 
     /// Write atomically to `path` (str or os.PathLike).
@@ -395,14 +396,23 @@ impl PyHammingIndex {
 
 /// All pairs of codes within `radius` (inclusive), as an int64 array of shape (m, 2).
 #[pyfunction]
-#[pyo3(signature = (codes, radius, other = None, n_threads = None))]
+#[pyo3(signature = (codes, radius, other = None, n_threads = None, max_pairs = None))]
 fn near_duplicates<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
     radius: i64,
     other: Option<&Bound<'py, PyAny>>,
     n_threads: Option<i64>,
+    max_pairs: Option<i64>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let max_pairs = match max_pairs {
+        Some(m) if m < 0 => {
+            return Err(PyValueError::new_err(format!(
+                "max_pairs: must be at least 0 (or None for no limit), got {m}"
+            )))
+        }
+        m => m.map(|m| m as u64),
+    };
     let c = codes_arg(codes, "codes", "n_bits/64")?;
     let o = other
         .map(|o| codes_arg(o, "other", "n_bits/64"))
@@ -421,11 +431,11 @@ fn near_duplicates<'py>(
         .transpose()?;
     let words = c.cols;
     let pairs = py
-        .detach(|| dedup::near_duplicates(data, words, radius, other, &pool))
+        .detach(|| dedup::near_duplicates(data, words, radius, other, max_pairs, &pool))
         .map_err(to_py)?;
     let m = pairs.len();
-    let flat: Vec<i64> = pairs.into_iter().flatten().collect();
-    Ok(matrix(py, flat, m, 2))
+    // (m, 2) without a copy: the pairs' memory becomes the array's.
+    Ok(matrix(py, pairs.into_flattened(), m, 2))
 }
 
 /// Group id (smallest row index of its component) of each code under "within `radius`".
@@ -523,7 +533,8 @@ fn get_simd_path() -> &'static str {
     bits::active_path().name()
 }
 
-/// Use the named SIMD path ("scalar", "avx2" or "avx512") from now on, process-wide.
+/// Use the named SIMD path ("portable", "scalar", "neon", "avx2" or "avx512") from now on,
+/// process-wide.
 #[pyfunction]
 #[pyo3(signature = (name, /))]
 fn set_simd_path(name: &str) -> PyResult<()> {
