@@ -2,8 +2,10 @@
 # The pure Rust core (no Python) cross-compiled for aarch64 and tested under qemu-user: the NEON,
 # scalar and portable paths agree with the naive references on an ARM CPU model.
 #   needs: rustup's aarch64-unknown-linux-gnu standard library (added here when rustup exists),
-#          Debian's gcc-aarch64-linux-gnu (linker) and qemu-user (scripts/system_packages.sh).
-# Arguments go to `cargo test` (e.g. a test name). Exit status 0 only when every test passed.
+#          Debian's cross linker and qemu-user (installed here by scripts/system_packages.sh).
+# Not part of scripts/test.sh: on a 2-core machine the build and the emulated run take several
+# minutes (most of it building). Arguments go to `cargo test` (e.g. a test name). Exit status 0
+# only when every test passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=aarch64-unknown-linux-gnu
@@ -11,12 +13,7 @@ TARGET=aarch64-unknown-linux-gnu
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$TARGET"; then
     rustup target add "$TARGET"
 fi
-for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
-    command -v "$tool" >/dev/null || {
-        echo "$tool is missing: run scripts/system_packages.sh (gcc-aarch64-linux-gnu, qemu-user)" >&2
-        exit 1
-    }
-done
+scripts/system_packages.sh aarch64
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 # Optimised (the emulated kernels are many times slower than native ones) but without the

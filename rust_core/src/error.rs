@@ -53,28 +53,38 @@ impl From<std::io::Error> for CoreError {
 
 pub type Result<T> = std::result::Result<T, CoreError>;
 
-/// `bytes` for a person: `"7.20 GB (7,200,000,000 bytes)"`.
-pub fn describe_bytes(bytes: u128) -> String {
-    let digits = bytes.to_string();
-    let mut grouped = String::new();
+/// `n` with thousands separators: `"7,200,000,000"`.
+pub fn grouped(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            grouped.push(',');
+            out.push(',');
         }
-        grouped.push(c);
+        out.push(c);
     }
+    out
+}
+
+/// `bytes` for a person: `"7.20 GB (7,200,000,000 bytes)"`.
+pub fn describe_bytes(bytes: u128) -> String {
     let units = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
     match units.iter().find(|(scale, _)| bytes as f64 >= *scale) {
-        Some((scale, unit)) => format!("{:.2} {unit} ({grouped} bytes)", bytes as f64 / scale),
-        None => format!("{grouped} bytes"),
+        Some((scale, unit)) => format!(
+            "{:.2} {unit} ({} bytes)",
+            bytes as f64 / scale,
+            grouped(bytes)
+        ),
+        None => format!("{} bytes", grouped(bytes)),
     }
 }
 
-/// The error for `what` (e.g. "near_duplicates: the pairs") needing `count` items of `size`
-/// bytes that could not be allocated.
+/// The error for `what` (e.g. "search: the distances") needing `count` items of `size` bytes
+/// that could not be allocated.
 pub fn out_of_memory(what: &str, count: u128, size: usize) -> CoreError {
     CoreError::OutOfMemory(format!(
-        "{what} need {} ({count} x {size} bytes), more memory than is available",
+        "{what} need {} x {size} bytes = {}, more memory than is available",
+        grouped(count),
         describe_bytes(count.saturating_mul(size as u128))
     ))
 }

@@ -2,7 +2,7 @@
 //! that grow only while memory allows (and a caller's limit holds), or merged at once into
 //! groups by a concurrent union-find, which needs no memory per pair.
 
-use crate::error::{describe_bytes, CoreError, Result};
+use crate::error::{describe_bytes, grouped, CoreError, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The pairs of one parallel task.
@@ -45,9 +45,10 @@ impl Budget {
         let bytes = |n: u64| describe_bytes(n as u128 * 16);
         if self.alloc_failed.load(Ordering::Relaxed) {
             return Err(CoreError::OutOfMemory(format!(
-                "{what}: the result does not fit in memory: {found} pairs ({}) were found before \
-                 an allocation failed, and there are more; use a smaller radius, or \
-                 duplicate_groups to group the codes without listing every pair",
+                "{what}: the result does not fit in memory: {} pairs, {}, were found before an \
+                 allocation failed, and there are more; use a smaller radius, or duplicate_groups \
+                 to group the codes without listing every pair",
+                grouped(found as u128),
                 bytes(found)
             )));
         }
@@ -55,10 +56,11 @@ impl Budget {
             return Err(CoreError::invalid(
                 "max_pairs",
                 format!(
-                    "{what}: more than {} pairs are within the radius (at least {found}, {}); \
-                     raise max_pairs or use a smaller radius, or duplicate_groups to group the \
-                     codes without listing every pair",
+                    "{what}: more than {} pairs are within the radius (at least {}, {}); raise \
+                     max_pairs or use a smaller radius, or duplicate_groups to group the codes \
+                     without listing every pair",
                     self.limit,
+                    grouped(found as u128),
                     bytes(found)
                 ),
             ));
@@ -136,7 +138,8 @@ pub(crate) fn concat(mut chunks: Vec<Vec<[i64; 2]>>, what: &str) -> Result<Vec<[
     let mut out = chunks.swap_remove(largest);
     out.try_reserve_exact(total - out.len()).map_err(|_| {
         CoreError::OutOfMemory(format!(
-            "{what}: the result does not fit in memory: {total} pairs need {}",
+            "{what}: the result does not fit in memory: {} pairs need {}",
+            grouped(total as u128),
             describe_bytes(total as u128 * 16)
         ))
     })?;

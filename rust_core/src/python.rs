@@ -155,7 +155,33 @@ fn ids_arg<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArray1
         .map_err(|e| PyValueError::new_err(format!("{arg}: {e}")))
 }
 
-fn pool(n_threads: Option<i64>) -> PyResult<Arc<rayon::ThreadPool>> {
+/// An integer argument: a Python int (or numpy integer) of any size. One beyond the `i64`
+/// range is refused here by name, as the range checks refuse the others.
+fn int_arg(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<i64> {
+    match obj.extract::<i64>() {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) => {
+            Err(PyValueError::new_err(format!(
+                "{arg}: {} is out of range",
+                obj.str().map(|s| s.to_string()).unwrap_or_default()
+            )))
+        }
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{arg}: expected an int, got {}",
+            type_name(obj)
+        ))),
+    }
+}
+
+/// [`int_arg`] for an argument that may be None.
+fn opt_int_arg(obj: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<i64>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| int_arg(o, arg))
+        .transpose()
+}
+
+fn pool(n_threads: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<rayon::ThreadPool>> {
+    let n_threads = opt_int_arg(n_threads, "n_threads")?;
     let n = match n_threads {
         None => None,
         Some(n) if n < 1 => {
@@ -225,7 +251,7 @@ impl PyHammingIndex {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wrap(index: CoreIndex, n_threads: Option<i64>) -> PyResult<PyHammingIndex> {
+    fn wrap(index: CoreIndex, n_threads: Option<&Bound<'_, PyAny>>) -> PyResult<PyHammingIndex> {
         let pool = pool(n_threads)?;
         let n_threads = pool.current_num_threads();
         Ok(PyHammingIndex {
@@ -244,7 +270,7 @@ impl PyHammingIndex {
         py: Python<'_>,
         codes: &Bound<'_, PyAny>,
         ids: Option<&Bound<'_, PyAny>>,
-        n_threads: Option<i64>,
+        n_threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyHammingIndex> {
         let codes = codes_arg(codes, "codes", "n_bits/64")?;
         let ids = ids.map(|i| ids_arg(i, "ids")).transpose()?;
@@ -291,8 +317,9 @@ impl PyHammingIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        k: i64,
+        k: &Bound<'py, PyAny>,
     ) -> PyResult<Matrices<'py, i32, i64>> {
+        let k = int_arg(k, "k")?;
         let q = codes_arg(queries, "queries", "n_bits/64")?;
         let words = self.read().words();
         if q.cols != words {
@@ -313,8 +340,9 @@ impl PyHammingIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        radius: i64,
+        radius: &Bound<'py, PyAny>,
     ) -> PyResult<Csr<'py>> {
+        let radius = int_arg(radius, "radius")?;
         let q = codes_arg(queries, "queries", "n_bits/64")?;
         let words = self.read().words();
         if q.cols != words {
@@ -367,7 +395,11 @@ impl PyHammingIndex {
     /// Read an index written by `save`.
     #[staticmethod]
     #[pyo3(signature = (path, n_threads = None))]
-    fn load(py: Python<'_>, path: PathBuf, n_threads: Option<i64>) -> PyResult<PyHammingIndex> {
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        n_threads: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyHammingIndex> {
         let pool = pool(n_threads)?;
         let index = py.detach(|| CoreIndex::load(&path)).map_err(to_py)?;
         let n_threads = pool.current_num_threads();
@@ -400,12 +432,13 @@ impl PyHammingIndex {
 fn near_duplicates<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
-    radius: i64,
+    radius: &Bound<'py, PyAny>,
     other: Option<&Bound<'py, PyAny>>,
-    n_threads: Option<i64>,
-    max_pairs: Option<i64>,
+    n_threads: Option<&Bound<'py, PyAny>>,
+    max_pairs: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    let max_pairs = match max_pairs {
+    let radius = int_arg(radius, "radius")?;
+    let max_pairs = match opt_int_arg(max_pairs, "max_pairs")? {
         Some(m) if m < 0 => {
             return Err(PyValueError::new_err(format!(
                 "max_pairs: must be at least 0 (or None for no limit), got {m}"
@@ -444,9 +477,10 @@ fn near_duplicates<'py>(
 fn duplicate_groups<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
-    radius: i64,
-    n_threads: Option<i64>,
+    radius: &Bound<'py, PyAny>,
+    n_threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let radius = int_arg(radius, "radius")?;
     let c = codes_arg(codes, "codes", "n_bits/64")?;
     let radius = radius_arg(radius, c.cols)?;
     let pool = pool(n_threads)?;
@@ -467,7 +501,7 @@ fn hamming_histogram<'py>(
     database: &Bound<'py, PyAny>,
     query_labels: &Bound<'py, PyAny>,
     database_labels: &Bound<'py, PyAny>,
-    n_threads: Option<i64>,
+    n_threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Matrices<'py, i64, i64>> {
     let q = codes_arg(queries, "queries", "n_bits/64")?;
     let d = codes_arg(database, "database", "n_bits/64")?;

@@ -15,7 +15,7 @@
 
 use crate::bits::{Kernel, Sink};
 use crate::error::{
-    describe_bytes, out_of_memory, try_filled, try_with_capacity, CoreError, Result,
+    describe_bytes, grouped, out_of_memory, try_filled, try_with_capacity, CoreError, Result,
 };
 use rayon::prelude::*;
 use std::collections::{BinaryHeap, HashSet};
@@ -632,9 +632,10 @@ impl HammingIndex {
         let found: u128 = parts.iter().flatten().map(|h| h.len() as u128).sum();
         if failed.load(Ordering::Relaxed) {
             return Err(CoreError::OutOfMemory(format!(
-                "range_search (radius {radius}): the result does not fit in memory: {found} hits \
-                 ({}) were found before an allocation failed, and there are more; use a smaller \
-                 radius or fewer queries at a time",
+                "range_search (radius {radius}): the result does not fit in memory: {} hits, {}, \
+                 were found before an allocation failed, and there are more; use a smaller radius \
+                 or fewer queries at a time",
+                grouped(found),
                 describe_bytes(found * 12)
             )));
         }

@@ -218,6 +218,17 @@ fn path_selection() {
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq") {
         assert!(paths.contains(&SimdPath::Avx512));
     }
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        paths.contains(&SimdPath::Scalar),
+        is_x86_feature_detected!("popcnt")
+    );
+    // Every aarch64 CPU has NEON and a popcount (cnt): both paths run, and these tests cover them.
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        paths,
+        vec![SimdPath::Portable, SimdPath::Scalar, SimdPath::Neon]
+    );
 }
 
 /// A top-k sink (by distance, then row): tightens its threshold as codes arrive, strictly below
