@@ -98,7 +98,13 @@ import pyarrow.parquet as pq
 
 from cmrops import io
 from cmrops.cleaning import candidates, dedup, overrides, scoring
-from cmrops.cleaning.graph import components, hamming, pairs_within, size_histogram
+from cmrops.cleaning.graph import (
+    collapse_identical,
+    components,
+    hamming,
+    pairs_within,
+    size_histogram,
+)
 from cmrops.schema import CLEAN_GROUPS, INTERIM_SAMPLES, QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -962,9 +968,21 @@ def _duplicates(
     search: dict[str, Any] = {"queried": 0, "reused_pairs": 0, "index_size": n, "cache": "off"}
     if near_p.enabled:
         use_cos = near_p.min_image_cosine is not None and image_emb is not None
-        pairs, dist, search = candidates.near_candidates(
-            c["sample_id"], c["phash"], near_p.radius, cache_dir=cache_dir
+        # rows no rule can tell apart, in classes too large to list their pairs: searched
+        # through their first row, the others linked to it (the same groups, linear pairs)
+        same = collapse_identical(
+            dedup.interchangeable_keys(c["phash"], c["dhash"], image_emb if use_cos else None)
         )
+        rows = np.flatnonzero(same.keep)
+        found, _, search = candidates.near_candidates(
+            [c["sample_id"][i] for i in rows], c["phash"][rows], near_p.radius,
+            cache_dir=cache_dir,
+        )  # fmt: skip
+        pairs = np.concatenate([rows[found].reshape(-1, 2), same.star])
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        dist = hamming(c["phash"][pairs[:, 0]], c["phash"][pairs[:, 1]])
+        if same.classes:
+            report["collapsed_identical_images"] = same.report()
         near, steps = dedup.near_edges(
             c["phash"], near_p.radius, dhash=c["dhash"], dhash_radius=near_p.dhash_radius,
             embeddings=image_emb if use_cos else None,
@@ -984,8 +1002,12 @@ def _duplicates(
     has_text = c["simhash"] != 0
     cap_rows = np.flatnonzero(has_text)
     if cap_p.enabled:
+        # equal SimHashes beyond MAX_CLASS rows: linked to their first row (same groups)
         sub, cap_d = pairs_within(c["simhash"][cap_rows], cap_p.radius)
         cap_pairs = cap_rows[sub] if len(sub) else np.zeros((0, 2), np.int64)
+        cap_collapsed = collapse_identical(c["simhash"][cap_rows])
+        if cap_collapsed.classes:
+            report["collapsed_identical_captions"] = cap_collapsed.report()
     else:
         cap_pairs, cap_d = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
     caption_group = components(n, cap_pairs)
@@ -1004,8 +1026,12 @@ def _duplicates(
     # the graph duplicates are dropped on
     near_drop = near
     if near_p.enabled and near_p.drop == "with_caption":
-        keys = near.pairs[:, 0] * n + near.pairs[:, 1]
-        near_drop = near.select(np.array([k in cap_key for k in keys.tolist()], bool))
+        # the pair's captions are within the caption radius (what being a caption pair means;
+        # asked of the pair itself, since collapsed caption classes list fewer pairs)
+        a, b = near.pairs[:, 0], near.pairs[:, 1]
+        sh_ = c["simhash"]
+        with_cap = has_text[a] & has_text[b] & (hamming(sh_[a], sh_[b]) <= cap_p.radius)
+        near_drop = near.select(with_cap & cap_p.enabled)
     drop_edges = dedup.Edges.concat([exact if ex.enabled else dedup.Edges.empty(), near_drop])
     drop = dedup.resolve(n, drop_edges, resolution, eligible)
     nb, nb_dist = dedup.nearest_neighbour(n, drop_edges, drop.rep)
