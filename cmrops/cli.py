@@ -179,6 +179,7 @@ def _metrics_serve(args: argparse.Namespace) -> int:
 
 
 def _metrics_push(args: argparse.Namespace) -> int:
+    from cmrops.redaction import redact_url
     from cmrops.telemetry import push
 
     gateway = args.gateway or push.gateway_from_env()
@@ -189,7 +190,7 @@ def _metrics_push(args: argparse.Namespace) -> int:
     except push.PushError as e:
         print(f"cmrops metrics push: {e}", file=sys.stderr)
         return 1
-    print(f"pushed metrics of {', '.join(stages)} to {gateway} (job {args.job})")
+    print(f"pushed metrics of {', '.join(stages)} to {redact_url(gateway)} (job {args.job})")
     return 0
 
 
@@ -202,6 +203,7 @@ def _pipeline_summary(args: argparse.Namespace) -> int:
 
 def _storage_check(args: argparse.Namespace) -> int:
     from cmrops import storage
+    from cmrops.redaction import redact, redact_url
 
     endpoint = None
     if args.url:
@@ -214,8 +216,8 @@ def _storage_check(args: argparse.Namespace) -> int:
     res = storage.check(url, endpoint=endpoint, create_bucket=not args.no_create_bucket)
     state = "OK" if res.ok else "FAILED"
     print(
-        f"storage check {state}: {res.url} reachable={res.reachable} writable={res.writable} "
-        f"({res.seconds}s) - {res.detail}"
+        f"storage check {state}: {redact_url(res.url)} reachable={res.reachable} "
+        f"writable={res.writable} ({res.seconds}s) - {redact(res.detail)}"
     )
     return 0 if res.ok else 1
 
@@ -226,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _redact_logs()
     module_name, func_name = args.handler.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     from cmrops.pipeline import STAGES
@@ -238,14 +241,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    from cmrops.errors import os_error_line
+    from cmrops.redaction import redact
+
     try:
         return int(func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as e:
         # Bad input or configuration: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise
-        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
+        print(f"cmrops {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The machine, not the input: a full disk, a read-only or failing device. One line with
+        # the path and what to do; exit 1 (a retry after the cause is fixed may succeed).
+        if args.verbose:
+            raise
+        out = getattr(args, "out", None) or getattr(args, "metrics", None)
+        print(f"cmrops {args.command}: error: {os_error_line(e, out)}", file=sys.stderr)
+        return 1
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks URL credentials in every record a handler emits (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cmrops.redaction import redact
+
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _redact_logs() -> None:
+    """Install :class:`_RedactingFilter` on the root logger's handlers (once): credentials in a
+    URL that a library logs (botocore, dvc, urllib3) never reach the log either."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,15 @@ temporary copy, never on the checkout's own data).
 The committed ``.dvc/config`` names the default remote (a local folder). An S3/MinIO remote is
 added with :func:`configure_remote`: its URL may be committed, but its endpoint and credentials
 go to ``.dvc/config.local`` (``dvc remote modify --local``) or the environment
-(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``) - never to a committed file.
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``) - never to a committed file; credentials
+written into a URL (``http://KEY:SECRET@host:9000``) are split off into ``config.local``.
+
+Every remote is verified on pull (``verify = true``, committed for the default remote, set by
+:func:`configure_remote` for the others): DVC rehashes each file it downloads and refuses one
+whose content does not match its name, so a bit flipped in the remote never reaches the
+workspace. dvc commands wait for each other (``--wait-for-lock``) instead of failing when two
+run at once (two copies of the last Airflow task), and dvc's messages are shown with URL
+credentials masked.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cmrops.redaction import redact, split_credentials
 
 __all__ = [
     "Changes",
@@ -48,7 +58,7 @@ def dvc(
     """Run ``dvc ARGS`` in ``repo``; raise :class:`VersioningError` (dvc's error) on failure."""
     env = {**os.environ, **_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
+        [sys.executable, "-m", "dvc", "--wait-for-lock", *args],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -59,7 +69,7 @@ def dvc(
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if "ERROR" in ln] or lines[-5:]
         raise VersioningError(
-            f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors)
+            redact(f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors))
         )
     return proc
 
@@ -90,6 +100,10 @@ def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> 
         return RemoteInfo(name, url, section.get("endpointurl"))
 
 
+#: URL schemes whose DVC remotes take ``user`` / ``password`` options.
+_USER_PASSWORD_SCHEMES = frozenset({"http", "https", "webdav", "webdavs", "ssh"})
+
+
 def configure_remote(
     repo: str | os.PathLike[str],
     name: str,
@@ -98,11 +112,35 @@ def configure_remote(
     default: bool = False,
     local: bool = False,
 ) -> None:
-    """Add (or replace) remote ``name``; its ``endpoint`` is only ever written with ``--local``."""
+    """Add (or replace) remote ``name``, verified on pull (``verify = true``). Its ``endpoint``
+    is only ever written with ``--local``; credentials in ``endpoint`` become the remote's
+    ``access_key_id`` / ``secret_access_key`` and those in ``url`` its ``user`` / ``password``,
+    both in ``config.local`` only."""
+    from urllib.parse import urlsplit
+
     level = ["--local"] if local else []
-    dvc(["remote", "add", "--force", *level, *(["-d"] if default else []), name, url], repo)
+    bare_url, user, password = split_credentials(url)
+    if user is not None and urlsplit(bare_url).scheme not in _USER_PASSWORD_SCHEMES:
+        raise ValueError(
+            f"{redact(url)}: a {urlsplit(bare_url).scheme or 'local'} remote takes no credentials "
+            "in its URL; give them in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        )
+    dvc(["remote", "add", "--force", *level, *(["-d"] if default else []), name, bare_url], repo)
+    dvc(["remote", "modify", *level, name, "verify", "true"], repo)
+    secrets: list[tuple[str, str]] = []
+    if user is not None:
+        secrets += [("user", user), *([("password", password)] if password is not None else [])]
+        if urlsplit(bare_url).scheme in ("http", "https"):
+            secrets.append(("auth", "basic"))
     if endpoint:
-        dvc(["remote", "modify", "--local", name, "endpointurl", endpoint], repo)
+        bare_endpoint, key, secret = split_credentials(endpoint)
+        secrets.append(("endpointurl", bare_endpoint))
+        if key is not None:
+            secrets.append(("access_key_id", key))
+        if secret is not None:
+            secrets.append(("secret_access_key", secret))
+    for option, value in secrets:
+        dvc(["remote", "modify", "--local", name, option, value], repo)
 
 
 def ensure_remote_bucket(repo: str | os.PathLike[str] = ".", name: str | None = None) -> bool:
@@ -131,8 +169,8 @@ def push(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: in
         ensure_remote_bucket(repo, remote)
     except Exception as e:  # unreachable server: let dvc push report it with its own words too
         raise VersioningError(
-            f"DVC remote {remote or '(default)'} is not reachable: {e}. Start the object store "
-            "(or fix its endpoint) and rerun; the push resumes where it stopped."
+            f"DVC remote {remote or '(default)'} is not reachable: {redact(str(e))}. Start the "
+            "object store (or fix its endpoint) and rerun; the push resumes where it stopped."
         ) from e
     try:
         proc = dvc(["push", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)

@@ -12,6 +12,9 @@ Outputs (under ``out``)::
 Every record a source yields is either kept or quarantined: inputs = kept + quarantined, checked
 before anything is written. The tables are written last, atomically, and objects not referenced by
 ``samples.parquet`` are removed, so a rerun (after a kill, too) leaves byte-identical outputs.
+A run that keeps no sample (every input quarantined, or none at all) is an error
+(:class:`cmrops.errors.NothingKeptError`: the quarantine counts by reason and an example of each)
+raised before anything is written, so the failure shows here, not as an empty vocabulary later.
 
 Memory stays bounded as sources grow: records are streamed from the sources, sample rows are
 spilled to ``.collect-spill/`` in batches (bucketed by the first hex digit of ``sample_id``) and
@@ -37,6 +40,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from cmrops.cas import ObjectStore, StoredObject, TooLargeError
+from cmrops.errors import NothingKeptError
 from cmrops.ids import sample_id
 from cmrops.io import HexKeySorter, parquet_writer, write_json, write_parquet
 from cmrops.params import load_section
@@ -324,6 +328,7 @@ class _Collector:
     outcomes: dict[tuple[str, str], _Outcome] = field(default_factory=dict)
     track: set[str] = field(default_factory=set)  # sources whose outcomes truth needs
     order: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> its first row, in words
 
     def add(self, record: RawItem | Reject) -> str | None:
         """Keep or quarantine one record; return the quarantine reason, or None when kept."""
@@ -423,6 +428,7 @@ class _Collector:
             }
         )
         self.by_reason[str(r.reason)] += 1
+        self.examples.setdefault(str(r.reason), f"{r.source}:{r.source_key}: {r.detail}")
         if len(self.quarantine) >= _QUARANTINE_BATCH:
             self._pack()
         self._note(r.source, r.source_key, _Outcome(None, str(r.reason)))
@@ -499,6 +505,9 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
         per_source: dict[str, Counter[str]] = {}
         for source in sources:
             per_source[source.name] = _drain(col, source)
+        if col.kept == 0:  # nothing for preprocess: fail here, with why, before writing
+            inputs = sum(c.total() for c in per_source.values())
+            raise NothingKeptError(STAGE, inputs, col.by_reason, col.examples)
 
         truth = [
             row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)
