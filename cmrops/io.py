@@ -17,23 +17,30 @@ from typing import IO, Any
 
 import numpy as np
 
+from cmrops.errors import with_path
+
 
 @contextlib.contextmanager
 def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path``; when the block succeeds, the file there is fsynced and
     renamed over ``path``; when it fails, it is removed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise with_path(e, target) from e
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk: say which output it was writing
+            raise with_path(e, target) from e
         raise
 
 
@@ -167,11 +174,17 @@ def parquet_writer(
     import pyarrow.parquet as pq
 
     with atomic_output(path, "wb") as fh:
-        writer = ParquetStreamWriter(
-            pq.ParquetWriter(fh, schema, **_PARQUET_OPTIONS), schema, row_group_rows
-        )
-        yield writer
-        writer.close()
+        pq_writer = pq.ParquetWriter(fh, schema, **_PARQUET_OPTIONS)
+        writer = ParquetStreamWriter(pq_writer, schema, row_group_rows)
+        try:
+            yield writer
+            writer.close()
+        except BaseException:
+            # close it while its file is open: left to the garbage collector, it would write its
+            # footer into the closed file ("write to closed file") after the real error
+            with contextlib.suppress(Exception):
+                pq_writer.close()
+            raise
 
 
 class HexKeySorter:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cmrops.errors import NothingKeptError
 from cmrops.sources import WebDatasetSource
 from cmrops.sources.webdataset import expand_shards
 from tests.collect_util import by_key, check_balance, collect, image_bytes, reasons, rows
@@ -234,7 +235,11 @@ def test_truncated_gzip_shard(tmp_path):
 def test_not_a_tar_and_missing_shards(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"<html>not a tar</html>")  # no sample could be read
     out = tmp_path / "raw"
-    m = collect(out, {"name": "w", "kind": "webdataset", "shards": [str(tmp_path / "junk.tar")]})
+    junk = {"name": "w", "kind": "webdataset", "shards": [str(tmp_path / "junk.tar")]}
+    with pytest.raises(NothingKeptError, match=r"all 1 inputs were quarantined \(truncated_shard"):
+        collect(out, junk)  # nothing to pass on: the stage fails, saying why
+    _three_samples(tmp_path / "good.tar")
+    m = collect(out, {**junk, "shards": [str(tmp_path / "junk.tar"), str(tmp_path / "good.tar")]})
     assert reasons(out) == {"junk.tar": "truncated_shard"}
     check_balance(out, m)
     with pytest.raises(FileNotFoundError, match=r"gone\.tar"):

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from cmrops.cas import ObjectStore, StoredObject, TooLargeError
+from cmrops.cas import ObjectStore, StoredObject, StoreWriteError, TooLargeError
 from cmrops.errors import NothingKeptError
 from cmrops.ids import sample_id
 from cmrops.io import HexKeySorter, parquet_writer, write_json, write_parquet
@@ -412,6 +412,8 @@ class _Collector:
             return self.store.put_file(item.path, limit)
         except TooLargeError:
             return reject(Reason.IMAGE_TOO_LARGE, f"the image grew past max_image_bytes={limit}")
+        except StoreWriteError:
+            raise  # our disk, not the input: the stage fails (a full disk is no quarantine reason)
         except OSError as e:
             return reject(Reason.UNREADABLE_FILE, f"cannot read the image: {e.strerror or e}")
 
