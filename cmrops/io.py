@@ -88,8 +88,13 @@ def atomic_npy_memmap(
             del mm
 
 
-def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def read_npy(path: str | os.PathLike[str], mmap_mode: Any = None) -> np.ndarray:
+    """A ``.npy`` array (memory-mapped with ``mmap_mode="r"``); never unpickles. A file that
+    holds pickled objects or is no ``.npy`` at all is a ``ValueError`` that names the file."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise ValueError(f"{os.fspath(path)}: refused, not a plain .npy array ({e})") from e
 
 
 #: Rows per Parquet row group of every table cmrops writes: fixed, so the bytes of an output

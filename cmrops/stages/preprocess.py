@@ -1082,7 +1082,7 @@ def _write_features(
         with io.atomic_npy_memmap(feat / f"{kind}.npy", np.float32, (n_kept, dim)) as dest:
             offset = 0
             for s, size in zip(shards, sizes, strict=True):
-                part = np.load(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
+                part = io.read_npy(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
                 if len(part) != size or (size and part.shape[1] != dim):
                     raise AssertionError(
                         f"{s.stem}.{kind}.npy holds {part.shape} for {size} samples of dim {dim}"
