@@ -234,10 +234,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cmrops.pipeline import STAGES
 
     if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
-        from cmrops.telemetry.record import run_recorded
+        from cmrops.locks import stage_lock
+        from cmrops.telemetry.record import project_root, run_recorded
 
-        return run_recorded(args, lambda: _call(func, args))
+        # one copy at a time per output folder (a second Airflow attempt waits for the first)
+        output = next(
+            getattr(args, a) for a in ("out", "models", "metrics") if getattr(args, a, None)
+        )
+        with stage_lock(project_root(args.params), args.command, output):
+            _sweep_killed_writes(args)
+            return run_recorded(args, lambda: _call(func, args))
     return _call(func, args)
+
+
+def _sweep_killed_writes(args: argparse.Namespace) -> None:
+    """Temporary files of writes a killed run left in this stage's output folders: removed
+    before it runs again, so none is ever versioned as part of an output (the stage lock is
+    held: no live write of this stage is there)."""
+    from pathlib import Path
+
+    from cmrops.io import sweep_temporary
+
+    for attr in ("out", "models", "codes", "plots"):
+        folder = getattr(args, attr, None)
+        if folder and Path(folder).is_dir():
+            # preprocess's shards are written by fan-out tasks that hold no stage lock: it
+            # sweeps them itself when it plans
+            n = sweep_temporary(folder, skip=frozenset({"shards"}))
+            if n:
+                logging.getLogger("cmrops").info("removed %d temporary file(s) in %s", n, folder)
 
 
 def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,25 @@ def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(e, OSError):  # a full disk: say which output it was writing
             raise with_path(e, target) from e
         raise
+
+
+#: The name :func:`_atomic_path` gives a temporary file: ``.<target name>.<8 random>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_temporary(folder: str | os.PathLike[str], skip: frozenset[str] = frozenset()) -> int:
+    """Delete the temporary files that writes killed mid-way (SIGKILL, a full disk) left under
+    ``folder`` (sub-folders named in ``skip`` excepted); returns how many. Call it only while no
+    other process writes there (the stage lock): a live write's temporary file looks the same."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            if _TEMPORARY.match(name):
+                with contextlib.suppress(OSError):  # gone already, or not ours to delete
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+    return n
 
 
 @contextlib.contextmanager

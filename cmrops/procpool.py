@@ -6,6 +6,11 @@ supervisor blocks metadata-DB access in task processes (``sql_alchemy_conn`` =
 ``airflow-db-not-allowed:///``). The work itself never needs the parent's ``__main__`` (it is a
 function of an importable module), so :func:`spawn_pool` hides that script from
 :mod:`multiprocessing` while its pool lives, then puts it back.
+
+Workers end with their parent. A parent killed with SIGKILL (an Airflow task past its timeout,
+an OOM kill) cannot shut its pool down, and a worker waiting on the pool's queue would then wait
+forever, holding memory and the task's output pipes; each worker therefore watches its parent
+and exits once it is gone.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 __all__ = ["spawn_pool"]
@@ -39,5 +47,27 @@ def spawn_pool(max_workers: int) -> Iterator[cf.ProcessPoolExecutor]:
     not re-run the parent's ``__main__`` script: it stays hidden while the pool lives, since
     workers start on demand."""
     ctx = multiprocessing.get_context("spawn")
-    with _main_script_hidden(), cf.ProcessPoolExecutor(max_workers, mp_context=ctx) as pool:
+    with (
+        _main_script_hidden(),
+        cf.ProcessPoolExecutor(
+            max_workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        ) as pool,
+    ):
         yield pool
+
+
+#: How often a worker checks that its parent is alive (seconds).
+PARENT_CHECK_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread that ends the worker once ``parent`` is gone (the
+    worker is re-parented, so ``getppid`` changes). A shard it was writing is left as a
+    temporary file, which the next run sweeps."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(70)  # EX_SOFTWARE; nobody is left to read it
+
+    threading.Thread(target=watch, name="cmrops-parent-watch", daemon=True).start()
