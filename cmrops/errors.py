@@ -5,7 +5,7 @@ A low module (standard library and :mod:`cmrops.redaction` only) that every laye
 * :class:`NothingKeptError` - a stage that would hand zero samples to the next one fails with the
   quarantine counts by reason (a ``ValueError``: the CLI prints it as one line, exit code 2).
 * :func:`os_error_line` - an ``OSError`` (a full disk above all) as one line naming the path and
-  what to do; :func:`with_path` attaches the path to an ``OSError`` raised without one.
+  what to do (the writers of :mod:`cmrops.io` and :mod:`cmrops.cas` attach the path).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Final
 
 from cmrops.redaction import redact
 
-__all__ = ["NothingKeptError", "os_error_line", "with_path"]
+__all__ = ["NothingKeptError", "os_error_line"]
 
 
 class NothingKeptError(ValueError):
@@ -55,15 +55,6 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def with_path(exc: OSError, path: str | os.PathLike[str]) -> OSError:
-    """``exc`` if it names a file already, else a copy of it that names ``path`` (chain it with
-    ``raise with_path(e, p) from e``)."""
-    if exc.filename is not None:
-        return exc
-    code = exc.errno if exc.errno is not None else _errno_in(str(exc))
-    return type(exc)(code, os.strerror(code) if code else str(exc), os.fspath(path))
-
-
 #: What to do, by errno.
 _ADVICE: Final = {
     errno.ENOSPC: "free space on that file system (df -h), then rerun the same command: it "
@@ -83,12 +74,13 @@ def os_error_line(exc: OSError, fallback_path: str | os.PathLike[str] | None = N
     """One line: what failed, on which path, and what to do. Looks through the exception's chain
     for the errno and the path (pyarrow and ``__exit__`` paths may raise a copy without them)."""
     code, path = exc.errno, exc.filename
-    for e in _chain(exc):
+    chain = _chain(exc)
+    for e in chain:
         if isinstance(e, OSError):
             code = code if code is not None else e.errno
             path = path if path is not None else e.filename
-    if code is None:
-        code = _errno_in(str(exc))
+    if code is None:  # pyarrow's OSError carries it in its text only
+        code = next((c for c in map(_errno_in, map(str, chain)) if c is not None), None)
     where = os.fspath(path) if path is not None else fallback_path
     what = os.strerror(code) if code else (exc.strerror or str(exc) or type(exc).__name__)
     line = what + (f": {os.fspath(where)}" if where is not None else "")

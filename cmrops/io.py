@@ -18,7 +18,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from cmrops.errors import with_path
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` if it names a file, else a copy naming ``path`` (pyarrow and ``write`` raise
+    without one); :func:`cmrops.errors.os_error_line` reads the errno from the chain."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 @contextlib.contextmanager
@@ -30,7 +36,7 @@ def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
-        raise with_path(e, target) from e
+        raise _with_path(e, target) from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -41,7 +47,7 @@ def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError):  # a full disk: say which output it was writing
-            raise with_path(e, target) from e
+            raise _with_path(e, target) from e
         raise
 
 
