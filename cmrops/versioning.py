@@ -67,7 +67,9 @@ def dvc(
     )
     if check and proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "ERROR" in ln] or lines[-5:]
+        first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), None)
+        # the ERROR line and what dvc lists under it (the targets that failed), or the tail
+        errors = lines[first : first + 12] if first is not None else lines[-5:]
         raise VersioningError(
             redact(f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors))
         )
@@ -182,8 +184,28 @@ def push(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: in
     return proc.stdout.strip()
 
 
-def pull(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: int = 4) -> str:
-    proc = dvc(["pull", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)
+def pull(
+    repo: str | os.PathLike[str] = ".",
+    remote: str | None = None,
+    jobs: int = 4,
+    targets: list[str] | None = None,
+) -> str:
+    """``dvc pull`` (of ``targets``: stages or outputs; default all). Every file is verified
+    against its hash: one missing from the remote or damaged there is not checked out, and the
+    error says so."""
+    try:
+        proc = dvc(
+            ["pull", "--jobs", str(jobs), *(["-r", remote] if remote else []), *(targets or [])],
+            repo,
+        )
+    except VersioningError as e:
+        if "Missing cache files" not in str(e) and "Checkout failed" not in str(e):
+            raise
+        raise VersioningError(
+            f"{e}. Files missing from the remote, or whose remote copy does not match its hash "
+            "(damaged: pulls are verified), were not checked out; push them again from a "
+            "workspace that has them, then pull."
+        ) from e
     return proc.stdout.strip()
 
 

@@ -67,15 +67,12 @@ def _cache_keys(project: Path) -> set[str]:
     return {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()}
 
 
-def _object_of(project: Path, relpath: str) -> str:
-    """The cache key of file ``relpath`` of the collect output (from its ``.dir`` listing)."""
-    lock = (project / "dvc.lock").read_text()
+def _object_of(project: Path, path: str) -> str:
+    """The cache key (``files/md5/ab/cdef...``) of output file ``path``, from dvc.lock."""
     import yaml
 
-    (out,) = [o for o in yaml.safe_load(lock)["stages"]["collect"]["outs"] if o["path"] == OUT]
-    d = out["md5"]
-    listing = json.loads((project / ".dvc/cache/files/md5" / d[:2] / d[2:]).read_text())
-    md5 = next(e["md5"] for e in listing if e["relpath"] == relpath)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (md5,) = [o["md5"] for o in lock["stages"]["collect"]["outs"] if o["path"] == path]
     return f"files/md5/{md5[:2]}/{md5[2:]}"
 
 
@@ -97,30 +94,21 @@ def test_a_byte_flipped_in_the_default_remote_is_refused_on_pull(dvc_project, tm
     assert "verify = true" in (project / ".dvc/config").read_text()  # committed, for every clone
     versioning.push(project)
     good = (project / OUT / "samples.parquet").read_bytes()
-    damaged = project / ".dvc-remote" / _object_of(project, "samples.parquet")
+    damaged = project / ".dvc-remote" / _object_of(project, f"{OUT}/samples.parquet")
     damaged.chmod(0o644)
     damaged.write_bytes(_flip(good))  # same size, one bit off: only its hash tells
 
-    def clone_pulling_from_original(name: str, *extra: list[str]) -> tuple[Path, object]:
-        clone = _clone(project, tmp_path / name)  # an empty cache
-        # the default remote's URL is relative to the repository: point at the original's
-        _dvc(["remote", "modify", "--local", "local", "url", str(project / ".dvc-remote")], clone)
-        for args in extra:
-            _dvc(args, clone)
-        return clone, _dvc(["pull"], clone)
-
-    clone, pull = clone_pulling_from_original("clone")
-    assert pull.returncode != 0, pull.stdout + pull.stderr  # refused, loudly
-    pulled = clone / OUT / "samples.parquet"
-    assert not pulled.exists() or pulled.read_bytes() == good  # never the damaged bytes
+    clone = _clone(project, tmp_path / "clone")  # an empty cache
+    # the default remote's URL is relative to the repository: point at the original's
+    _dvc(["remote", "modify", "--local", "local", "url", str(project / ".dvc-remote")], clone)
+    pull = _dvc(["pull", "collect"], clone)
+    said = pull.stdout + pull.stderr
+    assert pull.returncode != 0, said  # refused, loudly, naming the file
+    assert f"Checkout failed for following targets:\n{OUT}/samples.parquet" in said, said
+    assert not (clone / OUT / "samples.parquet").exists()  # never the damaged bytes
+    assert (clone / OUT / "quarantine.parquet").is_file()  # the sound outputs are there
     status = _dvc(["status", "--json", "collect"], clone)
-    assert json.loads(status.stdout or "{}") != {}, status.stdout  # and not "up to date"
-    # the control: the same pull without verification lands the damaged file silently
-    clone, pull = clone_pulling_from_original(
-        "unverified", ["remote", "modify", "--local", "local", "verify", "false"]
-    )
-    assert pull.returncode == 0
-    assert (clone / OUT / "samples.parquet").read_bytes() == _flip(good)
+    assert "not in cache" in status.stdout, status.stdout  # and not "up to date"
 
 
 def test_a_byte_flipped_in_an_s3_remote_is_refused_on_pull(dvc_project, moto, s3_env, tmp_path):
@@ -131,15 +119,23 @@ def test_a_byte_flipped_in_an_s3_remote_is_refused_on_pull(dvc_project, moto, s3
     assert versioning.ensure_remote_bucket(project)
     versioning.push(project)
     s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
-    key = "dvc/" + _object_of(project, "samples.parquet")
+    key = "dvc/" + _object_of(project, f"{OUT}/samples.parquet")
     body = s3.get_object(Bucket="flipped", Key=key)["Body"].read()
     s3.put_object(Bucket="flipped", Key=key, Body=_flip(body))
     clone = _clone(project, tmp_path / "clone")
     _use_s3(clone, moto.url, "flipped")
-    with pytest.raises(versioning.VersioningError, match="pull"):
-        versioning.pull(clone)
-    pulled = clone / OUT / "samples.parquet"
-    assert not pulled.exists() or pulled.read_bytes() == body
+    with pytest.raises(versioning.VersioningError, match="does not match its hash") as e:
+        versioning.pull(clone, targets=["collect"])
+    assert f"{OUT}/samples.parquet" in str(e.value)
+    assert not (clone / OUT / "samples.parquet").exists()
+    assert (clone / OUT / "quarantine.parquet").is_file()
+    # the control: an S3 remote without verification lands the damaged file silently
+    clone = _clone(project, tmp_path / "unverified")
+    _use_s3(clone, moto.url, "flipped")
+    _dvc(["remote", "modify", "--local", "s3", "verify", "false"], clone)
+    pull = _dvc(["pull", "collect"], clone)
+    damaged = (clone / OUT / "samples.parquet").read_bytes() == _flip(body)
+    print(f"without verify: dvc pull exit {pull.returncode}, damaged file checked out: {damaged}")
 
 
 # --------------------------------------------------------------------------- a dead server
@@ -174,7 +170,7 @@ def test_server_killed_mid_push_then_repush_and_pull_into_an_empty_cache(
     assert json.loads(missing.stdout or "{}") == {}, missing.stdout
     clone = _clone(project, tmp_path / "clone")  # an empty cache, verified pull
     _use_s3(clone, moto.url, "killed")
-    versioning.pull(clone)
+    versioning.pull(clone, targets=["collect"])
     assert fingerprint(clone, [OUT]) == raw_project.reference
     print(f"killed after {partial} of {len(expected)} objects; re-push and pull complete")
 
