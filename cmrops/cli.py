@@ -205,15 +205,22 @@ def _storage_check(args: argparse.Namespace) -> int:
     from cmrops import storage
     from cmrops.redaction import redact, redact_url
 
-    endpoint = None
+    endpoint = access_key = secret_key = None
     if args.url:
         url = args.url
     else:
-        from cmrops.versioning import remote_info
+        from cmrops.versioning import VersioningError, remote_info
 
-        info = remote_info(args.repo, args.remote)
+        try:
+            info = remote_info(args.repo, args.remote)
+        except VersioningError as e:
+            print(f"cmrops storage check: error: {redact(str(e))}", file=sys.stderr)
+            return 2
         url, endpoint = info.url, info.endpoint
-    res = storage.check(url, endpoint=endpoint, create_bucket=not args.no_create_bucket)
+        access_key, secret_key = info.access_key, info.secret_key
+    res = storage.check(
+        url, endpoint, not args.no_create_bucket, access_key=access_key, secret_key=secret_key
+    )
     state = "OK" if res.ok else "FAILED"
     print(
         f"storage check {state}: {redact_url(res.url)} reachable={res.reachable} "

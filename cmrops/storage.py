@@ -106,10 +106,12 @@ def endpoint_and_keys(
     return endpoint, access, secret
 
 
-def _s3fs(endpoint: str | None = None) -> Any:
+def _s3fs(
+    endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None
+) -> Any:
     import s3fs
 
-    endpoint, access, secret = endpoint_and_keys(endpoint or endpoint_url())
+    endpoint, access, secret = endpoint_and_keys(endpoint or endpoint_url(), access_key, secret_key)
     kwargs: dict[str, Any] = {
         "key": access,
         "secret": secret,
@@ -183,11 +185,21 @@ class CheckResult:
         return self.reachable and self.writable
 
 
-def check(url: str, endpoint: str | None = None, create_bucket: bool = True) -> CheckResult:
+def check(
+    url: str,
+    endpoint: str | None = None,
+    create_bucket: bool = True,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> CheckResult:
     """Tell whether the root at ``url`` is reachable and writable: write, read back and delete a
-    probe object. A missing S3 bucket is created first when ``create_bucket``."""
+    probe object. A missing S3 bucket is created first when ``create_bucket``. Keys: given, else
+    the environment's, else the endpoint URL's (:func:`endpoint_and_keys`)."""
     t0 = time.perf_counter()
-    root = parse_root(url)
+    try:
+        root = parse_root(url)
+    except StorageError as e:
+        return CheckResult(redact_url(url), False, False, str(e), 0.0)
     probe_rel = f".cmrops-probe-{uuid.uuid4().hex}"
     payload = b"cmrops storage probe\n"
 
@@ -210,13 +222,13 @@ def check(url: str, endpoint: str | None = None, create_bucket: bool = True) -> 
     endpoint = endpoint or endpoint_url()
     try:
         if create_bucket and endpoint:
-            if ensure_bucket(root.bucket, endpoint):
+            if ensure_bucket(root.bucket, endpoint, access_key, secret_key):
                 created = f" (bucket {root.bucket} created)"
             else:
                 created = ""
         else:
             created = ""
-        fs = _s3fs(endpoint)
+        fs = _s3fs(endpoint, access_key, secret_key)
         path = root.join(probe_rel)
         fs.pipe_file(path, payload)
         ok = fs.cat_file(path) == payload

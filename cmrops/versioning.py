@@ -21,9 +21,10 @@ credentials masked.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ __all__ = [
 _ENV = {"DVC_NO_ANALYTICS": "1", "DVC_UPDATER_ENDPOINT": "", "DVC_IGNORE_ISATTY": "true"}
 
 
+#: A progress-bar line in dvc's output (``50%|...``, ``3.00 [00:01, 2.1file/s]``, a lone ``!``).
+_PROGRESS = re.compile(r"%\||/s\]|^\s*!\s*$")
+
+
 class VersioningError(RuntimeError):
     """A dvc command failed; the message names the command and dvc's own error lines."""
 
@@ -66,10 +71,14 @@ def dvc(
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        lines = [
+            ln
+            for ln in (proc.stderr + proc.stdout).splitlines()
+            if ln.strip() and not _PROGRESS.search(ln)
+        ]
         first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), None)
         # the ERROR line and what dvc lists under it (the targets that failed), or the tail
-        errors = lines[first : first + 12] if first is not None else lines[-5:]
+        errors = lines[first : first + 8] if first is not None else lines[-5:]
         raise VersioningError(
             redact(f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors))
         )
@@ -81,6 +90,8 @@ class RemoteInfo:
     name: str
     url: str
     endpoint: str | None
+    access_key: str | None = None  # the remote's own keys (config.local), if it has any
+    secret_key: str | None = field(default=None, repr=False)
 
 
 def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> RemoteInfo:
@@ -99,7 +110,13 @@ def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> 
         url = section["url"]
         if "://" not in url and not os.path.isabs(url):  # relative to .dvc/
             url = str((Path(repo) / ".dvc" / url).resolve())
-        return RemoteInfo(name, url, section.get("endpointurl"))
+        return RemoteInfo(
+            name,
+            url,
+            section.get("endpointurl"),
+            section.get("access_key_id"),
+            section.get("secret_access_key"),
+        )
 
 
 #: URL schemes whose DVC remotes take ``user`` / ``password`` options.
@@ -156,7 +173,7 @@ def ensure_remote_bucket(repo: str | os.PathLike[str] = ".", name: str | None = 
     u = urlparse(info.url)
     if u.scheme != "s3":
         return False
-    return ensure_bucket(u.netloc, info.endpoint)
+    return ensure_bucket(u.netloc, info.endpoint, info.access_key, info.secret_key)
 
 
 def commit(repo: str | os.PathLike[str] = ".", targets: list[str] | None = None) -> None:

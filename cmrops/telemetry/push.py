@@ -80,10 +80,10 @@ def push_stage(
     registry = registry_for(project, [stage])
     url, user, password = split_credentials(gateway)
 
-    def handler(*args: Any) -> Any:  # credentials from the URL as basic auth, never in the URL
+    def handler(*args: Any, **kwargs: Any) -> Any:  # the URL's credentials as basic auth
         if user is None:
-            return default_handler(*args)
-        return basic_auth_handler(*args, username=user, password=password or "")
+            return default_handler(*args, **kwargs)
+        return basic_auth_handler(*args, **kwargs, username=user, password=password or "")
 
     try:
         push_to_gateway(

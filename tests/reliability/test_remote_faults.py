@@ -190,9 +190,10 @@ def test_503_slowdown_is_retried_boundedly_without_duplicates(dvc_project, moto,
         _use_s3(project, proxy.url, "throttled")
         expected = {f"dvc/{k}" for k in _cache_keys(project)}
         t0 = time.monotonic()
-        with pytest.raises(versioning.VersioningError, match=r"push"):
+        with pytest.raises(versioning.VersioningError, match=r"failed to (push|transfer)") as e:
             versioning.push(project)
         refused_after = time.monotonic() - t0
+        assert "rerun once it is back" in str(e.value)  # what to do
         stats = proxy.control()
         attempts = stats["writes"]
         assert attempts, stats
@@ -209,5 +210,6 @@ def test_503_slowdown_is_retried_boundedly_without_duplicates(dvc_project, moto,
         proxy.stop()
     print(
         f"always throttled: push failed after {refused_after:.1f} s, at most {most} attempts "
-        f"per object; throttled once: {len(expected)} objects, 2 attempts each"
+        f"per object ({str(e.value)[:200]}...); throttled once: {len(expected)} objects, 2 "
+        "attempts each"
     )
