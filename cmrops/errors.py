@@ -30,7 +30,6 @@ class NothingKeptError(ValueError):
         inputs: int,
         by_reason: Mapping[str, int],
         examples: Mapping[str, str] | None = None,
-        where: str | os.PathLike[str] | None = None,
     ) -> None:
         self.stage, self.inputs, self.by_reason = stage, inputs, dict(by_reason)
         if inputs == 0:
@@ -41,8 +40,6 @@ class NothingKeptError(ValueError):
             shown = [(r, d) for r, d in (examples or {}).items() if d][:3]
             if shown:
                 msg += "; e.g. " + "; ".join(f"{r}: {_short(d)}" for r, d in shown)
-        if where is not None:
-            msg += f" [{where}]"
         super().__init__(redact(msg))
 
 
