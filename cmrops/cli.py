@@ -368,6 +368,7 @@ def _metrics_serve(args: argparse.Namespace) -> int:
 
 
 def _metrics_push(args: argparse.Namespace) -> int:
+    from cmrops.redaction import redact_url
     from cmrops.telemetry import push
 
     gateway = args.gateway or push.gateway_from_env()
@@ -378,7 +379,7 @@ def _metrics_push(args: argparse.Namespace) -> int:
     except push.PushError as e:
         print(f"cmrops metrics push: {e}", file=sys.stderr)
         return 1
-    print(f"pushed metrics of {', '.join(stages)} to {gateway} (job {args.job})")
+    print(f"pushed metrics of {', '.join(stages)} to {redact_url(gateway)} (job {args.job})")
     return 0
 
 
@@ -432,20 +433,28 @@ def _pipeline_summary(args: argparse.Namespace) -> int:
 
 def _storage_check(args: argparse.Namespace) -> int:
     from cmrops import storage
+    from cmrops.redaction import redact, redact_url
 
-    endpoint = None
+    endpoint = access_key = secret_key = None
     if args.url:
         url = args.url
     else:
-        from cmrops.versioning import remote_info
+        from cmrops.versioning import VersioningError, remote_info
 
-        info = remote_info(args.repo, args.remote)
+        try:
+            info = remote_info(args.repo, args.remote)
+        except VersioningError as e:
+            print(f"cmrops storage check: error: {redact(str(e))}", file=sys.stderr)
+            return 2
         url, endpoint = info.url, info.endpoint
-    res = storage.check(url, endpoint=endpoint, create_bucket=not args.no_create_bucket)
+        access_key, secret_key = info.access_key, info.secret_key
+    res = storage.check(
+        url, endpoint, not args.no_create_bucket, access_key=access_key, secret_key=secret_key
+    )
     state = "OK" if res.ok else "FAILED"
     print(
-        f"storage check {state}: {res.url} reachable={res.reachable} writable={res.writable} "
-        f"({res.seconds}s) - {res.detail}"
+        f"storage check {state}: {redact_url(res.url)} reachable={res.reachable} "
+        f"writable={res.writable} ({res.seconds}s) - {redact(res.detail)}"
     )
     return 0 if res.ok else 1
 
@@ -456,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _redact_logs()
     try:
         _thread_budget(args)  # before the command imports torch or ONNX Runtime
     except ValueError as e:  # a bad $CMROPS_THREADS
@@ -466,9 +476,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cmrops.stage_table import STAGES
 
     if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
-        from cmrops.telemetry.record import run_recorded
+        from cmrops.locks import stage_lock
+        from cmrops.telemetry.record import project_root, run_recorded
 
-        return run_recorded(args, lambda: _call(_stage(func), args))
+        # one copy at a time per output folder (a second Airflow attempt waits for the first)
+        output = next(
+            getattr(args, a) for a in ("out", "models", "metrics") if getattr(args, a, None)
+        )
+        with stage_lock(project_root(output, args.params), args.command, output):
+            _sweep_killed_writes(args)
+            return run_recorded(args, lambda: _call(_stage(func), args))
     return _call(func, args)
 
 
@@ -484,6 +501,8 @@ def _thread_budget(args: argparse.Namespace) -> None:
         with contextlib.suppress(ValueError, FileNotFoundError):  # the command reports those
             setting = load_params(args.params).threads
     threads.configure(setting)
+
+
 def _stage(
     func: Callable[[argparse.Namespace], int | None],
 ) -> Callable[[argparse.Namespace], int | None]:
@@ -508,15 +527,66 @@ def _stage(
     return run
 
 
+
+def _sweep_killed_writes(args: argparse.Namespace) -> None:
+    """Temporary files of writes a killed run left in this stage's output folders: removed
+    before it runs again, so none is ever versioned as part of an output (the stage lock is
+    held: no live write of this stage is there)."""
+    from pathlib import Path
+
+    from cmrops.io import sweep_temporary
+
+    for attr in ("out", "models", "codes", "plots"):
+        folder = getattr(args, attr, None)
+        if folder and Path(folder).is_dir():
+            # preprocess's shards are written by fan-out tasks that hold no stage lock: it
+            # sweeps them itself when it plans
+            n = sweep_temporary(folder, skip=frozenset({"shards"}))
+            if n:
+                logging.getLogger("cmrops").info("removed %d temporary file(s) in %s", n, folder)
+
+
 def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    from cmrops.errors import os_error_line
+    from cmrops.redaction import redact
+
     try:
         return int(func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as e:
         # Bad input or configuration: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise
-        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
+        print(f"cmrops {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The machine, not the input: a full disk, a read-only or failing device. One line with
+        # the path and what to do; exit 1 (a retry after the cause is fixed may succeed).
+        if args.verbose:
+            raise
+        out = getattr(args, "out", None) or getattr(args, "metrics", None)
+        print(f"cmrops {args.command}: error: {os_error_line(e, out)}", file=sys.stderr)
+        return 1
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks URL credentials in every record a handler emits (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cmrops.redaction import redact
+
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _redact_logs() -> None:
+    """Install :class:`_RedactingFilter` on the root logger's handlers (once): credentials in a
+    URL that a library logs (botocore, dvc, urllib3) never reach the log either."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
 
 
 if __name__ == "__main__":

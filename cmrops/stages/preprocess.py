@@ -39,7 +39,9 @@ embedded (a shard that lost samples is redone). The merge sorts by ``sample_id``
 shard's embeddings into place through memory-mapped ``.npy`` files, so memory holds the (image-
 free) sample tables and one shard's embeddings, never all images or all features twice.
 
-After every run: inputs = kept + quarantined (asserted).
+After every run: inputs = kept + quarantined (asserted). A run that would keep no sample fails
+before the merged outputs are written (:class:`cmrops.errors.NothingKeptError`, with the
+quarantine counts by reason); the shards stay, so a rerun after a fix redoes only what changed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cmrops import io
+from cmrops.errors import NothingKeptError
 from cmrops.imaging import DecodeLimits, ImageRejected, decode_image, image_hashes
 from cmrops.imaging import resize_for_encoder as _resize
 from cmrops.media.errors import MediaRejected
@@ -1065,6 +1068,8 @@ def _merge(
         raise AssertionError(
             f"inputs ({n_in}) != kept ({n_kept}) + quarantined ({quarantine.num_rows})"
         )
+    if n_kept == 0:  # nothing for the next stage: fail here, with why, before writing
+        raise NothingKeptError(STAGE, n_in, *_reasons_and_examples(quarantine))
     # where each concatenated row lands in the sorted table
     position = np.empty(n_kept, np.int64)
     position[order] = np.arange(n_kept, dtype=np.int64)
@@ -1082,6 +1087,17 @@ def _merge(
     metrics = _metrics(table, quarantine, n_in, meta)
     io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _reasons_and_examples(quarantine: pa.Table) -> tuple[Counter[str], dict[str, str]]:
+    """Quarantine counts by reason, and the first row of each reason in words."""
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    cols = quarantine.select(["source", "source_key", "reason", "detail"]).to_pydict()
+    for source, key, reason, detail in zip(*cols.values(), strict=True):
+        counts[reason] += 1
+        examples.setdefault(reason, f"{source}:{key}: {detail}")
+    return counts, examples
 
 
 def _merge_side_table(
@@ -1126,7 +1142,7 @@ def _write_features(
         with io.atomic_npy_memmap(feat / f"{kind}.npy", np.float32, (n_kept, dim)) as dest:
             offset = 0
             for s, size in zip(shards, sizes, strict=True):
-                part = np.load(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
+                part = io.read_npy(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
                 if len(part) != size or (size and part.shape[1] != dim):
                     raise AssertionError(
                         f"{s.stem}.{kind}.npy holds {part.shape} for {size} samples of dim {dim}"

@@ -639,7 +639,7 @@ def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) 
         p = interim / "features" / f"{kind}.npy"
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (preprocess.embeddings must be true)")
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        arr = io.read_npy(p, mmap_mode="r")
         if arr.ndim != 2 or rows.max() >= len(arr):
             raise ValueError(
                 f"{p}: shape {arr.shape} does not cover feature rows up to {rows.max()}"
