@@ -298,7 +298,7 @@ def default_caption(project: Path) -> str:
 
 def build_tiny_run(dest: Path, n: int = 100, epochs: int = 30) -> Path:
     """The test suite's tiny synthetic run (tests/test_dvc_support.py), every stage, then
-    ``dvc commit`` - with more epochs than the tests train, so the codes mean something."""
+    ``dvc commit`` and a release - with more epochs than the tests train, so the codes mean something."""
     sys.path.insert(0, str(REPO))
     from cmrops.pipeline import STAGES, run_stage
     from tests.test_dvc_support import git_commit, make_project, sh, tiny_params
@@ -310,6 +310,9 @@ def build_tiny_run(dest: Path, n: int = 100, epochs: int = 30) -> Path:
         run_stage(name, project, str(project / "params.yaml"))
     sh(["dvc", "commit", "--force", "--quiet"], project, timeout=300)
     git_commit(project, "tiny run")
+    from cmrops import releases
+
+    releases.create(project)  # as the DAG's version task does: the Releases page has one
     return project
 
 
