@@ -123,6 +123,14 @@ def test_mismatch_calibration_flags_nothing_on_clean_pairs_and_finds_planted_one
     # a fixed share would flag 3 % of the clean pairs whatever the data
     assert (clean < np.quantile(clean, 0.03)).sum() == 30
     assert calibrate_mismatch(clean[:2], null)["flagged"] == 0  # too few to fit: nothing
+    # an alignment that barely separates pairs from the null (a few dozen training pairs): a
+    # mixture would call most pairs mismatched; nothing is flagged, and the record says why
+    r = np.random.default_rng(0)  # (without the guard: a share of 0.88, 35 of 40 flagged)
+    weak = np.concatenate([r.normal(0.0, 0.15, 34), r.normal(0.4, 0.15, 6)])
+    c = calibrate_mismatch(weak, null)
+    assert c["mismatch_share"] > 0.5
+    assert (c["flagged"], c["threshold"]) == (0, None)
+    assert "does not separate" in c["why"]
 
 
 def test_class_names_ship_offline():

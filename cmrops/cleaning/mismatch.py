@@ -22,6 +22,11 @@ fixed), then:
    ``pi h(s) / f(s)`` falls below one half (scanning up from the lowest pair score) - so the
    flag rate follows the data: ~0 on clean data, about the planted share where captions were
    swapped.
+3. **Plausibility**: a fit that puts more than :data:`MAX_SHARE` of the pairs on the null says
+   less about the data than about the alignment - on a few dozen pairs its scores barely
+   separate true pairs from random ones, and a mixture then explains almost every pair as
+   null-like. Nothing is flagged, and the record says why (a set with most captions swapped is
+   not one to clean pair by pair; the held-out AUROC of align tells the two cases apart).
 
 The record returned says what was estimated and decided (``mismatch_share``, the test, the cut,
 how many pairs it flags), so the flags can be checked.
@@ -38,6 +43,8 @@ import numpy as np
 ALPHA = 0.01
 #: Posterior probability of a mismatch at which a pair is flagged.
 POSTERIOR = 0.5
+#: The largest mismatch share a fit may claim before flagging (see the module docstring, 3).
+MAX_SHARE = 0.5
 #: The null density is estimated from at most this many null scores (an even subsample).
 MAX_NULL = 4000
 _EM_STEPS = 500
@@ -120,6 +127,13 @@ def calibrate_mismatch(
     if p_value >= alpha or pi <= 0:
         return {**base, **fitted, "threshold": None, "flagged": 0, "flag_rate": 0.0,
                 "why": "no null-like component: the gap test is not significant"}  # fmt: skip
+    if pi > MAX_SHARE:
+        why = (
+            f"the fit puts {pi:.0%} of the pairs on the null (more than {MAX_SHARE:.0%}): the "
+            "alignment does not separate this data's pairs from random ones (too few pairs to "
+            "learn it?); nothing flagged"
+        )
+        return {**base, **fitted, "threshold": None, "flagged": 0, "flag_rate": 0.0, "why": why}
     grid = np.linspace(float(s.min()), float(s.max()), _GRID)
     hg, gg = _kde(z, bw)(grid), _normal(grid, mu, sd)
     posterior = pi * hg / np.maximum(pi * hg + (1 - pi) * gg, 1e-300)
