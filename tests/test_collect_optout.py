@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cmrops import tombstones
+from cmrops.errors import NothingKeptError
 from tests.collect_util import collect, reasons
 from tests.http_fault_server import FaultServer, Route, jpeg, net_guard
 from tests.test_collect_urls import FAST, status_table, write_csv
@@ -97,7 +98,8 @@ def test_an_unreadable_robots_txt_holds_the_host_back_for_a_later_run(tmp_path, 
     url = server.add("/a.jpg", Route(body=jpeg(7)))
     manifest = write_csv(tmp_path / "u.csv", [(url, "a photo")])
     out = tmp_path / "raw"
-    collect(out, _spec(manifest))
+    with pytest.raises(NothingKeptError, match="opt_out_unknown"):  # its only sample held back
+        collect(out, _spec(manifest))
     (row,) = status_table(out).values()
     assert row["status"] == "opt_out_unknown"
     assert row["retryable"]

@@ -34,5 +34,5 @@ def test_core_benchmark_quick_mode_agrees_with_faiss(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert {r["bench"] for r in rows} == {"kNN", "radius", "all pairs", "memory"}
+    assert {r["bench"] for r in rows} == {"paths", "kNN", "radius", "all pairs", "memory"}
     assert all(r["same"] for r in rows)
