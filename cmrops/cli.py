@@ -30,10 +30,11 @@ Heavy modules are imported only inside the command that needs them.
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from cmrops.stage_command import configure_logging, run
+from cmrops.stage_table import STAGES, add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,67 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler="cmrops.demo:main")
 
-    collect = sub.add_parser("collect", help="gather image-text pairs from the sources in params")
-    collect.add_argument("--params", default="params.yaml")
-    collect.add_argument("--out", default="data/raw", help="output folder (data/raw)")
-    collect.set_defaults(handler="cmrops.stages.collect:cli_main")
-
-    pre = sub.add_parser("preprocess", help="decode, hash, normalise and embed collected samples")
-    pre.add_argument("--params", default="params.yaml")
-    pre.add_argument("--raw", default="data/raw", help="collect's output folder")
-    pre.add_argument("--out", default="data/interim", help="output folder (data/interim)")
-    pre.set_defaults(handler="cmrops.stages.preprocess:cli_main")
-
-    align = sub.add_parser(
-        "align", help="a shared image-text space: learned heads or the encoder's"
-    )
-    align.add_argument("--params", default="params.yaml")
-    align.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    align.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
-    align.add_argument("--out", default="data/align", help="output folder (data/align)")
-    align.set_defaults(handler="cmrops.stages.align:cli_main")
-
-    label = sub.add_parser("label", help="label samples: source, keywords, zero-shot, manual")
-    label.add_argument("--params", default="params.yaml")
-    label.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    label.add_argument("--align", default="data/align", help="align's output folder")
-    label.add_argument("--out", default="data/labelled", help="output folder (data/labelled)")
-    label.set_defaults(handler="cmrops.stages.label:cli_main")
-
-    clean = sub.add_parser("clean", help="drop duplicates, broken pairs and off-topic samples")
-    clean.add_argument("--params", default="params.yaml")
-    clean.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    clean.add_argument("--align", default="data/align", help="align's output folder")
-    clean.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    clean.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
-    clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")
-    clean.add_argument("--metrics", default="metrics/quality.json", help="metrics file")
-    clean.set_defaults(handler="cmrops.stages.clean:cli_main")
-
-    split = sub.add_parser("split", help="group-aware stratified splits with a leakage audit")
-    split.add_argument("--params", default="params.yaml")
-    split.add_argument("--clean", default="data/clean", help="clean's output folder")
-    split.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    split.add_argument("--out", default="data/split", help="output folder (data/split)")
-    split.add_argument("--metrics", default="metrics/split.json", help="metrics file")
-    split.set_defaults(handler="cmrops.stages.split:cli_main")
-
-    train = sub.add_parser("train", help="train cross-modal hashing models and write their codes")
-    train.add_argument("--params", default="params.yaml")
-    train.add_argument("--split", default="data/split", help="split's output folder")
-    train.add_argument("--clean", default="data/clean", help="clean's output folder")
-    train.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    train.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    train.add_argument("--models", default="models", help="checkpoint folders (models)")
-    train.add_argument("--codes", default="data/codes", help="output folder (data/codes)")
-    train.add_argument("--metrics", default="metrics/train.json", help="metrics file")
-    train.add_argument(
-        "--raw", default=None, help="collect's output folder: images for finetune_encoder"
-    )
-    train.add_argument(
-        "--restart", action="store_true", help="discard existing checkpoints, train from scratch"
-    )
-    train.set_defaults(handler="cmrops.stages.train:cli_main")
+    for stage in STAGES.values():  # the pipeline's stages, from the stage table
+        add_parser(sub, stage)
 
     imp = sub.add_parser(
         "import-benchmark",
@@ -127,18 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="cosine from which a database row makes a query a near-duplicate one",
     )
     imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
-
-    ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")
-    ev.add_argument("--params", default="params.yaml")
-    ev.add_argument("--codes", default="data/codes", help="train's codes folder")
-    ev.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    ev.add_argument("--split", default="data/split", help="split's output folder")
-    ev.add_argument("--metrics", default="metrics/retrieval.json", help="metrics file")
-    ev.add_argument("--plots", default="plots", help="folder of the DVC plot files")
-    ev.add_argument(
-        "--train-metrics", default=None, help="train's metrics JSON (val_from, protocol card)"
-    )
-    ev.set_defaults(handler="cmrops.stages.evaluate:cli_main")
 
     storage = sub.add_parser("storage", help="storage roots and the DVC remote")
     storage_sub = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
@@ -273,30 +203,8 @@ def _storage_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    module_name, func_name = args.handler.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    from cmrops.stage_table import STAGES
-
-    if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
-        from cmrops.telemetry.record import run_recorded
-
-        return run_recorded(args, lambda: _call(func, args))
-    return _call(func, args)
-
-
-def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    try:
-        return int(func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        # Bad input or configuration: one clear line, no traceback (use -v for it).
-        if args.verbose:
-            raise
-        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    configure_logging(args.verbose)
+    return run(args)  # a pipeline stage is timed into the run log (cmrops.stage_command)
 
 
 if __name__ == "__main__":

@@ -1,88 +1,160 @@
 """The pipeline's stages as data: their ``cmrops`` command line, inputs and outputs.
 
 One table, in the lowest layer, serves every shell: ``dvc.yaml``'s ``cmd`` of each stage is
-``cmrops`` + :func:`argv` (a test checks it), the DAG's tasks run the same argv
-(:func:`cmrops.pipeline.run_stage`), the CLI records every stage command it runs, and telemetry
-finds each stage's metrics file here. It imports nothing of the package.
+``cmrops`` + :func:`argv` (a test checks it), the CLI builds each stage's command from it
+(:func:`add_parser`: options, help, the handler it runs), the DAG's tasks run the same argv
+in-process through the same parser (:func:`cmrops.pipeline.run_stage`, via
+:mod:`cmrops.stage_command`), and telemetry finds each stage's metrics file here. It imports
+nothing of the package.
 
 Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["STAGES", "Stage", "argv", "stage_names"]
+__all__ = ["STAGES", "Option", "Stage", "add_parser", "argv", "build_parser", "stage_names"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a stage command: ``flag``, the ``value`` dvc.yaml and the DAG pass (None:
+    not passed), and its help. On the command line its default is that value, or nothing when
+    ``optional`` (the stage then does without it) or a ``switch`` (a flag without a value)."""
+
+    flag: str
+    value: str | None
+    help: str
+    optional: bool = False
+    switch: bool = False
+
+    @property
+    def default(self) -> str | None:
+        return None if self.optional or self.switch else self.value
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    args: tuple[str, ...]  # after "cmrops <name> --params P"
+    help: str
+    handler: str  # "module:function" that runs the command (given the parsed arguments)
+    options: tuple[Option, ...]  # after "cmrops <name> --params P", in dvc.yaml's order
     inputs: tuple[str, ...]  # folders/files read (relative to the work folder)
     outputs: tuple[str, ...]  # folders/files written
     gpu: bool = False
 
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments after ``cmrops <name> --params P`` in dvc.yaml and the DAG."""
+        return tuple(x for o in self.options if o.value is not None for x in (o.flag, o.value))
+
+
+_RAW = "collect's output folder"
+_INTERIM = "preprocess's output folder"
+_ALIGN = "align's output folder"
+_LABELLED = "label's output folder"
+_CLEAN = "clean's output folder"
+_SPLIT = "split's output folder"
+_TRUTH = "collect's folder (synthetic truth)"
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("collect", ("--out", "data/raw"), (), ("data/raw",)),
         Stage(
-            "preprocess",
-            ("--raw", "data/raw", "--out", "data/interim"),
-            ("data/raw",),
-            ("data/interim",),
+            "collect", "gather image-text pairs from the sources in params",
+            "cmrops.stages.collect:cli_main",
+            (Option("--out", "data/raw", "output folder (data/raw)"),),
+            (), ("data/raw",),
         ),
         Stage(
-            "align",
-            ("--interim", "data/interim", "--raw", "data/raw", "--out", "data/align"),
-            ("data/interim", "data/raw"),
-            ("data/align",),
-        ),
-        Stage(
-            "label",
-            ("--interim", "data/interim", "--align", "data/align", "--out", "data/labelled"),
-            ("data/interim", "data/align"),
-            ("data/labelled",),
-        ),
-        Stage(
-            "clean",
+            "preprocess", "decode, hash, normalise and embed collected samples",
+            "cmrops.stages.preprocess:cli_main",
             (
-                "--interim", "data/interim", "--align", "data/align", "--labelled",
-                "data/labelled", "--raw", "data/raw", "--out", "data/clean",
-                "--metrics", "metrics/quality.json",
+                Option("--raw", "data/raw", _RAW),
+                Option("--out", "data/interim", "output folder (data/interim)"),
+            ),
+            ("data/raw",), ("data/interim",),
+        ),
+        Stage(
+            "align", "a shared image-text space: learned heads or the encoder's",
+            "cmrops.stages.align:cli_main",
+            (
+                Option("--interim", "data/interim", _INTERIM),
+                Option("--raw", "data/raw", _TRUTH),
+                Option("--out", "data/align", "output folder (data/align)"),
+            ),
+            ("data/interim", "data/raw"), ("data/align",),
+        ),
+        Stage(
+            "label", "label samples: source, keywords, zero-shot, manual",
+            "cmrops.stages.label:cli_main",
+            (
+                Option("--interim", "data/interim", _INTERIM),
+                Option("--align", "data/align", _ALIGN),
+                Option("--out", "data/labelled", "output folder (data/labelled)"),
+            ),
+            ("data/interim", "data/align"), ("data/labelled",),
+        ),
+        Stage(
+            "clean", "drop duplicates, broken pairs and off-topic samples",
+            "cmrops.stages.clean:cli_main",
+            (
+                Option("--interim", "data/interim", _INTERIM),
+                Option("--align", "data/align", _ALIGN),
+                Option("--labelled", "data/labelled", _LABELLED),
+                Option("--raw", "data/raw", _TRUTH),
+                Option("--out", "data/clean", "output folder (data/clean)"),
+                Option("--metrics", "metrics/quality.json", "metrics file"),
             ),
             ("data/interim", "data/align", "data/labelled", "data/raw"),
             ("data/clean", "metrics/quality.json"),
         ),
         Stage(
-            "split",
+            "split", "group-aware stratified splits with a leakage audit",
+            "cmrops.stages.split:cli_main",
             (
-                "--clean", "data/clean", "--labelled", "data/labelled",
-                "--out", "data/split", "--metrics", "metrics/split.json",
+                Option("--clean", "data/clean", _CLEAN),
+                Option("--labelled", "data/labelled", _LABELLED),
+                Option("--out", "data/split", "output folder (data/split)"),
+                Option("--metrics", "metrics/split.json", "metrics file"),
             ),
-            ("data/clean", "data/labelled"),
-            ("data/split", "metrics/split.json"),
+            ("data/clean", "data/labelled"), ("data/split", "metrics/split.json"),
         ),
         Stage(
-            "train",
+            "train", "train cross-modal hashing models and write their codes",
+            "cmrops.stages.train:cli_main",
             (
-                "--split", "data/split", "--clean", "data/clean", "--interim", "data/interim",
-                "--labelled", "data/labelled", "--raw", "data/raw", "--models", "models",
-                "--codes", "data/codes", "--metrics", "metrics/train.json",
+                Option("--split", "data/split", _SPLIT),
+                Option("--clean", "data/clean", _CLEAN),
+                Option("--interim", "data/interim", _INTERIM),
+                Option("--labelled", "data/labelled", _LABELLED),
+                Option("--raw", "data/raw", "collect's output folder: images for finetune_encoder",
+                       optional=True),
+                Option("--models", "models", "checkpoint folders (models)"),
+                Option("--codes", "data/codes", "output folder (data/codes)"),
+                Option("--metrics", "metrics/train.json", "metrics file"),
+                Option("--restart", None, "discard existing checkpoints, train from scratch",
+                       switch=True),
             ),
             ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
             ("models", "data/codes", "metrics/train.json", "metrics/train_throughput.json"),
             gpu=True,
         ),
         Stage(
-            "evaluate",
+            "evaluate", "retrieval metrics of the trained hashing models",
+            "cmrops.stages.evaluate:cli_main",
             (
-                "--codes", "data/codes", "--labelled", "data/labelled", "--split", "data/split",
-                "--metrics", "metrics/retrieval.json", "--plots", "plots",
-                "--train-metrics", "metrics/train.json",
+                Option("--codes", "data/codes", "train's codes folder"),
+                Option("--labelled", "data/labelled", _LABELLED),
+                Option("--split", "data/split", _SPLIT),
+                Option("--metrics", "metrics/retrieval.json", "metrics file"),
+                Option("--plots", "plots", "folder of the DVC plot files"),
+                Option("--train-metrics", "metrics/train.json",
+                       "train's metrics JSON (val_from, protocol card)", optional=True),
             ),
             ("data/codes", "data/labelled", "data/split", "metrics/train.json"),
             ("metrics/retrieval.json", "plots"),
@@ -102,3 +174,27 @@ def argv(name: str, params_file: str = "params.yaml", root: str | None = None) -
     if root is not None:
         args = [a if a.startswith("--") else str(Path(root) / a) for a in args]
     return [name, "--params", params_file, *args]
+
+
+def add_parser(subparsers: Any, stage: Stage) -> argparse.ArgumentParser:
+    """Add the command of ``stage`` to ``subparsers`` (what ``add_subparsers`` returned): its
+    options with their defaults and help, and ``handler`` set to the stage's entry point."""
+    p = subparsers.add_parser(stage.name, help=stage.help)
+    p.add_argument("--params", default="params.yaml")
+    for o in stage.options:
+        if o.switch:
+            p.add_argument(o.flag, action="store_true", help=o.help)
+        else:
+            p.add_argument(o.flag, default=o.default, help=o.help)
+    p.set_defaults(handler=stage.handler)
+    return p
+
+
+def build_parser(prog: str = "cmrops") -> argparse.ArgumentParser:
+    """A parser of the stage commands alone (``cmrops <stage> ...``), as the CLI parses them."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES.values():
+        add_parser(sub, stage)
+    return p
