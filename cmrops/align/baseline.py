@@ -29,7 +29,7 @@ import numpy as np
 from cmrops import io
 from cmrops.align.model import Alignment, encoder_alignment
 from cmrops.align.params import AlignParams
-from cmrops.align.store import AlignmentError, load_alignment
+from cmrops.align.store import AlignmentError, load_alignment, save_alignment
 from cmrops.align.train import MIN_PAIRS, data_fingerprint, fit_alignment
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def write_float_baseline(
     alignment.info["fitted_on"] = "training pairs only (never the query or database samples)"
     if not reused:
         shutil.rmtree(model_dir, ignore_errors=True)
-        alignment.save(model_dir)
+        save_alignment(alignment, model_dir)
     out = codes / NAME
     out.mkdir(parents=True, exist_ok=True)
     for role, (image, text) in (("query", query), ("database", database)):

@@ -52,7 +52,7 @@ from cmrops.align import (
     load_alignment,
 )
 from cmrops.align.crossfit import out_of_fold_scores
-from cmrops.align.store import CONFIG, WEIGHTS
+from cmrops.align.store import CONFIG, WEIGHTS, save_alignment
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run(
     alignment.info["calibration"] = calibration
     alignment.info["pair_scores"] = "out of fold" if oof else "cosine"
     _clear(model)
-    alignment.save(model)
+    save_alignment(alignment, model)
     _write_scores(out / PAIR_SCORES, sample_ids, scores)
     metrics: dict[str, Any] = {
         "stage": STAGE,
