@@ -251,14 +251,15 @@ def test_local_engine_worker_death_is_the_same_clear_error() -> None:
 
 
 def test_engine_section_loads_strictly(tmp_path: Path) -> None:
-    assert engine.load_params(Path(__file__).parents[1] / "params.yaml") == EngineParams()
+    params_yaml = Path(__file__).parents[1] / "params.yaml"
+    assert load_section(params_yaml, engine.SECTION, EngineParams) == EngineParams()
     bad = tmp_path / "params.yaml"
     bad.write_text(json.dumps({"engine": {"kind": "ray", "adress": "auto"}}))
     with pytest.raises(ParamsError, match=r"unknown key.*adress.*allowed: address"):
-        engine.load_params(bad)
+        load_section(bad, engine.SECTION, EngineParams)
     bad.write_text(json.dumps({"engine": {"kind": "local", "address": "auto"}}))
     with pytest.raises(ParamsError, match="only used with kind: ray"):
         load_section(bad, "engine", EngineParams)
     bad.write_text(json.dumps({"engine": {"kind": "spark"}}))
     with pytest.raises(ParamsError, match="'spark' is not one of"):
-        engine.load_params(bad)
+        load_section(bad, engine.SECTION, EngineParams)

@@ -146,7 +146,7 @@ def cli_main(args: Any) -> int:
     from cmrops.params import load_section
 
     params = load_section(args.params, STAGE, PreprocessParams)
-    with engine.session(engine.load_params(args.params)):
+    with engine.session(load_section(args.params, engine.SECTION, engine.EngineParams)):
         metrics = run(params, args.raw, args.out)
     q = metrics["quarantined"]
     print(
