@@ -112,7 +112,7 @@ class Rule(ABC, Generic[P, M]):
     def enabled(self) -> bool:
         return bool(getattr(self.params, "enabled", True))
 
-    def drops(self) -> bool:
+    def drops(self, data: CleanData) -> bool:
         """Whether a flag quarantines the sample (False: flagged and reported only)."""
         return True
 
@@ -131,10 +131,10 @@ class Rule(ABC, Generic[P, M]):
     def apply(self, data: CleanData) -> Outcome:
         """Measure and decide (or the outcome of a rule that is off or cannot run)."""
         if not self.enabled:
-            return off(self.name, self.threshold(data), self.drops())
+            return off(self.name, self.threshold(data), self.drops(data))
         measured = self.measure(data)
         if isinstance(measured, NotRun):
             return Outcome(
-                self.name, "not_run", self.drops(), self.threshold(data), why=measured.why
+                self.name, "not_run", self.drops(data), self.threshold(data), why=measured.why
             )
         return self.decide(data, measured)

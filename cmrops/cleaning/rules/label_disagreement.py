@@ -53,7 +53,7 @@ class LabelDisagreement(Rule[LabelDisagreementRule, Overlaps]):
     name = "label_disagreement"
     params_type = LabelDisagreementRule
 
-    def drops(self) -> bool:
+    def drops(self, data: CleanData) -> bool:
         return self.params.drop
 
     def threshold(self, data: CleanData) -> dict[str, Any]:
