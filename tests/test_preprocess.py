@@ -346,12 +346,12 @@ def test_embeddings_rows_and_meta(clip_params: PreprocessParams, clip_out: Path)
 
 
 def test_leftover_pixels_of_another_encoder_size_are_not_reused(tmp_path: Path) -> None:
-    from cmrops.stages.preprocess import Shard, _inputs_ready
+    from cmrops.preprocessing.shards import Shard, inputs_ready
 
     shard = Shard(0, [], "hash")
     np.save(tmp_path / "shard-00000.pixels.npy", np.zeros((0, 224, 224, 3), np.uint8))
-    assert not _inputs_ready(tmp_path, shard, 224)  # without the per-row counts
+    assert not inputs_ready(tmp_path, shard, 224)  # without the per-row counts
     np.save(tmp_path / "shard-00000.counts.npy", np.zeros(0, np.int64))
-    assert _inputs_ready(tmp_path, shard, 224)
-    assert not _inputs_ready(tmp_path, shard, 256)
-    assert not _inputs_ready(tmp_path, Shard(1, [], "hash"), 224)
+    assert inputs_ready(tmp_path, shard, 224)
+    assert not inputs_ready(tmp_path, shard, 256)
+    assert not inputs_ready(tmp_path, Shard(1, [], "hash"), 224)
