@@ -217,10 +217,11 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from cmrops import cli
+    from cmrops.preprocessing import embed
     from cmrops.stages import preprocess as stage
 
     kind, after = sys.argv[1], int(sys.argv[2])
-    real_record, seen = stage._record, []
+    real_record, seen = stage.record, []
 
     def record_then_die(shard_dir, shard, record_kind, *args, **kw):
         real_record(shard_dir, shard, record_kind, *args, **kw)
@@ -228,7 +229,7 @@ KILLER = textwrap.dedent(
         if seen.count(kind) == after:  # SIGKILL this run and its workers, mid-stage
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    stage._record = record_then_die
+    stage.record = embed.record = record_then_die  # decode records, embed records
     sys.exit(cli.main(sys.argv[3:]))
     """
 )
