@@ -11,6 +11,8 @@ literal name. ``from pkg import name`` is an edge to ``pkg.name`` when that is a
 * The shells - ``cmrops.cli``, ``cmrops.pipeline``, ``cmrops.dag_tasks`` (the DAG's tasks) and
   ``cmrops.airflow_hooks`` - sit on top: no other module imports them, nor airflow or streamlit,
   and nothing a stage module reaches through its imports is a shell.
+* Only the stages and the shells read ``params.yaml`` (``cmrops.params.load_section`` /
+  ``read_yaml``); below them settings are passed in (the engine's, for one).
 """
 
 from __future__ import annotations
@@ -191,6 +193,21 @@ def test_nothing_below_the_shells_imports_airflow_or_streamlit() -> None:
         if m not in SHELLS
     }
     assert not {m: x for m, x in bad.items() if x}
+
+
+#: Modules that read a params file: the stages, the shells, the DAG's schedule, the loader.
+READS_PARAMS = ("cmrops.stages.", *SHELLS, "cmrops.schedule", "cmrops.params")
+
+
+def test_only_stages_and_shells_read_params_files() -> None:
+    readers = []
+    for module, path in _modules().items():
+        if module.startswith(READS_PARAMS):
+            continue
+        names = set(_imported_names(module, path))
+        if names & {"cmrops.params.load_section", "cmrops.params.read_yaml"}:
+            readers.append(module)
+    assert readers == []
 
 
 def test_the_stages_reach_no_shell() -> None:
