@@ -76,19 +76,37 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from cmrops import benchmark_files as structs
 from cmrops import io
+from cmrops.benchmark_files import (
+    BenchmarkFormatError,
+    Variable,
+    _dense,
+    read_file,
+    read_variables,
+)
 from cmrops.ids import SAMPLE_ID_HEX
 from cmrops.schema import ASSIGNMENTS, INTERIM_SAMPLES, LABELS
 from cmrops.splitting.manifests import write_manifests
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BenchmarkFormatError",
+    "Variable",
+    "classify",
+    "import_benchmark",
+    "near_duplicate_queries",
+    "orient",
+    "read_file",
+    "read_variables",
+]
 
 #: Cosine similarity from which a database row counts as a near-duplicate of a query row.
 NEAR_DUPLICATE_COSINE = 0.99
@@ -122,143 +140,82 @@ _PART_FIRST = re.compile(
     "(?:_(?P<labels>labels?|labs?)|_(?:deep|vgg|feat|features?|doc2vec|vec|bow))?$",
     re.IGNORECASE,
 )
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-#: Wikipedia's ``trainset_txt_img_cat.list`` / ``testset_txt_img_cat.list`` (text id, image id,
-#: category 1..10, tab-separated) are read as the label variables ``L_tr`` / ``L_te``.
-_LIST_PART = {"trainset": "L_tr", "testset": "L_te", "train": "L_tr", "test": "L_te"}
-
-
-class BenchmarkFormatError(ValueError):
-    """A benchmark file cannot be read or does not have a recognisable layout."""
-
-
-@dataclass
-class Variable:
-    """One numeric array of a benchmark file."""
-
-    file: str
-    key: str
-    array: Any  # numpy array, or a scipy sparse matrix
-    transposed_hint: bool  # stored column-major (MATLAB v7.3 read by h5py)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def read_variables(path: str | os.PathLike[str]) -> dict[str, Variable]:
-    """Every numeric variable of a ``.mat`` (v4/v5/v7.3) or ``.h5`` file, by name."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: benchmark file not found")
-    if p.suffix.lower() == ".list":
-        return _read_category_list(p)
-    with open(p, "rb") as fh:
-        head = fh.read(512 + 8)
-    if head.startswith(b"MATLAB 7.3") or head[:8] == _HDF5_MAGIC or head[512:520] == _HDF5_MAGIC:
-        return _read_hdf5(p, matlab=head.startswith(b"MATLAB"))
-    import scipy.io
-
-    try:
-        data = scipy.io.loadmat(p, squeeze_me=False, mat_dtype=False)
-    except NotImplementedError:  # v7.3 without the text header
-        return _read_hdf5(p, matlab=True)
-    except Exception as e:  # scipy raises many kinds for a foreign file
-        raise BenchmarkFormatError(f"{p}: not a readable .mat or .h5 file ({e})") from None
-    out = {}
-    for key, value in data.items():
-        if key.startswith("__"):
-            continue
-        if _is_sparse(value) or (
-            isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size
-        ):
-            out[key] = Variable(str(p), key, value, transposed_hint=False)
-    return out
-
-
-def _read_category_list(p: Path) -> dict[str, Variable]:
-    """A Wikipedia ``<trainset|testset>_txt_img_cat.list``: one ``text_id<TAB>image_id<TAB>
-    category`` line per pair, in the row order of ``raw_features.mat``."""
-    prefix = p.name.split("_", 1)[0].lower()
-    if prefix not in _LIST_PART:
-        raise BenchmarkFormatError(
-            f"{p}: a category list must be named trainset_*.list or testset_*.list (the part "
-            "its rows belong to)"
-        )
-    cats = []
-    with open(p, encoding="utf-8-sig") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) != 3 or not cols[2].strip().isdigit():
-                raise BenchmarkFormatError(
-                    f"{p}:{i}: expected 'text_id<TAB>image_id<TAB>category' with an integer "
-                    f"category, got {line.strip()[:80]!r}"
-                )
-            cats.append(int(cols[2]))
-    if not cats:
-        raise BenchmarkFormatError(f"{p}: no category lines")
-    key = _LIST_PART[prefix]
-    return {key: Variable(str(p), key, np.asarray(cats, np.int64)[:, None], False)}
-
-
-def _read_hdf5(p: Path, matlab: bool) -> dict[str, Variable]:
-    import h5py
-
-    out = {}
-    try:
-        with h5py.File(p, "r") as f:
-            for key, obj in f.items():
-                if key.startswith("#"):
-                    continue
-                if isinstance(obj, h5py.Group) and "MATLAB_sparse" in obj.attrs:
-                    import scipy.sparse
-
-                    n_rows = int(obj.attrs["MATLAB_sparse"])
-                    jc = obj["jc"][()]
-                    data = obj["data"][()] if "data" in obj else np.zeros(0)
-                    ir = obj["ir"][()] if "ir" in obj else np.zeros(0, np.int64)
-                    m = scipy.sparse.csc_matrix((data, ir, jc), shape=(n_rows, len(jc) - 1))
-                    out[key] = Variable(str(p), key, m, transposed_hint=False)
-                elif isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and obj.size:
-                    if obj.attrs.get("MATLAB_class", b"") in (b"char", b"cell"):
-                        continue
-                    out[key] = Variable(str(p), key, obj[()], transposed_hint=matlab)
-    except OSError as e:
-        raise BenchmarkFormatError(f"{p}: not a readable HDF5 file ({e})") from None
-    return out
-
-
-def _is_sparse(x: Any) -> bool:
-    try:
-        import scipy.sparse
-
-        return bool(scipy.sparse.issparse(x))
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def _dense(x: Any) -> np.ndarray:
-    if _is_sparse(x):
-        return np.asarray(x.astype(np.float32).toarray())
-    return np.asarray(x)
 
 
 # --------------------------------------------------------------------------- layout
 
 
-def classify(
+#: Index variables (``ind_train``, ``test_idx``, ...): 0/1-based sample numbers of a part.
+_INDEX = re.compile(
+    r"^(?:(?:ind|idx|index|indices|inds)_?(?P<a>train|tr|test|te|query|db|database|retrieval)"
+    r"|(?P<b>train|tr|test|te|query|db|database|retrieval)_?(?:ind|idx|index|indices|inds))$",
+    re.IGNORECASE,
+)
+INDEX_KEYS = {"train_index": "train", "test_index": "query", "database_index": "database"}
+_HOW = (
+    "name them: cmrops import-benchmark FILE --image VAR --text VAR [--labels VAR] "
+    "[--train-index VAR --test-index VAR] (VAR: a variable or a dotted path into a struct, "
+    "e.g. data.X1)"
+)
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _part_of(word: str) -> str:
+    for part, pattern in _PART.items():
+        if re.fullmatch(pattern, word, re.IGNORECASE):
+            return part
+    return "query" if word.lower() in ("test", "te") else word
+
+
+def index_variables(
     variables: Mapping[str, Variable], keys: Mapping[str, str] | None = None
+) -> dict[str, Variable]:
+    """``{part: index variable}``: recognised by name (``ind_train``, ``split.ind_test``) or
+    given in ``keys`` as ``train_index`` / ``test_index`` / ``database_index``."""
+    found: dict[str, list[Variable]] = {}
+    for name, var in variables.items():
+        m = _INDEX.match(_leaf(name))
+        if m:
+            found.setdefault(_part_of(m.group("a") or m.group("b")), []).append(var)
+    for spec, name in (keys or {}).items():
+        if spec in INDEX_KEYS:
+            found[INDEX_KEYS[spec]] = [variables[_resolve(name, variables)]]
+    out = {}
+    for part, vs in found.items():
+        if len(vs) > 1:
+            raise BenchmarkFormatError(
+                f"several variables look like the {part} indices: "
+                f"{', '.join(v.key for v in vs)}; choose one with --{part}-index"
+            )
+        out[part] = vs[0]
+    return out
+
+
+def _resolve(name: str, variables: Mapping[str, Variable]) -> str:
+    try:
+        return structs.resolve(name, variables)
+    except KeyError as e:
+        every = {k: structs.describe(v.array) for k, v in variables.items()}
+        raise BenchmarkFormatError(
+            f"{e.args[0]}; the file holds:\n{structs.listing(every)}"
+        ) from None
+
+
+def classify(
+    variables: Mapping[str, Variable],
+    keys: Mapping[str, str] | None = None,
+    found: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Variable]]:
     """``{part: {modality: variable}}`` from variable names (``keys`` overrides: ``"image"``,
-    ``"labels_train"``, ...)."""
+    ``"labels_train"``, ...; a name may be a dotted path into a struct, or its unique end).
+    ``found`` describes every variable of the files, for the message when nothing is
+    recognised."""
     chosen: dict[tuple[str, str], list[Variable]] = {}
     for name, var in variables.items():
-        m = _KEY.match(name) or _PART_FIRST.match(name)
+        m = _KEY.match(_leaf(name)) or _PART_FIRST.match(_leaf(name))
         if not m:
             continue
         groups = {k for k, v in m.groupdict().items() if v is not None}
@@ -266,6 +223,9 @@ def classify(
         part = next((k for k in groups if k in PARTS), "all")
         chosen.setdefault((part, mod), []).append(var)
     for spec, name in (keys or {}).items():
+        if spec in INDEX_KEYS:
+            continue
+        name = _resolve(name, variables)
         mod, _, part = spec.partition("_")
         part = part or "all"
         if mod not in MODALITIES or part not in PARTS:
@@ -294,10 +254,11 @@ def classify(
                 f"{', '.join(v.key for v in vs)}; choose one with keys={{'{mod}_{part}': ...}}"
             )
         layout.setdefault(part, {})[mod] = vs[0]
+    every = dict(found) if found else {k: structs.describe(v.array) for k, v in variables.items()}
     if not layout:
         raise BenchmarkFormatError(
-            f"no image/text/label variables recognised among {sorted(variables)} "
-            "(pass keys={'image': ..., 'text': ..., 'labels': ...})"
+            "no image/text/label variables recognised; the file(s) hold:\n"
+            f"{structs.listing(every)}\n{_HOW}"
         )
     if "all" in layout and len(layout) > 1:
         raise BenchmarkFormatError(
@@ -308,8 +269,9 @@ def classify(
         missing = [m for m in ("image", "text") if m not in mods]
         if missing:
             raise BenchmarkFormatError(
-                f"part {part!r}: no {' or '.join(missing)} variable (found "
-                f"{', '.join(v.key for v in mods.values())})"
+                f"part {part!r}: no {' or '.join(missing)} variable (recognised "
+                f"{', '.join(f'{m} {v.key}' for m, v in mods.items())}); the file(s) hold:\n"
+                f"{structs.listing(every)}\n{_HOW}"
             )
     label_parts = [p for p in layout if "labels" in layout[p]]
     if label_parts and len(label_parts) != len(layout):
@@ -403,23 +365,32 @@ def import_benchmark(
     seed: int = 0,
     normalize: bool = True,
     near_duplicate_cosine: float = NEAR_DUPLICATE_COSINE,
+    index_base: Literal["auto", 0, 1] = "auto",
 ) -> dict[str, Any]:
     """Import one benchmark (see module docstring); returns the summary written to
     ``out/import.json``. ``query``, ``train`` and ``seed`` apply only to files without a fixed
-    split; ``near_duplicate_cosine`` is the threshold of :func:`near_duplicate_queries`."""
+    split; ``near_duplicate_cosine`` is the threshold of :func:`near_duplicate_queries`;
+    ``index_base`` says how index variables count (``auto``: 0-based when some index is 0,
+    else MATLAB's 1-based)."""
     if not 0.0 < near_duplicate_cosine <= 1.0:
         raise ValueError(f"near_duplicate_cosine must be in (0, 1], got {near_duplicate_cosine}")
     files = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not files:
         raise ValueError("paths: no benchmark file given")
     variables: dict[str, Variable] = {}
+    found: dict[str, str] = {}
     for f in files:
-        for key, var in read_variables(f).items():
+        numeric, described = read_file(f)
+        for key, var in numeric.items():
             if key in variables:
                 raise BenchmarkFormatError(f"variable {key!r} is in {variables[key].file} and {f}")
             variables[key] = var
+        found.update(described)
     name = name or files[0].stem
-    layout = classify(variables, keys)
+    indices = index_variables(variables, keys)
+    for v in indices.values():  # an index is no feature or label variable
+        variables.pop(v.key, None)
+    layout = classify(variables, keys, found)
     has_labels = "labels" in next(iter(layout.values()))
 
     parts: dict[str, dict[str, np.ndarray]] = {}
@@ -428,6 +399,9 @@ def import_benchmark(
         _, arrays, t = orient(part, mods)
         parts[part] = arrays
         transposed += t
+    index_note = None
+    if indices:
+        parts, index_note = _split_by_indices(parts, indices, index_base)
     dims = {m: {a[m].shape[1] for a in parts.values()} for m in ("image", "text")}
     for m, d in dims.items():
         if len(d) != 1:
@@ -504,6 +478,7 @@ def import_benchmark(
         "files": [str(f) for f in files],
         "variables": {p: {m: v.key for m, v in mods.items()} for p, mods in layout.items()},
         "read_transposed": sorted(transposed),
+        "indices": index_note,
         "layout": "fixed split" if "all" not in layout else "no split (seeded)",
         "protocol": {"name": protocol, **protocol_spec},
         "samples": n,
@@ -525,6 +500,37 @@ def import_benchmark(
     }
     io.write_json(out / "import.json", summary)
     return summary
+
+
+def _split_by_indices(
+    parts: dict[str, dict[str, np.ndarray]],
+    indices: Mapping[str, Variable],
+    base: Literal["auto", 0, 1],
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """The one unsplit part cut into the parts its index variables name (``train``,
+    ``query``, ``database``), with a record of the indices used."""
+    if set(parts) != {"all"}:
+        raise BenchmarkFormatError(
+            f"index variables ({', '.join(v.key for v in indices.values())}) but the features "
+            f"are already split into parts {sorted(parts)}"
+        )
+    if "query" not in indices:
+        raise BenchmarkFormatError(
+            f"index variables {', '.join(v.key for v in indices.values())} name no test/query "
+            "part: pass --test-index"
+        )
+    arrays = parts["all"]
+    n = len(next(iter(arrays.values())))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    note: dict[str, Any] = {"base": base, "variables": {}}
+    for part, var in sorted(indices.items()):
+        try:
+            rows = structs.index_rows(_dense(var.array), n, var.key, base)
+        except ValueError as e:
+            raise BenchmarkFormatError(str(e)) from None
+        out[part] = {m: a[rows] for m, a in arrays.items()}
+        note["variables"][part] = {"key": var.key, "rows": len(rows)}
+    return out, note
 
 
 def near_duplicate_queries(
@@ -720,10 +726,22 @@ def _write(
 def cli_main(args: Any) -> int:
     """For a ``cmrops import-benchmark FILE... --out DIR [--name N] [--query Q] [--train T]
     [--seed S] [--no-normalize] [--near-duplicate-cosine C]`` command."""
+    keys = {
+        k: v
+        for k, v in (
+            ("image", args.image), ("text", args.text), ("labels", args.labels),
+            ("train_index", args.train_index), ("test_index", args.test_index),
+            ("database_index", args.database_index),
+        )
+        if v
+    }  # fmt: skip
+    base = args.index_base if args.index_base == "auto" else int(args.index_base)
     s = import_benchmark(
         args.files,
         args.out,
         name=args.name,
+        keys=keys or None,
+        index_base=base,
         query=args.query,
         train=args.train,
         seed=args.seed,

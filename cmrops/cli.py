@@ -6,10 +6,10 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
     cmrops preprocess --params params.yaml --raw data/raw --out data/interim
     cmrops align      --params params.yaml --interim data/interim --raw data/raw --out data/align
     cmrops label      --params params.yaml --interim data/interim --align data/align
-                      --out data/labelled
+                      --out data/labelled --review-log review/answers.jsonl
     cmrops clean      --params params.yaml --interim data/interim --align data/align
                       --labelled data/labelled --raw data/raw --out data/clean
-                      --metrics metrics/quality.json
+                      --metrics metrics/quality.json --review-log review/answers.jsonl
     cmrops split      --params params.yaml --clean data/clean --labelled data/labelled
                       --out data/split --metrics metrics/split.json
     cmrops train      --params params.yaml --split data/split --clean data/clean
@@ -21,6 +21,11 @@ Stage commands share one shape so ``dvc.yaml`` can spell every input and output 
     cmrops storage check [--url URL | --remote NAME]
     cmrops pipeline summary [--work .]
     cmrops release list | show ID | checkout ID [--project .] [--remote NAME]
+    cmrops export --release ID --format webdataset|hf|coco|hashing --out DIR [--force|--resume]
+    cmrops datacard [--release ID] [--print]
+    cmrops withdraw SAMPLE_ID|SOURCE:KEY|URL ... | --file LIST --reason TEXT; --impact ID
+    cmrops ablate [--release ID] [--methods itq,cca] [--bits 32] [--rules a,b]
+    cmrops plots page [--project .]
     cmrops metrics serve [--project .] [--host 127.0.0.1] [--port 9108]
     cmrops metrics push [--project .] [--gateway URL] [--job cmrops]
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cmrops.stage_command import configure_logging, run
 from cmrops.stage_table import STAGES, add_parser
@@ -68,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.99,
         help="cosine from which a database row makes a query a near-duplicate one",
     )
+    for flag, what in (
+        ("--image", "image features"),
+        ("--text", "text features"),
+        ("--labels", "labels (multi-hot or class ids)"),
+        ("--train-index", "training (and, without --database-index, database) sample indices"),
+        ("--test-index", "test (query) sample indices"),
+        ("--database-index", "database sample indices"),
+    ):
+        imp.add_argument(
+            flag, default=None, metavar="VAR",
+            help=f"the variable holding the {what}: a name or a dotted path into a MATLAB "
+            "struct (data.X1); default: recognised by name",
+        )  # fmt: skip
+    imp.add_argument(
+        "--index-base", choices=["auto", "0", "1"], default="auto",
+        help="how index variables count: 1 (MATLAB), 0, or auto (0-based when an index is 0)",
+    )  # fmt: skip
     imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
 
     storage = sub.add_parser("storage", help="storage roots and the DVC remote")
@@ -97,11 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--local", action="store_true", help="do not read the remote")
         a.set_defaults(handler=f"cmrops.cli:_release_{name}")
 
+    _hand_on(sub)
+
     pipe = sub.add_parser("pipeline", help="the stage table shared by dvc.yaml and the DAG")
     pipe_sub = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
     summ.add_argument("--work", default=".", help="the project folder of the run")
     summ.set_defaults(handler="cmrops.cli:_pipeline_summary")
+
+    plots = sub.add_parser("plots", help="what `dvc plots show` needs")
+    plots_sub = plots.add_subparsers(dest="plots_command", required=True, metavar="ACTION")
+    page = plots_sub.add_parser(
+        "page", help="(re)write .dvc/plots/offline.html: DVC's plots page with vega inline"
+    )
+    page.add_argument("--project", default=".", help="the project folder (default .)")
+    page.set_defaults(handler="cmrops.cli:_plots_page")
 
     met = sub.add_parser("metrics", help="Prometheus metrics of a project (serve, push)")
     met_sub = met.add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
@@ -116,6 +149,128 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--job", default="cmrops", help="job label (default cmrops)")
     push.set_defaults(handler="cmrops.cli:_metrics_push")
     return p
+
+
+def _hand_on(sub: Any) -> None:
+    """Commands that hand a release on: export, data card, withdrawal, rule ablation."""
+    from cmrops.export import FORMATS
+
+    def common(a: argparse.ArgumentParser, release: bool = True) -> None:
+        if release:
+            a.add_argument("--release", default="latest",
+                           help="a release id, a unique prefix, or latest (default)")  # fmt: skip
+        a.add_argument("--project", default=".", help="the project folder (default .)")
+        a.add_argument("--remote", help="DVC remote (default: the default remote)")
+
+    ex = sub.add_parser("export", help="a release as WebDataset, HF, COCO or hashing files")
+    common(ex)
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument("--out", required=True, help="an empty folder (or --resume / --force)")
+    ex.add_argument("--splits", default="", help="comma-separated sets (default: every set)")
+    ex.add_argument("--shard-size", type=int, default=1000,
+                    help="samples per tar shard / rows per Parquet file (default 1000)")
+    ex.add_argument("--container", choices=("mat", "h5"), default="mat",
+                    help="hashing: MATLAB v7.3 .mat (default) or .h5")
+    ex.add_argument("--no-media", action="store_true", help="coco: the JSON only")
+    how = ex.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="finish an interrupted export")
+    how.add_argument("--force", action="store_true", help="replace the folder's content")
+    ex.set_defaults(handler="cmrops.cli:_export")
+
+    dc = sub.add_parser("datacard", help="(re)build a release's data card and attach it")
+    common(dc)
+    dc.add_argument("--print", action="store_true", help="print the Markdown card")
+    dc.set_defaults(handler="cmrops.datacard:cli_main")
+
+    wd = sub.add_parser("withdraw", help="withdraw samples everywhere, or list where one is")
+    common(wd, release=False)
+    wd.add_argument("ids", nargs="*", metavar="ID", help="a sample id, a source:key or a URL")
+    wd.add_argument("--file", help="a file of ids, one per line (# comments)")
+    wd.add_argument("--reason", default="", help="why (a takedown request, a licence change)")
+    wd.add_argument("--by", help="who asked (recorded with the tombstone)")
+    wd.add_argument("--impact", metavar="ID",
+                    help="list every release, export, model and code file holding ID")  # fmt: skip
+    wd.add_argument("--json", action="store_true", help="print JSON")
+    wd.set_defaults(handler="cmrops.cli:_withdraw")
+
+    ab = sub.add_parser("ablate", help="what each cleaning rule is worth (retrain itq/cca)")
+    common(ab)
+    ab.add_argument("--methods", help="closed-form methods (default: params ablation.methods)")
+    ab.add_argument("--bits", help="code lengths, comma-separated (default: ablation.bits)")
+    ab.add_argument("--rules", help="rules to switch off, comma-separated (default: all)")
+    ab.add_argument("--no-card", action="store_true", help="do not rebuild the data card")
+    ab.set_defaults(handler="cmrops.ablation:cli_main")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cmrops.export import ExportOptions, export
+
+    opts = ExportOptions(
+        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+        shard_size=args.shard_size, container=args.container, media=not args.no_media,
+    )  # fmt: skip
+    m = export(args.project, args.release, args.format, args.out, options=opts,
+               force=args.force, resume=args.resume, remote=args.remote)  # fmt: skip
+    sets = ", ".join(f"{k} {v}" for k, v in m["sets"].items())
+    print(f"exported release {m['release']} as {m['format']} into {m['path']}: {m['samples']} "
+          f"samples ({sets}), {len(m['files'])} files, {m['bytes']} bytes; manifest "
+          f"export.json (export {m['export_id']}, recorded with the release)")  # fmt: skip
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from cmrops import withdrawal
+
+    if args.impact:
+        if args.ids or args.file:
+            raise ValueError("--impact takes one id and nothing else")
+        out = withdrawal.impact(args.project, args.impact, args.remote)
+        print(json.dumps(out, indent=2) if args.json else _impact_text(out))
+        return 0
+    ids = list(args.ids)
+    if args.file:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        ids += [x.split("#", 1)[0].strip() for x in lines if x.split("#", 1)[0].strip()]
+    res = withdrawal.withdraw(args.project, ids, args.reason, args.by, args.remote)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for t in res["withdrawn"]:
+        print(f"withdrawn {t['request']}: {len(t['sample_ids'])} sample id(s), "
+              f"{len(t['media_sha256'])} media file(s), {len(t['urls'])} URL(s)")  # fmt: skip
+    for r in res["already_withdrawn"]:
+        print(f"already withdrawn: {r}")
+    print(f"tombstones: {res['tombstones']}; media removed from the workspace store: "
+          f"{len(res['media_removed_from_workspace'])}; {res['next']}")  # fmt: skip
+    return 0
+
+
+def _impact_text(out: dict[str, Any]) -> str:
+    ids = out["identities"]
+    lines = [f"{out['request']}: {'withdrawn' if out['withdrawn'] else 'not withdrawn'}; "
+             f"sample ids {', '.join(ids['sample_ids']) or '-'}"]  # fmt: skip
+    for r in out["releases"]:
+        if "error" in r:
+            lines.append(f"  release {r['id']}: not readable ({r['error']})")
+            continue
+        for sid, st in r["stages"].items():
+            lines.append(f"  release {r['id']}: {sid} clean {st['clean']}, set {st['split']}, "
+                         f"codes {st['codes']}, fitted on {st['fitted_on']}")  # fmt: skip
+        if r["models"]:
+            lines.append(f"    models: {', '.join(r['models'])}")
+        if r["code_files"]:
+            lines.append(f"    code files: {len(r['code_files'])} (data/codes/...)")
+        for e in r["exports"]:
+            lines.append(f"    export {e['export_id']} ({e['format']}) at {e['path']}")
+    if out["not_in"]:
+        lines.append(f"  not in: {', '.join(out['not_in'])}")
+    ws = out["workspace"]
+    lines.append(f"  workspace: {', '.join(ws['samples']) or 'no sample'}; media in the store: "
+                 f"{len(ws.get('media_in_store', []))}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _metrics_serve(args: argparse.Namespace) -> int:
@@ -171,6 +326,13 @@ def _release_checkout(args: argparse.Namespace) -> int:
     r = releases.checkout(args.project, args.id, args.remote)
     print(f"release {r.id} restored in {args.project}: {len(r.files)} recorded files and every "
           "output of its dvc.lock (dvc status: up to date)")
+    return 0
+
+
+def _plots_page(args: argparse.Namespace) -> int:
+    from cmrops.plots_page import write_page
+
+    print(f"wrote {write_page(args.project)}")
     return 0
 
 

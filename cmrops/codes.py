@@ -164,6 +164,10 @@ def hamming_histogram(
         raise ValueError(f"query_labels: {qp.shape[0]} rows for {np.shape(queries)[0]} queries")
     if dp.shape[0] != np.shape(database)[0]:
         raise ValueError(f"database_labels: {dp.shape[0]} rows for {np.shape(database)[0]} codes")
+    if n_threads is None:  # this process's thread budget
+        from cmrops.threads import current
+
+        n_threads = current()
     return _core.hamming_histogram(queries, database, qp, dp, n_threads=n_threads)
 
 

@@ -6,7 +6,8 @@ Each DAG run is resolved once into a :class:`RunConfig` from the trigger form's 
 
 * A run on the project's own ``params.yaml`` with no override is versioned: its stages work in
   the project folder, and :func:`version` ends it with ``dvc commit``, ``dvc push`` and a release
-  record (:mod:`cmrops.releases`).
+  record (:mod:`cmrops.releases`) with its data card (:mod:`cmrops.datacard`) and, when
+  ``ablation.on_release`` is set, what each cleaning rule is worth (:mod:`cmrops.ablation`).
 * Any other run - another params file, or an override such as ``synthetic_n`` - is a trial. It
   works in its own workspace ``.cmrops/trials/<id>/`` (``<id>``: the hash of the params it ran
   with, so the same trial resumes where it stopped), reads relative paths from the params file's
@@ -20,7 +21,6 @@ Errors the user must fix (a missing params file, a too-small set) are :class:`Ru
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -240,28 +240,45 @@ def version(cfg: RunConfig, run_id: str | None = None) -> dict[str, Any]:
     )  # fmt: skip
     if not cfg.push:  # the record stays local until a push
         log.info("release %s recorded locally (push off)", rel.id)
+    attached = hand_on(work, rel.id, cfg.remote if cfg.push else None, cfg.params)
     return {"committed": last, "pushed": pushed[-300:], "release": rel.id,
-            "git": (rel.git or {}).get("tag")}  # fmt: skip
+            "git": (rel.git or {}).get("tag"), **attached}  # fmt: skip
+
+
+def hand_on(work: Path, release_id: str, remote: str | None, params: Path) -> dict[str, Any]:
+    """What every release carries besides its outputs: the rule ablation (when
+    ``ablation.on_release``) and then the data card, attached to its record."""
+    from cmrops import ablation, datacard
+    from cmrops.params import load_section
+
+    out: dict[str, Any] = {}
+    ab = load_section(params, "ablation", ablation.AblationParams)
+    if ab.on_release:
+        report = ablation.run(work, release_id, ab, remote)
+        out["ablation"] = {k: v for k, v in report.items() if k in ("queries", "seconds")}
+    card = datacard.attach_card(work, release_id, remote)
+    out["datacard"] = {"samples": card["composition"].get("samples"),
+                       "limitations": len(card["limitations"])}  # fmt: skip
+    return out
 
 
 def release_summary(work: Path) -> dict[str, Any]:
     """A few headline numbers of the workspace's metrics for the release list."""
-    def load(rel: str) -> dict[str, Any]:
-        p = work / rel
-        try:
-            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+    from cmrops.telemetry.files import record, retrieval_maps
 
-    raw, quality = load("data/raw/metrics.json"), load("metrics/quality.json")
-    split, retrieval = load("metrics/split.json"), load("metrics/retrieval.json")
+    raw, quality = record(work, "collect"), record(work, "clean")
+    split, retrieval = record(work, "split"), record(work, "evaluate")
     out: dict[str, Any] = {}
     for key, value in (("samples_in", raw.get("inputs")), ("kept", quality.get("kept")),
                        ("leaking_pairs", (split.get("leakage") or {}).get("total"))):  # fmt: skip
         if isinstance(value, int | float):
             out[key] = value
-    best = retrieval.get("best") if isinstance(retrieval.get("best"), dict) else None
-    if best:
-        out["best"] = best
+    maps = retrieval_maps(retrieval)
+    if maps:  # the model with the best tie-aware mAP averaged over its directions
+        by_model: dict[str, list[float]] = {}
+        for (model, _), value in maps.items():
+            by_model.setdefault(model, []).append(value)
+        model = max(sorted(by_model), key=lambda m: sum(by_model[m]) / len(by_model[m]))
+        out["best_model"] = model
+        out["best_map"] = round(sum(by_model[model]) / len(by_model[model]), 4)
     return out

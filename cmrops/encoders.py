@@ -21,18 +21,30 @@ ships only a state dict, loaded with ``torch.load(weights_only=True)``) and embe
 penultimate layer: the 1280-d global average pool after the head convolution, with the input
 scaling its TensorFlow checkpoint was trained with, ``(x - 127) / 128``.
 
-All embeddings are ``float32`` and L2-normalised. Encoding runs under ``torch.inference_mode`` in
-``eval()`` mode, in fixed batches (texts sorted by length, a stable order), on ``cuda`` when
-``device="auto"`` finds one, with a ``tqdm`` progress bar.
+All embeddings are ``float32`` and L2-normalised. Encoding runs in ``eval()`` mode, in fixed
+batches (texts sorted by length, a stable order), on ``cuda`` when ``device="auto"`` finds one,
+with a ``tqdm`` progress bar; a background thread prepares the next batch (decoded pixels to the
+model's input, texts to token ids) while the current one runs.
+
+**Runtime.** On the CPU (``runtime="auto"``) a model runs through ONNX Runtime
+(:mod:`cmrops.inference`: exported once, cached by its weights' hash, verified against torch to
+cosine >= 0.9999 on first use, with this process's thread budget); when it does not export or
+verify, torch runs it and the reason is logged. ``runtime="torch"``, and every GPU, use torch
+(under ``torch.inference_mode``). Both give the same embeddings to cosine >= 0.9999, not the
+same bytes; each is deterministic, whatever the thread count. ``encoder.runtime`` says which ran.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
+import contextlib
+import itertools
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -55,6 +67,9 @@ IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 
 Device = Literal["auto", "cpu", "cuda"]
+Runtime = Literal["auto", "torch"]
+#: Batches prepared ahead of the one being embedded.
+PREFETCH = 2
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -168,7 +183,9 @@ class ImageEncoder:
     dim: int
     device: str
     input_size: int
-    _embed: Callable[[np.ndarray], torch.Tensor]
+    _prepare: Callable[[np.ndarray], Any]  # uint8 images -> the model's input
+    _infer: Callable[[Any], Any]  # the model's input -> (n, dim) tensor or array
+    runtime: str = "torch"  # "torch" or "onnxruntime"
 
     def encode(self, images: np.ndarray, batch_size: int = 64, progress: bool = True) -> np.ndarray:
         """Embeddings of ``images`` (``(n, h, w, 3)`` uint8) as a ``(n, dim)`` float32 array."""
@@ -182,7 +199,8 @@ class ImageEncoder:
             progress,
             f"image {self.name}",
             self.dim,
-            lambda lo, hi: self._embed(images[lo:hi]),
+            self._infer,
+            prepare=lambda lo, hi: self._prepare(images[lo:hi]),
         )
 
 
@@ -194,25 +212,32 @@ class TextEncoder:
     dim: int
     device: str
     max_length: int
-    _embed: Callable[[list[str]], torch.Tensor]
+    _prepare: Callable[[list[str]], Any]  # texts -> token tensors
+    _infer: Callable[[Any], Any]  # token tensors -> (n, dim) tensor or array
+    runtime: str = "torch"  # "torch" or "onnxruntime"
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
-        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array (batches sorted by length)."""
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-        ordered = [texts[i] for i in order]
+        """Embeddings of ``texts`` as a ``(n, dim)`` float32 array: each distinct text embedded
+        once, in batches sorted by length."""
+        first: dict[str, int] = {}
+        owner = np.array([first.setdefault(t, len(first)) for t in texts], dtype=np.int64)
+        distinct = list(first)
+        order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i]), i))
+        ordered = [distinct[i] for i in order]
         emb = _run_batches(
             len(ordered),
             batch_size,
             progress,
             f"text {self.name}",
             self.dim,
-            lambda lo, hi: self._embed(ordered[lo:hi]),
+            self._infer,
+            prepare=lambda lo, hi: self._prepare(ordered[lo:hi]),
         )
         out = np.empty_like(emb)
         out[np.asarray(order, dtype=np.int64)] = emb
-        return out
+        return out[owner]
 
 
 def _run_batches(
@@ -221,60 +246,99 @@ def _run_batches(
     progress: bool,
     desc: str,
     dim: int,
-    embed: Callable[[int, int], torch.Tensor],
+    embed: Callable[..., Any],
+    prepare: Callable[[int, int], Any] | None = None,
 ) -> np.ndarray:
+    """L2-normalised rows of ``embed(lo, hi)`` - or of ``embed(prepare(lo, hi))``, with
+    ``prepare`` run :data:`PREFETCH` batches ahead on a background thread - for each batch."""
     import torch
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = np.empty((n, dim), dtype=np.float32)
-    starts = range(0, n, batch_size)
-    with torch.inference_mode():
-        for lo in tqdm(starts, desc=desc, unit="batch", disable=not progress or n == 0):
-            hi = min(lo + batch_size, n)
-            vecs = embed(lo, hi).float()
+    starts = list(range(0, n, batch_size))
+    bounds = [(lo, min(lo + batch_size, n)) for lo in starts]
+    with contextlib.ExitStack() as stack:
+        if prepare is None:
+            batches: Iterator[Any] = (b for b in bounds)
+        else:
+            pool = stack.enter_context(
+                cf.ThreadPoolExecutor(1, thread_name_prefix="cmrops-prefetch")
+            )
+            batches = _prefetched(pool, prepare, bounds)
+        stack.enter_context(torch.inference_mode())
+        bar = tqdm(bounds, desc=desc, unit="batch", disable=not progress or n == 0)
+        for (lo, hi), batch in zip(bar, batches, strict=True):
+            vecs = embed(*batch) if prepare is None else embed(batch)
+            vecs = torch.as_tensor(vecs).float()
             vecs = torch.nn.functional.normalize(vecs, p=2, dim=1)
             out[lo:hi] = vecs.cpu().numpy()
     return out
 
 
-def load_image_encoder(spec: str = IMAGE_DEFAULT, device: str = "auto") -> ImageEncoder:
+def _prefetched(
+    pool: cf.ThreadPoolExecutor, prepare: Callable[[int, int], Any], bounds: list[tuple[int, int]]
+) -> Iterator[Any]:
+    """``prepare(lo, hi)`` of each batch in order, computed up to :data:`PREFETCH` ahead."""
+    pending: collections.deque[cf.Future[Any]] = collections.deque()
+    ahead = iter(bounds)
+    for lo, hi in itertools.islice(ahead, PREFETCH):
+        pending.append(pool.submit(prepare, lo, hi))
+    while pending:
+        batch = pending.popleft().result()
+        nxt = next(ahead, None)
+        if nxt is not None:
+            pending.append(pool.submit(prepare, *nxt))
+        yield batch
+
+
+def load_image_encoder(
+    spec: str = IMAGE_DEFAULT, device: str = "auto", runtime: Runtime = "auto"
+) -> ImageEncoder:
     """The image encoder named by ``spec``: the EfficientNet-Lite0 default or any
     ``transformers`` vision / dual-encoder model (see module docstring)."""
     dev = resolve_device(device)
     _deterministic(dev)
     if spec in _IMAGE_ALIASES:
-        return _efficientnet_lite0_encoder(dev)
+        return _efficientnet_lite0_encoder(dev, runtime)
+    import torch
+
     model_dir = resolve_model_dir(spec)
     model, _config = _load_hf_model(str(model_dir), dev)
     processor = _load_image_processor(model_dir)
     size = _processor_size(processor) if processor is not None else 224
 
     def prepare(batch: np.ndarray) -> torch.Tensor:
-        import torch
-
         if processor is not None:
             pixels = processor(images=list(batch), return_tensors="pt")["pixel_values"]
         else:
             pixels = _imagenet_tensor(batch, size)
         return torch.as_tensor(pixels).to(dev)
 
-    if hasattr(model, "get_image_features"):
+    forward = _image_forward(model)
+    probe = _probe_images(3, size)
+    dim = _probe_dim(lambda: forward(prepare(probe[:1])))
+    session = _onnx(
+        runtime,
+        dev,
+        forward,
+        f"image {spec}",
+        example=(prepare(probe[:2]),),
+        probe=(prepare(probe),),
+        names=("pixel_values",),
+        dynamic={"pixel_values": {0: "batch"}},
+    )
+    if session is not None:
+        return ImageEncoder(
+            spec, dim, dev, size, prepare, lambda x: session.run(x.numpy()), "onnxruntime"
+        )
+    return ImageEncoder(spec, dim, dev, size, prepare, forward)
 
-        def embed(batch: np.ndarray) -> torch.Tensor:
-            return _features(model.get_image_features(pixel_values=prepare(batch)))
 
-    else:
-
-        def embed(batch: np.ndarray) -> torch.Tensor:
-            return _pooled(model(pixel_values=prepare(batch)))
-
-    dim = _probe_dim(lambda: embed(np.zeros((1, size, size, 3), np.uint8)))
-    return ImageEncoder(spec, dim, dev, size, embed)
-
-
-def load_text_encoder(spec: str = TEXT_DEFAULT, device: str = "auto") -> TextEncoder:
+def load_text_encoder(
+    spec: str = TEXT_DEFAULT, device: str = "auto", runtime: Runtime = "auto"
+) -> TextEncoder:
     """The text encoder named by ``spec``: all-MiniLM-L6-v2 by default, or any
     ``transformers`` text / dual-encoder model (see module docstring)."""
     from transformers import AutoTokenizer
@@ -287,34 +351,123 @@ def load_text_encoder(spec: str = TEXT_DEFAULT, device: str = "auto") -> TextEnc
     max_length = _text_max_length(model_dir, tokenizer, config)
     model_type = str(getattr(config, "model_type", ""))
     padding: str = "max_length" if model_type.startswith("siglip") else "longest"
-    pooling = _st_pooling(model_dir)
+    features = hasattr(model, "get_text_features")
+    wanted = ("input_ids", "attention_mask") if features else None
+    names = tuple(k for k in tokenizer(["probe"]) if wanted is None or k in wanted)
 
-    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+    def prepare(texts: list[str]) -> tuple[torch.Tensor, ...]:
         enc = tokenizer(
             texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        return {k: v.to(dev) for k, v in enc.items()}
+        return tuple(enc[k].to(dev) for k in names)
 
-    if hasattr(model, "get_text_features"):
+    forward = _text_forward(model, names, features, _st_pooling(model_dir))
+    name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
+    dim = _probe_dim(lambda: forward(*prepare(["probe"])))
+    session = _onnx(
+        runtime,
+        dev,
+        forward,
+        f"text {name}",
+        example=prepare(["a photo", "two dogs play on the grass"]),
+        probe=prepare(list(_PROBE_TEXTS)),
+        names=names,
+        dynamic={k: {0: "batch", 1: "sequence"} for k in names},
+    )
+    if session is not None:
+        run = session.run
+        return TextEncoder(
+            name, dim, dev, max_length, prepare, lambda t: run(*[x.numpy() for x in t]),
+            "onnxruntime",
+        )  # fmt: skip
+    return TextEncoder(name, dim, dev, max_length, prepare, lambda t: forward(*t))
 
-        def embed(texts: list[str]) -> torch.Tensor:
-            enc = tokenize(texts)
-            kwargs = {k: enc[k] for k in ("input_ids", "attention_mask") if k in enc}
-            return _features(model.get_text_features(**kwargs))
 
-    else:
+#: Texts of several lengths the ONNX export must agree with torch on (another batch size and
+#: other lengths than the export's example).
+_PROBE_TEXTS = (
+    "probe",
+    "a red double-decker bus drives past a row of shops on a rainy evening in the city",
+    "two cats",
+    "A man riding a wave on top of a surfboard.",
+    "",
+)
 
-        def embed(texts: list[str]) -> torch.Tensor:
-            enc = tokenize(texts)
-            hidden = model(**enc).last_hidden_state
+
+def _probe_images(n: int, size: int) -> np.ndarray:
+    """Seeded ``(n, size, size, 3)`` uint8 pictures (smooth gradients plus noise)."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    base = (ramp[None, :, None] + ramp[:, None, None]) / 2
+    noise = rng.normal(0, 40, (n, size, size, 3)).astype(np.float32)
+    return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
+
+
+def _onnx(
+    runtime: str,
+    device: str,
+    forward: Any,
+    name: str,
+    *,
+    example: Sequence[Any],
+    probe: Sequence[Any],
+    names: Sequence[str],
+    dynamic: dict[str, dict[int, str]],
+) -> Any:
+    """The ONNX Runtime session of ``forward`` on the CPU with ``runtime="auto"`` (None: torch)."""
+    if runtime not in ("auto", "torch"):
+        raise ValueError(f'runtime must be "auto" or "torch", got {runtime!r}')
+    if runtime == "torch" or device != "cpu":
+        return None
+    try:
+        from cmrops.inference import onnx_session
+    except ImportError as e:  # pragma: no cover - onnxruntime is in the pinned environment
+        log.warning("%s: running on torch: onnxruntime is not installed (%s)", name, e)
+        return None
+    return onnx_session(
+        forward, name=name, example=example, probe=probe, input_names=names, dynamic=dynamic
+    )
+
+
+def _image_forward(model: Any) -> Any:
+    """``pixel_values -> (n, dim)`` of a transformers vision or dual-encoder model, as a module
+    (the one torch runs and ONNX exports)."""
+    from torch import nn
+
+    class ImageForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            if hasattr(self.model, "get_image_features"):
+                return _features(self.model.get_image_features(pixel_values=pixel_values))
+            return _pooled(self.model(pixel_values=pixel_values))
+
+    return ImageForward().eval()
+
+
+def _text_forward(model: Any, names: Sequence[str], features: bool, pooling: str) -> Any:
+    """Token tensors (in ``names`` order) ``-> (n, dim)``: a dual encoder's text features, else
+    the last hidden state mean-pooled over the attention mask (or its CLS row)."""
+    from torch import nn
+
+    class TextForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tokens: torch.Tensor) -> torch.Tensor:
+            enc = dict(zip(names, tokens, strict=True))
+            if features:
+                return _features(self.model.get_text_features(**enc))
+            hidden = self.model(**enc).last_hidden_state
             if pooling == "cls":
                 return hidden[:, 0]
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
-    dim = _probe_dim(lambda: embed(["probe"]))
-    return TextEncoder(name, dim, dev, max_length, embed)
+    return TextForward().eval()
 
 
 # --------------------------------------------------------------------------- HF helpers
@@ -430,16 +583,49 @@ def _deterministic(device: str) -> None:
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 
 
-def _efficientnet_lite0_encoder(device: str) -> ImageEncoder:
+def _efficientnet_lite0_encoder(device: str, runtime: Runtime = "auto") -> ImageEncoder:
+
     model = build_efficientnet_lite0()
     state = _torch_load(efficientnet_lite0_weights())
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
+    forward = _EmbedOnly(model)
 
-    def embed(batch: np.ndarray) -> torch.Tensor:
-        return model.embed(efficientnet_lite_tensor(batch).to(device))
+    def prepare(batch: np.ndarray) -> torch.Tensor:
+        return efficientnet_lite_tensor(batch).to(device)
 
-    return ImageEncoder(IMAGE_DEFAULT, 1280, device, 224, embed)
+    probe = _probe_images(3, 224)
+    session = _onnx(
+        runtime,
+        device,
+        forward,
+        f"image {IMAGE_DEFAULT}",
+        example=(prepare(probe[:2]),),
+        probe=(prepare(probe),),
+        names=("pixels",),
+        dynamic={"pixels": {0: "batch"}},
+    )
+    if session is not None:
+        run = session.run
+        return ImageEncoder(
+            IMAGE_DEFAULT, 1280, device, 224, prepare, lambda x: run(x.numpy()), "onnxruntime"
+        )
+    return ImageEncoder(IMAGE_DEFAULT, 1280, device, 224, prepare, forward)
+
+
+def _EmbedOnly(model: Any) -> Any:
+    """The EfficientNet-Lite0 penultimate features as the module's forward (what is exported)."""
+    from torch import nn
+
+    class EmbedOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.embed(x)
+
+    return EmbedOnly().eval()
 
 
 def efficientnet_lite_tensor(batch: np.ndarray, size: int = 224) -> torch.Tensor:

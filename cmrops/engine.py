@@ -18,6 +18,10 @@ with no session), then:
 * :meth:`Engine.actors` - a pool of long-lived workers built by a factory (one encoder each,
   ``num_gpus=1`` per actor when asked), fed with :meth:`Actors.submit`.
 
+Every process it starts sizes its threads from the stage's budget (:mod:`cmrops.threads`): a
+local worker gets an equal share of this process's, a Ray task or actor the CPUs it reserves (1;
+``threads`` overrides both).
+
 The engine only decides *where* code runs, never what it computes: callers write results in a
 deterministic order, so both engines give byte-identical outputs. A worker that dies (killed, out
 of memory, node lost) raises :class:`EngineError`; the caller has recorded nothing for that item,
@@ -67,8 +71,13 @@ class EngineParams:
     embed_actors: int | None = None  # encoder actors (null: one per cluster GPU, else 1)
     max_retries: int = 0  # Ray reruns of a task whose worker died, before the stage fails
     search_chunk: int = 50_000  # query rows per near-duplicate search task (clean)
+    # threads this process may use, shared among the workers it runs at once (null: the CPUs
+    # it may use - affinity and cgroup quota); $CMROPS_THREADS overrides it
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
         for name in ("num_cpus", "num_gpus", "embed_actors"):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "embed_actors" else 0):
@@ -175,7 +184,7 @@ class LocalEngine(Engine):
             return
         from cmrops.procpool import spawn_pool
 
-        with spawn_pool(n) as pool:
+        with spawn_pool(n) as pool:  # each worker: an n-th of this process's thread budget
             futures = {pool.submit(fn, *args(it)): (k, it) for k, it in enumerate(items)}
             try:
                 for fut in cf.as_completed(futures):
@@ -217,10 +226,21 @@ class _InProcessActors(Actors):
 # --------------------------------------------------------------------------- ray
 
 
+def _ray_task(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """The body of a Ray task: size its threads (:mod:`cmrops.threads`), then ``fn(*args)``."""
+    from cmrops.threads import apply, detect
+
+    apply(detect(threads).total)
+    return fn(*args)
+
+
 class _Host:
     """The body of a Ray actor: holds ``factory()`` and calls its methods."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], Any], threads: int) -> None:
+        from cmrops.threads import apply, detect
+
+        apply(detect(threads).total)
         self._obj = factory()
 
     def call(self, method: str, *args: Any) -> Any:
@@ -312,8 +332,11 @@ class RayEngine(Engine):
         if not items:
             return
         ray = self._connect()
-        task = ray.remote(fn).options(num_cpus=1, max_retries=self.params.max_retries)
-        head = () if shared is None else (ray.put(shared),)
+        name = getattr(fn, "__qualname__", "task")
+        task = ray.remote(_ray_task).options(
+            num_cpus=1, max_retries=self.params.max_retries, name=name
+        )
+        head = (self.task_threads(), fn) + (() if shared is None else (ray.put(shared),))
         pending = {task.remote(*head, it): (k, it) for k, it in enumerate(items)}
         try:
             while pending:
@@ -324,12 +347,18 @@ class RayEngine(Engine):
             for ref in pending:
                 ray.cancel(ref, force=True)
 
+    def task_threads(self) -> int:
+        """Threads of each task and actor: the one CPU each reserves, or ``threads`` (the
+        worker's ``$CMROPS_THREADS`` wins over both)."""
+        return self.params.threads or 1
+
     def actors(self, factory: Callable[[], Any], *, size: int, gpu: bool) -> Actors:
         ray = self._connect()
         host = ray.remote(_Host).options(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, max_task_retries=0
         )
-        return _RayActors(self, [host.remote(factory) for _ in range(max(size, 1))])
+        threads = self.task_threads()
+        return _RayActors(self, [host.remote(factory, threads) for _ in range(max(size, 1))])
 
     def close(self) -> None:
         if self._owned:

@@ -30,6 +30,8 @@ SECTIONS: tuple[str, ...] = (
     "split",
     "train",
     "evaluate",
+    "ablation",
+    "datacard",
 )
 
 

@@ -138,6 +138,9 @@ def same_place(root: str, work: Path) -> bool:
 
 # --------------------------------------------------------------------------- preprocess fan-out
 
+#: Mapped ``preprocess_shards`` tasks one DAG run runs at once (its ``max_active_tis_per_dagrun``).
+PREPROCESS_TASKS_AT_ONCE = 4
+
 
 def _preprocess_params(params_file: str) -> Any:
     from cmrops.params import load_section
@@ -167,19 +170,22 @@ def preprocess_shards(
     params_file: str = "params.yaml",
     root: str | None = None,
 ) -> list[int]:
-    """Decode and embed a group of shards (a no-op for those recorded already)."""
-    from cmrops import engine
+    """Decode and embed a group of shards (a no-op for those recorded already). The task's
+    threads are its share of the machine's: up to :data:`PREPROCESS_TASKS_AT_ONCE` groups run
+    side by side."""
+    from cmrops import engine, threads
     from cmrops.params import load_section
-    from cmrops.stages.preprocess import run_shards
+    from cmrops.stages.preprocess import planned_tasks, run_shards
 
     work = Path(work).resolve()
     root = None if not root or same_place(root, work) else root
-    settings = load_section(params_file, engine.SECTION, engine.EngineParams)
-    staged = _staged(("data/raw", "data/interim/shards"), ("data/interim/shards",), work, root)
-    with staged, engine.session(settings):
-        run_shards(
-            _preprocess_params(params_file), work / "data/raw", work / "data/interim", indices
-        )
+    engine_params = load_section(params_file, engine.SECTION, engine.EngineParams)
+    params = _preprocess_params(params_file)
+    with _staged(("data/raw", "data/interim/shards"), ("data/interim/shards",), work, root):
+        beside = min(PREPROCESS_TASKS_AT_ONCE, planned_tasks(params, work / "data/interim"))
+        threads.configure(engine_params.threads, side_by_side=beside)
+        with engine.session(engine_params):
+            run_shards(params, work / "data/raw", work / "data/interim", indices)
     return list(indices)
 
 
@@ -190,17 +196,11 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
     """A short text report of a finished run from the metrics files under ``work``: samples
     in / kept / quarantined by stage and reason, cleaning precision/recall on the planted
     defects, split sizes and leakage, and the mAP table by model (method-bits) and direction."""
-    import json
+    from cmrops.telemetry.files import record
 
     w = Path(work)
-
-    def load(rel: str) -> dict[str, Any]:
-        p = w / rel
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-    raw, interim = load("data/raw/metrics.json"), load("data/interim/metrics.json")
-    quality, split = load("metrics/quality.json"), load("metrics/split.json")
-    retrieval = load("metrics/retrieval.json")
+    raw, interim = record(w, "collect"), record(w, "preprocess")
+    quality, split, retrieval = record(w, "clean"), record(w, "split"), record(w, "evaluate")
     lines = [f"cmrops run summary ({w.resolve()})", ""]
     if raw:
         rows = [
@@ -231,20 +231,16 @@ def summary(work: str | os.PathLike[str] = ".") -> str:
     models = retrieval.get("models", {})
     if models:
         directions = list(retrieval.get("directions", []))
-        head = "mAP (hash codes)"
-        lines += ["", f"{head:<22}" + "".join(f"{d:>16}" for d in directions)]
-
-        def order(name: str) -> tuple[str, int]:
-            m = models[name]
-            return str(m.get("method", name)), int(m.get("bits", 0))
-
-        for name in sorted(models, key=order):
-            dirs = models[name].get("directions", {})
-            cells = [dirs.get(d, {}).get("hash", {}).get("map") for d in directions]
-            lines.append(
-                f"  {name:<20}"
-                + "".join(f"{c:>16.4f}" if isinstance(c, float) else f"{'-':>16}" for c in cells)
-            )
+        relevance = retrieval.get("relevance", {})
+        if relevance.get("mode") == "pair":
+            lines += ["", *_pair_lines(retrieval, directions)]
+            beside = retrieval.get("label_relevance")
+            if beside:
+                induced = beside.get("relevance", {}).get("labels_induced")
+                head = "mAP, label relevance" + (" (induced labels)" if induced else "")
+                lines += ["", *_map_lines(beside.get("models", {}), directions, head)]
+        else:
+            lines += ["", *_map_lines(models, directions, "mAP (hash codes)")]
     elif raw:
         lines += ["", "no retrieval metrics (train/evaluate did not run)"]
     lines += _timings(w)
@@ -287,3 +283,64 @@ def _release_line(work: Path) -> list[str]:
     what = "release" if same else "latest release (the workspace has changed since)"
     return ["", f"{what} {r.id}" + (f", git tag {tag}" if tag else "")
             + ": cmrops release list | show ID | checkout ID"]
+
+
+def _model_order(models: dict[str, Any]) -> list[str]:
+    def key(name: str) -> tuple[str, int]:
+        m = models[name]
+        return str(m.get("method", name)), int(m.get("bits", 0))
+
+    return sorted(models, key=key)
+
+
+def _map_lines(models: dict[str, Any], directions: list[str], head: str) -> list[str]:
+    lines = [f"{head:<22}" + "".join(f"{d:>16}" for d in directions)]
+    for name in _model_order(models):
+        dirs = models[name].get("directions", {})
+        cells = [dirs.get(d, {}).get("hash", {}).get("map") for d in directions]
+        lines.append(
+            f"  {name:<20}"
+            + "".join(f"{c:>16.4f}" if isinstance(c, float) else f"{'-':>16}" for c in cells)
+        )
+    return lines
+
+
+def _pair_lines(retrieval: dict[str, Any], directions: list[str]) -> list[str]:
+    """Caption retrieval under pair relevance: R@1/5/10 and the median rank per direction."""
+    models = retrieval.get("models", {})
+
+    def cell(ranks: dict[str, Any] | None) -> str:
+        if not ranks:
+            return f"{'-':>30}"
+        r = ranks.get("recall_at", {})
+        vals = " / ".join(
+            f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in sorted(r, key=int)
+        )
+        med = ranks.get("median_rank")
+        return f"{vals + (f'  med {med:g}' if med is not None else ''):>30}"
+
+    some = next(iter(models.values()), {}).get("directions", {})
+    first = next(iter(some.values()), {}) if some else {}
+    ks = sorted(
+        first.get("hash", {}).get("pair_ranks", {}).get("tie_aware", {}).get("recall_at", {}),
+        key=int,
+    )
+    head = f"R@{'/'.join(ks) or 'K'}, median rank (pair relevance: a caption's own photo)"
+    lines = [head, f"{'':<22}" + "".join(f"{d:>30}" for d in directions)]
+    base = retrieval.get("float_baseline")
+    if base:
+        dirs = base.get("directions", {})
+        lines.append(
+            f"  {'aligned float':<20}"
+            + "".join(cell(dirs.get(d, {}).get("pair_ranks")) for d in directions)
+        )
+    for name in _model_order(models):
+        dirs = models[name].get("directions", {})
+        lines.append(
+            f"  {name:<20}"
+            + "".join(
+                cell(dirs.get(d, {}).get("hash", {}).get("pair_ranks", {}).get("tie_aware"))
+                for d in directions
+            )
+        )
+    return lines

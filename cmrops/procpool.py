@@ -6,6 +6,10 @@ supervisor blocks metadata-DB access in task processes (``sql_alchemy_conn`` =
 ``airflow-db-not-allowed:///``). The work itself never needs the parent's ``__main__`` (it is a
 function of an importable module), so :func:`spawn_pool` hides that script from
 :mod:`multiprocessing` while its pool lives, then puts it back.
+
+Each worker gets its share of the parent's thread budget (:mod:`cmrops.threads`): in its
+environment (``CMROPS_THREADS``, ``OMP_NUM_THREADS``, ... and passive OpenMP waits), so the
+libraries it loads start with that many threads, and applied again once it runs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import multiprocessing
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["spawn_pool"]
 
@@ -33,11 +38,48 @@ def _main_script_hidden() -> Iterator[None]:
         main.__file__ = path
 
 
+class _EnvironmentProcess(multiprocessing.context.SpawnProcess):
+    """A ``spawn`` process started with ``env`` added to this process's environment (set only
+    while the child is started, then put back)."""
+
+    env: dict[str, str] = {}  # noqa: RUF012 - replaced per instance
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        from cmrops.threads import environment
+
+        with environment(process_obj.env):
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class _SpawnWithEnvironment(multiprocessing.context.SpawnContext):
+    """The ``spawn`` context whose processes start with ``env`` in their environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__()
+        self._env = env
+
+    def Process(self, *args: Any, **kwargs: Any) -> _EnvironmentProcess:  # type: ignore[override]
+        process = _EnvironmentProcess(*args, **kwargs)
+        process.env = dict(self._env)
+        return process
+
+
 @contextlib.contextmanager
-def spawn_pool(max_workers: int) -> Iterator[cf.ProcessPoolExecutor]:
+def spawn_pool(max_workers: int, threads: int | None = None) -> Iterator[cf.ProcessPoolExecutor]:
     """A ``spawn`` process pool (a context manager, like the executor itself) whose workers do
     not re-run the parent's ``__main__`` script: it stays hidden while the pool lives, since
-    workers start on demand."""
-    ctx = multiprocessing.get_context("spawn")
-    with _main_script_hidden(), cf.ProcessPoolExecutor(max_workers, mp_context=ctx) as pool:
+    workers start on demand. Each worker uses ``threads`` threads (None: an equal share of this
+    process's budget, :func:`cmrops.threads.current`)."""
+    from cmrops import threads as budget
+
+    if threads is None:
+        threads = max(1, budget.current() // max(1, max_workers))
+    ctx = _SpawnWithEnvironment(budget.worker_environment(threads))
+    with (
+        _main_script_hidden(),
+        cf.ProcessPoolExecutor(
+            max_workers, mp_context=ctx, initializer=budget.apply, initargs=(threads,)
+        ) as pool,
+    ):
         yield pool

@@ -8,6 +8,11 @@ are copied into a **release record**: a folder ``<id>/`` with those files and ``
 tag, a few headline figures). The id is the UTC time and the start of ``dvc.lock``'s sha256:
 ``20261207T053012Z-3fa2c1d0``.
 
+Files made *about* a release after it was recorded - its data card, an export's manifest, a
+measurement - are **attachments** (:func:`attach`): kept under ``<id>/attached/`` with their
+sha256 in ``release.json`` and copied to the remote record, never part of what defines the
+release (its id and ``files`` stay as they were).
+
 The record is kept in three places:
 
 * the project's registry ``.cmrops/releases/<id>/`` (this machine);
@@ -49,6 +54,9 @@ __all__ = [
     "Release",
     "ReleaseError",
     "ReleaseParams",
+    "attach",
+    "cache_dir",
+    "cache_object",
     "checkout",
     "create",
     "find",
@@ -65,6 +73,8 @@ RECORD = "release.json"
 #: What defines a release besides its outputs.
 DEFINITION = ("dvc.lock", "dvc.yaml", "params.yaml")
 TAG_PREFIX = "release/"
+#: Attachments live under this folder of a record.
+ATTACHED = "attached"
 
 
 class ReleaseError(ValueError):
@@ -97,9 +107,10 @@ class Release:
     summary: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the record's folder on this machine (None: remote only)
     where: tuple[str, ...] = ()  # "local", "remote"
+    attachments: dict[str, str] = field(default_factory=dict)  # name -> sha256 (attach())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "created": self.created,
             "run_id": self.run_id,
@@ -108,6 +119,9 @@ class Release:
             "git": self.git,
             "summary": self.summary,
         }
+        if self.attachments:
+            out["attachments"] = self.attachments
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], path: Path | None, where: tuple[str, ...]) -> Release:
@@ -122,6 +136,7 @@ class Release:
                 summary=dict(d.get("summary") or {}),
                 path=path,
                 where=where,
+                attachments={str(k): str(v) for k, v in dict(d.get("attachments") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ReleaseError(f"{path}: not a release record ({e})") from e
@@ -132,12 +147,66 @@ class Release:
             raise ReleaseError(f"release {self.id} has no local copy of {rel}")
         return self.path / rel
 
-    def read_json(self, rel: str) -> dict[str, Any] | None:
-        """A recorded JSON file of this release, or None when it did not record it."""
-        if self.path is None or rel not in self.files:
+    def output(self, rel: str) -> Path | None:
+        """A file of this release on this machine: a recorded one, else an output its
+        ``dvc.lock`` names whose object is in the project's DVC cache (None: neither)."""
+        if self.path is None:
             return None
-        data = json.loads((self.path / rel).read_text(encoding="utf-8"))
+        if rel in self.files:
+            return self.path / rel
+        lock = self.path / "dvc.lock"
+        if not lock.is_file():
+            return None
+        import yaml
+
+        spec = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+        for stage in (spec.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                md5 = str(out.get("md5") or "") if isinstance(out, dict) else ""
+                if out.get("path") == rel and md5 and not md5.endswith(".dir"):
+                    obj = cache_object(self.path.parents[2], md5)
+                    return obj if obj.is_file() else None
+        return None
+
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        """A JSON file of this release (:meth:`output`), or None when this machine has none."""
+        path = self.output(rel)
+        if path is None:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else None
+
+    def attachment(self, name: str) -> Path | None:
+        """An attached file of this release on this machine (None: not attached)."""
+        if self.path is None or name not in self.attachments:
+            return None
+        return self.path / ATTACHED / name
+
+
+def cache_dir(project: str | os.PathLike[str]) -> Path:
+    """The project's DVC cache: ``cache.dir`` of ``.dvc/config.local`` / ``.dvc/config``, else
+    ``.dvc/cache``."""
+    import configparser
+
+    root = Path(project)
+    for name in ("config.local", "config"):
+        p = root / ".dvc" / name
+        if not p.is_file():
+            continue
+        cp = configparser.ConfigParser()
+        try:
+            cp.read(p)
+        except configparser.Error:
+            continue
+        if cp.has_option("cache", "dir"):
+            d = Path(cp.get("cache", "dir"))
+            return d if d.is_absolute() else (root / ".dvc" / d).resolve()
+    return root / ".dvc" / "cache"
+
+
+def cache_object(project: str | os.PathLike[str], md5: str) -> Path:
+    """Where DVC 3 keeps the object ``md5`` in the project's cache."""
+    return cache_dir(project) / "files" / "md5" / md5[:2] / md5[2:]
 
 
 # --------------------------------------------------------------------------- what is recorded
@@ -315,8 +384,9 @@ def find(project: str | os.PathLike[str], release_id: str, remote: str | None = 
 
 def _verify(rel: Release) -> None:
     assert rel.path is not None
-    for name, digest in rel.files.items():
-        p = rel.path / name
+    recorded = [(n, d, rel.path / n) for n, d in rel.files.items()]
+    recorded += [(n, d, rel.path / ATTACHED / n) for n, d in rel.attachments.items()]
+    for name, digest, p in recorded:
         if not p.is_file() or _sha256(p) != digest:
             raise ReleaseError(
                 f"release {rel.id}: recorded file {name} is missing or damaged in {rel.path} "
@@ -359,6 +429,47 @@ def checkout(
     return rel
 
 
+# --------------------------------------------------------------------------- attachments
+
+
+def attach(
+    project: str | os.PathLike[str],
+    release_id: str,
+    files: dict[str, bytes],
+    remote: str | None = None,
+) -> Release:
+    """Attach ``files`` (name -> bytes; names are relative paths such as ``datacard.json`` or
+    ``exports/<id>/manifest.json``) to release ``release_id``: written under its record's
+    ``attached/`` folder, listed with their sha256 in ``release.json`` (atomically, under a
+    lock: two exports may attach at once) and copied to the remote record when there is a
+    remote. Re-attaching a name replaces it. What defines the release (its id, ``files``) never
+    changes."""
+    import fcntl
+
+    root = Path(project).resolve()
+    rel = find(root, release_id, remote)
+    assert rel.path is not None
+    for name in files:
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or name.startswith("."):
+            raise ReleaseError(f"attachment name {name!r}: a relative path inside the record")
+    with open(rel.path / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = Release.from_json(
+            json.loads((rel.path / RECORD).read_text(encoding="utf-8")), rel.path, rel.where
+        )
+        hashes = dict(current.attachments)
+        for name, data in files.items():
+            io.write_bytes(rel.path / ATTACHED / name, data)
+            hashes[name] = hashlib.sha256(data).hexdigest()
+        updated = Release.from_json({**current.to_json(), "attachments": dict(sorted(
+            hashes.items()))}, rel.path, rel.where)  # fmt: skip
+        io.write_json(rel.path / RECORD, updated.to_json())
+    if _has_remote(root, remote):
+        _push_record(root, updated, remote, [f"{ATTACHED}/{n}" for n in files])
+    return updated
+
+
 # --------------------------------------------------------------------------- the remote copy
 
 
@@ -397,14 +508,18 @@ def _endpoint(endpoint: str | None) -> Iterator[None]:
             os.environ["CMROPS_S3_ENDPOINT_URL"] = before
 
 
-def _push_record(root: Path, rel: Release, remote: str | None) -> None:
+def _push_record(
+    root: Path, rel: Release, remote: str | None, only: list[str] | None = None
+) -> None:
+    """Copy the record to the remote: every file (or just ``only``), release.json last."""
     from cmrops import storage
 
     assert rel.path is not None
     url, endpoint = _remote_root(root, remote)
     with _endpoint(endpoint):
         # files first, release.json last: a record whose release.json is there is complete
-        names = [*rel.files, RECORD]
+        every = [*rel.files, *(f"{ATTACHED}/{n}" for n in rel.attachments)]
+        names = [*(every if only is None else only), RECORD]
         with tempfile.TemporaryDirectory() as tmp:
             stage = Path(tmp) / rel.id
             for name in names:

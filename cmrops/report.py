@@ -68,6 +68,7 @@ __all__ = [
     "latest_run",
     "leakage",
     "media_of",
+    "media_path",
     "missing",
     "model_names",
     "preview",
@@ -202,6 +203,22 @@ def _image_paths(project: Path) -> dict[str, str]:
     return out
 
 
+def _captions(project: Path) -> dict[str, list[str]]:
+    """sample_id -> its captions (as collected) from the raw and interim sample tables."""
+    out: dict[str, list[str]] = {}
+    for key in ("raw_samples", "interim_samples"):
+        df = _parquet(project, key, ["sample_id", "captions"])
+        if df is not None:
+            out.update((s, list(c) if c is not None else []) for s, c in
+                       zip(df["sample_id"], df["captions"], strict=True))  # fmt: skip
+    return out
+
+
+def media_path(project: Path, image_path: Any) -> str | None:
+    """The file of a sample's ``image_path`` (relative to data/raw), or None."""
+    return _image_file(project, image_path)
+
+
 #: Evidence fields naming the other sample of a pair, the pair's distance, and a score.
 _OTHER = ("kept", "duplicate_of", "matched")
 _DISTANCE = ("phash_distance", "caption_distance", "distance")
@@ -220,14 +237,16 @@ def quarantine(project: Path) -> pd.DataFrame:
     source_key, detail, evidence (the JSON text), image (file path or None), other_id / other_image
     (the kept duplicate, or the earlier copy), distance / distance_kind (pHash or caption
     Hamming distance of a duplicate pair), score / score_kind (mismatch similarity, label
-    overlap, aspect ratio)."""
+    overlap, aspect ratio), captions (the sample's, as collected; [] when unknown) and
+    other_captions (the other sample's)."""
     cols = ["stage", "reason", "sample_id", "source", "source_key", "detail", "evidence",
             "image", "other_id", "other_image", "distance", "distance_kind", "score",
-            "score_kind"]  # fmt: skip
+            "score_kind", "captions", "other_captions"]  # fmt: skip
     tables = [(s, _parquet(project, k)) for s, k in _QUARANTINE]
     if all(t is None or t.empty for _, t in tables):
         return pd.DataFrame(columns=cols)
     paths = _image_paths(project)
+    captions = _captions(project)
     rows = []
     for stage, t in tables:
         if t is None:
@@ -256,6 +275,8 @@ def quarantine(project: Path) -> pd.DataFrame:
                 "distance_kind": dkind,
                 "score": float(score) if isinstance(score, int | float) else None,
                 "score_kind": skind,
+                "captions": captions.get(sid, []) if sid else [],
+                "other_captions": captions.get(str(other), []) if other else [],
             })  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from cmrops.telemetry.files import metrics_path
+
 __all__ = [
     "FILES",
     "IMAGE_ROOT",
@@ -28,24 +30,31 @@ __all__ = [
 ]
 
 
+def _record(stage: str) -> str:
+    """The stage's metrics record, from :func:`cmrops.telemetry.files.metrics_path`."""
+    rel = metrics_path(stage)
+    assert rel is not None, stage
+    return rel
+
+
 #: The pipeline outputs read here (relative to the project root), and the stage rewriting each.
 FILES: dict[str, tuple[str, str]] = {
-    "raw_metrics": ("data/raw/metrics.json", "collect"),
+    "raw_metrics": (_record("collect"), "collect"),
     "raw_samples": ("data/raw/samples.parquet", "collect"),
     "raw_quarantine": ("data/raw/quarantine.parquet", "collect"),
-    "interim_metrics": ("data/interim/metrics.json", "preprocess"),
+    "interim_metrics": (_record("preprocess"), "preprocess"),
     "interim_samples": ("data/interim/samples.parquet", "preprocess"),
     "interim_quarantine": ("data/interim/quarantine.parquet", "preprocess"),
     "features_meta": ("data/interim/features/meta.json", "preprocess"),
     "thumbs": ("data/interim/thumbs.parquet", "preprocess"),
-    "label_metrics": ("data/labelled/metrics.json", "label"),
+    "label_metrics": (_record("label"), "label"),
     "labels": ("data/labelled/labels.parquet", "label"),
     "review_queue": ("data/labelled/review_queue.csv", "label"),
-    "quality": ("metrics/quality.json", "clean"),
+    "quality": (_record("clean"), "clean"),
     "clean_quarantine": ("data/clean/quarantine.parquet", "clean"),
-    "split": ("metrics/split.json", "split"),
-    "train": ("metrics/train.json", "train"),
-    "retrieval": ("metrics/retrieval.json", "evaluate"),
+    "split": (_record("split"), "split"),
+    "train": (_record("train"), "train"),
+    "retrieval": (_record("evaluate"), "evaluate"),
     "runlog": (".cmrops/runs.jsonl", "any stage"),
     "dvc_lock": ("dvc.lock", "dvc repro / dvc commit"),
 }

@@ -132,6 +132,25 @@ CLEAN_GROUPS = pa.schema(
     ]
 )
 
+#: ``data/clean/overrides.parquet`` - the latest quarantine verdict per sample of the project's
+#: review answer log (:mod:`cmrops.answers`) that clean applied, sorted by sample_id: a person
+#: confirmed or overruled the quarantine of a sample by a rule; an overruled sample is not
+#: quarantined by that rule (``outcome`` says where it ended up this run).
+CLEAN_OVERRIDES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("reason", pa.string()),  # the rule judged
+        ("verdict", pa.string()),  # confirm | overrule
+        ("why", pa.string()),
+        ("who", pa.string()),
+        ("answered_at", pa.string()),  # ISO 8601, UTC
+        ("answer_id", pa.string()),
+        ("rule_flags", pa.bool_()),  # the rule still flags the sample this run
+        ("outcome", pa.string()),  # kept | quarantined
+        ("quarantined_by", pa.string()),  # the rule that claimed it this run (null: kept)
+    ]
+)
+
 #: ``data/split/assignments.parquet`` - one row per clean sample, sorted by sample_id.
 ASSIGNMENTS = pa.schema(
     [
@@ -151,6 +170,16 @@ CODE_ROWS = pa.schema(
     [
         ("role", pa.string()),  # "query" | "database"
         ("row", pa.int64()),
+        ("sample_id", pa.string()),
+    ]
+)
+
+#: ``data/codes/training_samples.parquet`` - the samples every model of the run was fitted on
+#: (``train``) or selected on (``val``), sorted by (role, sample_id): what a withdrawal's impact
+#: list reads to name the models that learned from a sample.
+TRAINING_SAMPLES = pa.schema(
+    [
+        ("role", pa.string()),  # "train" | "val"
         ("sample_id", pa.string()),
     ]
 )

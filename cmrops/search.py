@@ -37,8 +37,10 @@ caption searches the database videos or clips, a query video or clip searches th
 :attr:`SearchResult.direction` keeps the code's names (``text_to_image``);
 :attr:`SearchResult.direction_name` names the media (``text_to_video``), as evaluate's metrics do.
 
-**Relevance** follows the evaluate stage: a result is relevant when it shares at least one label
-with the query (labels below ``min_confidence`` ignored). An image query's labels are its labels
+**Relevance** follows the evaluate stage by default (``rule="any"``): a result is relevant when
+it shares at least one label with the query (labels below ``min_confidence`` ignored) - generous
+for a multi-label query ("two red circles" is matched by anything red *or* circular). The
+stricter ``rule="all"`` asks for every query label. An image query's labels are its labels
 in ``labels.parquet``. A typed caption has no stored labels, so its labels are the vocabulary
 labels the caption-keyword labeller (:class:`cmrops.labels.KeywordMatcher`, with the vocabulary's
 terms and synonyms) finds in it; when it names none - or the query sample has no label, or the
@@ -68,10 +70,12 @@ if TYPE_CHECKING:
     from cmrops.encoders import TextEncoder
 
 __all__ = [
+    "RULES",
     "CaptionEncoder",
     "Catalog",
     "ModelCodes",
     "ModelInfo",
+    "RelevanceRule",
     "SearchError",
     "SearchHit",
     "SearchResult",
@@ -585,6 +589,7 @@ class SearchResult:
     relevance: str  # how relevance was decided, in words
     hits: tuple[SearchHit, ...]
     media: str = "image"  # what the "image" side is (Catalog.media)
+    rule: str = "any"  # the relevance rule (RULES)
 
     @property
     def direction_name(self) -> str:
@@ -598,10 +603,24 @@ class SearchResult:
         return sum(bool(h.relevant) for h in self.hits)
 
 
+#: How a result's labels must meet the query's to count as relevant.
+RelevanceRule = Literal["any", "all"]
+RULES: dict[str, str] = {
+    "any": "shares at least one label with the query (evaluate's rule)",
+    "all": "has every label of the query",
+}
+
+
 def search_caption(
-    codes: ModelCodes, encoder: CaptionEncoder, catalog: Catalog, caption: str, k: int
+    codes: ModelCodes,
+    encoder: CaptionEncoder,
+    catalog: Catalog,
+    caption: str,
+    k: int,
+    rule: RelevanceRule = "any",
 ) -> SearchResult:
-    """Top ``k`` database images (videos, clips) for a typed caption (text → image)."""
+    """Top ``k`` database images (videos, clips) for a typed caption (text → image);
+    relevance by ``rule`` (:data:`RULES`)."""
     if encoder.info.name != codes.info.name:
         raise ValueError(f"encoder of {encoder.info.name} used with codes of {codes.info.name}")
     text = encoder.normalise(caption)
@@ -617,13 +636,16 @@ def search_caption(
             else "unknown: the caption names no vocabulary label"
         )
         found = found or None
-    hits = _hits(codes.image_index, query, k, catalog, found)
-    return SearchResult(codes.info.name, "text_to_image", text, found, why, hits, catalog.media)
+    hits = _hits(codes.image_index, query, k, catalog, found, rule)
+    return SearchResult(codes.info.name, "text_to_image", text, found, why, hits, catalog.media,
+                        rule)  # fmt: skip
 
 
-def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) -> SearchResult:
+def search_image(
+    codes: ModelCodes, catalog: Catalog, sample_id: str, k: int, rule: RelevanceRule = "any"
+) -> SearchResult:
     """Top ``k`` database captions for a query-set sample's stored image (video, clip) code
-    (image → text)."""
+    (image → text); relevance by ``rule`` (:data:`RULES`)."""
     try:
         row = catalog.query_ids.index(sample_id)
     except ValueError:
@@ -638,9 +660,9 @@ def search_image(codes: ModelCodes, catalog: Catalog, sample_id: str, k: int) ->
         why = "unknown: the query sample has no label"
         labels = None
     query = codes.image_query[row : row + 1]
-    hits = _hits(codes.text_index, query, k, catalog, labels)
+    hits = _hits(codes.text_index, query, k, catalog, labels, rule)
     return SearchResult(
-        codes.info.name, "image_to_text", sample_id, labels, why, hits, catalog.media
+        codes.info.name, "image_to_text", sample_id, labels, why, hits, catalog.media, rule
     )
 
 
@@ -650,7 +672,10 @@ def _hits(
     k: int,
     catalog: Catalog,
     query_labels: frozenset[str] | None,
+    rule: RelevanceRule = "any",
 ) -> tuple[SearchHit, ...]:
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     n = len(catalog.database_ids)
     if not 1 <= k <= n:
         raise SearchError(f"k must be between 1 and the database size {n}, got {k}")
@@ -661,7 +686,12 @@ def _hits(
     for rank, (d, r) in enumerate(zip(dist[0].tolist(), rows[0].tolist(), strict=True), 1):
         sid = catalog.database_ids[r]
         labels = catalog.labels.get(sid, frozenset())
-        relevant = None if query_labels is None else bool(labels & query_labels)
+        if query_labels is None:
+            relevant = None
+        elif rule == "all":
+            relevant = query_labels <= labels
+        else:
+            relevant = bool(labels & query_labels)
         out.append(
             SearchHit(
                 rank=rank,

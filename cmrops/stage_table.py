@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "Option", "Stage", "add_parser", "argv", "build_parser", "stage_names"]
+__all__ = [
+    "DIGEST_DIR",
+    "PLOTS_DIR",
+    "STAGES",
+    "Option",
+    "Stage",
+    "add_parser",
+    "argv",
+    "build_parser",
+    "stage_names",
+]
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,42 @@ _CLEAN = "clean's output folder"
 _SPLIT = "split's output folder"
 _TRUTH = "collect's folder (synthetic truth)"
 
+#: Where every stage's DVC metrics file (its numbers-only digest, :mod:`cmrops.digest`) goes.
+DIGEST_DIR = "metrics/dvc"
+#: The folder of the DVC plot files (evaluate's curves, the quarantine counts).
+PLOTS_DIR = "plots"
+#: The project's review answer log (:data:`cmrops.answers.DEFAULT_PATH`; a test keeps them equal).
+REVIEW_LOG = "review/answers.jsonl"
+
+_REVIEW = Option(
+    "--review-log", REVIEW_LOG,
+    "the project's review answers, merged when there (dashboard Review page)",
+)  # fmt: skip
+_PLOTS = Option("--plots", PLOTS_DIR, "folder of the DVC plot files", optional=True)
+
+
+def _dvc(name: str, plots: bool = False) -> tuple[Option, ...]:
+    """The options naming what DVC sees of stage ``name``: its digest (and plot folder)."""
+    digest = Option(
+        "--digest", f"{DIGEST_DIR}/{name}.json",
+        "write the numbers-only DVC metrics file here", optional=True,
+    )  # fmt: skip
+    return (digest, *((_PLOTS,) if plots else ()))
+
+
+def _dvc_outputs(name: str, plots: bool = False) -> tuple[str, ...]:
+    quarantine = (f"{PLOTS_DIR}/quarantine/{name}.json",) if plots else ()
+    return (f"{DIGEST_DIR}/{name}.json", *quarantine)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage(
             "collect", "gather image-text pairs from the sources in params",
             "cmrops.stages.collect:cli_main",
-            (Option("--out", "data/raw", "output folder (data/raw)"),),
-            (), ("data/raw",),
+            (Option("--out", "data/raw", "output folder (data/raw)"), *_dvc("collect", plots=True)),
+            (), ("data/raw", *_dvc_outputs("collect", plots=True)),
         ),
         Stage(
             "preprocess", "decode, hash, normalise and embed collected samples",
@@ -76,8 +114,9 @@ STAGES: dict[str, Stage] = {
             (
                 Option("--raw", "data/raw", _RAW),
                 Option("--out", "data/interim", "output folder (data/interim)"),
+                *_dvc("preprocess", plots=True),
             ),
-            ("data/raw",), ("data/interim",),
+            ("data/raw",), ("data/interim", *_dvc_outputs("preprocess", plots=True)),
         ),
         Stage(
             "align", "a shared image-text space: learned heads or the encoder's",
@@ -86,8 +125,9 @@ STAGES: dict[str, Stage] = {
                 Option("--interim", "data/interim", _INTERIM),
                 Option("--raw", "data/raw", _TRUTH),
                 Option("--out", "data/align", "output folder (data/align)"),
+                *_dvc("align"),
             ),
-            ("data/interim", "data/raw"), ("data/align",),
+            ("data/interim", "data/raw"), ("data/align", *_dvc_outputs("align")),
         ),
         Stage(
             "label", "label samples: source, keywords, zero-shot, manual",
@@ -96,8 +136,10 @@ STAGES: dict[str, Stage] = {
                 Option("--interim", "data/interim", _INTERIM),
                 Option("--align", "data/align", _ALIGN),
                 Option("--out", "data/labelled", "output folder (data/labelled)"),
+                _REVIEW,
+                *_dvc("label"),
             ),
-            ("data/interim", "data/align"), ("data/labelled",),
+            ("data/interim", "data/align", REVIEW_LOG), ("data/labelled", *_dvc_outputs("label")),
         ),
         Stage(
             "clean", "drop duplicates, broken pairs and off-topic samples",
@@ -109,9 +151,11 @@ STAGES: dict[str, Stage] = {
                 Option("--raw", "data/raw", _TRUTH),
                 Option("--out", "data/clean", "output folder (data/clean)"),
                 Option("--metrics", "metrics/quality.json", "metrics file"),
+                _REVIEW,
+                *_dvc("clean", plots=True),
             ),
-            ("data/interim", "data/align", "data/labelled", "data/raw"),
-            ("data/clean", "metrics/quality.json"),
+            ("data/interim", "data/align", "data/labelled", "data/raw", REVIEW_LOG),
+            ("data/clean", "metrics/quality.json", *_dvc_outputs("clean", plots=True)),
         ),
         Stage(
             "split", "group-aware stratified splits with a leakage audit",
@@ -121,8 +165,10 @@ STAGES: dict[str, Stage] = {
                 Option("--labelled", "data/labelled", _LABELLED),
                 Option("--out", "data/split", "output folder (data/split)"),
                 Option("--metrics", "metrics/split.json", "metrics file"),
+                *_dvc("split"),
             ),
-            ("data/clean", "data/labelled"), ("data/split", "metrics/split.json"),
+            ("data/clean", "data/labelled"),
+            ("data/split", "metrics/split.json", *_dvc_outputs("split")),
         ),
         Stage(
             "train", "train cross-modal hashing models and write their codes",
@@ -137,11 +183,13 @@ STAGES: dict[str, Stage] = {
                 Option("--models", "models", "checkpoint folders (models)"),
                 Option("--codes", "data/codes", "output folder (data/codes)"),
                 Option("--metrics", "metrics/train.json", "metrics file"),
+                *_dvc("train"),
                 Option("--restart", None, "discard existing checkpoints, train from scratch",
                        switch=True),
             ),
             ("data/split", "data/clean", "data/interim", "data/labelled", "data/raw"),
-            ("models", "data/codes", "metrics/train.json", "metrics/train_throughput.json"),
+            # not metrics/train_throughput.json: wall-clock run-time data, never versioned
+            ("models", "data/codes", "metrics/train.json", *_dvc_outputs("train")),
             gpu=True,
         ),
         Stage(
@@ -152,12 +200,17 @@ STAGES: dict[str, Stage] = {
                 Option("--labelled", "data/labelled", _LABELLED),
                 Option("--split", "data/split", _SPLIT),
                 Option("--metrics", "metrics/retrieval.json", "metrics file"),
-                Option("--plots", "plots", "folder of the DVC plot files"),
+                Option("--plots", PLOTS_DIR, "folder of the DVC plot files"),
                 Option("--train-metrics", "metrics/train.json",
                        "train's metrics JSON (val_from, protocol card)", optional=True),
+                *_dvc("evaluate"),
             ),
             ("data/codes", "data/labelled", "data/split", "metrics/train.json"),
-            ("metrics/retrieval.json", "plots"),
+            # its curves per model (pr/, pk/) and the tables dvc.yaml's plots draw (retrieval/)
+            (
+                "metrics/retrieval.json", f"{PLOTS_DIR}/pr", f"{PLOTS_DIR}/pk",
+                f"{PLOTS_DIR}/retrieval", *_dvc_outputs("evaluate"),
+            ),
         ),
     )
 }  # fmt: skip

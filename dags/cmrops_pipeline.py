@@ -33,7 +33,7 @@ Task bodies live in `cmrops.dag_tasks`; this file only wires them.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,14 @@ VERSIONED = Asset("cmrops://dataset/versioned")
 
 
 def _schedule(s: schedule_params.ScheduleParams) -> Any:
+    # The DAG has no start_date: with one, catchup=False still fires the latest past slot the
+    # moment the DAG is first unpaused. Without one, Airflow asks run_immediately; its False
+    # still runs a slot that passed within the last tenth of the interval, so "never" is a
+    # zero timedelta.
     timetable = (
-        CronTriggerTimetable(s.cron, timezone="UTC", run_immediately=s.run_immediately)
+        CronTriggerTimetable(
+            s.cron, timezone="UTC", run_immediately=True if s.run_immediately else timedelta(0)
+        )
         if s.cron
         else None
     )
@@ -156,7 +162,6 @@ def _opt(default: Any, kind: str, description: str, **schema: Any) -> Param:
     tags=["cmrops", "dataset", "hashing"],
     doc_md=__doc__,
     default_args=DEFAULT_ARGS,
-    start_date=None if not SCHEDULE.cron else datetime(2026, 1, 1),
     params={
         "params_file": _opt("params.yaml", "string", "relative to the project"),
         "synthetic_n": _opt(

@@ -39,6 +39,17 @@ def empty_state(project: Path, what: str, absent: list[str], stages: list[str]) 
         "Run `make run` (the whole pipeline on the built-in synthetic set) or `dvc repro`, "
         "or the missing stage(s) from the project folder:",
     ]
+    view = data.shown_view()
+    if not view.workspace and view.release is not None:
+        lines = [
+            lines[0],
+            "",
+            f"Release {view.release.id} is not the workspace: its tables come from the local "
+            "DVC cache. Bring them with:",
+        ]
+        st.info("\n".join(lines), icon=":material/hourglass_empty:")
+        st.code(f"cmrops release checkout {view.release.id}", language="bash")
+        return
     st.info("\n".join(lines), icon=":material/hourglass_empty:")
     st.code("\n".join(COMMANDS[s] for s in stages), language="bash")
 
@@ -46,10 +57,10 @@ def empty_state(project: Path, what: str, absent: list[str], stages: list[str]) 
 def render(page: Callable[[Path], None]) -> None:
     """Run a page's ``render(project)``; an unreadable output becomes an error box saying what
     to rerun, not a traceback."""
-    project = data.project_dir()
     try:
+        project = data.shown_dir()
         page(project)
-    except data.ReportError as e:
+    except data.PAGE_ERRORS as e:
         st.error(str(e), icon=":material/error:")
 
 
@@ -90,3 +101,42 @@ def preview(slot: Any, p: data.Preview, caption: str | None = None, width: int |
             slot.caption(caption)
     else:
         slot.image(p.data, caption=caption, width=width if p.media == "image" else "stretch")
+
+
+def download(df: pd.DataFrame, name: str, key: str, slot: Any = None) -> None:
+    """CSV and Parquet download buttons for ``df`` (``name`` without extension)."""
+    slot = slot or st
+    c = slot.columns([1, 1, 4])
+    c[0].download_button("CSV", data.table_bytes(df, "csv"), f"{name}.csv", "text/csv",
+                         key=f"{key}_csv", icon=":material/download:")  # fmt: skip
+    c[1].download_button("Parquet", data.table_bytes(df, "parquet"), f"{name}.parquet",
+                         "application/vnd.apache.parquet", key=f"{key}_parquet",
+                         icon=":material/download:")  # fmt: skip
+
+
+def drill(
+    project: Path,
+    counts: pd.DataFrame,
+    key: str,
+    target: Callable[[pd.Series], tuple[str, Any] | None],
+    what: str = "samples",
+    **table: Any,
+) -> None:
+    """A count table whose rows open the samples behind them: pick a row (click its left
+    edge) and the samples are listed below it, with CSV / Parquet downloads."""
+    event = st.dataframe(counts, hide_index=True, key=key, on_select="rerun",
+                         selection_mode="single-row", **table)  # fmt: skip
+    rows = event.selection.rows if event is not None else []
+    if not rows:
+        st.caption(f"Select a row to list its {what}.")
+        return
+    row = counts.iloc[rows[0]]
+    picked = target(row)
+    if picked is None:
+        return
+    found = data.drill(project, *picked)
+    name = " / ".join(str(v) for v in row.to_numpy()[:2])
+    st.markdown(f"**{len(found)}** {what} — {name}")
+    st.dataframe(found, hide_index=True, key=f"{key}_samples")
+    slug = "-".join(str(v) for v in (picked[1] if isinstance(picked[1], tuple) else (picked[1],)))
+    download(found, f"{picked[0]}-{slug}", f"{key}_dl")

@@ -48,4 +48,21 @@ if [[ "$(cat $VENV/.core-stamp 2>/dev/null)" != "$CORE_STAMP" ]] || ! "$VENV/bin
         "$VENV/bin/maturin" develop --release --uv --quiet
     echo "$CORE_STAMP" > $VENV/.core-stamp
 fi
+# DVC 3.67.1 fails `dvc repro --dry` / `dvc exp run --dry` on a fresh clone (a missing input is
+# hashed for a run-cache lookup): cmrops/dvc_fixes.py carries DVC's own fix, loaded at start-up
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PTH="import cmrops.dvc_fixes  # cmrops: DVC's fix of dry runs on a fresh clone (cmrops/dvc_fixes.py)"
+if [[ "$(cat "$SITE/cmrops_dvc_fixes.pth" 2>/dev/null)" != "$PTH" ]]; then
+    log "installing cmrops_dvc_fixes.pth (dvc --dry on a fresh clone)"
+    echo "$PTH" > "$SITE/cmrops_dvc_fixes.pth"
+fi
+
+# `dvc plots show` writes a page that loads vega from a CDN; .dvc/config names this one instead,
+# with the libraries inline (cmrops/plots_page.py), so the plots render offline
+PAGE_STAMP=$(stamp requirements/lock.txt cmrops/plots_page.py)
+if [[ "$(cat $VENV/.plots-page-stamp 2>/dev/null)" != "$PAGE_STAMP" ]] || [[ ! -s .dvc/plots/offline.html ]]; then
+    log "writing .dvc/plots/offline.html (dvc plots show, offline)"
+    "$VENV/bin/cmrops" plots page >/dev/null
+    echo "$PAGE_STAMP" > $VENV/.plots-page-stamp
+fi
 log "ready: $VENV"

@@ -53,7 +53,8 @@ _SCRIPT_DONE = (
     "?.getAttribute('data-test-script-state') === 'notRunning'"
 )
 _CHARTS_DRAWN = """() => [...document.querySelectorAll('.vega-embed')]
-    .every(e => e.querySelector('canvas, svg'))"""
+    .every(e => e.querySelector('canvas, svg'))
+    && [...document.querySelectorAll('.js-plotly-plot')].every(e => e.querySelector('.main-svg'))"""
 _CONTENT_HEIGHT = "() => document.querySelector('[data-testid=\"stMain\"]')?.scrollHeight ?? 0"
 _DISTANCE = re.compile(r"distance\s+(\d+)")
 
@@ -98,12 +99,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(project: Path, port: int | None = None) -> Iterator[str]:
-    """Run the dashboard on 127.0.0.1 for ``project``; yields its base URL; always stops it."""
+def serve(
+    project: Path, port: int | None = None, app: Path = APP, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run the dashboard (or another Streamlit ``app``) on 127.0.0.1 for ``project``; yields its
+    base URL; always stops it."""
     port = port or free_port()
-    env = {**os.environ, "CMROPS_PROJECT_DIR": str(project.resolve())}
+    env = {**os.environ, "CMROPS_PROJECT_DIR": str(project.resolve()), **(env or {})}
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", "127.0.0.1", "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip

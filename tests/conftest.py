@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,19 @@ def audio_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.media_project import audio_project
 
     return audio_project(tmp_path_factory.mktemp("audio_project"))
+
+
+@pytest.fixture(scope="session")
+def handon_releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """ONE tiny versioned project with TWO releases, shared by the export, data card, ablation
+    and withdrawal tests (tests/handon_project.py): 40 synthetic samples, then 48 (an
+    incremental run), each run ended by the DAG's own version task (release + data card).
+    Treat it as read-only (the withdrawal test works on a copy). A few minutes on 2 cores."""
+    from tests.handon_project import new_project, set_n, versioned_run
+
+    project = new_project(tmp_path_factory.mktemp("handon"), n=40)
+    first = versioned_run(project)
+    set_n(project, 48)
+    second = versioned_run(project)
+    return {"project": project, "first": first["release"], "second": second["release"],
+            "runs": [first, second]}

@@ -308,3 +308,110 @@ def test_an_imported_benchmark_trains(tmp_path: Path) -> None:
         tmp_path / "codes",
         progress=False,
     )["models"]
+
+
+def _roph_wikipedia(n: int = 60, seed: int = 2) -> dict[str, object]:
+    """The RoPH repository's Wikipedia layout, small: one struct ``data`` with ``X1`` (image
+    features x samples), ``X2`` (text features x samples), ``Y`` (class ids) and ``split``,
+    a struct of 1-based ``ind_train`` / ``ind_test``."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(1, 11, n)
+    centre_i, centre_t = rng.standard_normal((11, 12)), rng.standard_normal((11, 8))
+    x1 = (centre_i[cls] + 0.3 * rng.standard_normal((n, 12))).T  # 12 x n, MATLAB's layout
+    x2 = (centre_t[cls] + 0.3 * rng.standard_normal((n, 8))).T
+    perm = rng.permutation(n) + 1  # 1-based
+    split = {"ind_train": perm[: n * 3 // 4].reshape(1, -1).astype(np.float64),
+             "ind_test": perm[n * 3 // 4 :].reshape(1, -1).astype(np.float64)}  # fmt: skip
+    return {"X1": x1, "X2": x2, "Y": cls.reshape(-1, 1).astype(np.float64), "split": split}
+
+
+def test_matlab_struct_lists_its_variables_and_takes_a_mapping(tmp_path: Path) -> None:
+    """A struct the names do not explain: the error lists every variable with its shape; the
+    explicit mapping (dotted paths, or their unique ends) imports it with its index split."""
+    data = _roph_wikipedia()
+    f = tmp_path / "wikipedia.mat"
+    scipy.io.savemat(f, {"data": data})
+    variables = read_variables(f)
+    assert set(variables) == {"data.X1", "data.X2", "data.Y", "data.split.ind_train",
+                              "data.split.ind_test"}  # fmt: skip
+    with pytest.raises(BenchmarkFormatError) as err:
+        import_benchmark(f, tmp_path / "o1")
+    msg = str(err.value)
+    for line in ("data.X1 (12, 60)", "data.X2 (8, 60)", "data.Y (60, 1)",
+                 "data.split.ind_train (1, 45)", "data.split.ind_test (1, 15)"):  # fmt: skip
+        assert line in msg, msg
+    assert "--image VAR --text VAR" in msg
+    keys = {"image": "data.X1", "text": "X2", "labels": "Y"}  # full paths or unique ends
+    s = import_benchmark(f, tmp_path / "o2", keys=keys)
+    assert s["variables"] == {"all": {"image": "data.X1", "text": "data.X2", "labels": "data.Y"}}
+    assert s["indices"]["variables"] == {
+        "query": {"key": "data.split.ind_test", "rows": 15},
+        "train": {"key": "data.split.ind_train", "rows": 45},
+    }
+    assert s["sets"] == {"database": 45, "query": 15}  # Wikipedia: the database is train
+    assert (s["image_dim"], s["text_dim"], s["labels"]) == (12, 8, len(np.unique(data["Y"])))
+    # the rows are the ones the 1-based indices name
+    r = _read(tmp_path / "o2")
+    x1 = np.asarray(data["X1"]).T
+    test_rows = np.asarray(data["split"]["ind_test"]).ravel().astype(int) - 1
+    want = x1[test_rows] / np.linalg.norm(x1[test_rows], axis=1, keepdims=True)
+    q_feature_rows = sorted(
+        row["feature_row"]
+        for row, a in zip(r["samples"].to_pylist(), _assign_by_id(r), strict=True)
+        if a == "query"
+    )
+    got = np.asarray(r["image"])[q_feature_rows]
+    assert np.allclose(np.sort(got, axis=0), np.sort(want.astype(np.float32), axis=0), atol=1e-6)
+    # an index past the samples is refused, saying which
+    data["split"]["ind_test"] = np.array([[61.0]])
+    scipy.io.savemat(f, {"data": data})
+    with pytest.raises(BenchmarkFormatError, match=r"ind_test: 1-based indices 61\.\.61"):
+        import_benchmark(f, tmp_path / "o3", keys=keys)
+    with pytest.raises(BenchmarkFormatError, match="no variable 'X9'"):
+        import_benchmark(f, tmp_path / "o4", keys={**keys, "image": "X9"})
+
+
+def _assign_by_id(r: dict[str, object]) -> list[str]:
+    split = {a["sample_id"]: a["split"] for a in r["assign"]}  # type: ignore[attr-defined]
+    return [split[s] for s in r["samples"]["sample_id"].to_pylist()]  # type: ignore[index]
+
+
+def test_matlab_v73_struct_through_the_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The same layout saved as MATLAB v7.3 (HDF5: a struct is a group, every matrix stored
+    column-major), imported with the command line's explicit mapping."""
+    from cmrops import cli
+
+    data = _roph_wikipedia(n=40, seed=4)
+    f = tmp_path / "wiki73.mat"
+    with h5py.File(f, "w", userblock_size=512) as h:
+        g = h.create_group("data")
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        for key in ("X1", "X2", "Y"):
+            ds = g.create_dataset(key, data=np.asarray(data[key]).T)
+            ds.attrs["MATLAB_class"] = np.bytes_("double")
+        sp = g.create_group("split")
+        sp.attrs["MATLAB_class"] = np.bytes_("struct")
+        for key, v in data["split"].items():  # type: ignore[attr-defined]
+            sp.create_dataset(key, data=np.asarray(v).T).attrs["MATLAB_class"] = np.bytes_("double")
+    with open(f, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .")
+    variables = read_variables(f)
+    assert variables["data.X1"].shape == (40, 12)  # column-major: h5py sees the transpose
+    assert variables["data.X1"].transposed_hint
+    rc = cli.main([
+        "import-benchmark", str(f), "--out", str(tmp_path / "out"), "--image", "data.X1",
+        "--text", "data.X2", "--labels", "data.Y", "--train-index", "data.split.ind_train",
+        "--test-index", "ind_test",
+    ])  # fmt: skip
+    assert rc == 0
+    assert "imported wiki73: 40 samples" in capsys.readouterr().out
+    s = json.loads((tmp_path / "out" / "import.json").read_text())
+    assert s["sets"] == {"database": 30, "query": 10}
+    assert s["image_dim"] == 12
+    assert s["text_dim"] == 8
+    # nothing named: the command says what is in the file
+    rc = cli.main(["import-benchmark", str(f), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "data.split.ind_test" in err
+    assert "data.X1" in err

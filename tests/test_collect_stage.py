@@ -95,7 +95,7 @@ def test_ids_stay_stable_when_data_is_added(tmp_path):
 
 
 def _write_params(path: Path, sources: list[dict]) -> Path:
-    path.write_text(yaml.safe_dump({"collect": {"sources": sources}, "other_stage": {"x": 1}}))
+    path.write_text(yaml.safe_dump({"collect": {"sources": sources}, "split": {"seed": 1}}))
     return path
 
 
@@ -201,7 +201,10 @@ def test_project_params_and_dvc_stage():
     assert [s.kind for s in params.sources] == ["synthetic"]
     assert CollectParams().sources[0].kind == "synthetic"  # embedded default without params
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["collect"]
-    assert stage["cmd"] == "cmrops collect --params params.yaml --out data/raw"
+    assert stage["cmd"] == (
+        "cmrops collect --params params.yaml --out data/raw --digest metrics/dvc/collect.json "
+        "--plots plots"
+    )
     assert stage["params"] == ["collect"]
     for dep in stage["deps"]:
         assert (REPO / dep).exists(), dep

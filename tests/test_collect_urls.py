@@ -41,6 +41,10 @@ FAST = {
     "per_host_rate": 0,
     "max_bytes": CAP,
     "allowed_networks": ["127.0.0.0/8"],  # loopback only: 10/8, 169.254/16 stay blocked
+    # these tests count requests per URL; the site opt-outs (robots.txt, TDMRep: one request
+    # each per host) have their own tests in test_collect_optout.py
+    "respect_robots_txt": False,
+    "respect_tdmrep": False,
 }
 
 

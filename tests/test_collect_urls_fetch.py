@@ -34,7 +34,10 @@ LOOPBACK = AddressPolicy(allowed_networks=parse_networks(["127.0.0.0/8"]))
 
 
 def config(**kw) -> FetchConfig:
-    base = {"timeout": 0.4, "deadline": 1.0, "retries": 0, "backoff": 0.02, "policy": LOOPBACK}
+    # robots.txt / TDMRep off: these tests count requests and connections per URL (the site
+    # opt-outs are tested in test_collect_optout.py)
+    base = {"timeout": 0.4, "deadline": 1.0, "retries": 0, "backoff": 0.02, "policy": LOOPBACK,
+            "robots_txt": False, "tdmrep": False}  # fmt: skip
     return FetchConfig(**{**base, **kw})
 
 

@@ -197,6 +197,10 @@ def test_every_task_has_a_doc_a_timeout_and_the_failure_hook(dagbag) -> None:
 
 
 def test_unpausing_waits_for_the_next_cron_slot(dagbag) -> None:
-    """run_immediately=False: a DAG unpaused after today's slot does not fire it at once."""
-    timetable = dagbag.dags["cmrops_pipeline"].timetable
-    assert timetable.run_immediately is False
+    """A DAG unpaused after today's slot does not fire it at once: no start_date (with one,
+    catchup=False runs the latest past slot) and a zero run_immediately window."""
+    import datetime as dt
+
+    dag = dagbag.dags["cmrops_pipeline"]
+    assert dag.start_date is None
+    assert dag.timetable.run_immediately == dt.timedelta(0)

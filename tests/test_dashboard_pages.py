@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from cmrops import pipeline, report, runlog
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
-PAGES = ["overview", "data_quality", "splits", "retrieval", "code_health"]
+PAGES = ["overview", "data_quality", "splits", "retrieval", "code_health", "review", "map"]
 
 
 def _app(project: Path, monkeypatch: pytest.MonkeyPatch, page: str | None = None) -> AppTest:
@@ -146,7 +146,7 @@ def test_splits_page_numbers(dashboard_project: Path, monkeypatch: pytest.Monkey
     assert int(m["Leaking near-duplicate pairs"]) == split["leakage"]["total"]
     at.selectbox(key="splits_measure").set_value("samples").run()
     _ok(at)
-    table = at.dataframe[0].value.set_index("label")
+    table = next(d.value for d in at.dataframe if "label" in d.value.columns).set_index("label")
     for label, by_set in split["labels"]["per_label"].items():
         for s in split["sizes"]:
             assert table.loc[label, s] == by_set[s]

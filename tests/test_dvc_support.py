@@ -18,9 +18,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: What the copy needs to run the pipeline (the package itself is imported from the checkout).
-COPY = [".dvc/config", ".dvcignore", "dvc.yaml", "params.yaml", "cmrops", "dags", ".gitignore"]
-#: Stage outputs compared across runs; the throughput files hold wall-clock timings and are
-#: excluded (they are declared as uncached metrics, never as outputs).
+#: (``.dvc/plots``: the plot templates and the offline page scripts/bootstrap.sh writes.)
+COPY = [
+    ".dvc/config", ".dvc/plots", ".dvcignore", "dvc.yaml", "params.yaml", "cmrops", "dags",
+    ".gitignore", "withdrawn.jsonl",
+]  # fmt: skip
+#: Files compared across runs leave out the throughput files: wall-clock timings, run-time data
+#: that DVC never sees (git-ignored, neither outs nor metrics).
 VOLATILE = {"throughput.json", "train_throughput.json"}
 
 
@@ -65,6 +69,8 @@ def make_project(dest: Path, params: dict[str, Any] | None = None) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     (dest / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    (dest / "review").mkdir(exist_ok=True)  # the project's review answers: none yet (a dvc dep)
+    (dest / "review" / "answers.jsonl").write_bytes(b"")
     if params is not None:
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], dest)
@@ -93,7 +99,7 @@ def git_commit(repo: Path, msg: str) -> None:
 
 def tree_hashes(root: Path, rels: list[str]) -> dict[str, str]:
     """SHA-256 of every file under ``rels`` (relative path -> digest), byte for byte; the
-    throughput files (wall-clock timings, uncached metrics) and resume shards are excluded."""
+    throughput files (wall-clock timings, run-time data) and resume shards are excluded."""
     out: dict[str, str] = {}
     for rel in rels:
         base = root / rel

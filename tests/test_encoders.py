@@ -220,3 +220,54 @@ def test_default_image_encoder_is_the_pretrained_imagenet_model(coco_mini: Path)
     same = (emb * emb2).sum(1)
     assert (same > 0.8).all()
     assert same.min() > (emb @ emb.T)[~np.eye(3, dtype=bool)].max()
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+def test_onnx_runtime_matches_torch_and_reruns_are_identical(coco_mini: Path) -> None:
+    """The defaults on the CPU run through ONNX Runtime: equal to torch to cosine >= 0.9999 on
+    real photos and captions; images give the same bytes for another batch split (a text batch
+    pads to its longest text, so text bytes follow the batch size, which the stage fixes; other
+    thread counts: tests/test_align_stage.py, through the whole preprocess stage)."""
+    rows = [json.loads(x) for x in (coco_mini / "pairs.jsonl").read_text().splitlines()[:8]]
+    pixels = np.stack(
+        [resize_for_encoder(decode_image((coco_mini / r["image"]).read_bytes()).image, 224)
+         for r in rows]
+    )  # fmt: skip
+    caps = [c for r in rows for c in r["captions"]]
+    image, text = E.load_image_encoder(device="cpu"), E.load_text_encoder(device="cpu")
+    assert (image.runtime, text.runtime) == ("onnxruntime", "onnxruntime")
+    got_image, got_text = image.encode(pixels, 3, False), text.encode(caps, 7, False)
+    assert np.array_equal(got_image, image.encode(pixels, 8, False))
+    assert np.array_equal(got_text, text.encode(caps, 7, False))  # a rerun
+    ref_image = E.load_image_encoder(device="cpu", runtime="torch").encode(pixels, 4, False)
+    ref_text = E.load_text_encoder(device="cpu", runtime="torch").encode(caps, 12, False)
+    assert (got_image * ref_image).sum(1).min() >= 0.9999
+    assert (got_text * ref_text).sum(1).min() >= 0.9999
+
+
+def test_an_export_that_does_not_verify_falls_back_to_torch(
+    bert_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cmrops import inference
+
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path / "cache"))
+    enc = E.load_text_encoder(str(bert_dir), device="cpu")  # exported, verified, cached
+    assert enc.runtime == "onnxruntime"
+    (record,) = (tmp_path / "cache").glob("*/verified.json")
+    assert json.loads(record.read_text())["min_cosine"] >= inference.MIN_COSINE
+
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path / "strict"))
+    monkeypatch.setattr(inference, "MIN_COSINE", 1.5)  # nothing can pass
+    with caplog.at_level("WARNING", logger="cmrops.inference"):
+        enc = E.load_text_encoder(str(bert_dir), device="cpu")
+    assert enc.runtime == "torch"
+    assert "running on torch: the export differs from torch" in caplog.text
+    (record,) = (tmp_path / "strict").glob("*/verified.json")
+    assert json.loads(record.read_text())["ok"] is False  # later runs go straight to torch
+    assert not list((tmp_path / "strict").glob("*/model.onnx"))
+    assert E.load_text_encoder(str(bert_dir), device="cpu").runtime == "torch"

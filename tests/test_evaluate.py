@@ -298,7 +298,7 @@ def test_pair_relevance_for_unlabelled_data(tmp_path):
     assert m["relevance"]["why"].startswith("auto")
     assert m["skipped"] == {"text_to_text": m["skipped"]["text_to_text"]}
     d = m["models"]["dcmh-64"]["directions"]["image_to_text"]
-    assert d["database"] == 120  # the query samples' texts, then the database's
+    assert d["database"] == 120  # the query samples' texts and the database's
     assert d["queries_without_relevant"] == 0
     # each query has exactly one relevant item: R@K is the chance it is in the top K
     assert 0 < d["hash"]["recall_at"]["10"] <= 1
@@ -318,8 +318,12 @@ def test_pair_relevance_matches_a_direct_computation(tmp_path):
     db = np.concatenate(
         [io.read_npy(folder / "text_query.npy"), io.read_npy(folder / "text_database.npy")]
     )
-    # the paired item of query i is database row i
-    s = M.hamming_metrics(*M.histograms(q, db, np.arange(25), np.arange(85)), map_at=[5]).summary()
+    # the ranked items are in sample_id order; the paired item of query i is the one of its id
+    order = np.argsort(np.asarray(data["ids"]), kind="stable")
+    ids = np.asarray(data["ids"])
+    s = M.hamming_metrics(
+        *M.histograms(q, db[order], *M.pair_labels(list(ids[:25]), list(ids[order]))), map_at=[5]
+    ).summary()
     assert m["models"]["dcmh-32"]["directions"]["image_to_text"]["hash"]["map"] == round(
         s["map"], 6
     )
@@ -441,6 +445,7 @@ def test_dvc_stage_declares_inputs_outputs_and_plots():
         "--metrics": "metrics/retrieval.json",
         "--plots": "plots",
         "--train-metrics": "metrics/train.json",
+        "--digest": "metrics/dvc/evaluate.json",
     }
     assert stage["params"] == ["evaluate"]
     for dep in ("cmrops/stages/evaluate.py", "cmrops/metrics.py", "cmrops/codes.py"):
@@ -450,22 +455,37 @@ def test_dvc_stage_declares_inputs_outputs_and_plots():
         "data/codes", "data/labelled/labels.parquet", "data/split/assignments.parquet",
         "data/split/manifests", "metrics/train.json",
     } <= set(stage["deps"])  # fmt: skip
-    assert stage["metrics"] == [{"metrics/retrieval.json": {"cache": False}}]
-    plots = {next(iter(p)): next(iter(p.values())) for p in stage["plots"]}
-    assert plots["plots/pr"] == {"cache": False, "x": "recall", "y": "precision"}
-    assert plots["plots/pk"] == {"cache": False, "x": "k", "y": "precision"}
+    # the full record is an out (releases restore it); DVC's metrics file is its digest
+    assert stage["metrics"] == [{"metrics/dvc/evaluate.json": {"cache": False}}]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+    assert outs == ["metrics/retrieval.json", "plots/pr", "plots/pk", "plots/retrieval"]
+    assert "plots" not in stage  # no chart per file: the top-level plots draw the tables
+    plots = {next(iter(p)): next(iter(p.values())) for p in yaml.safe_load(
+        (REPO / "dvc.yaml").read_text())["plots"]}  # fmt: skip
+    assert plots["precision_recall"]["y"] == {"plots/retrieval/pr.json": "precision"}
+    assert plots["precision_at_k"]["y"] == {"plots/retrieval/pk.json": "precision"}
+    assert plots["map_by_bits"]["y"] == {"plots/retrieval/map.json": "map"}
+    for p in plots.values():
+        assert (REPO / ".dvc" / "plots" / f"{p['template']}.json").is_file()
 
 
 def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
     fabricate(tmp_path, n_query=15, n_database=50, models=(("dcmh", 16),))
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  map_at: [5]\n  top_k: [5]\n  pk_curve: [1, 5, 10]\n")
-    # DVC renders the files through the project's own plots declaration
-    project = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]
+    # DVC renders the tables through the project's own plots declarations and templates
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    project = spec["stages"]["evaluate"]
+    retrieval = [p for p in spec["plots"] if next(iter(p)) != "quarantine"]
     env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": project}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"evaluate": project}, "plots": retrieval})
+    )
+    (tmp_path / ".dvc" / "plots").mkdir()
+    for template in (REPO / ".dvc" / "plots").glob("*.json"):
+        shutil.copy(template, tmp_path / ".dvc" / "plots" / template.name)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -474,7 +494,8 @@ def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
         )  # no data/
         code = cli.main(
             ["evaluate", "--params", "params.yaml", "--codes", "codes", "--labelled", "labelled",
-             "--split", "split", "--metrics", "metrics/retrieval.json", "--plots", "plots"]
+             "--split", "split", "--metrics", "metrics/retrieval.json", "--plots", "plots",
+             "--digest", "metrics/dvc/evaluate.json"]
         )  # fmt: skip
     finally:
         os.chdir(cwd)
@@ -487,13 +508,26 @@ def test_cli_runs_and_dvc_renders_the_plots(tmp_path):
     )  # fmt: skip
     shown = json.loads(proc.stdout)
     assert not shown.get("errors")
-    assert set(shown["data"]) == {
-        "plots/pr/dcmh-16_image_to_text.json", "plots/pr/dcmh-16_text_to_image.json",
-        "plots/pk/dcmh-16_image_to_text.json", "plots/pk/dcmh-16_text_to_image.json",
-    }  # fmt: skip
-    spec = shown["data"]["plots/pk/dcmh-16_image_to_text.json"][0]["content"]
-    assert spec["encoding"]["x"]["field"] == "k"
-    assert [v["k"] for v in spec["data"]["values"]] == [1, 5, 10]
+    assert set(shown["data"]) == {"precision_recall", "precision_at_k", "map_by_bits"}
+    chart = shown["data"]["precision_at_k"][0]["content"]
+    assert chart["encoding"]["x"]["field"] == "k"
+    assert chart["encoding"]["color"]["field"] == "method"
+    assert chart["encoding"]["row"]["field"] == "direction"
+    rows = chart["data"]["values"]
+    assert {(r["direction"], r["k"]) for r in rows} == {
+        (d, k) for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)
+    }
+    assert {(r["method"], r["bits"], r["model"]) for r in rows} == {("dcmh", 16, "dcmh-16")}
+    mean_ap = shown["data"]["map_by_bits"][0]["content"]["data"]["values"]
+    assert sorted(r["direction"] for r in mean_ap) == ["image_to_text", "text_to_image"]
+    for r in mean_ap:
+        assert r["map"] == m["models"]["dcmh-16"]["directions"][r["direction"]]["hash"]["map"]
+    # DVC's metrics file is the record's digest: numbers only
+    d = json.loads((tmp_path / "metrics" / "dvc" / "evaluate.json").read_text())
+    assert d["models"] == 1
+    for short, direction in (("i2t", "image_to_text"), ("t2i", "text_to_image")):
+        hash_map = m["models"]["dcmh-16"]["directions"][direction]["hash"]["map"]
+        assert d["map"][short] == {"dcmh-16": hash_map}
 
 
 # --------------------------------------------------------------------------- protocol (issue 13)
@@ -658,9 +692,10 @@ def test_pair_ranks_for_unlabelled_captions_match_a_brute_force_ranking(tmp_path
     db = np.concatenate(
         [io.read_npy(folder / "text_query.npy"), io.read_npy(folder / "text_database.npy")]
     )
-    d = distances(q, db)
-    rel = np.zeros(d.shape, bool)
-    rel[np.arange(20), np.arange(20)] = True  # the pair of query i is row i
+    order = np.argsort(np.asarray(data["ids"]), kind="stable")  # ranked in sample_id order
+    d = distances(q, db[order])
+    rel = np.asarray(data["ids"])[:20, None] == np.asarray(data["ids"])[order][None, :]
+    assert rel.sum(axis=1).tolist() == [1] * 20  # one relevant item: the query's own pair
     out = m["models"]["dcmh-16"]["directions"]["image_to_text"]
     assert out["cutoffs_clipped"]["500"] == 60
     got = out["hash"]["pair_ranks"]
@@ -685,3 +720,56 @@ def test_pair_ranks_for_unlabelled_captions_match_a_brute_force_ranking(tmp_path
         pr = part["pair_ranks"]
         assert 1 <= pr["median_rank"] <= 60
         assert 0 <= pr["recall_at"]["1"] <= pr["recall_at"]["5"] <= pr["recall_at"]["10"] <= 1
+
+
+def test_induced_labels_put_pair_relevance_first_with_labels_beside(tmp_path):
+    """Labels the label stage induced from the captions: pair relevance is the primary protocol
+    (a caption finds its photo), label relevance is reported beside it, and neither database
+    order nor the gallery order favours the query's own pair."""
+    fabricate(tmp_path, n_query=20, n_database=60, models=(("dcmh", 32),))
+    io.write_json(tmp_path / "labelled" / "vocabulary.json", {"labels": [], "induced": True})
+    m = evaluate(tmp_path)
+    assert m["relevance"]["mode"] == "pair"
+    assert "induced" in m["relevance"]["why"]
+    assert "sample_id order" in m["relevance"]["rule"]
+    assert m["protocol"]["relevance"]["secondary"] == "labels"
+    d = m["models"]["dcmh-32"]["directions"]["text_to_image"]
+    assert d["database"] == 80
+    assert set(d["hash"]["pair_ranks"]["tie_aware"]["recall_at"]) == {"1", "5", "10"}
+    beside = m["label_relevance"]
+    assert beside["relevance"]["mode"] == "labels"
+    assert beside["relevance"]["labels_induced"] is True
+    lab = beside["models"]["dcmh-32"]["directions"]["text_to_image"]
+    assert lab["database"] == 60  # label relevance ranks the database only
+    assert "plots" not in lab
+    assert "pair_ranks" not in lab["hash"]
+    # the same as evaluating with relevance: labels on its own
+    labels_only = run(
+        dataclasses.replace(EvaluateParams(), relevance="labels"),
+        tmp_path / "codes", tmp_path / "labelled", tmp_path / "split",
+        tmp_path / "m2.json", tmp_path / "plots2",
+    )  # fmt: skip
+    want = labels_only["models"]["dcmh-32"]["directions"]["text_to_image"]["hash"]["map"]
+    assert lab["hash"]["map"] == want
+    # the run summary leads with caption retrieval and puts the label mAP beside it
+    from cmrops.pipeline import summary
+
+    text = summary(tmp_path)
+    assert "R@1/5/10, median rank (pair relevance" in text
+    assert text.index("R@1/5/10") < text.index("mAP, label relevance (induced labels)")
+    r = d["hash"]["pair_ranks"]["tie_aware"]["recall_at"]
+    assert f"{r['1']:.3f} / {r['5']:.3f} / {r['10']:.3f}" in text
+    # codes that say nothing (all equal): every item ties, so database order decides. With
+    # the query samples' items first, the pair of query i came at rank i + 1 (mean 10.5 of 80);
+    # in sample_id order it lands anywhere, as the tie-aware expectation (40.5) says
+    const = tmp_path / "codes" / "const-16"
+    const.mkdir()
+    for modality in ("image", "text"):
+        for role, n in (("query", 20), ("database", 60)):
+            io.write_npy(const / f"{modality}_{role}.npy", np.zeros((n, 1), np.uint64))
+            io.write_npy(const / f"{modality}_{role}_float.npy", np.ones((n, 4), np.float32))
+    io.write_json(const / "meta.json", {"method": "const", "bits": 16, "n_bits": 16,
+                                       "protocol": "hashing", "split_seed": 7})  # fmt: skip
+    pr = evaluate(tmp_path)["models"]["const-16"]["directions"]["text_to_image"]["hash"]
+    assert pr["pair_ranks"]["tie_aware"]["mean_rank"] == 40.5
+    assert pr["pair_ranks"]["database_order"]["mean_rank"] > 25

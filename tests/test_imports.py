@@ -11,7 +11,8 @@ literal name. ``from pkg import name`` is an edge to ``pkg.name`` when that is a
 * The shells - ``cmrops.cli``, ``cmrops.pipeline``, ``cmrops.dag_tasks`` (the DAG's tasks) and
   ``cmrops.airflow_hooks`` - sit on top: no other module imports them, nor airflow or streamlit,
   and nothing a stage module reaches through its imports is a shell.
-* Only the stages and the shells read ``params.yaml`` (``cmrops.params.load_section`` /
+* Only the stages, the shells, the stage commands' runner and the commands over releases
+  (ablation, data card, withdrawal) read ``params.yaml`` (``cmrops.params.load_section`` /
   ``read_yaml``); below them settings are passed in (the engine's, for one).
 """
 
@@ -195,8 +196,14 @@ def test_nothing_below_the_shells_imports_airflow_or_streamlit() -> None:
     assert not {m: x for m, x in bad.items() if x}
 
 
-#: Modules that read a params file: the stages, the shells, the DAG's schedule, the loader.
-READS_PARAMS = ("cmrops.stages.", *SHELLS, "cmrops.schedule", "cmrops.params")
+#: Modules that read a params file: the stages, the shells, the DAG's schedule, the loader, the
+#: stage commands' runner (the thread budget, ``engine.threads``, is set before a handler
+#: imports torch or ONNX Runtime), and the commands over releases, which read the params.yaml a
+#: release recorded (or the project's, for the tombstone file collect.withdrawn names).
+READS_PARAMS = (
+    "cmrops.stages.", *SHELLS, "cmrops.schedule", "cmrops.params", "cmrops.stage_command",
+    "cmrops.ablation", "cmrops.datacard", "cmrops.withdrawal",
+)  # fmt: skip
 
 
 def test_only_stages_and_shells_read_params_files() -> None:

@@ -31,7 +31,8 @@ from cmrops.text import normalize_captions
 
 OUTPUTS = (
     "labels.parquet", "evidence.parquet", "sample_labels.parquet", "vocabulary.json",
-    "review_queue.csv", "review_tasks.json", "review_config.xml", "metrics.json",
+    "review_queue.csv", "review_tasks.json", "review_config.xml", "review_log.json",
+    "metrics.json",
 )  # fmt: skip
 
 
@@ -289,9 +290,13 @@ def test_empty_vocabulary_is_an_error(tmp_path, capsys):
     interim = write_interim(tmp_path / "interim", [S("1", ("a dog",))])
     with pytest.raises(EmptyVocabularyError, match="vocabulary is empty"):
         run(LabelParams(induce=InduceParams(enabled=False)), interim, tmp_path / "out")
-    # induction on, but one sample: every word is in all of them, above max_df
+    # induction on with a fixed cap, but one sample: every word is in all of them, above max_df
     with pytest.raises(EmptyVocabularyError, match="none could be induced"):
-        run(LabelParams(), interim, tmp_path / "out")
+        run(LabelParams(induce=InduceParams(max_df=0.25)), interim, tmp_path / "out")
+    # the adaptive cap keeps a subject of every sample, but stop words alone induce nothing
+    only_stop = write_interim(tmp_path / "stop", [S("1", ("a photo of the",))])
+    with pytest.raises(EmptyVocabularyError, match="none could be induced"):
+        run(LabelParams(), only_stop, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     params = tmp_path / "params.yaml"
     params.write_text("label:\n  vocabulary: []\n  induce: {enabled: false}\n")
@@ -524,27 +529,38 @@ def test_vocabulary_induced_from_unlabelled_coco_captions(coco_mini, tmp_path):
     # Flickr8k-style: captions only, the COCO categories withheld
     samples = [S(p["image"], tuple(p["captions"])) for p in pairs]
     interim = write_interim(tmp_path / "interim", samples)
-    params = LabelParams(induce=InduceParams(size=40))
+    params = LabelParams()  # the defaults: 50 terms, max_df auto, phrases
     m = run(params, interim, tmp_path / "out")
     vocab = json.loads((tmp_path / "out" / "vocabulary.json").read_text())
     assert vocab["induced"] is True
     how = vocab["induce"]
     assert how["samples"] == len(samples) == 159
+    assert how["agreement"] == params.keyword.threshold
     labels = vocab["labels"]
-    assert len(labels) == m["vocabulary"]["size"] == 40
-    # content words: alphabetic, no stop word, singular where the captions have the singular
-    assert all(w.isalpha() and len(w) >= 3 and w not in STOP_WORDS for w in labels)
+    assert len(labels) == m["vocabulary"]["size"] == 50
+    # content words (or two-word phrases of them), no stop word, singular where the captions
+    # have the singular
+    for term in labels:
+        assert all(w.isalpha() and len(w) >= 3 and w not in STOP_WORDS for w in term.split())
+        assert 1 <= len(term.split()) <= 2
     assert not [w for w in labels if w.endswith("s") and w[:-1] in labels]
-    # frequency order and bounds, as stated
-    df = how["document_frequency"]
-    assert set(df) == set(labels)
-    assert all(0.01 <= f <= 0.25 for f in df.values())
-    ranked = [(-df[w], w) for w in how["by_frequency"]]
+    # frequency order and bounds, as stated: label frequency first, then document frequency
+    df, lf = how["document_frequency"], how["label_frequency"]
+    assert set(df) == set(lf) == set(labels)
+    assert all(0.01 <= df[w] <= how["max_df_used"] for w in labels)
+    assert all(0 < lf[w] <= df[w] for w in labels)
+    ranked = [(-lf[w], -df[w], w) for w in how["by_frequency"]]
     assert ranked == sorted(ranked)
     assert sorted(how["by_frequency"]) == labels
-    # sensible: a good share of the induced words are COCO category names of these photos
+    # the commonest subjects stay (the adaptive cap is the commonest subject's frequency) and
+    # filler said in passing does not make the list
+    assert {"man", "dog", "person", "table"} <= set(labels)
+    assert not {"background", "shirt", "day", "air"} & set(labels)
+    # what people would search with: 21 of the 50 are COCO category names of these photos
+    # (the document-frequency ranking with max_df 0.25 found 10); a phrase among them
     cats = {c for p in pairs for c in p["labels"]}
-    assert len(set(labels) & cats) >= 6, sorted(set(labels) & cats)
+    assert len(set(labels) & cats) >= 20, sorted(set(labels) & cats)
+    assert "parking meter" in labels
     # the keyword method labels with them: most samples get a label, only induced ones
     got = _labels(tmp_path / "out")
     assert len(got) >= 0.8 * len(samples)
@@ -554,6 +570,35 @@ def test_vocabulary_induced_from_unlabelled_coco_captions(coco_mini, tmp_path):
     run(params, interim, tmp_path / "again")
     for name in ("vocabulary.json", "labels.parquet"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_induced_vocabulary_keeps_a_subject_of_most_samples():
+    """A set where one subject is in most photos (``dog``: 80 % of the samples, as in a pet
+    collection): a fixed max_df of 0.25 drops it; the adaptive cap keeps it, and drops a word
+    more widespread than any subject that captions only say in passing."""
+    from cmrops.labels.induce import induce_vocabulary
+
+    caps = []
+    for i in range(100):
+        subject = "dog" if i < 80 else "cat"
+        extra = ["grass", "sofa", "beach", "snow"][i % 4]
+        caps.append([
+            f"a {subject} on the {extra}",
+            f"the {subject} rests on some {extra} today",
+            f"{subject} with a ball" if i % 2 else f"a {subject} under a tree",
+            f"photo taken {'today' if i < 95 else 'yesterday'} of a {subject}",
+        ])  # fmt: skip
+    labels, how = induce_vocabulary(caps, InduceParams(size=10))
+    assert labels[0] == "dog"
+    assert "cat" in labels
+    assert how["max_df_used"] == 0.8  # the commonest subject's document frequency
+    assert "today" not in labels  # in 95 % of the samples, but in one or two captions of each
+    fixed, _ = induce_vocabulary(caps, InduceParams(size=10, max_df=0.25))
+    assert "dog" not in fixed
+    # one caption per sample: the label frequency is the document frequency
+    single, how1 = induce_vocabulary([c[:1] for c in caps], InduceParams(size=10))
+    assert how1["label_frequency"] == how1["document_frequency"]
+    assert single[0] == "dog"
 
 
 def test_cli_label_command(tmp_path, capsys):

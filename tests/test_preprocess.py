@@ -356,3 +356,29 @@ def test_leftover_pixels_of_another_encoder_size_are_not_reused(tmp_path: Path) 
     assert inputs_ready(tmp_path, shard, 224)
     assert not inputs_ready(tmp_path, shard, 256)
     assert not inputs_ready(tmp_path, Shard(1, [], "hash"), 224)
+
+
+def test_fanned_out_shard_tasks_count_in_the_stage_duration(
+    small_raw: Path, tmp_path: Path
+) -> None:
+    """The Airflow fan-out (plan, one task per group, then the merge): the merge's timings hold
+    the tasks' work, so the stage's duration is not just the merge's; their records are used
+    once."""
+    from cmrops.stages.preprocess import plan_shards, planned_tasks, run_shards
+
+    params = PreprocessParams(
+        n_workers=1, shard_size=3, task_rows=6, tokenizer="words", embeddings=False
+    )
+    groups = plan_shards(params, small_raw, tmp_path)
+    assert len(groups) == planned_tasks(params, tmp_path) == 3  # 15 rows: shards of 3, 6 a task
+    for group in groups:
+        run_shards(params, small_raw, tmp_path, group)
+    run(params, small_raw, tmp_path)
+    timing = json.loads((tmp_path / "throughput.json").read_text())
+    assert timing["shards_decoded"] == 0  # the merge found every shard done
+    assert timing["shard_tasks"]["tasks"] == 3
+    assert timing["seconds_with_shard_tasks"] >= timing["seconds_total"]
+    assert timing["shard_tasks"]["wall_seconds"] > 0
+    assert not list((tmp_path / "shards").glob("*.task.json"))
+    run(params, small_raw, tmp_path)  # a rerun did no shard work
+    assert json.loads((tmp_path / "throughput.json").read_text())["shard_tasks"]["tasks"] == 0

@@ -394,9 +394,7 @@ def test_protocol_spec() -> None:
 
 def test_sizes_given_as_capped_fractions_scale_with_the_data(tmp_path: Path) -> None:
     """One setting serves a tiny trial and a large release: a fraction, capped, recorded."""
-    adaptive = Protocol(
-        "hashing", query=SetSize(0.15, max=200), train=SetSize(0.8, max=1000)
-    )
+    adaptive = Protocol("hashing", query=SetSize(0.15, max=200), train=SetSize(0.8, max=1000))
 
     def sizes(n: int) -> dict[str, Any]:
         p = SplitParams(protocol="h", protocols={"h": adaptive}, stratify=False)

@@ -401,6 +401,7 @@ def test_every_gauge_names_the_run_that_made_it(tmp_path: Path) -> None:
 
 def test_a_stage_split_over_tasks_counts_all_its_work(tmp_path: Path) -> None:
     """preprocess in the DAG: mapped shard tasks, then the merge; its duration spans both."""
+
     def rec(stage: str, start: float, end: float, part: str | None = None) -> runlog.StageRun:
         return runlog.StageRun("dag-run-1", stage, start, end, end - start, "success", None,
                                part=part)  # fmt: skip
@@ -430,9 +431,39 @@ def test_a_run_writing_elsewhere_never_touches_the_project(tmp_path: Path) -> No
     proj = collect_project(tmp_path / "p", n=12)
     (proj / "dvc.yaml").write_text("stages: {}\n")  # the project's root marker
     elsewhere = tmp_path / "scratch"
-    bad = tmp_path / "bad.yaml"
+    bad = proj / "bad.yaml"  # (a params file above the outputs would make its folder the project)
     bad.write_text("collect:\n  sources: [{name: x, kind: folder, path: /no/such/folder}]\n")
     for params in (str(bad), "params.yaml"):
         cmrops("collect", "--params", params, "--out", str(elsewhere / "raw"), cwd=proj)
     assert runlog.read_runs(proj) == []
     assert {r.status for r in runlog.read_runs(elsewhere)} == {"failed", "success"}
+
+
+def test_pair_recall_of_caption_data_is_exported(tmp_path: Path) -> None:
+    """Pair relevance (caption data): each model's R@K per direction and ranking is a gauge."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cmrops.telemetry.collector import registry_for
+
+    ranks = {"recall_at": {"1": 0.05, "5": 0.3, "10": 0.41}, "median_rank": 14.0}
+    retrieval = {
+        "stage": "evaluate",
+        "relevance": {"mode": "pair"},
+        "models": {"itq-64": {"method": "itq", "bits": 64, "protocol": "hashing", "directions": {
+            "text_to_image": {"hash": {"map": 0.1, "pair_ranks": {"tie_aware": ranks}},
+                              "float": {"map": 0.2, "pair_ranks": ranks}},
+        }}},
+    }  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "retrieval.json").write_text(json.dumps(retrieval))
+    text = generate_latest(registry_for(tmp_path, ["evaluate"])).decode()
+    got = {
+        (s.labels["ranking"], s.labels["k"]): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "cmrops_retrieval_pair_recall"
+    }
+    assert got[("tie_aware", "10")] == 0.41
+    assert got[("float", "1")] == 0.05
+    assert len(got) == 6

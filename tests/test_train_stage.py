@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,7 @@ def test_stale_code_folders_are_removed(tmp_path: Path) -> None:
         "contrastive-32",
         "mine",
         "rows.parquet",
+        "training_samples.parquet",
     ]
     m = train(tmp_path, dirs, dataclasses.replace(p, bits=(32,), float_baseline=False))
     assert m["float_baseline"] is None
@@ -461,6 +463,7 @@ def test_dvc_exp_run_sets_the_bit_lengths(tmp_path: Path) -> None:
         "aligned-float",  # the aligned float baseline
         *models,
         "rows.parquet",
+        "training_samples.parquet",
     ]
     m = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert sorted(m["models"]) == models
@@ -493,3 +496,24 @@ def test_validation_slice_never_leaves_fewer_than_two_training_samples() -> None
         assert len(roles.train) >= 2
         assert len(roles.val) >= 1
         assert not {group[i] for i in roles.val} & {group[i] for i in roles.train}
+
+
+def test_thread_count_never_changes_the_bytes(tmp_path: Path) -> None:
+    """A budget of 1 or 3 threads: the same models, codes and metrics (CPU training runs on
+    threads.TRAINING_THREADS whatever the budget; torch's reductions depend on the count)."""
+    from cmrops import threads
+
+    dirs = fabricate(tmp_path / "data", n=250)
+    p = dataclasses.replace(FAST, methods=("dcmh", "itq"), bits=(16,), epochs=2)
+    before = threads.current()
+    outs = []
+    root = tmp_path / "run"  # one folder: outputs stamp the paths they were given
+    try:
+        for n in (1, 3):
+            threads.apply(n)
+            train(root, dirs, p)
+            outs.append(snapshot(root / "models", root / "codes", root / "metrics"))
+            shutil.rmtree(root)
+    finally:
+        threads.apply(before)
+    assert outs[0] == outs[1]

@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 Side = Literal["image", "text"]
 SIDES: tuple[Side, Side] = ("image", "text")
+#: ``learned``: trained heads; ``encoder``: the identity of an aligned dual encoder; ``concept``:
+#: the zero-pair bridge through ImageNet classes (:mod:`cmrops.align.concept`); ``fused``: a
+#: weighted sum of the scores of two alignments (:mod:`cmrops.align.fusion`).
+Kind = Literal["learned", "encoder", "concept", "fused"]
+
+
+class SideMap(Protocol):
+    """One side's map into the shared space: ``(n, in_dim)`` -> ``(n, out_dim)`` unit rows."""
+
+    @property
+    def in_dim(self) -> int: ...
+
+    @property
+    def out_dim(self) -> int: ...
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -63,8 +79,8 @@ class Head:
 class Alignment:
     """Maps image and text features into one space; rows of both outputs are unit vectors."""
 
-    kind: Literal["learned", "encoder"]
-    heads: dict[str, Head]
+    kind: Kind
+    heads: dict[str, SideMap]
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

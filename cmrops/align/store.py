@@ -3,7 +3,10 @@
 Nothing is pickled. ``config.json`` holds the format and version, the kind, the dimensions, the
 description (:attr:`Alignment.info`: training parameters, sizes, the SHA-256 fingerprint of the
 training pairs, held-out metrics) and the SHA-256 of the weights file. The weights file holds,
-per side, ``<side>.center`` and ``<side>.layers.<k>.{weight,bias}`` (float32). It is written
+per side, ``<side>.center`` and ``<side>.layers.<k>.{weight,bias}`` (float32). A ``concept``
+or ``fused`` alignment also describes each side's map under ``heads`` (:func:`head_spec`): a
+concept head's tensors are ``<side>.classifier.{weight,bias}``, ``<side>.class_text`` and
+``<side>.center``; a fused head's parts are under ``<side>.part<k>.``. It is written
 first and ``config.json`` last, each atomically, so a directory whose config names a hash the
 weights do not have is a torn or replaced write, and :func:`load_alignment` says so.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cmrops import io
-from cmrops.align.model import SIDES, Alignment, Head
+from cmrops.align.model import SIDES, Alignment, Head, SideMap
 
 FORMAT = "cmrops.align"
 VERSION = 1
@@ -35,13 +38,65 @@ class AlignmentError(ValueError):
 def _tensors(alignment: Alignment) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for side in SIDES:
-        head = alignment.heads[side]
-        if head.center is not None:
-            out[f"{side}.center"] = np.ascontiguousarray(head.center, dtype=np.float32)
-        for k, (w, b) in enumerate(head.layers):
-            out[f"{side}.layers.{k}.weight"] = np.ascontiguousarray(w, dtype=np.float32)
-            out[f"{side}.layers.{k}.bias"] = np.ascontiguousarray(b, dtype=np.float32)
+        _head_tensors(alignment.heads[side], f"{side}.", out)
     return out
+
+
+def _head_tensors(head: SideMap, prefix: str, out: dict[str, np.ndarray]) -> None:
+    from cmrops.align.concept import ConceptHead
+    from cmrops.align.fusion import FusedHead
+
+    def put(name: str, a: np.ndarray) -> None:
+        out[prefix + name] = np.ascontiguousarray(a, dtype=np.float32)
+
+    if isinstance(head, FusedHead):
+        for k, part in enumerate(head.parts):
+            _head_tensors(part, f"{prefix}part{k}.", out)
+        return
+    if isinstance(head, ConceptHead):
+        put("classifier.weight", head.weight)
+        put("classifier.bias", head.bias)
+        put("class_text", head.class_text)
+        if head.center is not None:
+            put("center", head.center)
+        return
+    if not isinstance(head, Head):
+        raise TypeError(f"cannot save a side map of type {type(head).__name__}")
+    if head.center is not None:
+        put("center", head.center)
+    for k, (w, b) in enumerate(head.layers):
+        put(f"layers.{k}.weight", w)
+        put(f"layers.{k}.bias", b)
+
+
+def head_spec(head: SideMap) -> dict[str, Any]:
+    """The JSON description of one side's map (its tensors are named by :func:`_head_tensors`)."""
+    from cmrops.align.concept import ConceptHead
+    from cmrops.align.fusion import FusedHead
+
+    if isinstance(head, FusedHead):
+        return {
+            "type": "fused",
+            "weights": [round(w, 9) for w in head.weights],
+            "parts": [head_spec(p) for p in head.parts],
+        }
+    if isinstance(head, ConceptHead):
+        return {
+            "type": "concept",
+            "in_dim": head.in_dim,
+            "out_dim": head.out_dim,
+            "classes": len(head.weight),
+            "top_t": head.top_t,
+            "logit_scale": head.logit_scale,
+            "centered": head.center is not None,
+        }
+    assert isinstance(head, Head)
+    return {
+        "type": "linear" if len(head.layers) < 2 else "mlp",
+        "in_dim": head.in_dim,
+        "layers": len(head.layers),
+        "centered": head.center is not None,
+    }
 
 
 def weights_bytes(alignment: Alignment) -> bytes:
@@ -56,7 +111,7 @@ def save_alignment(alignment: Alignment, directory: str | os.PathLike[str]) -> N
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] | None = None
-    if alignment.kind == "learned":
+    if alignment.kind != "encoder":
         data = weights_bytes(alignment)
         io.write_bytes(d / WEIGHTS, data)
         weights = {"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}
@@ -69,11 +124,14 @@ def save_alignment(alignment: Alignment, directory: str | os.PathLike[str]) -> N
         "dim": alignment.dim,
         "image_dim": alignment.heads["image"].in_dim,
         "text_dim": alignment.heads["text"].in_dim,
-        "layers": {s: len(alignment.heads[s].layers) for s in SIDES},
-        "centered": {s: alignment.heads[s].center is not None for s in SIDES},
-        "weights": weights,
-        "info": alignment.info,
     }
+    if alignment.kind in ("learned", "encoder"):
+        config["layers"] = {s: len(alignment.heads[s].layers) for s in SIDES}  # type: ignore[attr-defined]
+        config["centered"] = {s: alignment.heads[s].center is not None for s in SIDES}  # type: ignore[attr-defined]
+    else:
+        config["heads"] = {s: head_spec(alignment.heads[s]) for s in SIDES}
+    config["weights"] = weights
+    config["info"] = alignment.info
     io.write_json(d / CONFIG, config)
 
 
@@ -97,6 +155,9 @@ def load_alignment(directory: str | os.PathLike[str]) -> Alignment:
             f"{path}: alignment version {config.get('version')!r}, this cmrops reads "
             f"version {VERSION}; {_HINT} again"
         )
+    kind = config.get("kind")
+    if kind in ("concept", "fused"):
+        return _load_composed(d, config)
     try:
         kind = config["kind"]
         dims = {"image": int(config["image_dim"]), "text": int(config["text_dim"])}
@@ -130,6 +191,60 @@ def load_alignment(directory: str | os.PathLike[str]) -> Alignment:
         return Alignment("learned", heads, info)
     except ValueError as e:
         raise AlignmentError(f"{d}: {e}; {_HINT} again") from None
+
+
+def _load_composed(d: Path, config: dict[str, Any]) -> Alignment:
+    """A concept or fused alignment: each side rebuilt from its ``heads`` spec."""
+    tensors = _read_weights(d, config.get("weights"))
+    try:
+        specs = {s: config["heads"][s] for s in SIDES}
+        info = dict(config.get("info") or {})
+        heads = {s: _build_head(d / WEIGHTS, specs[s], f"{s}.", tensors) for s in SIDES}
+    except KeyError as e:
+        raise AlignmentError(f"{d}: {e} missing from the alignment; {_HINT} again") from None
+    except (TypeError, ValueError) as e:
+        raise AlignmentError(f"{d}: malformed alignment ({e}); {_HINT} again") from None
+    if tensors:
+        raise AlignmentError(f"{d / WEIGHTS}: unexpected tensors {sorted(tensors)[:5]}")
+    try:
+        return Alignment(config["kind"], heads, info)
+    except ValueError as e:
+        raise AlignmentError(f"{d}: {e}; {_HINT} again") from None
+
+
+def _build_head(
+    path: Path, spec: dict[str, Any], prefix: str, tensors: dict[str, np.ndarray]
+) -> SideMap:
+    from cmrops.align.concept import ConceptHead
+    from cmrops.align.fusion import FusedHead
+
+    kind = spec["type"]
+    if kind == "fused":
+        parts = tuple(
+            _build_head(path, p, f"{prefix}part{k}.", tensors) for k, p in enumerate(spec["parts"])
+        )
+        return FusedHead(parts, tuple(float(w) for w in spec["weights"]))
+    if kind == "concept":
+        center = tensors.pop(prefix + "center") if spec["centered"] else None
+        head = ConceptHead(
+            tensors.pop(prefix + "classifier.weight"),
+            tensors.pop(prefix + "classifier.bias"),
+            tensors.pop(prefix + "class_text"),
+            int(spec["top_t"]),
+            float(spec["logit_scale"]),
+            center,
+        )
+        if head.in_dim != int(spec["in_dim"]) or head.out_dim != int(spec["out_dim"]):
+            raise AlignmentError(f"{path}: concept head of {prefix!r} does not match its spec")
+        return head
+    if kind not in ("linear", "mlp"):
+        raise AlignmentError(f"{path}: unknown head type {kind!r}; {_HINT} again")
+    center = tensors.pop(prefix + "center") if spec["centered"] else None
+    layers = tuple(
+        (tensors.pop(f"{prefix}layers.{k}.weight"), tensors.pop(f"{prefix}layers.{k}.bias"))
+        for k in range(int(spec["layers"]))
+    )
+    return _check_head(path, int(spec["in_dim"]), center, layers)
 
 
 def _read_weights(d: Path, spec: Any) -> dict[str, np.ndarray]:

@@ -121,8 +121,10 @@ def search_pairs(
     if len(rows) == n and (n <= size or eng.kind == "local"):
         return pairs_within(h, radius)  # every row: the core's all-pairs multi-index search
     chunks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
-    if len(chunks) <= 1 or eng.kind == "local":  # in this process: the index uses every core
-        shared = (as_codes(h), is_queried, int(radius), None)
+    if len(chunks) <= 1 or eng.kind == "local":  # in this process, with its thread budget
+        from cmrops.threads import current
+
+        shared = (as_codes(h), is_queried, int(radius), current())
         parts = [_search_chunk(shared, rows) for rows in chunks]
     else:  # engine tasks of one thread each, the codes shipped once
         shared = (as_codes(h), is_queried, int(radius), 1)

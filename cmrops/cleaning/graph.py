@@ -38,20 +38,24 @@ def pairs_within(
     Within one column: ``(i, j)`` with ``i < j``. With ``other``: ``(i, j)``, ``i`` a row of
     ``hashes`` and ``j`` a row of ``other``. Pairs are sorted (the engine's order)."""
     import cmrops
+    from cmrops.threads import current
 
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     h = np.asarray(hashes, dtype=np.uint64)
+    n_threads = current()  # this process's thread budget
     if other is None:
         if len(h) < 2:
             return _EMPTY_PAIRS.copy(), np.zeros(0, np.int64)
-        pairs = cmrops.near_duplicates(as_codes(h), int(radius))
+        pairs = cmrops.near_duplicates(as_codes(h), int(radius), n_threads=n_threads)
         o = h
     else:
         o = np.asarray(other, dtype=np.uint64)
         if len(h) == 0 or len(o) == 0:
             return _EMPTY_PAIRS.copy(), np.zeros(0, np.int64)
-        pairs = cmrops.near_duplicates(as_codes(h), int(radius), other=as_codes(o))
+        pairs = cmrops.near_duplicates(
+            as_codes(h), int(radius), other=as_codes(o), n_threads=n_threads
+        )
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return pairs, hamming(h[pairs[:, 0]], o[pairs[:, 1]])
 

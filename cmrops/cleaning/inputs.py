@@ -151,6 +151,7 @@ class Labels:
     methods_present: frozenset[str] = frozenset()
     outside_vocabulary: dict[str, int] = field(default_factory=dict)
     stale_rows: int = 0  # label rows of samples not in the interim table
+    induced: bool = False  # the label stage induced the vocabulary from the captions
 
 
 def load_labels(labelled: Path | None, ids: list[str], *, need: bool, irrelevant: bool) -> Labels:
@@ -216,7 +217,16 @@ def load_labels(labelled: Path | None, ids: list[str], *, need: bool, irrelevant
         methods_present=frozenset(present),
         outside_vocabulary=dict(sorted(outside.items())),
         stale_rows=stale,
+        induced=_induced(vpath),
     )
+
+
+def _induced(vpath: Path) -> bool:
+    try:
+        v = json.loads(vpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(v, dict) and v.get("induced"))
 
 
 def row_sets(

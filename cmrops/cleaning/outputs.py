@@ -47,9 +47,11 @@ def quarantine_table(
     rules: Mapping[str, Outcome],
     reason_of: Mapping[int, str],
     order: Sequence[str],
+    overruled: Mapping[int, list[str]],
 ) -> pa.Table:
     """One QUARANTINE row per dropped sample: its reason, detail and evidence (the rule's
-    threshold, what was measured, and the later rules of ``order`` that flagged it too)."""
+    threshold, what was measured, the later rules of ``order`` that flagged it too, and the
+    rules whose quarantine of it a person ``overruled``)."""
     rows = []
     for i in sorted(reason_of):
         rule = rules[reason_of[i]]
@@ -63,6 +65,8 @@ def quarantine_table(
         ]
         if also:
             evidence = {**evidence, "also_flagged_by": also}
+        if i in overruled:  # a person overruled another rule's quarantine of this sample
+            evidence = {**evidence, "overruled": overruled[i]}
         rows.append(
             {
                 "sample_id": c["sample_id"][i],

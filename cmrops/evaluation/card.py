@@ -98,7 +98,11 @@ def protocol_card(
             "train": split["in_train"],
             "val": sets.get("val", 0),
         },
-        "relevance": {"mode": relevance["mode"], "rule": relevance["stamp"]["rule"]},
+        "relevance": {
+            "mode": relevance["mode"],
+            "rule": relevance["stamp"]["rule"],
+            "secondary": "labels" if relevance.get("secondary") else None,
+        },
         "model_selection": {
             "rule": (
                 "validation split only: checkpoints and early stopping are chosen on the "

@@ -130,6 +130,9 @@ def relevance_of(
     query_ids: list[str],
     database_ids: list[str],
 ) -> dict[str, Any]:
+    """The primary relevance (``mode``, ``stamp``, label matrices when ``labels``) and, when
+    the primary is ``pair`` and the samples have labels, the label relevance beside it
+    (``secondary``)."""
     path = Path(labelled_dir) / "labels.parquet" if labelled_dir else None
     have = path is not None and path.is_file()
     if params.relevance == "labels" and not have:
@@ -138,7 +141,7 @@ def relevance_of(
             "set evaluate.relevance: pair"
         )
     per: dict[str, set[str]] = {}
-    if have and params.relevance != "pair":
+    if have:
         t = io.read_parquet(path)
         conf = t["confidence"].to_pylist() if "confidence" in t.column_names else None
         for i, (sid, label) in enumerate(
@@ -147,53 +150,97 @@ def relevance_of(
             if label is None or (conf is not None and (conf[i] or 0.0) < params.min_confidence):
                 continue
             per.setdefault(sid, set()).add(label)
+    induced = _induced(Path(labelled_dir)) if labelled_dir else False
     q_lab = sum(s in per for s in query_ids)
     d_lab = sum(s in per for s in database_ids)
     mode = params.relevance
     why = f"evaluate.relevance: {mode}"
     if mode == "auto":
-        mode = "labels" if q_lab and d_lab else "pair"
-        why = (
-            "auto: labels found for query and database samples"
-            if mode == "labels"
-            else "auto: no labels for the query or the database samples (unlabelled data)"
-        )
+        if induced:
+            mode = "pair"
+            why = (
+                "auto: the labels were induced from the captions (vocabulary.json), so a caption "
+                "retrieves its own photo first; label relevance is reported beside it"
+            )
+        else:
+            mode = "labels" if q_lab and d_lab else "pair"
+            why = (
+                "auto: labels found for query and database samples"
+                if mode == "labels"
+                else "auto: no labels for the query or the database samples (unlabelled data)"
+            )
     if mode == "labels" and not (q_lab and d_lab):
         raise ValueError(
             f"{path}: no labels (confidence >= {params.min_confidence}) for the "
             f"{'query' if not q_lab else 'database'} samples - use evaluate.relevance: pair"
         )
-    stamp: dict[str, Any] = {"mode": mode, "why": why}
-    out: dict[str, Any] = {"mode": mode, "stamp": stamp}
+    out: dict[str, Any] = {"mode": mode, "stamp": {"mode": mode, "why": why}}
     if mode == "labels":
-        vocab = sorted({lab for s in (*query_ids, *database_ids) for lab in per.get(s, ())})
-        col = {lab: j for j, lab in enumerate(vocab)}
-
-        def hot(ids: list[str]) -> np.ndarray:
-            a = np.zeros((len(ids), len(vocab)), dtype=bool)
-            for i, s in enumerate(ids):
-                for lab in per.get(s, ()):
-                    a[i, col[lab]] = True
-            return a
-
-        out["query_labels"] = hot(query_ids)
-        out["database_labels"] = hot(database_ids)
-        stamp.update(
-            rule="relevant = shares at least one label with the query",
-            labels=str(path),
-            min_confidence=params.min_confidence,
-            vocabulary=len(vocab),
-            unlabelled={"query": len(query_ids) - q_lab, "database": len(database_ids) - d_lab},
-        )
+        _add_labels(out, _label_relevance(per, path, params, query_ids, database_ids, induced))
     else:
-        stamp.update(
-            rule=(
-                "relevant = the query's own pair only (same sample); the database of a "
-                "cross-modal direction is the query samples' other modality followed by the "
-                "database samples'"
-            )
+        out["stamp"]["rule"] = (
+            "relevant = the query's own pair only (same sample); the database of a cross-modal "
+            "direction is the query samples' other modality and the database samples', in "
+            "sample_id order (content hashes), so database order never favours the pair"
         )
+        if q_lab and d_lab:
+            second = {"mode": "labels", "stamp": {"mode": "labels", "why": (
+                "beside pair relevance: the labels"
+                + (" induced from the captions" if induced else "")
+            )}}  # fmt: skip
+            _add_labels(
+                second, _label_relevance(per, path, params, query_ids, database_ids, induced)
+            )
+            out["secondary"] = second
     return out
+
+
+def _add_labels(out: dict[str, Any], lab: dict[str, Any]) -> None:
+    out["query_labels"], out["database_labels"] = lab["query_labels"], lab["database_labels"]
+    out["stamp"].update(lab["stamp_update"])
+
+
+def _label_relevance(
+    per: dict[str, set[str]],
+    path: Path | None,
+    params: EvaluateParams,
+    query_ids: list[str],
+    database_ids: list[str],
+    induced: bool,
+) -> dict[str, Any]:
+    vocab = sorted({lab for s in (*query_ids, *database_ids) for lab in per.get(s, ())})
+    col = {lab: j for j, lab in enumerate(vocab)}
+
+    def hot(ids: list[str]) -> np.ndarray:
+        a = np.zeros((len(ids), len(vocab)), dtype=bool)
+        for i, s in enumerate(ids):
+            for lab in per.get(s, ()):
+                a[i, col[lab]] = True
+        return a
+
+    q_lab = sum(s in per for s in query_ids)
+    d_lab = sum(s in per for s in database_ids)
+    return {
+        "query_labels": hot(query_ids),
+        "database_labels": hot(database_ids),
+        "stamp_update": {
+            "rule": "relevant = shares at least one label with the query",
+            "labels": str(path),
+            "labels_induced": induced,
+            "min_confidence": params.min_confidence,
+            "vocabulary": len(vocab),
+            "unlabelled": {"query": len(query_ids) - q_lab, "database": len(database_ids) - d_lab},
+        },
+    }
+
+
+def _induced(labelled: Path) -> bool:
+    """Whether the label stage induced its vocabulary from the captions (vocabulary.json)."""
+    try:
+        v = json.loads((labelled / "vocabulary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(v, dict) and v.get("induced"))
 
 
 def find_models(codes: Path, wanted: list[str]) -> list[tuple[str, Path, dict[str, Any]]]:

@@ -82,8 +82,11 @@ def fit(
     from cmrops.encoders import resolve_device
 
     method = info(config.method)
-    if method.supervised and train.labels is None:
-        raise ValueError(f"method {method.name} is supervised: the training samples need labels")
+    if method.supervised and config.similarity == "labels" and train.labels is None:
+        raise ValueError(
+            f"method {method.name} is supervised: the training samples need labels (or "
+            "similarity: pairs)"
+        )
     if method.kind == "closed_form":
         from cmrops.models import closed_form
 
@@ -176,7 +179,7 @@ def _fit(
         resumed_from = state["step"]
         log.info("%s: resuming from step %d (epoch %d)", directory, state["step"], state["epoch"])
     labelled = train.labels is not None and val is not None and val.labels is not None
-    relevance = "labels" if labelled else "pairs"
+    relevance = "labels" if labelled and config.similarity == "labels" else "pairs"
     if state["done"]:
         model.eval()
         return _result(model, state, relevance, resumed_from, clock)
@@ -314,6 +317,9 @@ def _batch_loss(
     """The method's objective on one batch (rows ``idx`` of the training set)."""
     qw, bw = config.quantization_weight, config.balance_weight
     if config.method == "dcmh":
+        if config.similarity == "pairs":  # S = I: image i is similar to its own text only
+            eye = torch.eye(len(idx), device=f.device)
+            return dcmh_loss(f, g, eye, qw, bw, balanced=True)
         assert labels is not None
         return dcmh_loss(f, g, label_similarity(labels[idx], labels[idx]), qw, bw)
     if config.method == "djsrh":

@@ -51,12 +51,19 @@ def dcmh_loss(
     s: torch.Tensor,
     quantization_weight: float,
     balance_weight: float,
+    balanced: bool = False,
 ) -> tuple[torch.Tensor, Parts]:
-    """Pairwise label-likelihood loss; ``s`` is the ``(b, b)`` similarity of images to texts."""
+    """Pairwise label-likelihood loss; ``s`` is the ``(b, b)`` similarity of images to texts.
+    ``balanced`` weights the similar pairs up to as much as the dissimilar ones in total (for
+    pair similarity, ``S = I``: one similar text per image among ``b``)."""
     f, g = f.float(), g.float()
     theta = 0.5 * (f @ g.T)
     # softplus(θ) - S θ == -(S θ - log(1 + e^θ)); the BCE-with-logits kernel is the stable form.
-    nll = F.binary_cross_entropy_with_logits(theta, s, reduction="mean")
+    pos = None
+    if balanced:
+        n_pos = s.sum().clamp(min=1.0)
+        pos = ((s.numel() - n_pos) / n_pos).reshape(1)
+    nll = F.binary_cross_entropy_with_logits(theta, s, reduction="mean", pos_weight=pos)
     b = sign(f.detach() + g.detach())
     quant = quantization(f, b) + quantization(g, b)
     bal = balance(f) + balance(g)

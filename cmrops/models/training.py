@@ -20,7 +20,7 @@ import torch
 
 from cmrops.codes import pack_bits
 from cmrops.methods import METHODS as METHODS
-from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
+from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions, info
 from cmrops.models import checkpoint as ckpt
 from cmrops.models.finetune import EncoderHasher
 from cmrops.models.hasher import CrossModalHasher, HasherConfig
@@ -50,6 +50,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps; 0 = only at the end
     seed: int = 0
     encoder_lr: float = 1e-5  # learning rate of the fine-tuned encoder blocks (finetune only)
+    # What a supervised method (dcmh) counts as similar: "labels" - image i and text j share a
+    # label; "pairs" - only the pair itself (S = I), for labels induced from the captions, which
+    # say little that the pairing does not, and for data without labels.
+    similarity: Literal["labels", "pairs"] = "labels"
     # One method's own knobs each (cmrops.methods); only the trained method's go to config.json.
     djsrh: DjsrhOptions = field(default_factory=DjsrhOptions)
     cca: CcaOptions = field(default_factory=CcaOptions)
@@ -75,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.similarity not in ("labels", "pairs"):
+            raise ValueError(f"similarity must be 'labels' or 'pairs', got {self.similarity!r}")
 
 
 @dataclass
@@ -125,6 +131,8 @@ def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: s
     for name in OPTIONS:  # other methods' knobs: changing them must not invalidate this model
         if name != train_config.method:
             del train[name]
+    if train["similarity"] == "labels" or not info(train_config.method).supervised:
+        del train["similarity"]  # the default, or meaningless: configs stay as they were
     return {"model": model_config.to_json(), "train": train, "data": data_id}
 
 

@@ -33,6 +33,7 @@ def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
         "encoder_size": params.encoder_size,
         "batch_size": params.batch_size,
         "device": device,
+        "runtime": params.runtime,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -50,15 +51,14 @@ def engine_device(eng: Any, params: PreprocessParams) -> str:
 
 def embedders(eng: Any, params: PreprocessParams, device: str, n_shards: int) -> Any:
     """The encoder workers: this process on the local engine, Ray actors otherwise (one GPU
-    each on cuda). A CPU actor uses this process's torch thread count, so its floats are those
-    the local engine computes."""
+    each on cuda). A CPU actor uses this process's thread budget."""
     if eng.kind == "local":
         return eng.actors(functools.partial(Embedder, params, device), size=1, gpu=False)
     threads = None
     if device == "cpu":
-        import torch
+        from cmrops.threads import current
 
-        threads = torch.get_num_threads()
+        threads = current()
     size = eng.params.embed_actors or (eng.gpus() if device == "cuda" else 1)
     factory = functools.partial(Embedder, params, device, threads)
     return eng.actors(factory, size=min(size, n_shards), gpu=device == "cuda")
@@ -72,7 +72,7 @@ def _device(params: PreprocessParams) -> str:
 
 class Embedder:
     """The encoders, loaded on first use, wherever the engine runs it (this process or a Ray
-    actor); ``threads`` pins torch's CPU threads (float sums depend on it)."""
+    actor); ``threads``: the thread budget to apply first (:mod:`cmrops.threads`)."""
 
     def __init__(self, params: PreprocessParams, device: str, threads: int | None = None) -> None:
         self.params = params
@@ -83,17 +83,18 @@ class Embedder:
     def _load(self, what: str) -> Any:
         if what not in self._models:
             if self.threads is not None:
-                import torch
+                from cmrops.threads import apply
 
-                torch.set_num_threads(self.threads)
+                apply(self.threads)
+            runtime = self.params.runtime
             if what == "image":
                 from cmrops.encoders import load_image_encoder
 
-                model = load_image_encoder(self.params.image_encoder, self.device)
+                model = load_image_encoder(self.params.image_encoder, self.device, runtime)
             elif what == "text":
                 from cmrops.encoders import load_text_encoder
 
-                model = load_text_encoder(self.params.text_encoder, self.device)
+                model = load_text_encoder(self.params.text_encoder, self.device, runtime)
             elif what == "audio":
                 from cmrops.audio_models import load_audio_encoder
 
@@ -165,8 +166,10 @@ class Embedder:
             "media": media,
             "image_encoder": media_encoder.name,
             "image_dim": media_encoder.dim,
+            "image_runtime": getattr(media_encoder, "runtime", "torch"),
             "text_encoder": text_encoder.name,
             "text_dim": text_encoder.dim,
+            "text_runtime": text_encoder.runtime,
         }
         if transcripts is not None:
             facts["asr_model"] = self._load("asr").name

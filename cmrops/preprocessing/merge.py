@@ -140,6 +140,7 @@ def _write_features(
         "encoder": first.get("image_encoder", params.image_encoder),
         "dim": int(dims["image"]),
         "input_size": params.encoder_size,
+        "runtime": _runtime(records, "image"),
     }
     if media == "video":
         image["pooling"] = (
@@ -151,6 +152,7 @@ def _write_features(
             "encoder": first.get("image_encoder", params.audio.encoder),
             "dim": int(dims["image"]),
             "sample_rate": params.audio.sample_rate,
+            "runtime": _runtime(records, "image"),
         }
     meta = {
         "embeddings": True,
@@ -161,6 +163,7 @@ def _write_features(
         "text": {
             "encoder": first.get("text_encoder", params.text_encoder),
             "dim": int(dims["text"]),
+            "runtime": _runtime(records, "text"),
             "pooling": "mean of the sample's caption embeddings, L2-renormalised",
         },
         "dtype": "float32",
@@ -174,6 +177,13 @@ def _write_features(
         }
     io.write_json(feat / "meta.json", meta)
     return meta
+
+
+def _runtime(records: list[dict[str, Any]], kind: str) -> str:
+    """What embedded the ``kind`` side: ``onnxruntime``, ``torch``, or ``mixed`` when shards
+    differ (a model that exported on one machine but not another)."""
+    found = sorted({str(r.get(f"{kind}_runtime", "torch")) for r in records})
+    return found[0] if len(found) == 1 else ("mixed" if found else "none")
 
 
 def _metrics(

@@ -63,6 +63,7 @@ class Reason(StrEnum):
     TRUNCATED_SHARD = "truncated_shard"  # the tar ended mid-sample / without an end marker
     DUPLICATE_INPUT = "duplicate_input"  # the same (image, captions) already collected
     WRONG_MEDIA = "wrong_media"  # a manifest row naming a file of another kind than collect.media
+    WITHDRAWN = "withdrawn"  # listed in the project's tombstone file (cmrops withdraw)
 
 
 @dataclass(frozen=True, slots=True)

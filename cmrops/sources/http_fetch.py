@@ -21,7 +21,12 @@ What one :meth:`Fetcher.fetch` does:
   worker), a byte cap checked against ``Content-Length`` and while streaming (aborted past it,
   also after gzip/deflate decoding).
 - **Content**: ``Content-Type`` must be an image type (or absent / octet-stream) and the first
-  bytes must carry a known image signature; ``X-Robots-Tag`` opt-out directives are honoured.
+  bytes must carry a known image signature; ``X-Robots-Tag`` opt-out directives and the TDMRep
+  ``tdm-reservation: 1`` header are honoured.
+- **Site opt-outs** (:mod:`cmrops.sources.optout`): each host's robots.txt and TDMRep
+  ``/.well-known/tdmrep.json`` are read once per host (cached) before its first image, on every
+  hop of a redirect too; a refusal is ``robots_disallowed`` / ``tdm_reserved`` with the rule,
+  an unreadable file (5xx, no answer) ``opt_out_unknown`` (retried by a later run).
 - **Retries**: failures whose reason is retryable (:func:`is_retryable`: timeouts, connection
   and DNS errors, 408/425/429/5xx) are retried with exponential back-off and jitter.
 
@@ -63,6 +68,15 @@ from cmrops.sources.http_checks import parse_retry_after as parse_retry_after
 from cmrops.sources.http_checks import parse_target as parse_target
 from cmrops.sources.http_checks import sniff_image as sniff_image
 from cmrops.sources.http_checks import system_resolve as system_resolve
+from cmrops.sources.optout import (
+    MAX_DOCUMENT_BYTES,
+    OPT_OUT_UNKNOWN,
+    ROBOTS_DISALLOWED,
+    TDM_RESERVED,
+    Document,
+    OptOutChecker,
+    tdm_reserved_header,
+)
 
 # -- status codes ------------------------------------------------------------------------------
 
@@ -79,20 +93,23 @@ OPT_OUT = "opt_out"  # X-Robots-Tag carries a disallowed directive (noai, noimag
 NOT_AN_IMAGE = "not_an_image"  # Content-Type or leading bytes are not an image; empty body
 TOO_LARGE = "too_large"  # Content-Length or streamed bytes over the cap
 UNSUPPORTED_ENCODING = "unsupported_encoding"  # Content-Encoding other than gzip/deflate
+# ROBOTS_DISALLOWED, TDM_RESERVED, OPT_OUT_UNKNOWN (cmrops.sources.optout): the site's opt-outs
 # plus "http_<status>" for any other final status than 200/203
 
 #: Reasons whose outcome depends on the download policy (cap, opt-out, address rules, ...):
 #: a rerun under a different policy tries them again.
 POLICY_REASONS = frozenset(
-    {BLOCKED_ADDRESS, OPT_OUT, NOT_AN_IMAGE, TOO_LARGE, TOO_MANY_REDIRECTS, UNSUPPORTED_ENCODING}
-)
+    {BLOCKED_ADDRESS, OPT_OUT, NOT_AN_IMAGE, TOO_LARGE, TOO_MANY_REDIRECTS, UNSUPPORTED_ENCODING,
+     ROBOTS_DISALLOWED, TDM_RESERVED}
+)  # fmt: skip
 
 
 def is_retryable(status: str) -> bool:
     """Whether a failure may go away by itself: timeouts, connection/DNS errors, 408, 425,
-    429 and 5xx except 501/505. ``http_404``, ``too_large``, ``blocked_address``, ``opt_out``
-    and the other content/policy failures are final."""
-    if status in (TIMEOUT, CONNECTION_ERROR, DNS_ERROR):
+    429 and 5xx except 501/505; ``opt_out_unknown`` (a site's robots.txt or tdmrep.json did
+    not answer: asked again by a later run). ``http_404``, ``too_large``, ``blocked_address``,
+    ``opt_out``, ``robots_disallowed`` and the other content/policy failures are final."""
+    if status in (TIMEOUT, CONNECTION_ERROR, DNS_ERROR, OPT_OUT_UNKNOWN):
         return True
     if status.startswith("http_") and status[5:].isdigit():
         code = int(status[5:])
@@ -352,6 +369,8 @@ class FetchConfig:
     policy: AddressPolicy = field(default_factory=AddressPolicy)
     ca_bundle: str | None = None
     max_idle_per_host: int = 16
+    robots_txt: bool = True  # honour each host's robots.txt (RFC 9309)
+    tdmrep: bool = True  # honour TDMRep: /.well-known/tdmrep.json and tdm-reservation headers
 
     @property
     def ua_token(self) -> str:
@@ -377,6 +396,9 @@ class Fetcher:
             "Accept-Encoding": "identity",
         }
         self._rng = random.Random()
+        self.optout = OptOutChecker(
+            self.fetch_document, config.ua_token, config.robots_txt, config.tdmrep
+        )
 
     def close(self) -> None:
         """Stop waits in progress, close idle connections and the watchdog."""
@@ -394,13 +416,23 @@ class Fetcher:
 
     def fetch(self, url: str) -> FetchResult:
         """Download ``url``: retries retryable failures with back-off; never raises for I/O."""
+        return self._with_retries(url, document=False)
+
+    def fetch_document(self, url: str) -> Document:
+        """A small text document of a site (robots.txt, tdmrep.json): no image checks, body
+        cut at ``MAX_DOCUMENT_BYTES``, the same address checks, rate limit and retries."""
+        r = self._with_retries(url, document=True)
+        return Document(r.status, r.http_status, r.data or b"", r.detail)
+
+    def _with_retries(self, url: str, document: bool) -> FetchResult:
         cfg = self.cfg
         attempts = 0
         while True:
             attempts += 1
-            result = self._attempt(url)
+            result = self._attempt(url, document)
             result.attempts = attempts
-            if result.ok or not result.retryable or attempts > cfg.retries or self.stop.is_set():
+            if (result.ok or not result.retryable or attempts > cfg.retries
+                    or self.stop.is_set() or result.status == OPT_OUT_UNKNOWN):  # fmt: skip
                 return result
             delay = min(cfg.backoff_max, cfg.backoff * 2 ** (attempts - 1))
             delay *= self._rng.uniform(0.5, 1.0)  # jitter: workers do not retry in lockstep
@@ -417,7 +449,7 @@ class Fetcher:
 
     # -- one attempt: hops of redirects ------------------------------------------------------
 
-    def _attempt(self, url: str) -> FetchResult:
+    def _attempt(self, url: str, document: bool = False) -> FetchResult:
         try:
             target = parse_target(url)
         except InvalidURLError as e:
@@ -427,6 +459,11 @@ class Fetcher:
         for hop in range(self.cfg.max_redirects + 1):
             try:
                 addrs = self._checked_addresses(target)
+                if not document and self.optout.enabled:
+                    origin = target.url[: len(target.url) - len(target.path)]
+                    refused = self.optout.check(origin, target.path)
+                    if refused is not None:
+                        return FetchResult(url, refused[0], refused[1], final_url=final)
                 self.rate.acquire(target.host)
                 if deadline is None:
                     deadline = time.monotonic() + self.cfg.deadline
@@ -450,6 +487,8 @@ class Fetcher:
                     )  # fmt: skip
                 final = target.url
                 continue
+            if document:
+                return self._finish_document(url, resp, conn, key, watch, final)
             return self._finish(url, target, resp, conn, key, watch, deadline, final)
         return FetchResult(
             url, TOO_MANY_REDIRECTS, f"more than {self.cfg.max_redirects} redirects",
@@ -584,6 +623,10 @@ class Fetcher:
         )
         if robots is not None:
             return fail(OPT_OUT, f"X-Robots-Tag: {robots[:200]}")
+        if self.cfg.tdmrep and tdm_reserved_header(resp.headers.get_all("tdm-reservation") or []):
+            policy = resp.getheader("tdm-policy")
+            return fail(TDM_RESERVED, "tdm-reservation: 1 (text-and-data-mining rights reserved)"
+                        + (f", tdm-policy {policy[:200]}" if policy else ""))  # fmt: skip
         media = (ctype or "").split(";", 1)[0].strip().lower()
         if media and (
             media == "image/svg+xml" or not (media.startswith("image/") or media in _OCTET)
@@ -624,6 +667,37 @@ class Fetcher:
         if sniff_image(data[:SNIFF_BYTES]) is None:
             return fail(NOT_AN_IMAGE, f"no image signature; body starts {data[:12]!r}")
         self._release(resp, conn, key, watch)
+        return FetchResult(url, OK, "", data=data, **common)
+
+    def _finish_document(
+        self,
+        url: str,
+        resp: http.client.HTTPResponse,
+        conn: http.client.HTTPConnection,
+        key: _Key,
+        watch: _Watch,
+        final: str | None,
+    ) -> FetchResult:
+        """A site document's answer: its status and at most ``MAX_DOCUMENT_BYTES`` of body."""
+        status = resp.status
+        common: dict[str, Any] = {"http_status": status, "final_url": final,
+                                  "content_type": resp.getheader("Content-Type")}  # fmt: skip
+        if status not in (200, 203):
+            self._discard(resp, conn, key, watch, time.monotonic() + self.cfg.timeout)
+            return FetchResult(url, f"http_{status}", f"HTTP {status} {resp.reason}".strip(),
+                               **common)  # fmt: skip
+        try:
+            data = resp.read(MAX_DOCUMENT_BYTES)
+        except Exception as e:
+            fired = watch.cancel()
+            conn.close()
+            f = _classify(e, fired, self.cfg)
+            return FetchResult(url, f.status, f.detail, **common)
+        if resp.isclosed():
+            self._release(resp, conn, key, watch)
+        else:  # cut at the cap: the rest is not read, the connection not reused
+            watch.cancel()
+            conn.close()
         return FetchResult(url, OK, "", data=data, **common)
 
     def _late(self) -> str:

@@ -9,8 +9,12 @@ redirects). ``source_key`` is ``"<data row number>:<url>"``.
 
 Downloading (see :mod:`cmrops.sources.http_fetch`): ``concurrency`` worker threads, per-host
 rate limit, timeouts, retries with back-off and jitter, ``Retry-After``, a byte cap, content
-type and magic-byte checks, ``X-Robots-Tag`` opt-out, a User-Agent, and SSRF protection (every
-hop's resolved addresses must be public unless ``allow_private_networks``/``allowed_networks``).
+type and magic-byte checks, ``X-Robots-Tag`` opt-out, each host's robots.txt and TDMRep
+(:mod:`cmrops.sources.optout`; off only with ``respect_robots_txt: false`` /
+``respect_tdmrep: false``), a User-Agent, and SSRF protection (every hop's resolved addresses
+must be public unless ``allow_private_networks``/``allowed_networks``). A URL the project
+withdrew (``withdrawn.jsonl``, :mod:`cmrops.tombstones`) is never requested: its row is
+``withdrawn``.
 
 Outputs under ``<out>/downloads/<source>/``::
 
@@ -21,7 +25,8 @@ Outputs under ``<out>/downloads/<source>/``::
     state.json                   the run number and whether it completed
 
 Every manifest row gets one status row: ``ok`` or a reason (``timeout``, ``http_404``,
-``too_large``, ``not_an_image``, ``blocked_address``, ``opt_out``, ``connection_error``,
+``too_large``, ``not_an_image``, ``blocked_address``, ``opt_out``, ``robots_disallowed``,
+``tdm_reserved``, ``opt_out_unknown``, ``withdrawn``, ``connection_error``,
 ``too_many_redirects``, ``invalid_url``, ``dns_error``, ``tls_error``, ... and the manifest's
 ``malformed_row``/``missing_caption``/``invalid_utf8``), and one record for the collect stage: a
 sample, or a quarantine row with the same reason. So inputs = kept + quarantined holds, and the
@@ -47,7 +52,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +125,8 @@ class DownloadParams:
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     respect_opt_out: bool = True  # honour X-Robots-Tag opt-out directives
+    respect_robots_txt: bool = True  # honour each host's robots.txt (RFC 9309)
+    respect_tdmrep: bool = True  # honour TDMRep (tdmrep.json, tdm-reservation header)
     opt_out_directives: tuple[str, ...] = ("noai", "noimageai")
     allow_private_networks: bool = False  # allow loopback/private/link-local (not metadata)
     allowed_networks: tuple[str, ...] = ()  # or allow just these CIDRs, e.g. ["10.1.2.0/24"]
@@ -252,6 +259,7 @@ class UrlsSource:
         max_image_bytes: int = 64 << 20,
         base_dir: Path | None = None,
         resolve: Resolver | None = None,
+        withdrawn: Callable[[str], str | None] | None = None,
     ) -> None:
         if out_dir is None:
             raise ValueError(f"source {name!r} (kind urls) needs the stage's output folder")
@@ -264,6 +272,7 @@ class UrlsSource:
         self.dir = out_dir / "downloads" / name
         self.cap = min(self.params.max_bytes or max_image_bytes, max_image_bytes)
         self.resolve = resolve
+        self.withdrawn = withdrawn  # url -> why it was withdrawn, or None
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: URL manifest of source {name!r} not found (fix its 'path' in params)"
@@ -303,6 +312,8 @@ class UrlsSource:
             policy=AddressPolicy(p.allow_private_networks, parse_networks(p.allowed_networks)),
             ca_bundle=ca,
             max_idle_per_host=p.concurrency,
+            robots_txt=p.respect_robots_txt,
+            tdmrep=p.respect_tdmrep,
         )
         self.policy = _policy_digest(self.fetch_config)
         self.summary: dict[str, Any] | None = None
@@ -416,6 +427,11 @@ class UrlsSource:
         for rec in chunk:
             if isinstance(rec, Reject):
                 shard.slots.append(_Slot(rec, self._reject_entry(rec)))
+                continue
+            why = self.withdrawn(rec.url) if self.withdrawn is not None else None
+            if why is not None:  # never requested again
+                gone = Reject(self.name, rec.key, Reason.WITHDRAWN, why, {"url": rec.url})
+                shard.slots.append(_Slot(gone, self._reject_entry(gone)))
                 continue
             old = prior.get(rec.row)
             if old is None or old["url"] != rec.url:
@@ -585,6 +601,8 @@ class UrlsSource:
             "failed_by_reason": failed,
             "retryable_failed": sum(v for k, v in failed.items() if is_retryable(k)),
             "shards": n_shards,
+            # site opt-out files read this run (once per host: robots.txt, tdmrep.json)
+            "opt_out_files_read": dict(self._fetcher.optout.fetched),
         }
         write_json(self.dir / "summary.json", self.summary)
         write_json(self.dir / "state.json", {"complete": True, "run": self._max_run})
@@ -706,6 +724,8 @@ def _policy_digest(cfg: FetchConfig) -> str:
         "allow_private": cfg.policy.allow_private,
         "allowed": sorted(str(n) for n in cfg.policy.allowed_networks),
         "max_redirects": cfg.max_redirects,
+        "robots_txt": cfg.robots_txt,
+        "tdmrep": cfg.tdmrep,
         "version": 1,
     }
     text = json.dumps(facts, sort_keys=True)

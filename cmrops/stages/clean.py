@@ -12,6 +12,10 @@
   and what was measured (the duplicate kept instead and the distances, the similarity, ...);
 * ``<out>/groups.parquet`` - :data:`~cmrops.schema.CLEAN_GROUPS`, every sample of a duplicate
   group, kept or dropped;
+* ``<out>/overrides.parquet`` - :data:`~cmrops.schema.CLEAN_OVERRIDES`, the quarantine verdicts
+  (confirm / overrule, who, when, why) of the project's review answer log (``review_log``,
+  default ``review/answers.jsonl``, :mod:`cmrops.cleaning.overrides`) and what became of each
+  sample; ``<out>/review_log.json`` - how much of that log this run merged;
 * ``metrics_path`` (``metrics/quality.json``) - counts by rule, kept / dropped, group sizes, the
   rules that did not run and why, and the precision / recall of every rule on the planted
   defects when a synthetic truth is there (:mod:`cmrops.cleaning.scoring`);
@@ -35,6 +39,9 @@ resolution: ``exact_duplicate``, ``near_duplicate_image`` / ``near_duplicate_ima
 the representative of a group (largest ``width * height``, then smallest ``sample_id``) is chosen
 among the members no earlier rule dropped (:mod:`cmrops.cleaning.rules.duplicates`).
 
+**Overrules.** A sample whose quarantine by a rule a person overruled (the dashboard's Review
+page) is exempt from that rule: kept, unless a later rule claims it.
+
 Inputs = kept + quarantined (asserted). A run that would keep nothing is an error that names the
 rules that dropped the samples. The same inputs give byte-identical outputs.
 """
@@ -51,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from cmrops import io
-from cmrops.cleaning import inputs, outputs, scoring
+from cmrops.cleaning import inputs, outputs, overrides, scoring
 from cmrops.cleaning.rules import FILTERS, RULE_ORDER, CleanData, ExtraRule, Outcome
 from cmrops.cleaning.rules.caption_language import LanguageRule
 from cmrops.cleaning.rules.caption_length import CaptionLengthRule
@@ -143,6 +150,7 @@ def cli_main(args: Any) -> int:
             raw_dir=args.raw,
             metrics_path=args.metrics,
             align_dir=args.align,
+            review_log=args.review_log,
         )
     by = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
     print(f"clean: {m['inputs']} in, {m['kept']} kept, {m['quarantined']} quarantined ({by})")
@@ -165,12 +173,15 @@ def run(
     raw_dir: str | os.PathLike[str] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     align_dir: str | os.PathLike[str] | None = None,
+    review_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Clean ``interim_dir`` into ``out_dir`` (see module docstring); returns the metrics.
 
     ``labelled_dir`` may be None only when the label rules (``irrelevant``,
     ``label_disagreement``) are disabled. ``metrics_path`` defaults to ``<out>/quality.json``.
-    ``align_dir`` is the align stage's output (:func:`cmrops.stages.align.load_output`)."""
+    ``align_dir`` is the align stage's output (:func:`cmrops.stages.align.load_output`).
+    ``review_log``: the project's review answer log (:mod:`cmrops.answers`); its quarantine
+    verdicts are applied when it is there (:mod:`cmrops.cleaning.overrides`)."""
     interim, out = Path(interim_dir), Path(out_dir)
     table, file_rows = inputs.load_interim(interim)
     n = table.num_rows
@@ -185,15 +196,22 @@ def run(
         need=params.irrelevant.enabled or params.label_disagreement.enabled,
         irrelevant=params.irrelevant.enabled,
     )
+    verdicts = overrides.load(review_log, cols["sample_id"])
+    exempt = verdicts.exempt(n)
 
     def load_alignment() -> Any:
         from cmrops.stages.align import load_output
 
         return load_output(align_dir, meta, with_scores=True)
 
+    def load_null() -> Any:
+        from cmrops.stages.align import load_null
+
+        return load_null(align_dir)
+
     data = CleanData(
         cols, meta, image_emb, text_emb, labels, np.zeros(n, bool), load_alignment,
-        cache_dir=out / CACHE_DIR,
+        cache_dir=out / CACHE_DIR, load_null=load_null,
     )  # fmt: skip
     rules: dict[str, Outcome] = {}
     reason_of: dict[int, str] = {}
@@ -202,14 +220,14 @@ def run(
     for rule in walk:
         rules[rule.name] = rule.apply(data)
     for rule in walk:  # every rule measures every sample; the first to flag one claims it
-        _claim(rules[rule.name], data.dropped, reason_of)
+        _claim(rules[rule.name], data.dropped, reason_of, exempt.get(rule.name))
     dup = Duplicates(
         params.exact_duplicate, params.near_duplicate_image, params.near_duplicate_caption
     ).apply(data)
     rules.update(dup.rules)
     order = [rule.name for rule in walk] + list(DUPLICATE_REASONS)
     for name in DUPLICATE_REASONS:
-        _claim(rules[name], data.dropped, reason_of)
+        _claim(rules[name], data.dropped, reason_of, exempt.get(name))
     dropped = data.dropped
 
     kept_idx = np.flatnonzero(~dropped)
@@ -219,7 +237,9 @@ def run(
             f"cleaning would drop all {n} samples ({by}); loosen the thresholds or disable "
             "rules in the clean: section of params"
         )
-    quarantine = outputs.quarantine_table(cols, rules, reason_of, order)
+    quarantine = outputs.quarantine_table(
+        cols, rules, reason_of, order, verdicts.overruled_rules()
+    )
     if n != len(kept_idx) + quarantine.num_rows:  # the stage contract: nothing leaves silently
         raise AssertionError(
             f"inputs {n} != kept {len(kept_idx)} + quarantined {quarantine.num_rows}"
@@ -227,6 +247,7 @@ def run(
     groups = outputs.groups_table(cols, dup, dropped)
 
     metrics = outputs.metrics(n, len(kept_idx), reason_of, rules, dup, labels, order)
+    metrics["review"] = overrides.metrics(verdicts, reason_of)
     truth = inputs.load_truth(Path(raw_dir) if raw_dir else None)
     if truth:
         flags = {name: r.flagged for name, r in rules.items() if r.flagged is not None}
@@ -245,15 +266,25 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     io.write_parquet(out / "quarantine.parquet", quarantine)
     io.write_parquet(out / "groups.parquet", groups)
+    flagged = {name: r.flagged for name, r in rules.items()}
+    io.write_parquet(
+        out / "overrides.parquet", overrides.table(verdicts, cols["sample_id"], flagged, reason_of)
+    )
+    io.write_json(out / "review_log.json", overrides.merged(verdicts))
     outputs.write_kept(interim / "samples.parquet", out / "samples.parquet", file_rows[kept_idx])
     io.write_json(Path(metrics_path) if metrics_path else out / "quality.json", metrics)
     io.write_json(out / "throughput.json", {"near_image_search": dup.search})
     return metrics
 
 
-def _claim(rule: Outcome, dropped: np.ndarray, reason_of: dict[int, str]) -> None:
+def _claim(
+    rule: Outcome, dropped: np.ndarray, reason_of: dict[int, str], exempt: np.ndarray | None
+) -> None:
+    """Quarantine the rows ``rule`` flags that no earlier rule claimed, except those whose
+    quarantine by this rule a person overruled (``exempt``)."""
     if rule.status != "run" or not rule.drops or rule.flagged is None:
         return
-    for i in np.flatnonzero(rule.flagged & ~dropped):
+    flags = rule.flagged if exempt is None else rule.flagged & ~exempt
+    for i in np.flatnonzero(flags & ~dropped):
         reason_of[int(i)] = rule.name
-    dropped |= rule.flagged
+    dropped |= flags

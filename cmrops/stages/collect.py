@@ -10,8 +10,13 @@ Outputs (under ``out``)::
     metrics.json             inputs, kept, quarantined by reason, per source
 
 Every record a source yields is either kept or quarantined: inputs = kept + quarantined, checked
-before anything is written. The tables are written last, atomically, and objects not referenced by
-``samples.parquet`` are removed, so a rerun (after a kill, too) leaves byte-identical outputs.
+before anything is written. A record the project withdrew (``withdrawn`` in params, the tombstone
+file ``withdrawn.jsonl``: :mod:`cmrops.tombstones`) is quarantined as ``withdrawn`` - matched by
+``source:key`` or URL before its media is read, by sample id or media digest right after - so its
+media never stays in the store and a rescan cannot bring it back.
+
+The tables are written last, atomically, and objects not referenced by ``samples.parquet`` are
+removed, so a rerun (after a kill, too) leaves byte-identical outputs.
 
 Memory stays bounded as sources grow: records are streamed from the sources, sample rows are
 spilled to ``.collect-spill/`` in batches (bucketed by the first hex digit of ``sample_id``) and
@@ -59,6 +64,7 @@ from cmrops.sources.msrvtt import MsrVttSource
 from cmrops.sources.synthetic import DefectRates, SyntheticConfig, SyntheticSource
 from cmrops.sources.urls import DownloadParams, UrlsSource
 from cmrops.sources.webdataset import WebDatasetSource, expand_shards
+from cmrops.tombstones import Tombstone, Tombstones
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +207,8 @@ class CollectParams:
     max_image_bytes: int = 64 << 20  # larger media files are quarantined (image_too_large)
     # what the captions describe: one kind per data set (image-text, video-text or audio-text)
     media: MediaKind = "image"
+    # the tombstone file of withdrawn samples (relative to the params file; absent: none)
+    withdrawn: str | None = "withdrawn.jsonl"
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -229,6 +237,7 @@ def open_source(
     max_image_bytes: int,
     out_dir: Path | None = None,
     media: MediaKind = "image",
+    tombstones: Tombstones | None = None,
 ) -> Source:
     """Build the source a spec describes; fails fast when its input is unusable as a whole.
 
@@ -288,8 +297,17 @@ def open_source(
             out_dir=out_dir,
             max_image_bytes=max_image_bytes,
             base_dir=base_dir,
+            withdrawn=_url_check(tombstones) if tombstones else None,
         )
     return SyntheticSource(spec.name, spec.synthetic_config())
+
+
+def _url_check(tombstones: Tombstones) -> Any:
+    def why(url: str) -> str | None:
+        t = tombstones.withdraws_url(url)
+        return None if t is None else t.describe()
+
+    return why
 
 
 @dataclass
@@ -324,6 +342,7 @@ class _Collector:
     outcomes: dict[tuple[str, str], _Outcome] = field(default_factory=dict)
     track: set[str] = field(default_factory=set)  # sources whose outcomes truth needs
     order: dict[str, int] = field(default_factory=dict)
+    tombstones: Tombstones = field(default_factory=Tombstones)
 
     def add(self, record: RawItem | Reject) -> str | None:
         """Keep or quarantine one record; return the quarantine reason, or None when kept."""
@@ -343,10 +362,19 @@ class _Collector:
             return self._reject(
                 Reject(record.source, record.source_key, Reason.MISSING_CAPTION, "no caption")
             )
+        urls = (record.extra.get("url"), record.extra.get("final_url")) if record.extra else ()
+        gone = self.tombstones.match(source=record.source, source_key=record.source_key,
+                                     urls=urls) if self.tombstones else None  # fmt: skip
+        if gone is not None:  # before the media is stored
+            return self._reject(_withdrawn(record, gone))
         stored = self._store(record)
         if isinstance(stored, Reject):
             return self._reject(stored)
         sid = sample_id(stored.sha256, record.captions)
+        gone = self.tombstones.match(sample_id=sid, media_sha256=stored.sha256) \
+            if self.tombstones else None  # fmt: skip
+        if gone is not None:  # the object is pruned at the end: no kept sample refers to it
+            return self._reject(_withdrawn(record, gone))
         if sid in self.seen:
             src, key = self.seen[sid]
             return self._reject(
@@ -452,6 +480,13 @@ class _Collector:
             self.outcomes[(source, key)] = outcome
 
 
+def _withdrawn(record: RawItem, t: Tombstone) -> Reject:
+    return Reject(
+        record.source, record.source_key, Reason.WITHDRAWN, t.describe(),
+        {"request": t.request, "kind": t.kind, "withdrawn_at": t.withdrawn_at},
+    )  # fmt: skip
+
+
 def _not_utf8(item: RawItem) -> str | None:
     for what, texts in (("a caption", item.captions), ("a label", item.labels)):
         for t in texts:
@@ -475,8 +510,11 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
     whole, before anything is written.
     """
     base = base_dir if base_dir is not None else Path.cwd()
+    tomb_path = None if params.withdrawn is None else base / params.withdrawn
+    tombstones = Tombstones.load(tomb_path)  # a malformed file fails here, before any write
     sources = [
-        open_source(s, base, params.max_image_bytes, out_dir, params.media) for s in params.sources
+        open_source(s, base, params.max_image_bytes, out_dir, params.media, tombstones)
+        for s in params.sources
     ]
     kinds = {s.name: s.kind for s in params.sources}
     store = ObjectStore(out_dir / "objects")
@@ -495,6 +533,7 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
             params.media,
             track={s.name for s in sources if isinstance(s, SyntheticSource)},
             order={s.name: i for i, s in enumerate(sources)},
+            tombstones=tombstones,
         )
         per_source: dict[str, Counter[str]] = {}
         for source in sources:
@@ -504,6 +543,7 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
             row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)
         ]
         metrics = {"media": params.media, **_metrics(col, per_source, kinds)}
+        metrics["tombstones"] = len(tombstones)
         for source in sources:  # urls sources: download success rate and failure reasons
             if isinstance(source, UrlsSource):
                 metrics["sources"][source.name]["downloads"] = source.metrics()

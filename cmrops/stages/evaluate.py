@@ -38,11 +38,17 @@ float_precision}``).
 ``image_*`` names).
 
 **Relevance** (``relevance``): ``labels`` - a database item is relevant when it shares at least one
-label with the query (labels with ``confidence >= min_confidence``); ``pair`` - for unlabelled
-data, only the query's own pair is relevant, so the database of ``image_to_text`` is the texts of
-the query samples followed by those of the database samples (``text_to_image`` likewise), and the
-unimodal directions are skipped (the pair of a query would be itself); ``auto`` - ``labels`` when
-some query and some database sample have a label, else ``pair``.
+label with the query (labels with ``confidence >= min_confidence``); ``pair`` - for caption data,
+only the query's own pair is relevant, so the database of ``image_to_text`` is the texts of the
+query samples and of the database samples, **in sample_id order** (content hashes: database
+order never puts the pair first), ``text_to_image`` likewise, and the unimodal directions are
+skipped (the pair of a query would be itself); ``auto`` - ``pair`` when the label stage induced
+its labels from the captions (``vocabulary.json`` ``"induced": true``: keyword labels restate the
+captions, and a caption should find its own photo), else ``labels`` when some query and some
+database sample have a label, else ``pair``. Whenever the primary relevance is ``pair`` and the
+samples have labels, the same models are also evaluated under label relevance, beside it:
+``label_relevance`` (``relevance``, ``float_baseline``, ``models`` as at the top level, without
+plots or code health).
 
 **Metrics** per model and direction (:mod:`cmrops.metrics` has the formulas and conventions):
 tie-aware mAP over the whole ranking (a query with no relevant item counts as AP 0; the number of
@@ -58,6 +64,12 @@ near-duplicate in the database (from the manifests) and ``map_without_near_dupli
 no such query both mAPs are equal). With pair relevance, ``pair_ranks`` gives the caption
 retrieval figures: R@K for ``pair_recall_at`` (R@1/5/10), the median and mean rank of the pair
 (hash: tie-aware and database order; float: cosine).
+
+**Significance** (``significance``, :mod:`cmrops.significance`): every two models of one code
+length (``pairs: all``: every two) are compared per direction with a paired randomisation test
+over the queries on the tie-aware per-query AP and R@K (``recall_at``), seeded, with a
+bootstrap confidence interval of the difference and Holm-adjusted p-values per family, so the
+table says which differences are real.
 
 **Protocol card** (``protocol``): the split's protocol and seed, the set sizes, the relevance
 rule, the model selection rule (validation split only, never the query set; where each model's
@@ -83,6 +95,7 @@ import numpy as np
 
 from cmrops import io
 from cmrops import metrics as M
+from cmrops import significance as sig
 from cmrops.code_health import code_health
 from cmrops.evaluation.card import DEFINITIONS, TIES, protocol_card
 from cmrops.evaluation.inputs import (
@@ -140,7 +153,9 @@ class EvaluateParams:
     aligned_baseline: str | None = "aligned-float"  # <codes>/<this>: the aligned float baseline
     pair_recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])  # R@K, pair relevance
     models: list[str] = field(default_factory=list)  # <method>-<bits> folders; empty = all
-    n_threads: int | None = None  # for the Rust kernel; None = every core
+    n_threads: int | None = None  # for the Rust kernel; None = the thread budget
+    # paired tests between models over the queries (cmrops.significance): "significance"
+    significance: sig.SignificanceParams = field(default_factory=sig.SignificanceParams)
 
     def __post_init__(self) -> None:
         if not self.directions:
@@ -211,9 +226,12 @@ def run(
     plots_dir: str | os.PathLike[str],
     *,
     train_metrics: str | os.PathLike[str] | None = None,
+    per_query: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model under ``codes_dir`` (see module docstring); returns the metrics.
-    ``train_metrics`` (train's metrics JSON) defaults to ``<codes>/train.json`` when present."""
+    ``train_metrics`` (train's metrics JSON) defaults to ``<codes>/train.json`` when present.
+    ``per_query``, when given, receives each model's per-query values by direction
+    (:func:`cmrops.significance.ranking_values`: what paired comparisons of runs need)."""
     codes = Path(codes_dir)
     query_ids, database_ids = load_rows(codes)
     split = load_split(Path(split_dir) / "assignments.parquet", query_ids, database_ids)
@@ -237,19 +255,22 @@ def run(
 
     metrics: dict[str, Any] = {"stage": STAGE}
     baseline = find_baseline(codes, params, split, len(query_ids), len(database_ids), notes)
-    base_dirs: dict[str, Any] = {}
-    if baseline is not None:
-        folder, meta = baseline
-        metrics["float_baseline"] = _evaluate_baseline(ctx, folder, meta)
-        base_dirs = metrics["float_baseline"]["directions"]
-
-    out_models: dict[str, Any] = {}
-    for name, folder, meta in models:
+    for _, folder, meta in models:
         check_meta(folder, meta, split)
-        t0 = time.perf_counter()
-        out_models[name] = _evaluate_model(ctx, name, folder, meta, base_dirs)
-        log.info("evaluated %s in %.1fs", name, time.perf_counter() - t0)
-
+    base_section, out_models = _evaluate_all(ctx, baseline, models)
+    if base_section is not None:
+        metrics["float_baseline"] = base_section
+    second = relevance.get("secondary")
+    if second is not None:  # label relevance beside pair relevance: the same models, no plots
+        ctx2 = _Context(
+            params, query_ids, database_ids, second, near_dup, plots, set(), {}, media, True
+        )
+        base2, models2 = _evaluate_all(ctx2, baseline, models)
+        metrics["label_relevance"] = {
+            "relevance": second["stamp"],
+            **({"float_baseline": base2} if base2 is not None else {}),
+            "models": models2,
+        }
     metrics.update(
         split=split["stamp"],
         protocol=protocol_card(
@@ -263,6 +284,10 @@ def run(
         directions=[ctx.name(d) for d in params.directions],
         models=out_models,
     )  # fmt: skip
+    if params.significance.enabled and len(out_models) > 1:
+        bits = {name: int(m["n_bits"]) for name, m in out_models.items()}
+        metrics["significance"] = sig.retrieval_comparisons(ctx.per_query, bits,
+                                                            params.significance)  # fmt: skip
     if ctx.skipped:
         metrics["skipped"] = ctx.skipped
     if notes:
@@ -272,7 +297,27 @@ def run(
             if stale not in ctx.written:
                 stale.unlink()
     io.write_json(metrics_path, metrics)
+    if per_query is not None:
+        per_query.update(ctx.per_query)
     return metrics
+
+
+def _evaluate_all(
+    ctx: _Context,
+    baseline: tuple[Path, dict[str, Any]] | None,
+    models: list[tuple[str, Path, dict[str, Any]]],
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The aligned float baseline's section (None without one) and every model's, under the
+    relevance of ``ctx``."""
+    base = _evaluate_baseline(ctx, *baseline) if baseline is not None else None
+    base_dirs = base["directions"] if base is not None else {}
+    out: dict[str, Any] = {}
+    for name, folder, meta in models:
+        t0 = time.perf_counter()
+        out[name] = _evaluate_model(ctx, name, folder, meta, base_dirs)
+        log.info("evaluated %s (%s) in %.1fs", name, ctx.relevance["mode"],
+                 time.perf_counter() - t0)  # fmt: skip
+    return base, out
 
 
 @dataclass
@@ -288,6 +333,18 @@ class _Context:
     written: set[Path]
     skipped: dict[str, str]
     media: str = "image"  # the "image" side of the codes: image, video or audio
+    secondary: bool = False  # the label relevance beside pair relevance: no plots, no health
+    # model -> direction -> per-query values (cmrops.significance.ranking_values)
+    per_query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gallery: np.ndarray = field(init=False)  # pair relevance: ranked rows in sample_id order
+    gallery_ids: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        ids = np.asarray([*self.query_ids, *self.database_ids])
+        # pair relevance ranks every sample's other modality in sample_id order (content hashes):
+        # a stable sort then breaks ties in an order unrelated to which item is the pair
+        self.gallery = np.argsort(ids, kind="stable")
+        self.gallery_ids = ids[self.gallery]
 
     def name(self, direction: str) -> str:
         """A direction (or modality) as reported: ``image_to_text`` is ``video_to_text`` in a
@@ -313,15 +370,15 @@ class _Context:
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Query and (ranked) database relevance labels of a cross-modal direction."""
         if self.pair:
-            return M.pair_labels(self.query_ids, [*self.query_ids, *self.database_ids])
+            return M.pair_labels(self.query_ids, list(self.gallery_ids))
         return self.relevance["query_labels"], self.relevance["database_labels"]
 
     def ranked(self, x: dict[tuple[str, str], np.ndarray], qm: str, dm: str):
         """Query rows of modality ``qm`` and the database rows of ``dm`` they rank (with pair
-        relevance: the query samples' ``dm`` rows first, then the database's)."""
+        relevance: the query and the database samples' ``dm`` rows, in sample_id order)."""
         db = x[dm, "database"]
         if self.pair:
-            db = np.concatenate([x[dm, "query"], db])
+            db = np.concatenate([x[dm, "query"], db])[self.gallery]
         return x[qm, "query"], db
 
     def cutoffs(self, n_db: int) -> dict[str, dict[int, int]]:
@@ -382,6 +439,8 @@ def _evaluate_model(
         },
         "directions": {},
     }
+    if ctx.secondary:  # beside the primary relevance: the code health is the same
+        entry = {"method": entry["method"], "bits": entry["bits"], "directions": {}}
     ql, dl = ctx.labels()
     for direction in wanted:
         qm, dm = DIRECTIONS[direction]
@@ -389,6 +448,7 @@ def _evaluate_model(
         fq, fdb = ctx.ranked(floats, qm, dm) if floats else (None, None)
         key = ctx.name(direction)
         out = _evaluate_direction(ctx, f"{name}_{key}", n_bits, q, db, fq, fdb, ql, dl)
+        ctx.per_query.setdefault(name, {})[key] = ctx.per_query.pop(f"{name}_{key}")
         if key in base:
             out["vs_float_baseline"] = _ratios(out["hash"], base[key])
         entry["directions"][key] = out
@@ -535,6 +595,7 @@ def _evaluate_direction(
     assert not total[:, n_bits + 1 :].any(), "bits past n_bits were checked to be zero"
     total, relevant = total[:, : n_bits + 1], relevant[:, : n_bits + 1]
     tie = M.hamming_metrics(total, relevant, map_at=map_k.values(), top_k=ranks)
+    ctx.per_query[plot_name] = sig.ranking_values(tie, params.significance.recall_at, n_db)
     ts = tie.summary()
     hash_out = _map_entries(ctx, tie, ts)
     order = None
@@ -604,6 +665,8 @@ def _evaluate_direction(
         if fs is not None:
             row["float_precision"] = _r(fs["precision_at"][k])
         pk_rows.append(row)
+    if ctx.secondary:  # the plots are of the primary relevance
+        return out
     for sub, rows in (("pr", pr_rows), ("pk", pk_rows)):
         path = ctx.plots / sub / f"{plot_name}.json"
         io.write_json(path, rows)

@@ -13,6 +13,8 @@ label / review answer files named in params, and writes under ``out_dir``:
 * ``vocabulary.json`` - the labels and the caption terms of each;
 * ``review_queue.csv``, ``review_tasks.json``, ``review_config.xml`` - the review queue
   (:mod:`cmrops.labels.review`);
+* ``review_log.json`` - how much of the project's review answer log (``review/answers.jsonl``,
+  :mod:`cmrops.answers`) this run merged, so the dashboard tells merged answers from pending;
 * ``metrics.json`` - counts per label / source / method, agreement between methods, unknown
   labels, samples without a label, review queue size.
 
@@ -33,7 +35,10 @@ the identity for an aligned dual encoder, :mod:`cmrops.stages.align`, :mod:`cmro
 without an alignment reported as not run, with the reason). Human:
 ``manual`` files and the ``review.answers`` file (:mod:`cmrops.labels.manual` - CSV, JSONL or a
 Label Studio export; a key is a sample_id or a source_key; an unknown key is an error naming the
-file and the keys).
+file and the keys), and the project's review answer log (``--review-log``, default
+``review/answers.jsonl``, written by the dashboard: the latest answer per sample, merged whenever
+the file is there, no params edit; it supersedes the ``review.answers`` file for the samples it
+answers; answers about samples no longer in the input are skipped and counted).
 
 **Resolution** (:mod:`cmrops.labels.resolve`), per sample: reviewed > manual > auto; automatic
 labels count when their confidence reaches their method's threshold, combined by ``combine``
@@ -61,11 +66,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cmrops import io
+from cmrops import answers, io
 from cmrops.labels import review, zeroshot
 from cmrops.labels.induce import InduceParams, induce_vocabulary
 from cmrops.labels.keywords import KeywordMatcher
-from cmrops.labels.manual import FileFormat, KeyIndex, read_statements
+from cmrops.labels.manual import FileFormat, KeyIndex, Statement, read_statements
 from cmrops.labels.presets import PRESETS
 from cmrops.labels.resolve import Candidate, Combine, Decision, agreement, resolve
 from cmrops.labels.vocab import Vocabulary, clean_label
@@ -195,6 +200,7 @@ def cli_main(args: Any) -> int:
         args.out,
         base_dir=Path(args.params).resolve().parent,
         align_dir=args.align,
+        review_log=args.review_log,
     )
     zs = m["methods"].get("zeroshot", {})
     print(
@@ -217,13 +223,16 @@ def run(
     base_dir: str | os.PathLike[str] | None = None,
     prompt_embedder: zeroshot.PromptEmbedder | None = None,
     align_dir: str | os.PathLike[str] | None = None,
+    review_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Label the samples of ``interim_dir`` into ``out_dir`` (see module docstring).
 
     Relative label file paths are resolved against ``base_dir`` (default: the working
     directory). ``prompt_embedder`` embeds zero-shot prompts; by default the text encoder named in
     ``features/meta.json`` is loaded through :mod:`cmrops.encoders`. ``align_dir`` is the align
-    stage's output (:func:`cmrops.stages.align.load_output`). Returns the metrics.
+    stage's output (:func:`cmrops.stages.align.load_output`). ``review_log`` is the project's
+    review answer log (:mod:`cmrops.answers`), merged when the file is there. Returns the
+    metrics.
     """
     interim, out = Path(interim_dir), Path(out_dir)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -243,21 +252,26 @@ def run(
                 ev, samples, interim, params.zeroshot, prompt_embedder, align_dir
             )
 
+    log_path = Path(review_log) if review_log is not None else None
+    has_log = log_path is not None and log_path.is_file()
     index = (  # only human label files name samples by key: no index of a million keys without
         KeyIndex(
             zip(ids, samples["source"], samples["source_key"], strict=True),
             _quarantined(interim),
         )
-        if params.manual or params.review.answers is not None
+        if params.manual or params.review.answers is not None or has_log
         else KeyIndex(())
     )
     files: dict[str, Any] = {}
     for spec in params.manual:
         files[_as_file(spec).path] = _human(ev, index, _as_file(spec), base, "manual")
-    answers: dict[str, Any] | None = None
+    shown_log = None if review_log is None else os.fspath(review_log)
+    from_log, snapshot, answered = _review_log(ev, index, log_path, shown_log)
+    file_answers: dict[str, Any] | None = None
     if params.review.answers is not None:
         spec = _as_file(params.review.answers)
-        answers = {"file": spec.path, **_human(ev, index, spec, base, "reviewed")}
+        file_answers = {"file": spec.path,
+                        **_human(ev, index, spec, base, "reviewed", answered)}  # fmt: skip
 
     decisions = {
         sid: resolve(
@@ -279,8 +293,14 @@ def run(
         out / "review_tasks.json", review.label_studio_tasks(rows, params.review.image_root)
     )
     review.write_text(out / "review_config.xml", review.label_studio_config(vocab.labels))
-    metrics = _metrics(params, vocab, ev, decisions, methods, files, answers, queue)
+    metrics = _metrics(params, vocab, ev, decisions, methods, files, file_answers, queue)
+    metrics["review"]["log"] = from_log
     io.write_json(out / "metrics.json", metrics)
+    counts = {k: v for k, v in (from_log or {}).items() if isinstance(v, int)}
+    io.write_json(
+        out / answers.MERGED_FILE, answers.merged_record(snapshot, shown_log if has_log else None,
+                                                         **counts)
+    )  # fmt: skip
     return metrics
 
 
@@ -352,7 +372,9 @@ def _vocabulary(
         labels += sorted({clean_label(x) for row in provided for x in row})
     induced = None
     if not any(clean_label(x) for x in labels) and params.induce.enabled:
-        labels, induced = induce_vocabulary(captions, params.induce)
+        labels, induced = induce_vocabulary(
+            captions, params.induce, agreement=params.keyword.threshold
+        )
         log.info("label: no labels given; induced %d from the captions", len(labels))
     synonyms: dict[str, list[str]] = defaultdict(list)
     for name in params.synonym_presets:
@@ -547,15 +569,43 @@ def _zeroshot(
 
 
 def _human(
-    ev: _Evidence, index: KeyIndex, spec: ManualFile, base: Path, source: str
+    ev: _Evidence,
+    index: KeyIndex,
+    spec: ManualFile,
+    base: Path,
+    source: str,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Add the statements of one human label file as ``source`` candidates."""
+    """Add the statements of one human label file as ``source`` candidates (but none about the
+    samples in ``skip``: answered again in the project's review log, which is later)."""
     path = Path(spec.path).expanduser()
     path = path if path.is_absolute() else base / path
     statements = read_statements(path, spec.format, spec.key_column, spec.label_column, spec.path)
     resolved, skipped = index.resolve_all(statements, spec.path)
+    superseded = sum(1 for sid, _ in resolved if sid in skip)
+    resolved = [(sid, st) for sid, st in resolved if sid not in skip]
+    info = _add_human(ev, resolved, source, f"{source} {spec.path}")
+    info = {"statements": len(statements), **info, "quarantined_keys": skipped,
+            "sha256": io.sha256_file(path)}  # fmt: skip
+    if superseded:
+        info["superseded_by_review_log"] = superseded
+    if skipped:
+        log.warning(
+            "label: %s: %d key(s) of samples quarantined upstream, skipped", spec.path, skipped
+        )
+    return info
+
+
+def _add_human(
+    ev: _Evidence,
+    resolved: Sequence[tuple[str, Statement]],
+    source: str,
+    origin: str,
+    extra_of: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Add resolved human statements as ``source`` candidates (``extra_of``: more detail per
+    sample, e.g. who answered and when)."""
     method = "review" if source == "reviewed" else "manual"
-    origin = f"{source} {spec.path}"
     n_labels = 0
     touched: set[str] = set()
     for sid, st in resolved:
@@ -563,6 +613,7 @@ def _human(
             ev.human_empty[source].add(sid)
             touched.add(sid)
             continue
+        more = (extra_of or {}).get(sid, {})
         for raw in st.labels:
             label = ev.vocab.canonical(raw)
             if label is None:
@@ -570,16 +621,42 @@ def _human(
                 continue
             extra = {"raw": raw} if raw != label else {}
             if ev.add_human(Candidate(sid, label, source, method, 1.0, True,
-                                      _detail(at=st.where, **extra))):  # fmt: skip
+                                      _detail(at=st.where, **more, **extra))):  # fmt: skip
                 n_labels += 1
             touched.add(sid)
-    info = {"statements": len(statements), "samples": len(touched), "labels": n_labels,
-            "quarantined_keys": skipped, "sha256": io.sha256_file(path)}  # fmt: skip
-    if skipped:
-        log.warning(
-            "label: %s: %d key(s) of samples quarantined upstream, skipped", spec.path, skipped
-        )
-    return info
+    return {"samples": len(touched), "labels": n_labels}
+
+
+def _review_log(
+    ev: _Evidence, index: KeyIndex, path: Path | None, shown: str | None
+) -> tuple[dict[str, Any] | None, answers.LogSnapshot | None, frozenset[str]]:
+    """Merge the latest ``labels`` answer per sample of the project's review log
+    (:mod:`cmrops.answers`) as ``reviewed`` candidates. Returns the metrics, what was read, and
+    the samples answered (they override the ``review.answers`` file)."""
+    if path is None or not path.is_file():
+        return None, None, frozenset()
+    snap = answers.read(path)
+    latest = answers.latest(snap.records, "labels")
+    resolved: list[tuple[str, Statement]] = []
+    extra: dict[str, dict[str, Any]] = {}
+    gone = unknown = 0
+    for key, rec in latest.items():
+        sid, status = index.resolve(key)
+        if sid is None:  # a sample quarantined upstream since, or no longer collected
+            gone += status == "quarantined"
+            unknown += status != "quarantined"
+            continue
+        resolved.append((sid, Statement(sid, None, rec.labels, f"{shown}:{rec.line}")))
+        extra[sid] = {"who": rec.data["who"], "answered_at": rec.data["at"],
+                      "action": rec.data["action"]}  # fmt: skip
+    if unknown or gone:
+        log.warning("label: %s: answers about %d sample(s) not in the input (%d quarantined "
+                    "upstream) skipped", shown, unknown + gone, gone)  # fmt: skip
+    info = _add_human(ev, resolved, "reviewed", f"reviewed {shown}", extra)
+    info = {"answers": sum(r.kind == "labels" for r in snap.records), **info,
+            "samples_answered": len(latest), "quarantined_samples": gone,
+            "unknown_samples": unknown, "torn_bytes": snap.torn_bytes}  # fmt: skip
+    return info, snap, frozenset(sid for sid, _ in resolved)
 
 
 # --------------------------------------------------------------------------- review queue
@@ -698,7 +775,7 @@ def _metrics(
     decisions: dict[str, Decision],
     methods: dict[str, dict[str, Any]],
     files: dict[str, Any],
-    answers: dict[str, Any] | None,
+    file_answers: dict[str, Any] | None,
     queue: Sequence[review.QueueItem],
 ) -> dict[str, Any]:
     per_label: Counter[str] = Counter()
@@ -741,7 +818,7 @@ def _metrics(
             "queue": len(queue),
             "size": params.review.size,
             "by_reason": dict(sorted(Counter(q.reason for q in queue).items())),
-            "answers": answers,
+            "answers": file_answers,
         },
     }
 

@@ -50,6 +50,7 @@ merge (:mod:`~cmrops.preprocessing.merge`); this module plans, runs and merges.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -75,6 +76,7 @@ from cmrops.preprocessing.embed import embed_key, embed_shard, embedders, engine
 from cmrops.preprocessing.merge import merge
 from cmrops.preprocessing.shards import (
     INPUT_FILES,
+    PLAN_FILE,
     Shard,
     decoded_files,
     inputs_ready,
@@ -108,6 +110,8 @@ class PreprocessParams:
     text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # or a dir / HF id
     batch_size: int = 64  # embedding batch size
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: ONNX Runtime on the CPU (exported once, verified against torch), torch on a GPU
+    runtime: Literal["auto", "torch"] = "auto"
     embeddings: bool = True  # compute features/{image,text}.npy
     task_rows: int = 4096  # raw rows per Airflow mapped task (whole shards; scheduling only)
     video: VideoParams = field(default_factory=VideoParams)  # keyframes, caps (collect.media)
@@ -173,6 +177,7 @@ def run(
     remove_stale(shard_dir, len(shards))
 
     timing = _execute(shards, params, raw, shard_dir)
+    timing["shard_tasks"] = _shard_tasks(shard_dir, len(shards))
     for name in INPUT_FILES:  # all embedded (or not wanted) now
         for leftover in shard_dir.glob(f"shard-*.{name}"):
             leftover.unlink()
@@ -180,8 +185,35 @@ def run(
     del table
     metrics = merge(shards, stage_quarantine, params, out, n_in)
     timing["seconds_total"] = round(time.perf_counter() - t_start, 3)
+    # the stage's duration includes the work its mapped tasks did before this merge
+    timing["seconds_with_shard_tasks"] = round(
+        timing["seconds_total"] + timing["shard_tasks"]["wall_seconds"], 3
+    )
     io.write_json(out / "throughput.json", timing)
     return metrics
+
+
+def _shard_tasks(shard_dir: Path, n_shards: int) -> dict[str, Any]:
+    """What the fan-out tasks (:func:`run_shards`) of this plan recorded since the last merge
+    (their records are consumed): how many, the seconds they ran in all, and the wall-clock span
+    from the first start to the last end."""
+    records = []
+    for path in sorted(shard_dir.glob("shard-*.task.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            rec = None
+        path.unlink(missing_ok=True)
+        if rec is not None and int(path.name[6:11]) < n_shards:
+            records.append(rec)
+    if not records:
+        return {"tasks": 0, "seconds": 0.0, "wall_seconds": 0.0}
+    span = max(r["finished_at"] for r in records) - min(r["started_at"] for r in records)
+    return {
+        "tasks": len(records),
+        "seconds": round(sum(r["seconds"] for r in records), 3),
+        "wall_seconds": round(span, 3),
+    }
 
 
 # Fan-out hooks for schedulers (Airflow dynamic task mapping): plan_shards -> run_shards on
@@ -200,15 +232,32 @@ def plan_shards(
     shards = plan(table, params, shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(shard_dir, len(shards))
+    return _groups([s.num_rows for s in shards], params.task_rows)
+
+
+def _groups(sizes: Sequence[int], task_rows: int) -> list[list[int]]:
+    """Shard indices in groups of about ``task_rows`` rows (whole shards)."""
     groups: list[list[int]] = []
     rows = 0
-    for s in shards:
-        if not groups or rows >= params.task_rows:
+    for index, size in enumerate(sizes):
+        if not groups or rows >= task_rows:
             groups.append([])
             rows = 0
-        groups[-1].append(s.index)
-        rows += s.num_rows
+        groups[-1].append(index)
+        rows += size
     return groups
+
+
+def planned_tasks(params: PreprocessParams, out_dir: str | os.PathLike[str]) -> int:
+    """How many groups :func:`plan_shards` made of the recorded plan (1 without one): the mapped
+    tasks that may run side by side and share the machine's threads."""
+    path = Path(out_dir) / "shards" / PLAN_FILE
+    try:
+        shard = io.read_parquet(path, columns=["shard"])["shard"].to_numpy()
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError):
+        return 1
+    sizes = np.bincount(shard) if len(shard) else np.zeros(0, np.int64)
+    return max(1, len(_groups(sizes.tolist(), params.task_rows)))
 
 
 def run_shards(
@@ -217,7 +266,10 @@ def run_shards(
     out_dir: str | os.PathLike[str],
     indices: Sequence[int],
 ) -> dict[str, Any]:
-    """Decode and embed the shards ``indices`` (those not recorded already); returns timings."""
+    """Decode and embed the shards ``indices`` (those not recorded already); returns timings,
+    also kept as ``shards/shard-NNNNN.task.json`` (NNNNN: the group's first shard) so that
+    :func:`run`'s merge reports the stage's whole duration."""
+    t0, started = time.perf_counter(), time.time()
     raw = Path(raw_dir)
     table, _ = _load_raw(raw)
     shard_dir = Path(out_dir) / "shards"
@@ -226,7 +278,14 @@ def run_shards(
     if bad:
         raise ValueError(f"shard index(es) {bad} out of range: the plan has {len(shards)} shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
-    return _execute([shards[i] for i in sorted(set(indices))], params, raw, shard_dir)
+    todo = sorted(set(indices))
+    timing = _execute([shards[i] for i in todo], params, raw, shard_dir)
+    if todo:
+        seconds = time.perf_counter() - t0
+        task = {"indices": todo, "seconds": round(seconds, 3), "started_at": started,
+                "finished_at": started + seconds}  # fmt: skip
+        io.write_json(shard_dir / f"shard-{todo[0]:05d}.task.json", task)
+    return timing
 
 
 # --------------------------------------------------------------------------- input and plan

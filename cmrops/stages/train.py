@@ -27,6 +27,8 @@ solved in float64, all through :func:`cmrops.models.loop.fit`), writing
   samples in its shared space; evaluate reports every model's mAP as a share of it;
 * ``<codes>/rows.parquet`` - ``role`` (query / database), ``row``, ``sample_id``: the sample of
   each code row, the same for every model (samples in ``sample_id`` order within a role);
+* ``<codes>/training_samples.parquet`` - ``role`` (train / val), ``sample_id``: the samples every
+  model was fitted (train) and selected (val) on - what a withdrawal's impact list reads;
 * ``metrics_path`` (``metrics/train.json``) - per model: steps, epochs, best validation mAP and
   its step, the early-stop step, final losses; ``methods``: what each trained method is.
 
@@ -62,7 +64,7 @@ import pyarrow as pa
 
 from cmrops import io
 from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
-from cmrops.schema import CODE_ROWS
+from cmrops.schema import CODE_ROWS, TRAINING_SAMPLES
 
 if TYPE_CHECKING:
     from cmrops.stages.align import AlignStageParams
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "train"
 ALIGNED = "aligned-float"  # cmrops.align.baseline.NAME (kept torch-free here)
+#: Beside rows.parquet: the samples the models were fitted and selected on (TRAINING_SAMPLES).
+TRAINING_FILE = "training_samples.parquet"
 
 
 # --------------------------------------------------------------------------- params
@@ -112,6 +116,10 @@ class TrainParams:
     # The aligned float baseline (cmrops.align.baseline): an alignment fitted on the training
     # pairs (align.kind and align.train from params), its float vectors in <codes>/aligned-float.
     float_baseline: bool = True
+    # What a supervised method (dcmh) learns similarity from: labels (sharing one), pairs (only
+    # the pair itself), auto: pairs when the labels were induced from the captions (they restate
+    # the captions; the pairing is the signal caption data has), else labels.
+    supervision: Literal["auto", "labels", "pairs"] = "auto"
 
     def __post_init__(self) -> None:
         from cmrops.methods import METHODS, describe, info
@@ -148,11 +156,18 @@ class TrainParams:
         for b in bits:
             self.model_config(1, 1, b)
 
-    def train_config(self, method: str) -> Any:
+    def similarity(self, labels_induced: bool) -> Literal["labels", "pairs"]:
+        """A supervised method's similarity under ``supervision`` (see the field's comment)."""
+        if self.supervision == "auto":
+            return "pairs" if labels_induced else "labels"
+        return self.supervision
+
+    def train_config(self, method: str, similarity: str = "labels") -> Any:
         from cmrops.models.loop import TrainConfig
 
         return TrainConfig(
             method=method,  # type: ignore[arg-type]
+            similarity=similarity,  # type: ignore[arg-type]
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -249,6 +264,33 @@ def run(
     raw_dir: str | os.PathLike[str] | None = None,
     align: AlignStageParams | None = None,
 ) -> dict[str, Any]:
+    """Run the stage (see :func:`_run`) with CPU training on a fixed number of threads
+    (:func:`cmrops.threads.training`): the same bytes whatever the machine."""
+    from cmrops import threads
+
+    with threads.training():
+        return _run(
+            params, split_dir, clean_dir, interim_dir, labelled_dir, models_dir, codes_dir,
+            metrics_path=metrics_path, restart=restart, progress=progress, raw_dir=raw_dir,
+            align=align,
+        )  # fmt: skip
+
+
+def _run(
+    params: TrainParams,
+    split_dir: str | os.PathLike[str],
+    clean_dir: str | os.PathLike[str],
+    interim_dir: str | os.PathLike[str],
+    labelled_dir: str | os.PathLike[str] | None,
+    models_dir: str | os.PathLike[str],
+    codes_dir: str | os.PathLike[str],
+    *,
+    metrics_path: str | os.PathLike[str] | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    raw_dir: str | os.PathLike[str] | None = None,
+    align: AlignStageParams | None = None,
+) -> dict[str, Any]:
     """Train every model of ``params`` and write their codes (see module docstring); returns
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
     ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
@@ -268,11 +310,20 @@ def run(
     )
     roles = assign_roles(data, params)
     supervised = [m for m in params.methods if info(m).supervised]
-    if supervised and data.labels is None:
+    similarity = params.similarity(data.labels_induced)
+    if supervised and data.labels_induced:
+        log.warning(
+            "train: the labels were induced from the captions; supervised method(s) %s learn "
+            "from %s (train.supervision: %s)",
+            ", ".join(supervised), "the pairing" if similarity == "pairs" else "those labels",
+            params.supervision,
+        )  # fmt: skip
+    if supervised and data.labels is None and similarity == "labels":
         unsupervised = [m for m in params.methods if not info(m).supervised]
         raise ValueError(
             f"method {', '.join(supervised)} is supervised but there are no labels (pass "
-            f"--labelled with the label stage's output, or train only methods: {unsupervised})"
+            f"--labelled with the label stage's output, set train.supervision: pairs, or train "
+            f"only methods: {unsupervised})"
         )
     device = resolve_device(params.device)
 
@@ -305,6 +356,15 @@ def run(
         schema=CODE_ROWS,
     )
     io.write_parquet(codes / "rows.parquet", rows_table)
+    fitted = [("train", i) for i in roles.train] + [("val", i) for i in roles.val]
+    fitted.sort(key=lambda r: (r[0], data.ids[r[1]]))
+    io.write_parquet(
+        codes / TRAINING_FILE,
+        pa.table(
+            {"role": [r for r, _ in fitted], "sample_id": [data.ids[i] for _, i in fitted]},
+            schema=TRAINING_SAMPLES,
+        ),
+    )
 
     summary: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
@@ -315,9 +375,10 @@ def run(
             model_dir = models / name
             if restart:
                 ckpt.remove(model_dir)
+            sim = similarity if info(method).supervised else "labels"
             result = fit(
                 params.model_config(*feature_dims, bits, encoder_sha),
-                params.train_config(method),
+                params.train_config(method, sim),
                 train,
                 val,
                 model_dir,
@@ -358,6 +419,7 @@ def run(
                 "val_samples": len(roles.val),
                 "val_from": roles.val_from,  # model selection: never on the query set
                 "val_relevance": result.relevance,
+                **({"similarity": sim} if info(method).supervised else {}),
                 **stats,
             }
             io.write_json(out / "meta.json", meta)
@@ -379,6 +441,8 @@ def run(
         "roles": {k: len(getattr(roles, k)) for k in ("train", "val", "query", "database")},
         "val_from": roles.val_from,
         "labels": 0 if data.labels is None else int(data.labels.shape[1]),
+        "labels_induced": data.labels_induced,
+        "supervision": {"setting": params.supervision, "similarity": similarity},
         "media": data.media,
         "features": data.features,
         "finetune": None
@@ -416,9 +480,12 @@ def _float_baseline(
 
     align = align or AlignStageParams()
     dims = data.image.shape[1], data.text.shape[1]
-    kind, why = resolve_kind(align.kind, data.aligned, *dims)
+    meta = {m: {"encoder": data.features[m]["encoder"]} for m in ("image", "text")}
+    kind, why = resolve_kind(align.kind, data.aligned, *dims, meta, len(roles.train))
     if kind == "learned":
         why = f"learned on the training pairs: {why}"
+    elif kind == "fused":
+        why = f"concept bridge fused with heads learned on the training pairs: {why}"
 
     def pair(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return data.image[rows], data.text[rows]
@@ -432,6 +499,8 @@ def _float_baseline(
         kind=kind,
         why=why,
         params=align.train,
+        concept=align.concept,
+        encoders=(str(meta["image"]["encoder"]), str(meta["text"]["encoder"])),
         meta={
             "stage": STAGE,
             "media": data.media,
@@ -480,6 +549,7 @@ class Inputs:
     features: dict[str, Any]  # encoders and dims from features/meta.json
     aligned: tuple[bool, str] = (False, "")  # one aligned dual encoder embedded both, and why
     media: str = "image"  # what the "image" side is: image, video or audio (features/meta.json)
+    labels_induced: bool = False  # vocabulary.json says the labels were induced from captions
 
 
 def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) -> Inputs:
@@ -560,10 +630,21 @@ def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) 
         image=arrays[0],
         text=arrays[1],
         labels=_load_labels(labelled, ids) if labelled is not None else None,
+        labels_induced=labelled is not None and _induced(labelled),
         features=features,
         aligned=encoders_aligned(meta),
         media=str(meta.get("media", "image")),
     )
+
+
+def _induced(labelled: Path) -> bool:
+    """Whether the label stage induced its vocabulary from the captions (vocabulary.json)."""
+    path = labelled / "vocabulary.json"
+    try:
+        v = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(v, dict) and v.get("induced"))
 
 
 def _load_labels(labelled: Path, ids: list[str]) -> np.ndarray | None:

@@ -209,6 +209,12 @@ class ProjectCollector(Collector):
                 ),
             )
         }
+        recall = GaugeMetricFamily(
+            "cmrops_retrieval_pair_recall",
+            "Pair relevance (caption data): share of queries whose own pair is in the top k "
+            "(R@k, 0..1), ranking=tie_aware or database_order (hash codes) or float.",
+            labels=[*MODEL_LABELS, "direction", "protocol", "ranking", "k", "run_id"],
+        )
         for model, spec in sorted((m.get("models") or {}).items()):
             labels = [model, str(spec.get("method", "")), str(spec.get("bits", ""))]
             protocol = str(spec.get("protocol", ""))
@@ -217,6 +223,14 @@ class ProjectCollector(Collector):
                     value = (d.get(part) or {}).get(key)
                     if isinstance(value, int | float):
                         mean_ap.add_metric([*labels, direction, protocol, ranking, run_id], value)
+                ranks = (d.get("hash") or {}).get("pair_ranks") or {}
+                pair_ranks = {**ranks, "float": (d.get("float") or {}).get("pair_ranks") or {}}
+                for ranking, pr in sorted(pair_ranks.items()):
+                    for k, value in sorted(((pr or {}).get("recall_at") or {}).items()):
+                        if isinstance(value, int | float):
+                            recall.add_metric(
+                                [*labels, direction, protocol, ranking, k, run_id], value
+                            )
             for modality, h in sorted((spec.get("code_health") or {}).items()):
                 values = {
                     "balance": (h.get("bit_balance") or {}).get("mean_abs_deviation"),
@@ -227,7 +241,7 @@ class ProjectCollector(Collector):
                 for key, value in values.items():
                     if isinstance(value, int | float):
                         health[key].add_metric([*labels, modality, run_id], value)
-        return [mean_ap, *health.values()]
+        return [mean_ap, recall, *health.values()]
 
 
 def registry_for(

@@ -1,45 +1,81 @@
 """The project's metrics files, and the headline figures each stage's file yields.
 
-Every stage writes one small JSON of metrics (DVC tracks it): ``<out>/metrics.json`` for
-collect, preprocess and label, the ``--metrics`` file for the others. Its path comes from the
-stage table (:data:`cmrops.stage_table.STAGES`), never spelled a second time here.
+Every stage writes its metrics *record* (a DVC out): ``<out>/metrics.json`` for collect,
+preprocess, align and label, the ``--metrics`` file for the others - everything the stage
+measured, prose and lists included (:func:`metrics_path`). Beside it the CLI writes the
+stage's numbers-only *digest* (:mod:`cmrops.digest`), the file ``dvc metrics`` and
+``dvc exp show`` see (:func:`digest_path`). Both paths come from the stage table
+(:data:`cmrops.stage_table.STAGES`), never spelled a second time: read a record through
+:func:`metrics_path` / :func:`record` and the readers of :mod:`cmrops.records` (re-exported
+here), not through a path of your own.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from cmrops.records import (
+    PASS_THROUGH_STAGES,
+    QUARANTINING_STAGES,
+    float_baseline_maps,
+    load_json,
+    planted_defects,
+    quarantine_reasons,
+    retrieval_maps,
+    retrieval_models,
+    split_leaking,
+    split_protocol,
+    split_sizes,
+    stage_samples,
+)
 
 __all__ = [
     "PASS_THROUGH_STAGES",
     "QUARANTINING_STAGES",
+    "digest_path",
+    "float_baseline_maps",
     "headline",
     "load_json",
     "metrics_path",
     "metrics_path_from_args",
+    "planted_defects",
     "quarantine_reasons",
+    "record",
     "retrieval_maps",
+    "retrieval_models",
+    "split_leaking",
+    "split_protocol",
+    "split_sizes",
     "stage_samples",
 ]
 
-#: Stages whose metrics file counts inputs, kept and quarantined samples (with reasons).
-QUARANTINING_STAGES = ("collect", "preprocess", "clean")
-#: Stages that pass every sample on: their input count is their output count.
-PASS_THROUGH_STAGES = ("label", "split")
-
 
 def metrics_path(stage: str) -> str | None:
-    """The stage's metrics file relative to the project root (``None``: the stage writes none)."""
+    """The stage's metrics record relative to the project root (``None``: the stage writes
+    none)."""
     from cmrops.stage_table import STAGES
 
     if stage not in STAGES:
         return None
     return metrics_path_from_args(STAGES[stage].args)
+
+
+def digest_path(stage: str) -> str | None:
+    """The stage's DVC metrics file (its numbers-only digest) relative to the project root."""
+    from cmrops.stage_table import STAGES
+
+    if stage not in STAGES:
+        return None
+    args = STAGES[stage].args
+    return args[args.index("--digest") + 1] if "--digest" in args[:-1] else None
+
+
+def record(project: str | os.PathLike[str], stage: str) -> dict[str, Any]:
+    """The metrics record of ``stage`` in ``project`` (``{}`` when it is missing or unreadable)."""
+    rel = metrics_path(stage)
+    return (load_json(Path(project) / rel) if rel else None) or {}
 
 
 def metrics_path_from_args(args: tuple[str, ...] | list[str]) -> str | None:
@@ -51,73 +87,6 @@ def metrics_path_from_args(args: tuple[str, ...] | list[str]) -> str | None:
         return explicit
     out = value("--out")
     return f"{out}/metrics.json" if out else None
-
-
-def load_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The JSON object in ``path``; ``None`` when it is missing, unreadable or not an object
-    (a scrape or a run record must not fail on a half-written or foreign file)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("telemetry: cannot read %s (%s); its metrics are left out", path, e)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def stage_samples(stage: str, m: dict[str, Any]) -> dict[str, int]:
-    """``in`` / ``kept`` / ``quarantined`` of a funnel stage from its metrics file (``{}`` for
-    train, evaluate, or a file without them)."""
-    if stage in QUARANTINING_STAGES:
-        n_in = m.get("inputs", m.get("in"))
-        parts = {"in": n_in, "kept": m.get("kept"), "quarantined": m.get("quarantined")}
-        return {k: int(v) for k, v in parts.items() if isinstance(v, int | float)}
-    if stage in PASS_THROUGH_STAGES and isinstance(m.get("samples"), int | float):
-        n = int(m["samples"])
-        return {"in": n, "kept": n, "quarantined": 0}
-    return {}
-
-
-def quarantine_reasons(stage: str, m: dict[str, Any]) -> dict[str, int]:
-    if stage not in QUARANTINING_STAGES:
-        return {}
-    by = m.get("quarantined_by_reason") or {}
-    return {str(k): int(v) for k, v in by.items() if isinstance(v, int | float)}
-
-
-def split_protocol(m: dict[str, Any]) -> str:
-    """The split protocol's name, from ``metrics/split.json``."""
-    p = m.get("protocol")
-    return str(p.get("name", "")) if isinstance(p, dict) else str(p or "")
-
-
-def split_sizes(m: dict[str, Any]) -> dict[str, int]:
-    return {str(k): int(v) for k, v in (m.get("sizes") or {}).items()
-            if isinstance(v, int | float)}  # fmt: skip
-
-
-def split_leaking(m: dict[str, Any]) -> int | None:
-    total = (m.get("leakage") or {}).get("total")
-    return int(total) if isinstance(total, int | float) else None
-
-
-def planted_defects(m: dict[str, Any]) -> dict[str, float]:
-    """Cleaning precision/recall on the synthetic set's planted defects (``metrics/quality.json``;
-    empty for other data)."""
-    overall = (m.get("synthetic") or {}).get("overall") or {}
-    return {k: float(v) for k, v in overall.items() if isinstance(v, int | float)}
-
-
-def retrieval_maps(m: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(model, direction) -> tie-aware mAP of the hash codes, from ``metrics/retrieval.json``."""
-    out: dict[tuple[str, str], float] = {}
-    for model, spec in (m.get("models") or {}).items():
-        for direction, d in (spec.get("directions") or {}).items():
-            value = (d.get("hash") or {}).get("map")
-            if isinstance(value, int | float):
-                out[(model, direction)] = float(value)
-    return out
 
 
 def headline(stage: str, m: dict[str, Any]) -> tuple[dict[str, int], dict[str, float]]:

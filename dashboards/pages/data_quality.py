@@ -23,6 +23,17 @@ def _preview(slot: Any, project: Path, sample_id: Any, path: Any, media: str, ca
     ui.preview(slot, p, caption, THUMB)
 
 
+def _captions(slot: Any, captions: Any) -> None:
+    """The sample's captions under its preview: what a mismatch or duplicate is judged on."""
+    texts = [str(c) for c in (captions if captions is not None else [])]
+    if not texts:
+        slot.caption("no caption")
+        return
+    shown = "\n".join(f"- {t}" for t in texts[:5])
+    more = f"\n\n…and {len(texts) - 5} more" if len(texts) > 5 else ""
+    slot.markdown(f"**Captions**\n{shown}{more}")
+
+
 def _pair_text(row: pd.Series) -> str:
     parts = []
     if isinstance(row["distance_kind"], str):
@@ -55,9 +66,11 @@ def _examples(project: Path) -> None:
             left, mid, right = st.columns([1, 1, 2])
             name = row["sample_id"] if isinstance(row["sample_id"], str) else row["source_key"]
             _preview(left, project, row["sample_id"], row["image"], media, f"{name} (quarantined)")
+            _captions(left, row["captions"])
             if isinstance(row["other_id"], str):
                 other = row["other_id"]
                 _preview(mid, project, other, row["other_image"], media, f"{other} (kept)")
+                _captions(mid, row["other_captions"])
             right.markdown(f"**{row['source']}:{row['source_key']}** — {row['detail']}")
             pair = _pair_text(row)
             if pair:
@@ -118,7 +131,7 @@ def _histograms(project: Path) -> None:
             key="dq_duration_hist",
         )
     if len(labels):
-        st.markdown("**Labels** (samples per label)")
+        st.markdown("**Labels** (samples per label; pick a row of the table to list them)")
         st.altair_chart(
             alt.Chart(labels)
             .mark_bar()
@@ -130,27 +143,36 @@ def _histograms(project: Path) -> None:
             width="stretch",
             key="dq_label_hist",
         )
+        ui.drill(project, labels, "dq_label_counts", lambda r: ("label", r["label"]))
 
 
 def _labels(project: Path) -> None:
     sources = data.label_sources(project)
     agree = data.label_agreement(project)
     c = st.columns(2)
-    c[0].markdown("**Label sources** (labels kept, by source and method)")
-    c[0].dataframe(sources, hide_index=True, key="dq_label_sources")
-    c[1].markdown("**Samples decided by**")
-    c[1].dataframe(agree["decided_by"], hide_index=True, key="dq_decided_by")
+    with c[0]:
+        st.markdown("**Label sources** (labels kept, by source and method)")
+        ui.drill(project, sources, "dq_label_sources",
+                 lambda r: ("label_source", (r["source"], r["method"])))  # fmt: skip
+    with c[1]:
+        st.markdown("**Samples decided by**")
+        ui.drill(project, agree["decided_by"], "dq_decided_by",
+                 lambda r: ("decided_by", r["decided_by"]))  # fmt: skip
     if len(agree["pairs"]):
         st.markdown("**Agreement between methods**")
         st.dataframe(agree["pairs"], hide_index=True, key="dq_agreement")
+        st.markdown("**Cohen's kappa per label** — one bar per pair of methods and label")
         st.altair_chart(
             alt.Chart(agree["per_label"])
             .mark_bar()
             .encode(
-                x=alt.X("label:N", sort="y", title=None),
-                y=alt.Y("kappa:Q", title="Cohen's kappa", scale=alt.Scale(domain=[-1, 1])),
-                color="pair:N",
-                tooltip=["pair", "label", "kappa"],
+                x=alt.X("label:N", title=None),
+                xOffset=alt.XOffset("pair:N"),
+                y=alt.Y(
+                    "kappa:Q", title="Cohen's kappa", stack=None, scale=alt.Scale(domain=[-1, 1])
+                ),
+                color=alt.Color("pair:N", legend=alt.Legend(orient="bottom")),
+                tooltip=["pair", "label", alt.Tooltip("kappa:Q", format=".3f")],
             ),
             width="stretch",
             key="dq_kappa",
@@ -171,8 +193,9 @@ def _review(project: Path) -> None:
     cols = [c for c in shown.columns if c not in ("image_path", "image")]
     st.dataframe(shown[cols], hide_index=True, key="dq_review")
     st.caption(
-        "Fill in `answer` in a copy of `data/labelled/review_queue.csv` (or import into Label "
-        "Studio: `review_tasks.json`), set `label.review.answers` in params.yaml, rerun label."
+        "Answer them on the **Review** page (saved to `review/answers.jsonl`, merged by the "
+        "next `dvc repro`), or in Label Studio (import `review_tasks.json`, set the export as "
+        "`label.review.answers` in params.yaml)."
     )
 
 
@@ -199,7 +222,9 @@ def render(project: Path) -> None:
             width="stretch",
             key="dq_reason_chart",
         )
-        c[1].dataframe(counts, hide_index=True, key="dq_counts")
+        with c[1]:
+            ui.drill(project, counts, "dq_counts",
+                     lambda r: ("quarantine", (r["stage"], r["reason"])))  # fmt: skip
     st.subheader("Examples and evidence")
     _examples(project)
     rules = data.clean_rules(project)

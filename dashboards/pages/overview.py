@@ -88,11 +88,14 @@ def render(project: Path) -> None:
             )
         )
         st.altair_chart(chart, width="stretch", key="ov_funnel_chart")
-        st.dataframe(funnel, hide_index=True, key="ov_funnel")
+        ui.drill(project, funnel, "ov_funnel",
+                 lambda r: ("stage", (r["stage"], "quarantined" if r["quarantined"] else "kept")),
+                 "samples (quarantined by the stage, else kept)")  # fmt: skip
     counts = data.quarantine_counts(project)
     if len(counts):
         st.subheader("Quarantined by stage and reason")
-        st.dataframe(pd.DataFrame(counts), hide_index=True, key="ov_quarantine")
+        ui.drill(project, pd.DataFrame(counts), "ov_quarantine",
+                 lambda r: ("quarantine", (r["stage"], r["reason"])))  # fmt: skip
         st.caption("Examples of each reason, with their evidence: the **Data quality** page.")
 
 

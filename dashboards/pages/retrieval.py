@@ -12,6 +12,7 @@ import streamlit as st
 from dashboards import data, ui
 
 ALL = "all"
+SHOWN = 5  # models drawn on the curves by default: the best of the selection
 
 
 def _filters(table: pd.DataFrame) -> tuple[str, str | int, str]:
@@ -44,7 +45,11 @@ def _curve(df: pd.DataFrame, x: str, y: str, title: str, key: str, log_x: bool =
         .encode(
             x=alt.X(f"{x}:Q", scale=scale),
             y=alt.Y(f"{y}:Q", scale=alt.Scale(domain=[0, 1])),
-            color="model:N",
+            color=alt.Color(
+                "model:N",
+                scale=alt.Scale(scheme="tableau20"),
+                legend=alt.Legend(orient="bottom", columns=3, labelLimit=200),
+            ),
             strokeDash="series:N" if "series" in df else alt.value([1, 0]),
             tooltip=list(df.columns),
         )
@@ -97,6 +102,7 @@ def render(project: Path) -> None:
                 help="cosine on the continuous outputs")  # fmt: skip
     c[2].metric("Gap (float − hash)", ui.num(best["gap"]))
     c[3].metric("Queries × database", f"{ui.num(best['queries'])} × {ui.num(best['database'])}")
+    ui.download(rows, f"retrieval-{direction}", "ret_table_dl")
     st.dataframe(
         rows,
         hide_index=True,
@@ -107,11 +113,20 @@ def render(project: Path) -> None:
             "float_map": "float mAP",
         },
     )
-    models = list(rows["model"])
 
     st.subheader("Curves")
+    ranked = list(rows.sort_values("map", ascending=False)["model"])
+    picked = st.multiselect(
+        f"Models on the curves ({len(ranked)} match the filters; the best {SHOWN} by mAP shown)",
+        ranked,
+        default=ranked[:SHOWN],
+        key=f"ret_models_{method}_{bits}_{direction}",  # a pick per filter choice
+    )
+    if not picked:
+        st.caption("Pick at least one model to draw its curves.")
     c = st.columns(2)
     pr = _select(data.curves(project, "pr"), method, bits, direction)
+    pr = pr[pr["model"].isin(picked)] if "model" in pr else pr
     with c[0]:
         if len(pr):
             _curve(pr, "recall", "precision",
@@ -119,6 +134,7 @@ def render(project: Path) -> None:
         else:
             st.caption("No PR curve in plots/pr.")
     pk = _select(data.curves(project, "pk"), method, bits, direction)
+    pk = pk[pk["model"].isin(picked)] if "model" in pk else pk
     with c[1]:
         if len(pk):
             show_float = st.checkbox("Float baseline", value=True, key="ret_show_float")
@@ -132,7 +148,7 @@ def render(project: Path) -> None:
             st.caption("No P@K curve in plots/pk.")
 
     st.subheader("History across runs")
-    _history(project, direction, models)
+    _history(project, direction, picked)
 
 
 ui.render(render)

@@ -29,6 +29,8 @@ def render(project: Path) -> None:
     cols = st.columns(max(len(sizes), 1))
     for col, (name, n) in zip(cols, zip(sizes["set"], sizes["samples"], strict=True), strict=False):
         col.metric(f"{name}", ui.num(n))
+    if len(sizes):
+        ui.drill(project, sizes, "splits_sizes", lambda r: ("split", r["set"]))
 
     st.subheader("Label balance")
     balance = data.split_balance(project)

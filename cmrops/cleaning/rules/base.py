@@ -71,7 +71,9 @@ class CleanData:
     where a sample has none; None without embeddings); ``labels``: what the label stage decided
     (:class:`cmrops.cleaning.inputs.Labels`); ``dropped``: the samples an earlier rule dropped
     (updated by the stage as it walks the rules). ``load_alignment`` returns the align stage's
-    output (:func:`cmrops.stages.align.load_output`), read on first use by :attr:`alignment`."""
+    output (:func:`cmrops.stages.align.load_output`), read on first use by :attr:`alignment`;
+    ``load_null`` its null scores (:func:`cmrops.stages.align.load_null`), by
+    :attr:`null_scores`."""
 
     columns: dict[str, Any]
     meta: dict[str, Any] | None
@@ -81,6 +83,7 @@ class CleanData:
     dropped: np.ndarray
     load_alignment: Callable[[], Any] | None = None
     cache_dir: Any = None  # the near-duplicate candidate cache folder (None: no cache)
+    load_null: Callable[[], np.ndarray | None] | None = None
 
     @property
     def n(self) -> int:
@@ -92,6 +95,11 @@ class CleanData:
         if self.load_alignment is None:
             raise RuntimeError("no alignment loader given to the clean rules")
         return self.load_alignment()
+
+    @cached_property
+    def null_scores(self) -> np.ndarray | None:
+        """The align stage's null scores (images with other samples' captions), or None."""
+        return None if self.load_null is None else self.load_null()
 
 
 class Rule(ABC, Generic[P, M]):

@@ -22,8 +22,10 @@ class Irrelevant(Rule[IrrelevantRule, np.ndarray]):
 
     Measures the number of effective labels (``labels.parquet`` of the label stage, restricted
     to ``vocabulary.json``) of each sample; flags the samples with none. Evidence: the source's
-    ``provided`` labels. Not run without the label stage's output (and an error when the rule is
-    enabled but no ``--labelled`` folder is given)."""
+    ``provided`` labels. Reported, not dropped, when the label stage induced the vocabulary from
+    the captions (its words are the commonest ones; a sample without them is rarer, not
+    off-topic). Not run without the label stage's output (and an error when the rule is enabled
+    but no ``--labelled`` folder is given)."""
 
     name = "irrelevant"
     params_type = IrrelevantRule
@@ -38,11 +40,19 @@ class Irrelevant(Rule[IrrelevantRule, np.ndarray]):
 
     def decide(self, data: CleanData, measured: np.ndarray) -> Outcome:
         flagged = measured == 0
-        r = Outcome(self.name, "run", True, self.threshold(data), flagged=flagged)
+        # An induced vocabulary is the captions' commonest words: a sample that uses none of them
+        # is rarer, not off-topic - flagged and reported, never dropped.
+        drops = not data.labels.induced
+        r = Outcome(self.name, "run", drops, self.threshold(data), flagged=flagged)
         provided = data.columns["provided"]
         for i in np.flatnonzero(flagged):
             i = int(i)
             r.evidence[i] = {"labels": [], "provided": sorted(provided[i])}
             r.detail[i] = "no label from the vocabulary after labelling"
         r.report = {"samples": len(measured)}
+        if data.labels.induced:
+            r.report["reported_only"] = (
+                "the vocabulary was induced from the captions: a sample none of its words labels "
+                "is not off-topic, so it is not dropped"
+            )
         return r

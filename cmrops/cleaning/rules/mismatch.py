@@ -32,7 +32,8 @@ class Similarities:
     sim: np.ndarray
     measured: np.ndarray  # rows with both embeddings
     fresh: np.ndarray  # measured here (the align stage did not score them)
-    cut: float
+    null: np.ndarray | None  # the align stage's null scores (auto only; None: none written)
+    align_cut: float | None  # the align stage's calibrated cut (older align outputs, no null)
     kind: str  # the alignment's kind
     why: str  # what the alignment is (its encoder)
 
@@ -41,14 +42,17 @@ class Mismatch(Rule[MismatchRule, Similarities]):
     """The image-caption cosine in the align stage's shared space below ``min_similarity``.
 
     Measures the cosine of each sample's image and caption embeddings in the space of
-    ``<align>/model`` (:mod:`cmrops.stages.align`: learned heads, or the identity for an aligned
-    dual encoder): the align stage's out-of-fold pair score where it scored the sample, else the
-    saved model's score. ``auto`` (default) is the threshold the align stage calibrated on
-    held-out true pairs against the same images with other samples' captions (the best
-    TPR - FPR with at most ``align.train.max_flag_rate`` of the true pairs flagged); a number is a
-    cosine in that space. Without an alignment (``align`` not run, or no embeddings) the rule is
-    *not run*, with the reason. Evidence: ``similarity``; the cosines also score the rule's AUROC
-    on the synthetic set's planted swaps."""
+    ``<align>/model`` (:mod:`cmrops.stages.align`: the concept bridge fused with learned heads,
+    learned heads, or the identity for an aligned dual encoder): the align stage's out-of-fold
+    pair score where it scored the sample, else the saved model's score. ``auto`` (default)
+    reads the cut from these pairs' scores against the align stage's null (the same images with
+    other samples' captions, ``null_scores.parquet``): a mixture fit and a gap test
+    (:mod:`cmrops.cleaning.mismatch`) flag the pairs likelier mismatched than correct, and none
+    when the scores show no null-like component - so clean data loses no pair to a fixed flag
+    rate; the fit is under ``report.calibration``. A number is a cosine in that space. Without
+    an alignment (``align`` not run, or no embeddings) the rule is *not run*, with the reason.
+    Evidence: ``similarity``; the cosines also score the rule's AUROC on the synthetic set's
+    planted swaps."""
 
     name = "mismatch"
     params_type = MismatchRule
@@ -64,12 +68,11 @@ class Mismatch(Rule[MismatchRule, Similarities]):
             return NotRun(
                 loaded.why if loaded.alignment is None else "preprocess wrote no embeddings"
             )
-        cut = loaded.threshold if p.min_similarity == "auto" else float(p.min_similarity)
-        if cut is None:
+        null = data.null_scores if p.min_similarity == "auto" else None
+        if p.min_similarity == "auto" and null is None and loaded.threshold is None:
             return NotRun(
-                f"min_similarity: auto needs the align stage's calibrated threshold "
-                f"({loaded.why}); run `cmrops align` and pass --align, or set "
-                "clean.mismatch.min_similarity"
+                f"min_similarity: auto needs the align stage's null scores ({loaded.why}); "
+                "run `cmrops align` and pass --align, or set clean.mismatch.min_similarity"
             )
         sample_ids = data.columns["sample_id"]
         sim = np.full(len(image_emb), np.nan)
@@ -80,15 +83,26 @@ class Mismatch(Rule[MismatchRule, Similarities]):
             sim[i] = known[sample_ids[i]]
         if fresh.any():  # samples the align stage did not see: the saved model scores them
             sim[fresh] = loaded.alignment.pair_scores(image_emb[fresh], text_emb[fresh])
-        return Similarities(sim, measured, fresh, cut, loaded.alignment.kind, loaded.why)
+        return Similarities(
+            sim, measured, fresh, null, loaded.threshold, loaded.alignment.kind, loaded.why
+        )
 
     def decide(self, data: CleanData, measured: Similarities) -> Outcome:
-        m, cut = measured, measured.cut
-        thr: dict[str, Any] = {"min_similarity": round(cut, 6)}
-        if self.params.min_similarity == "auto":
+        from cmrops.cleaning.mismatch import calibrate_mismatch
+
+        m, sim, p = measured, measured.sim, self.params
+        calibration = None
+        if p.min_similarity != "auto":
+            cut: float | None = float(p.min_similarity)
+        elif m.null is not None:  # the flag rate read from these pairs' scores against the null
+            calibration = calibrate_mismatch(sim[m.measured], m.null)
+            cut = calibration["threshold"]
+        else:  # an align output without null scores (older cmrops): its calibrated cut
+            cut = m.align_cut
+        thr: dict[str, Any] = {"min_similarity": None if cut is None else round(cut, 6)}
+        if p.min_similarity == "auto":
             thr["calibrated"] = True
-        sim = m.sim
-        flagged = m.measured & (sim < cut)
+        flagged = m.measured & (sim < cut) if cut is not None else np.zeros(len(sim), bool)
         r = Outcome(self.name, "run", True, thr, flagged=flagged)
         r.scores = sim
         for i in np.flatnonzero(flagged):
@@ -106,4 +120,6 @@ class Mismatch(Rule[MismatchRule, Similarities]):
                 if len(ok) else {}
             ),
         }  # fmt: skip
+        if calibration is not None:
+            r.report["calibration"] = calibration
         return r
