@@ -1,12 +1,18 @@
 """The Hamming engine against FAISS, in one process, on this machine.
 
-    .venv/bin/python benches/bench_core.py            # full sizes (a few minutes)
-    .venv/bin/python benches/bench_core.py --quick    # small sizes, a smoke run
+    .venv/bin/python benches/bench_core.py              # full sizes (several minutes)
+    .venv/bin/python benches/bench_core.py --only paths # every SIMD path vs FAISS, one thread
+    .venv/bin/python benches/bench_core.py --quick      # small sizes, a smoke run
 
 Every row runs cmrops and its FAISS baseline on the same data in the same process, takes the
 median of several runs, checks that both return the same answer, and prints the ratio
-(baseline time / cmrops time; > 1 means cmrops is faster). Targets from the foundation issue are
-checked at the end. Results are also written to bench-results/core.json.
+(baseline time / cmrops time; > 1 means cmrops is faster). The **paths** table times exact kNN
+(1M codes, 1,000 queries, k=10, one thread, 64 and 256 bits) on every SIMD path this CPU has
+(``cmrops.simd_paths()``) against ``IndexBinaryFlat``, in interleaved rounds (FAISS, then each
+path, again and again) so that a machine shared with other work slows all of them alike, and
+keeps each one's best round, in process CPU time (what the work cost, whatever else ran) and in
+wall time. The CPU model is printed first. Targets are checked at the end. Results are also
+written to benches/results/core.json.
 
 Baselines:
 - kNN: ``faiss.IndexBinaryFlat`` (exhaustive, FAISS's exact binary index).
@@ -60,6 +66,79 @@ def timed(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> tuple[f
 
 def faiss_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_paths(n: int, nq: int, rounds: int, rows: list[dict]) -> None:
+    """kNN k=10, one thread, on every SIMD path against IndexBinaryFlat: interleaved rounds,
+    best round per contender, in process CPU seconds and in wall seconds."""
+    rng = np.random.default_rng(0)
+    paths = cmrops.simd_paths()
+    before = cmrops.get_simd_path()
+    faiss_threads(1)
+    for bits in (64, 256):
+        words = bits // 64
+        db = rng.integers(0, 2**64, size=(n, words), dtype=np.uint64)
+        q = rng.integers(0, 2**64, size=(nq, words), dtype=np.uint64)
+        flat = faiss.IndexBinaryFlat(bits)
+        flat.add(db.view(np.uint8))
+        index = cmrops.HammingIndex(db, n_threads=1)
+        best: dict[str, list[float]] = {name: [np.inf, np.inf] for name in ["faiss", *paths]}
+        same = {p: True for p in paths}
+        want = None
+        for _ in range(rounds):
+            for name in ["faiss", *paths]:
+                gc.collect()
+                if name != "faiss":
+                    cmrops.set_simd_path(name)
+                c0, w0 = time.process_time(), time.perf_counter()
+                if name == "faiss":
+                    want, _ = flat.search(q.view(np.uint8), 10)
+                else:
+                    d, _ = index.search(q, 10)
+                cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+                best[name] = [min(best[name][0], cpu), min(best[name][1], wall)]
+                if name != "faiss":
+                    same[name] &= bool(np.array_equal(d, want.astype(np.int32)))
+        cmrops.set_simd_path(before)
+        f_cpu, f_wall = best["faiss"]
+        for p in paths:
+            cpu, wall = best[p]
+            rows.append(
+                dict(
+                    bench="paths",
+                    config=f"{bits} bits, k=10, 1 thr, path {p}",
+                    baseline="IndexBinaryFlat",
+                    ours_s=cpu,
+                    baseline_s=f_cpu,
+                    ratio=f_cpu / cpu,
+                    ours_wall_s=wall,
+                    baseline_wall_s=f_wall,
+                    ratio_wall=f_wall / wall,
+                    same=same[p],
+                    bits=bits,
+                    path=p,
+                    rounds=rounds,
+                )
+            )
+            r = rows[-1]
+            print(
+                f"  paths     {bits:>3} bits  {p:<9} cpu {cpu * 1e3:8.1f} ms vs FAISS "
+                f"{f_cpu * 1e3:8.1f} ms = {r['ratio']:5.2f}x   wall {wall * 1e3:8.1f} ms vs "
+                f"{f_wall * 1e3:8.1f} ms = {r['ratio_wall']:5.2f}x   "
+                f"{'same' if r['same'] else 'DIFFERENT'}",
+                flush=True,
+            )
 
 
 def bench_knn(n: int, nq: int, repeat: int, rows: list[dict]) -> None:
@@ -218,6 +297,24 @@ def report(row: dict) -> None:
     )
 
 
+def path_targets(rows: list[dict], n: int) -> list[tuple[str, bool]]:
+    """Issue 20's targets for one thread: AVX2 >= 6x FAISS at 64 bits and >= 4x at 256 bits,
+    the scalar (hardware popcount) path >= 1.5x, AVX-512 VPOPCNTDQ >= 12x at 64 bits (CPU time
+    ratios; each only where the path exists)."""
+    wanted = {("avx2", 64): 6.0, ("avx2", 256): 4.0, ("scalar", 64): 1.5, ("scalar", 256): 1.5}
+    wanted[("avx512", 64)] = 12.0
+    checks = []
+    for r in rows:
+        goal = wanted.get((r.get("path"), r.get("bits"))) if r["bench"] == "paths" else None
+        if goal is not None:
+            text = f"kNN {r['bits']} bits k=10 1 thr, {r['path']} >= {goal}x IndexBinaryFlat"
+            checks.append((f"{text} ({r['ratio']:.2f}x cpu, {r['ratio_wall']:.2f}x wall)",
+                           r["ratio"] >= goal))  # fmt: skip
+    if n < 1_000_000:
+        checks = [(c + " [quick sizes: not the target setting]", ok) for c, ok in checks]
+    return checks
+
+
 def check_targets(rows: list[dict], n: int) -> list[tuple[str, bool]]:
     def knn(bits: int) -> float:
         return next(
@@ -245,22 +342,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--out", default="bench-results/core.json")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the paths table")
+    ap.add_argument("--out", default="benches/results/core.json")
     ap.add_argument(
         "--only",
-        choices=["knn", "radius", "pairs", "memory"],
+        choices=["paths", "knn", "radius", "pairs", "memory"],
         action="append",
-        help="run only these benchmarks (repeatable); targets are checked when all ran",
+        help="run only these benchmarks (repeatable); targets are checked for what ran",
     )
     args = ap.parse_args()
     n, nq, repeat = (20_000, 100, 2) if args.quick else (1_000_000, 1_000, args.repeat)
 
+    print(f"CPU: {cpu_model()} ({platform.machine()}, {os.cpu_count()} logical CPUs)")
     print(
-        f"cmrops {cmrops.__version__} vs faiss {faiss.__version__} | {platform.machine()}"
-        f" | SIMD {cmrops.get_simd_path()} | N={n:,}, {nq:,} queries, median of up to {repeat}"
+        f"cmrops {cmrops.__version__} vs faiss {faiss.__version__} | SIMD paths "
+        f"{', '.join(cmrops.simd_paths())}; in use: {cmrops.get_simd_path()} | N={n:,}, "
+        f"{nq:,} queries, median of up to {repeat}"
     )
-    only = set(args.only or ["knn", "radius", "pairs", "memory"])
+    everything = ["paths", "knn", "radius", "pairs", "memory"]
+    only = set(args.only or everything)
     rows: list[dict] = []
+    if "paths" in only:
+        bench_paths(n, nq, 2 if args.quick else args.rounds, rows)
     if "knn" in only:
         bench_knn(n, nq, repeat, rows)
     if "radius" in only:
@@ -270,13 +373,18 @@ def main() -> int:
     if "memory" in only:
         bench_memory(n, rows)
 
-    if len(only) == 4:
+    checks = path_targets(rows, n) if "paths" in only else []
+    if only >= {"knn", "radius", "pairs", "memory"}:
+        checks += check_targets(rows, n)
+    if checks:
         print("\ntargets:")
-        for text, ok in check_targets(rows, n):
+        for text, ok in checks:
             print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n": n, "queries": nq, "rows": rows}, indent=2))
+    meta = {"cpu": cpu_model(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    meta["simd_paths"] = cmrops.simd_paths()
+    out.write_text(json.dumps({**meta, "n": n, "queries": nq, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
     return 0 if all(r["same"] for r in rows) else 1
 

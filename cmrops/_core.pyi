@@ -4,7 +4,10 @@ Codes are C-contiguous ``uint64`` arrays of shape ``(n, n_bits // 64)``: bit ``j
 bit ``j % 64`` of word ``j // 64`` (FAISS's binary layout when viewed as bytes). Every array
 argument must already have the exact dtype and C order: a wrong dtype or a non-array raises
 ``TypeError``, a strided, misaligned or wrongly shaped array raises ``ValueError``; messages
-name the argument. Heavy calls release the GIL. Results never depend on ``n_threads``.
+name the argument. Integer arguments take any Python int: one out of range raises ``ValueError``
+naming it. A result or working buffer that does not fit in memory raises ``MemoryError`` naming
+its size (the call frees what it held; the interpreter carries on). Heavy calls release the
+GIL. Results never depend on ``n_threads`` or on the SIMD path.
 """
 
 from os import PathLike
@@ -33,7 +36,9 @@ class HammingIndex:
     """Exact Hamming k-NN and radius search over packed binary codes.
 
     Ids default to ``0..n`` (stored implicitly, no memory per code); explicit ids must be
-    non-negative and unique (-1 is FAISS's "no result"). Results are sorted by
+    unique and in ``0..=2**63 - 1`` (every non-negative ``int64``; -1 is FAISS's "no result").
+    Every id accepted comes back unchanged from :meth:`ids`, :meth:`search`,
+    :meth:`range_search` and :meth:`save` / :meth:`load`. Results are sorted by
     ``(distance, id)``: ties go to the smaller id.
     """
 
@@ -51,7 +56,8 @@ class HammingIndex:
     def add(self, codes: NDArray[np.uint64], /, ids: NDArray[np.int64] | None = None) -> None:
         """Append codes of the index's width. Without ``ids`` they get largest id + 1, ...
         (0, 1, ... in an empty index). Raises ``ValueError`` (and changes nothing) on a width
-        mismatch, an ids length mismatch, or a negative or already present id."""
+        mismatch, an ids length mismatch, a negative or already present id, or when automatic
+        ids would pass ``2**63 - 1`` (then pass explicit ids)."""
 
     def remove(self, ids: NDArray[np.int64], /) -> int:
         """Remove the codes with these ids; absent ids are ignored. Returns how many were
@@ -64,7 +70,8 @@ class HammingIndex:
         ``(q, k)``, each row sorted by ``(distance, id)``.
 
         Raises ``ValueError`` when the index is empty, when ``k`` is not in ``1..len(self)``,
-        or when the queries' width differs from the index's."""
+        or when the queries' width differs from the index's; ``MemoryError`` when the
+        ``(q, k)`` result does not fit."""
 
     def range_search(
         self, queries: NDArray[np.uint64], /, radius: int
@@ -72,7 +79,8 @@ class HammingIndex:
         """Every code within ``radius`` (inclusive) of each query, FAISS-style:
         ``(lims, distances, ids)`` where the hits of query ``i`` are
         ``distances[lims[i]:lims[i + 1]]`` / ``ids[...]``, sorted by ``(distance, id)``.
-        ``lims`` has shape ``(q + 1,)``. ``radius`` must be in ``0..n_bits``."""
+        ``lims`` has shape ``(q + 1,)``. ``radius`` must be in ``0..n_bits``. ``MemoryError``
+        (naming the hits found) when the hits do not fit."""
 
     def __len__(self) -> int: ...
     @property
@@ -111,18 +119,28 @@ def near_duplicates(
     radius: int,
     other: NDArray[np.uint64] | None = None,
     n_threads: int | None = None,
+    max_pairs: int | None = None,
 ) -> NDArray[np.int64]:
     """Every pair of codes within ``radius`` (inclusive), shape ``(m, 2)``, sorted.
 
     Without ``other``: pairs ``(i, j)`` of rows of ``codes`` with ``i < j``. With ``other``
     (same width): pairs ``(i, j)`` with ``i`` a row of ``codes`` and ``j`` a row of ``other``.
-    ``radius`` must be in ``0..n_bits``."""
+    ``radius`` must be in ``0..n_bits``.
+
+    The pairs can number ``n * (n - 1) / 2`` (one large group of near-identical codes, 16 bytes
+    a pair): they are collected only while memory allows, else ``MemoryError`` naming how many
+    were found and their size; with ``max_pairs``, more than that many raise ``ValueError``
+    (naming ``max_pairs``) as soon as the search passes it. To group codes, use
+    :func:`duplicate_groups`, which lists no pairs."""
 
 def duplicate_groups(
     codes: NDArray[np.uint64], radius: int, n_threads: int | None = None
 ) -> NDArray[np.int64]:
     """Connected components of the "within ``radius``" graph: for each row, the smallest row
-    index of its component. Shape ``(n,)``."""
+    index of its component. Shape ``(n,)``.
+
+    Memory is linear in ``n`` whatever the groups: identical codes are merged first, and the
+    pairs of the others go into a union-find as the search finds them (none is stored)."""
 
 def hamming_histogram(
     queries: NDArray[np.uint64],
@@ -140,10 +158,14 @@ def hamming_histogram(
 
 def simd_paths() -> list[str]:
     """The SIMD paths this CPU can run, slowest first: a subset of
-    ``["scalar", "avx2", "avx512"]``, always starting with ``"scalar"``."""
+    ``["portable", "scalar", "neon", "avx2", "avx512"]``, always starting with ``"portable"``
+    (``u64::count_ones`` for the baseline target, no popcount instruction). ``"scalar"`` is the
+    same code with the hardware popcount (x86-64 with POPCNT; every aarch64), ``"neon"``
+    aarch64's vector path, ``"avx2"`` / ``"avx512"`` (VPOPCNTDQ) x86-64's."""
 
 def get_simd_path() -> str:
-    """The SIMD path in use (the best available, or ``CMROPS_SIMD`` if it names one)."""
+    """The SIMD path in use (the best available, or ``CMROPS_SIMD`` if it names one; read once,
+    at first use)."""
 
 def set_simd_path(name: str, /) -> None:
     """Use the named SIMD path process-wide from now on. Raises ``ValueError`` for an unknown

@@ -5,9 +5,17 @@
 #   chromium                 headless browser for the dashboard's end-to-end test (playwright drives it)
 #   prometheus-pushgateway   the Pushgateway that short-lived Airflow tasks push metrics to
 #   redis-server             the Celery broker of the CeleryExecutor test (started on 127.0.0.1 by the test)
+# `scripts/system_packages.sh aarch64` installs what scripts/test_aarch64.sh needs instead (not
+# part of the suite: building and emulating the core's tests for aarch64 takes several minutes):
+#   gcc-aarch64-linux-gnu libc6-dev-arm64-cross   the cross linker and C library
+#   qemu-user                                     runs the aarch64 test binaries (qemu-aarch64)
 set -euo pipefail
 
-PACKAGES=(chromium prometheus-pushgateway redis-server)
+if [[ ${1:-} == aarch64 ]]; then
+    PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+else
+    PACKAGES=(chromium prometheus-pushgateway redis-server)
+fi
 
 log() { printf '\033[1m[system]\033[0m %s\n' "$*" >&2; }
 

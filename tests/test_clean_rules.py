@@ -527,3 +527,59 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert rc == 2
     assert "run `cmrops preprocess` first" in capsys.readouterr().err
+
+
+def test_a_large_identical_group_is_grouped_without_all_its_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """270 copies of one image (one caption too) are more than graph.MAX_CLASS: searched through
+    their first row, 269 candidates instead of 36,315; groups, drops and evidence are those of
+    every pair (compared with a run that lists them all)."""
+    from cmrops.cleaning import graph
+
+    base, d0, s0 = rand64("copy"), rand64("copy-d"), rand64("copy-s")
+    same = {
+        "image_sha256": row("copy-0")["image_sha256"],
+        "phash": base,
+        "dhash": d0,
+        "caption_simhash": s0,
+        "captions": ["one caption for every copy"],
+    }
+    rows = [row(f"copy-{i}", **same) for i in range(270)]
+    rows.append(row("bigger", phash=flip(base, [2, 7]), dhash=flip(d0, [4]), width=300))
+    rows += [row(f"lone-{i}") for i in range(3)]
+    m, out = _clean(tmp_path / "collapsed", rows)
+    monkeypatch.setattr(graph, "MAX_CLASS", 10**9)
+    m_all, out_all = _clean(tmp_path / "all", rows)
+
+    dup, dup_all = m["duplicates"], m_all["duplicates"]
+    assert dup["collapsed_identical_images"] == {"classes": 1, "rows": 270, "max_class": 256}
+    assert dup["collapsed_identical_captions"]["rows"] == 270
+    assert dup["near_image_pairs"]["candidates"] == 269 + 1  # the star and the bigger copy
+    assert dup_all["near_image_pairs"]["candidates"] == 270 * 269 // 2 + 270
+    assert "collapsed_identical_images" not in dup_all
+    assert (
+        _kept(out)
+        == _kept(out_all)
+        == sorted([sid("bigger")] + [sid(f"lone-{i}") for i in range(3)])
+    )
+    for name in ("samples.parquet", "quarantine.parquet", "groups.parquet"):
+        assert (out / name).read_bytes() == (out_all / name).read_bytes(), name
+    assert dup["image_groups"] == dup_all["image_groups"] == {"271": 1}
+    assert m["quarantined_by_reason"] == m_all["quarantined_by_reason"]
+
+
+def test_pairs_within_links_30000_equal_hashes_through_one_row() -> None:
+    """The 449,985,000 pairs of 30,000 equal hashes (7.2 GB) become 29,999: the same single
+    component; a hash close to them joins it; max_class=0 would list every pair."""
+    from cmrops.cleaning.graph import collapse_identical, components, pairs_within
+
+    h = np.full(30_001, rand64("same"), np.uint64)
+    h[-1] = flip(int(h[0]), [3])
+    pairs, dist = pairs_within(h, 2)
+    assert len(pairs) == 29_999 + 1
+    assert pairs[-1].tolist() == [0, 30_000]
+    assert not dist[:-1].any()
+    assert (components(len(h), pairs) == 0).all()
+    c = collapse_identical(h)
+    assert (c.classes, c.rows, int(c.keep.sum())) == (1, 30_000, 2)

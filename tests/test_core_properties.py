@@ -47,7 +47,7 @@ def code_sets(draw, min_n: int = 1, max_n: int = 120, words=None):
 @given(
     data=code_sets(),
     k=st.integers(1, 12),
-    nq=st.integers(1, 20),
+    nq=st.integers(1, 40),  # up to 40: batches of 16 and more take AVX2's byte-sliced kernel
     threads=st.sampled_from([1, 2, 3]),
 )
 @SETTINGS
@@ -67,7 +67,7 @@ def test_knn_matches_reference(simd_path, data, k, nq, threads):
     np.testing.assert_array_equal(i, ri)
 
 
-@given(data=code_sets(), radius=st.integers(0, 70), nq=st.integers(1, 10))
+@given(data=code_sets(), radius=st.integers(0, 70), nq=st.integers(1, 40))
 @SETTINGS
 def test_range_search_matches_reference(simd_path, data, radius, nq):
     db, rng = data

@@ -15,6 +15,15 @@ codes put in the object store once on Ray). Querying only some rows (new samples
 them finds every pair that has a queried end, which is what an incremental rerun needs
 (:mod:`cmrops.cleaning.candidates`).
 
+**Large identical classes.** Rows equal in everything a near edge is judged on - pHash, dHash
+and (when the cosine confirmation runs) the image embedding; identical image bytes always are -
+are interchangeable in the near graph. :func:`interchangeable_keys` builds that key; a class of
+more than :data:`~cmrops.cleaning.graph.MAX_CLASS` such rows is searched through its first row
+and its other rows are linked to that row by one candidate each
+(:func:`~cmrops.cleaning.graph.collapse_identical`), so 30,000 copies of one image cost 29,999
+candidates, not 450 million; the groups are exactly those of every pair. Smaller classes keep
+all their pairs.
+
 **Groups** are the connected components of the edges (id = smallest row, i.e. the smallest
 ``sample_id`` on a table sorted by it). **Representative** of a group: among the members still
 *eligible* (not dropped by an earlier rule), the largest ``width * height``, then the smallest
@@ -76,6 +85,22 @@ class Edges:
         )
 
 
+def interchangeable_keys(
+    phash: np.ndarray, dhash: np.ndarray, embeddings: np.ndarray | None = None
+) -> np.ndarray:
+    """One opaque key per row (``numpy.void``): equal keys mean equal pHash, dHash and, when
+    given, byte-identical embedding rows - rows no near-duplicate rule can tell apart."""
+    n = len(phash)
+    parts = [
+        np.ascontiguousarray(phash, dtype=np.uint64).view(np.uint8).reshape(n, 8),
+        np.ascontiguousarray(dhash, dtype=np.uint64).view(np.uint8).reshape(n, 8),
+    ]
+    if embeddings is not None:
+        parts.append(np.ascontiguousarray(embeddings).view(np.uint8).reshape(n, -1))
+    raw = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    return raw.view(np.dtype((np.void, raw.shape[1]))).reshape(n)
+
+
 def exact_edges(sha256: Sequence[str] | np.ndarray) -> Edges:
     """Star edges (first row of each SHA-256 class, other row) for identical image bytes."""
     keys = np.asarray(sha256, dtype=object)
@@ -119,7 +144,9 @@ def search_pairs(
     rows = np.flatnonzero(is_queried)
     size = chunk or eng.params.search_chunk
     if len(rows) == n and (n <= size or eng.kind == "local"):
-        return pairs_within(h, radius)  # every row: the core's all-pairs multi-index search
+        # every row: the core's all-pairs multi-index search; each pair is judged on its own
+        # afterwards (dHash, embeddings), so equal pHashes are not collapsed here
+        return pairs_within(h, radius, max_class=0)
     chunks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
     if len(chunks) <= 1 or eng.kind == "local":  # in this process, with its thread budget
         from cmrops.threads import current
@@ -170,7 +197,7 @@ def near_edges(
     aligned with ``phash`` (rows of NaN, e.g. samples without a feature row, never confirm).
     Returns the edges and how many candidates each step kept (``candidates``, ``after_dhash``,
     ``after_cosine``)."""
-    pairs, pd = candidates if candidates is not None else pairs_within(phash, radius)
+    pairs, pd = candidates if candidates is not None else pairs_within(phash, radius, max_class=0)
     counts = {"candidates": len(pairs)}
     dd = np.full(len(pairs), -1, np.int64)
     cos = np.full(len(pairs), np.nan)

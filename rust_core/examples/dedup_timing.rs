@@ -94,7 +94,7 @@ fn main() {
         for &r in &radii {
             println!("r={r}: {}", describe_plan(n, None, words, r));
             let (t0, c0) = (Instant::now(), cpu_seconds());
-            let pairs = near_duplicates(&codes, words, r, None, &pool).unwrap();
+            let pairs = near_duplicates(&codes, words, r, None, None, &pool).unwrap();
             let (dt, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
             let mut missed = 0;
             for &(a, b) in &planted {

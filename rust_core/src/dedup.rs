@@ -51,7 +51,8 @@
 //! once with hardware `popcnt` (picked at run time) and once portable.
 
 use crate::bits::hamming;
-use crate::error::{CoreError, Result};
+use crate::error::{try_with_capacity, CoreError, Result};
+use crate::pairs::{concat, Budget, Collect, Dsu, PairOut, Unite};
 use rayon::prelude::*;
 
 /// Largest substring (table key) width in bits.
@@ -100,14 +101,21 @@ fn check_radius(words: usize, radius: u32) -> Result<()> {
 
 /// All pairs within `radius` (inclusive): `(i, j)` with `i < j` inside `codes` when `other` is
 /// `None`, else `(i, j)` with `i` indexing `codes` and `j` indexing `other`. Sorted ascending.
+///
+/// The result can be quadratic in the number of codes (one large group of near-identical
+/// codes); it is collected only while memory allows and, with `max_pairs`, up to that many
+/// pairs: past either the call fails ([`CoreError::OutOfMemory`], or
+/// [`CoreError::InvalidArgument`] for `max_pairs`) with the number of pairs found, and frees
+/// what it held. [`duplicate_groups`] groups codes without listing pairs.
 pub fn near_duplicates(
     codes: &[u64],
     words: usize,
     radius: u32,
     other: Option<&[u64]>,
+    max_pairs: Option<u64>,
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<[i64; 2]>> {
-    near_duplicates_with(codes, words, radius, other, pool, Strategy::Auto)
+    near_duplicates_with(codes, words, radius, other, max_pairs, pool, Strategy::Auto)
 }
 
 /// How [`near_duplicates_with`] finds the pairs (tests and benchmarks force one).
@@ -129,6 +137,7 @@ pub fn near_duplicates_with(
     words: usize,
     radius: u32,
     other: Option<&[u64]>,
+    max_pairs: Option<u64>,
     pool: &rayon::ThreadPool,
     strategy: Strategy,
 ) -> Result<Vec<[i64; 2]>> {
@@ -141,12 +150,14 @@ pub fn near_duplicates_with(
     if n == 0 || n_other == Some(0) {
         return Ok(Vec::new());
     }
-    let chunks = pool.install(|| pairs_unsorted(codes, words, radius, other, strategy))?;
-    let total = chunks.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(total);
-    for c in chunks {
-        out.extend_from_slice(&c);
-    }
+    let budget = Budget::new(max_pairs);
+    let make = || Collect::new(&budget);
+    let tasks = pool.install(|| find_pairs(codes, words, radius, other, strategy, &make))?;
+    let chunks: Vec<Vec<[i64; 2]>> = tasks.into_iter().map(|c| c.pairs).collect();
+    let found: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let what = format!("near_duplicates (radius {radius})");
+    budget.check(found, &what)?;
+    let mut out = concat(chunks, &what)?;
     pool.install(|| out.par_sort_unstable());
     Ok(out)
 }
@@ -243,11 +254,13 @@ fn groups_with<I: Idx>(codes: &[u64], words: usize, radius: u32, n: usize) -> Re
     fn same(a: &[u64], b: &[u64]) -> bool {
         a.iter().zip(b).all(|(x, y)| x == y)
     }
+    const WHAT: &str = "duplicate_groups: the working memory";
     // Collapse exact duplicates first: a cluster of k identical codes then costs one row of
     // near-duplicate work instead of k^2/2 pairs.
-    let order = sort_rows_by_code::<I>(codes, words);
-    let mut parent: Vec<I> = vec![I::default(); n];
-    let mut reps: Vec<I> = Vec::new(); // smallest row of each distinct code
+    let order = sort_rows_by_code::<I>(codes, words)?;
+    let mut class: Vec<I> = try_with_capacity(n, WHAT)?; // distinct code of each row
+    class.resize(n, I::default());
+    let mut reps: Vec<usize> = Vec::new(); // smallest row of each distinct code
     let mut uniq: Vec<u64> = Vec::new();
     let row = |i: I| &codes[i.to_usize() * words..(i.to_usize() + 1) * words];
     let mut g = 0;
@@ -259,62 +272,55 @@ fn groups_with<I: Idx>(codes: &[u64], words: usize, radius: u32, n: usize) -> Re
         }
         // `order` breaks ties by row index, so `first` is the smallest row of this code.
         for &i in &order[g..e] {
-            parent[i.to_usize()] = first;
+            class[i.to_usize()] = I::from_usize(reps.len());
         }
-        reps.push(first);
+        crate::error::try_reserve(&mut reps, 1, WHAT)?;
+        crate::error::try_reserve(&mut uniq, words, WHAT)?;
+        reps.push(first.to_usize());
         uniq.extend_from_slice(row(first));
         g = e;
     }
     drop(order);
 
-    fn find<I: Idx>(p: &mut [I], mut x: usize) -> usize {
-        while p[x].to_usize() != x {
-            let up = p[p[x].to_usize()];
-            p[x] = up;
-            x = up.to_usize();
-        }
-        x
-    }
+    // Pairs of distinct codes go straight into a union-find (rooted at the smallest row), as
+    // the search finds them: no pair is stored.
+    let dsu = Dsu::new(&reps)?;
     if reps.len() > 1 {
-        let chunks = pairs_unsorted(&uniq, words, radius, None, Strategy::Auto)?;
-        drop(uniq);
-        for chunk in chunks {
-            for [a, b] in chunk {
-                let ra = find(&mut parent, reps[a as usize].to_usize());
-                let rb = find(&mut parent, reps[b as usize].to_usize());
-                if ra != rb {
-                    // Union by smaller index: the root of a component is its smallest row.
-                    let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-                    parent[hi] = I::from_usize(lo);
-                }
-            }
-        }
+        let make = || Unite { dsu: &dsu };
+        find_pairs(&uniq, words, radius, None, Strategy::Auto, &make)?;
     }
-    Ok((0..n).map(|i| find(&mut parent, i) as i64).collect())
+    drop(uniq);
+    let mut out: Vec<i64> = try_with_capacity(n, "duplicate_groups: the result")?;
+    out.extend(class.iter().map(|c| reps[dsu.find(c.to_usize())] as i64));
+    Ok(out)
 }
 
 /// Row indices sorted by code (words compared in order), ties by index.
-fn sort_rows_by_code<I: Idx>(codes: &[u64], words: usize) -> Vec<I> {
+fn sort_rows_by_code<I: Idx>(codes: &[u64], words: usize) -> Result<Vec<I>> {
+    const WHAT: &str = "duplicate_groups: the working memory";
     let n = codes.len() / words;
     if words == 1 {
-        let mut v: Vec<u128> = codes
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| ((c as u128) << 64) | i as u128)
-            .collect();
+        let mut v: Vec<u128> = try_with_capacity(n, WHAT)?;
+        v.extend(
+            codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| ((c as u128) << 64) | i as u128),
+        );
         v.par_sort_unstable();
-        v.into_iter()
-            .map(|x| I::from_usize(x as u64 as usize))
-            .collect()
+        let mut out: Vec<I> = try_with_capacity(n, WHAT)?;
+        out.extend(v.into_iter().map(|x| I::from_usize(x as u64 as usize)));
+        Ok(out)
     } else {
-        let mut v: Vec<I> = (0..n).map(I::from_usize).collect();
+        let mut v: Vec<I> = try_with_capacity(n, WHAT)?;
+        v.extend((0..n).map(I::from_usize));
         v.par_sort_unstable_by(|&a, &b| {
             let (a, b) = (a.to_usize(), b.to_usize());
             codes[a * words..(a + 1) * words]
                 .cmp(&codes[b * words..(b + 1) * words])
                 .then(a.cmp(&b))
         });
-        v
+        Ok(v)
     }
 }
 
@@ -480,16 +486,16 @@ fn forced_plan(words: usize, radius: u32, tables: usize, max_bits: u32) -> Resul
 // ---------------------------------------------------------------------------------------------
 // Driver
 
-type Chunks = Vec<Vec<[i64; 2]>>;
-
-/// The pairs, in per-task vectors of no particular order; self mode gives `i < j`.
-fn pairs_unsorted(
+/// Finds the pairs and gives them to one [`PairOut`] per parallel task (made by `make`), in no
+/// particular order; self mode gives `i < j`. Returns the tasks' outputs that are not empty.
+fn find_pairs<P: PairOut, F: Fn() -> P + Sync>(
     codes: &[u64],
     words: usize,
     radius: u32,
     other: Option<&[u64]>,
     strategy: Strategy,
-) -> Result<Chunks> {
+    make: &F,
+) -> Result<Vec<P>> {
     let n = codes.len() / words;
     let (query, index, swap) = match other {
         None => (codes, codes, false),
@@ -507,7 +513,7 @@ fn pairs_unsorted(
     let hw = has_popcnt();
     let large = n_q.max(n_i).max(n) > u32::MAX as usize;
     Ok(match p {
-        Plan::Brute => brute(query, index, self_mode, swap, words, radius, hw),
+        Plan::Brute => brute(query, index, self_mode, swap, words, radius, hw, make),
         Plan::Mih { subs, s } => {
             let job = MihJob {
                 query,
@@ -521,9 +527,9 @@ fn pairs_unsorted(
                 hw,
             };
             if large {
-                job.run::<u64>()
+                job.run::<u64, P, F>(make)
             } else {
-                job.run::<u32>()
+                job.run::<u32, P, F>(make)
             }
         }
     })
@@ -595,7 +601,7 @@ fn row<const W: usize>(codes: &[u64], words: usize, i: usize) -> &[u64] {
 }
 
 #[inline(always)]
-fn emit(out: &mut Vec<[i64; 2]>, q: usize, c: usize, self_mode: bool, swap: bool) {
+fn emit<P: PairOut>(out: &mut P, q: usize, c: usize, self_mode: bool, swap: bool) {
     let (a, b) = if self_mode {
         if q < c {
             (q, c)
@@ -607,7 +613,7 @@ fn emit(out: &mut Vec<[i64; 2]>, q: usize, c: usize, self_mode: bool, swap: bool
     } else {
         (q, c)
     };
-    out.push([a as i64, b as i64]);
+    out.push(a, b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,7 +621,8 @@ fn emit(out: &mut Vec<[i64; 2]>, q: usize, c: usize, self_mode: bool, swap: bool
 
 const TILE: usize = 2048;
 
-fn brute(
+#[allow(clippy::too_many_arguments)]
+fn brute<P: PairOut, F: Fn() -> P + Sync>(
     query: &[u64],
     index: &[u64],
     self_mode: bool,
@@ -623,7 +630,8 @@ fn brute(
     words: usize,
     radius: u32,
     hw: bool,
-) -> Chunks {
+    make: &F,
+) -> Vec<P> {
     let n_q = query.len() / words;
     let n_i = index.len() / words;
     // Self mode is triangular: smaller tasks keep the threads balanced.
@@ -633,7 +641,7 @@ fn brute(
         .into_par_iter()
         .map(|t| {
             let (i0, i1) = (t * per, ((t + 1) * per).min(n_q));
-            let mut out = Vec::new();
+            let mut out = make();
             let args = BruteArgs {
                 query,
                 index,
@@ -645,7 +653,7 @@ fn brute(
                 i0,
                 i1,
             };
-            by_width!(words, W => brute_dispatch::<W>(&args, &mut out, hw));
+            by_width!(words, W => brute_dispatch::<P, W>(&args, &mut out, hw));
             out
         })
         .filter(|v| !v.is_empty())
@@ -664,29 +672,32 @@ struct BruteArgs<'a> {
     i1: usize,
 }
 
-fn brute_dispatch<const W: usize>(a: &BruteArgs, out: &mut Vec<[i64; 2]>, hw: bool) {
+fn brute_dispatch<P: PairOut, const W: usize>(a: &BruteArgs, out: &mut P, hw: bool) {
     #[cfg(target_arch = "x86_64")]
     if hw {
         // SAFETY: `hw` is true only when the CPU reports popcnt.
-        unsafe { brute_popcnt::<W>(a, out) };
+        unsafe { brute_popcnt::<P, W>(a, out) };
         return;
     }
     let _ = hw;
-    brute_body::<W>(a, out);
+    brute_body::<P, W>(a, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn brute_popcnt<const W: usize>(a: &BruteArgs, out: &mut Vec<[i64; 2]>) {
-    brute_body::<W>(a, out)
+unsafe fn brute_popcnt<P: PairOut, const W: usize>(a: &BruteArgs, out: &mut P) {
+    brute_body::<P, W>(a, out)
 }
 
 #[inline(always)]
-fn brute_body<const W: usize>(a: &BruteArgs, out: &mut Vec<[i64; 2]>) {
+fn brute_body<P: PairOut, const W: usize>(a: &BruteArgs, out: &mut P) {
     let j_start = if a.self_mode { a.i0 + 1 } else { 0 };
     let mut j0 = j_start;
     while j0 < a.n_i {
         let j1 = (j0 + TILE).min(a.n_i);
+        if out.stopped() {
+            return;
+        }
         for i in a.i0..a.i1 {
             let q = row::<W>(a.query, a.words, i);
             let lo = if a.self_mode { j0.max(i + 1) } else { j0 };
@@ -922,18 +933,22 @@ struct Probe<'a, I> {
 impl MihJob<'_> {
     /// Runs the tables in turn; table `t + 1` is built while table `t` is probed, so the
     /// mostly sequential build overlaps the parallel probing (two tables alive at most).
-    fn run<I: Idx>(&self) -> Chunks {
-        let mut all: Chunks = Vec::new();
+    fn run<I: Idx, P: PairOut, F: Fn() -> P + Sync>(&self, make: &F) -> Vec<P> {
+        let mut all: Vec<P> = Vec::new();
         let mut next = Some(self.prepare::<I>(0));
         for t in 0..self.subs.len() {
             let Some(stage) = next.take() else { break };
             let (mut found, following) = rayon::join(
-                || self.probe_stage(t, &stage),
+                || self.probe_stage(t, &stage, make),
                 || (t + 1 < self.subs.len()).then(|| self.prepare::<I>(t + 1)),
             );
             drop(stage);
             next = following;
+            let stop = found.iter().any(PairOut::stopped);
             all.append(&mut found);
+            if stop {
+                break;
+            }
         }
         all
     }
@@ -957,7 +972,12 @@ impl MihJob<'_> {
         }
     }
 
-    fn probe_stage<I: Idx>(&self, t: usize, stage: &Stage<I>) -> Chunks {
+    fn probe_stage<I: Idx, P: PairOut, F: Fn() -> P + Sync>(
+        &self,
+        t: usize,
+        stage: &Stage<I>,
+        make: &F,
+    ) -> Vec<P> {
         let probe = Probe {
             job: self,
             table: &stage.table,
@@ -971,9 +991,9 @@ impl MihJob<'_> {
         (0..n_q.div_ceil(per))
             .into_par_iter()
             .map(|c| {
-                let mut out = Vec::new();
+                let mut out = make();
                 let (p0, p1) = (c * per, ((c + 1) * per).min(n_q));
-                by_width!(self.words, W => probe_dispatch::<I, W>(&probe, p0, p1, &mut out, self.hw));
+                by_width!(self.words, W => probe_dispatch::<I, P, W>(&probe, p0, p1, &mut out, self.hw));
                 out
             })
             .filter(|v| !v.is_empty())
@@ -988,32 +1008,32 @@ struct Stage<I> {
     groups: Vec<usize>,
 }
 
-fn probe_dispatch<I: Idx, const W: usize>(
+fn probe_dispatch<I: Idx, P: PairOut, const W: usize>(
     p: &Probe<I>,
     p0: usize,
     p1: usize,
-    out: &mut Vec<[i64; 2]>,
+    out: &mut P,
     hw: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     if hw {
         // SAFETY: `hw` is true only when the CPU reports popcnt.
-        unsafe { probe_popcnt::<I, W>(p, p0, p1, out) };
+        unsafe { probe_popcnt::<I, P, W>(p, p0, p1, out) };
         return;
     }
     let _ = hw;
-    probe_body::<I, W>(p, p0, p1, out);
+    probe_body::<I, P, W>(p, p0, p1, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn probe_popcnt<I: Idx, const W: usize>(
+unsafe fn probe_popcnt<I: Idx, P: PairOut, const W: usize>(
     p: &Probe<I>,
     p0: usize,
     p1: usize,
-    out: &mut Vec<[i64; 2]>,
+    out: &mut P,
 ) {
-    probe_body::<I, W>(p, p0, p1, out)
+    probe_body::<I, P, W>(p, p0, p1, out)
 }
 
 /// Probes query positions `p0..p1` against the table.
@@ -1024,11 +1044,11 @@ unsafe fn probe_popcnt<I: Idx, const W: usize>(
 /// rank + prefetch of the bucket start, then bucket range + prefetch of the first candidate code,
 /// then verification.
 #[inline(always)]
-fn probe_body<I: Idx, const W: usize>(
+fn probe_body<I: Idx, P: PairOut, const W: usize>(
     pr: &Probe<I>,
     p0: usize,
     p1: usize,
-    out: &mut Vec<[i64; 2]>,
+    out: &mut P,
 ) {
     let job = pr.job;
     let words = job.words;
@@ -1058,13 +1078,16 @@ fn probe_body<I: Idx, const W: usize>(
             // Self mode: the later rows of the own bucket, then buckets with a greater key.
             let mut bidx = table.bucket_index(sub.key(row::<W>(icodes, words, p0)));
             for (p, qrow) in (p0..p1).zip(&irows[p0..p1]) {
+                if out.stopped() {
+                    return;
+                }
                 let q = row::<W>(icodes, words, p);
                 let k = sub.key(q);
                 while table.starts[bidx + 1].to_usize() <= p {
                     bidx += 1;
                 }
                 let qrow = qrow.to_usize();
-                v.run::<W>(q, qrow, p + 1, table.starts[bidx + 1].to_usize(), out);
+                v.run::<P, W>(q, qrow, p + 1, table.starts[bidx + 1].to_usize(), out);
                 if has_masks {
                     // A mask raises the key iff its top bit is clear in the key.
                     let mut cnt = 0;
@@ -1075,20 +1098,23 @@ fn probe_body<I: Idx, const W: usize>(
                         let group = &pr.masks[pr.groups[h]..pr.groups[h + 1]];
                         cnt = occupied(&table.bitmap, k, group, &mut keys, cnt);
                     }
-                    probe_keys::<I, W>(table, &v, q, qrow, &keys[..cnt], &mut ranges, out);
+                    probe_keys::<I, P, W>(table, &v, q, qrow, &keys[..cnt], &mut ranges, out);
                 }
             }
         }
         Some(qs) => {
             for p in p0..p1 {
+                if out.stopped() {
+                    return;
+                }
                 let q = row::<W>(&qs.codes, words, p);
                 let k = sub.key(q);
                 let qrow = qs.rows[p].to_usize();
                 if let Some((c0, c1)) = table.bucket(k) {
-                    v.run::<W>(q, qrow, c0, c1, out);
+                    v.run::<P, W>(q, qrow, c0, c1, out);
                 }
                 let cnt = occupied(&table.bitmap, k, pr.masks, &mut keys, 0);
-                probe_keys::<I, W>(table, &v, q, qrow, &keys[..cnt], &mut ranges, out);
+                probe_keys::<I, P, W>(table, &v, q, qrow, &keys[..cnt], &mut ranges, out);
             }
         }
     }
@@ -1109,14 +1135,14 @@ fn occupied(bitmap: &[u64], k: u32, masks: &[u32], keys: &mut [u32], mut cnt: us
 
 /// Verifies query `q` against the (non-empty) buckets `keys`, overlapping their lookups.
 #[inline(always)]
-fn probe_keys<I: Idx, const W: usize>(
+fn probe_keys<I: Idx, P: PairOut, const W: usize>(
     table: &Table<I>,
     v: &Verifier<I>,
     q: &[u64],
     qrow: usize,
     keys: &[u32],
     ranges: &mut [(usize, usize)],
-    out: &mut Vec<[i64; 2]>,
+    out: &mut P,
 ) {
     let ranges = &mut ranges[..keys.len()];
     for (r, &k2) in ranges.iter_mut().zip(keys) {
@@ -1134,7 +1160,7 @@ fn probe_keys<I: Idx, const W: usize>(
         *r = (c0, c1);
     }
     for &(c0, c1) in ranges.iter() {
-        v.run::<W>(q, qrow, c0, c1, out);
+        v.run::<P, W>(q, qrow, c0, c1, out);
     }
 }
 
@@ -1165,13 +1191,13 @@ struct Verifier<'a, I> {
 impl<I: Idx> Verifier<'_, I> {
     /// Verifies table positions `c0..c1` against query `q` (row `qrow`).
     #[inline(always)]
-    fn run<const W: usize>(
+    fn run<P: PairOut, const W: usize>(
         &self,
         q: &[u64],
         qrow: usize,
         c0: usize,
         c1: usize,
-        out: &mut Vec<[i64; 2]>,
+        out: &mut P,
     ) {
         for c in c0..c1 {
             let cc = row::<W>(self.icodes, self.words, c);
@@ -1308,14 +1334,16 @@ mod tests {
                     subs: &subs,
                     hw: has_popcnt(),
                 };
-                let flat = |c: Chunks| {
-                    let mut v: Vec<[i64; 2]> = c.into_iter().flatten().collect();
+                let budget = Budget::new(None);
+                let make = || Collect::new(&budget);
+                let flat = |c: Vec<Collect<'_>>| {
+                    let mut v: Vec<[i64; 2]> = c.into_iter().flat_map(|c| c.pairs).collect();
                     v.sort_unstable();
                     v
                 };
-                let narrow = flat(job.run::<u32>());
-                let wide = flat(job.run::<u64>());
-                let portable = flat(MihJob { hw: false, ..job }.run::<u32>());
+                let narrow = flat(job.run::<u32, _, _>(&make));
+                let wide = flat(job.run::<u64, _, _>(&make));
+                let portable = flat(MihJob { hw: false, ..job }.run::<u32, _, _>(&make));
                 let want = near_duplicates_brute(
                     query,
                     1,

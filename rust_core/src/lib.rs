@@ -10,6 +10,7 @@
 pub mod bits;
 pub mod dedup;
 pub mod error;
+mod pairs;
 pub mod rank;
 pub mod search;
 pub mod threads;

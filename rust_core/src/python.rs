@@ -12,8 +12,8 @@ use numpy::{
     PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyNotADirectoryError, PyOSError,
-    PyPermissionError, PyTypeError, PyValueError,
+    PyFileExistsError, PyFileNotFoundError, PyIsADirectoryError, PyMemoryError,
+    PyNotADirectoryError, PyOSError, PyPermissionError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use std::io::ErrorKind;
@@ -31,6 +31,7 @@ fn to_py(e: CoreError) -> PyErr {
     match e {
         CoreError::InvalidArgument { .. } => PyValueError::new_err(e.to_string()),
         CoreError::CorruptFile(msg) => CorruptIndexError::new_err(msg),
+        CoreError::OutOfMemory(msg) => PyMemoryError::new_err(msg),
         CoreError::Io { kind, msg } => match kind {
             ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
             ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
@@ -154,7 +155,33 @@ fn ids_arg<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArray1
         .map_err(|e| PyValueError::new_err(format!("{arg}: {e}")))
 }
 
-fn pool(n_threads: Option<i64>) -> PyResult<Arc<rayon::ThreadPool>> {
+/// An integer argument: a Python int (or numpy integer) of any size. One beyond the `i64`
+/// range is refused here by name, as the range checks refuse the others.
+fn int_arg(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<i64> {
+    match obj.extract::<i64>() {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) => {
+            Err(PyValueError::new_err(format!(
+                "{arg}: {} is out of range",
+                obj.str().map(|s| s.to_string()).unwrap_or_default()
+            )))
+        }
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{arg}: expected an int, got {}",
+            type_name(obj)
+        ))),
+    }
+}
+
+/// [`int_arg`] for an argument that may be None.
+fn opt_int_arg(obj: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<i64>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| int_arg(o, arg))
+        .transpose()
+}
+
+fn pool(n_threads: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<rayon::ThreadPool>> {
+    let n_threads = opt_int_arg(n_threads, "n_threads")?;
     let n = match n_threads {
         None => None,
         Some(n) if n < 1 => {
@@ -224,7 +251,7 @@ impl PyHammingIndex {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wrap(index: CoreIndex, n_threads: Option<i64>) -> PyResult<PyHammingIndex> {
+    fn wrap(index: CoreIndex, n_threads: Option<&Bound<'_, PyAny>>) -> PyResult<PyHammingIndex> {
         let pool = pool(n_threads)?;
         let n_threads = pool.current_num_threads();
         Ok(PyHammingIndex {
@@ -243,7 +270,7 @@ impl PyHammingIndex {
         py: Python<'_>,
         codes: &Bound<'_, PyAny>,
         ids: Option<&Bound<'_, PyAny>>,
-        n_threads: Option<i64>,
+        n_threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyHammingIndex> {
         let codes = codes_arg(codes, "codes", "n_bits/64")?;
         let ids = ids.map(|i| ids_arg(i, "ids")).transpose()?;
@@ -290,8 +317,9 @@ impl PyHammingIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        k: i64,
+        k: &Bound<'py, PyAny>,
     ) -> PyResult<Matrices<'py, i32, i64>> {
+        let k = int_arg(k, "k")?;
         let q = codes_arg(queries, "queries", "n_bits/64")?;
         let words = self.read().words();
         if q.cols != words {
@@ -312,8 +340,9 @@ impl PyHammingIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        radius: i64,
+        radius: &Bound<'py, PyAny>,
     ) -> PyResult<Csr<'py>> {
+        let radius = int_arg(radius, "radius")?;
         let q = codes_arg(queries, "queries", "n_bits/64")?;
         let words = self.read().words();
         if q.cols != words {
@@ -352,9 +381,9 @@ impl PyHammingIndex {
     }
 
     /// Every id, in row order.
-    fn ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        let ids = py.detach(|| self.read().ids());
-        ids.into_pyarray(py)
+    fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = py.detach(|| self.read().ids()).map_err(to_py)?;
+        Ok(ids.into_pyarray(py))
     }
 
     /// Write atomically to `path` (str or os.PathLike).
@@ -366,7 +395,11 @@ impl PyHammingIndex {
     /// Read an index written by `save`.
     #[staticmethod]
     #[pyo3(signature = (path, n_threads = None))]
-    fn load(py: Python<'_>, path: PathBuf, n_threads: Option<i64>) -> PyResult<PyHammingIndex> {
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        n_threads: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyHammingIndex> {
         let pool = pool(n_threads)?;
         let index = py.detach(|| CoreIndex::load(&path)).map_err(to_py)?;
         let n_threads = pool.current_num_threads();
@@ -395,14 +428,24 @@ impl PyHammingIndex {
 
 /// All pairs of codes within `radius` (inclusive), as an int64 array of shape (m, 2).
 #[pyfunction]
-#[pyo3(signature = (codes, radius, other = None, n_threads = None))]
+#[pyo3(signature = (codes, radius, other = None, n_threads = None, max_pairs = None))]
 fn near_duplicates<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
-    radius: i64,
+    radius: &Bound<'py, PyAny>,
     other: Option<&Bound<'py, PyAny>>,
-    n_threads: Option<i64>,
+    n_threads: Option<&Bound<'py, PyAny>>,
+    max_pairs: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let radius = int_arg(radius, "radius")?;
+    let max_pairs = match opt_int_arg(max_pairs, "max_pairs")? {
+        Some(m) if m < 0 => {
+            return Err(PyValueError::new_err(format!(
+                "max_pairs: must be at least 0 (or None for no limit), got {m}"
+            )))
+        }
+        m => m.map(|m| m as u64),
+    };
     let c = codes_arg(codes, "codes", "n_bits/64")?;
     let o = other
         .map(|o| codes_arg(o, "other", "n_bits/64"))
@@ -421,11 +464,11 @@ fn near_duplicates<'py>(
         .transpose()?;
     let words = c.cols;
     let pairs = py
-        .detach(|| dedup::near_duplicates(data, words, radius, other, &pool))
+        .detach(|| dedup::near_duplicates(data, words, radius, other, max_pairs, &pool))
         .map_err(to_py)?;
     let m = pairs.len();
-    let flat: Vec<i64> = pairs.into_iter().flatten().collect();
-    Ok(matrix(py, flat, m, 2))
+    // (m, 2) without a copy: the pairs' memory becomes the array's.
+    Ok(matrix(py, pairs.into_flattened(), m, 2))
 }
 
 /// Group id (smallest row index of its component) of each code under "within `radius`".
@@ -434,9 +477,10 @@ fn near_duplicates<'py>(
 fn duplicate_groups<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
-    radius: i64,
-    n_threads: Option<i64>,
+    radius: &Bound<'py, PyAny>,
+    n_threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let radius = int_arg(radius, "radius")?;
     let c = codes_arg(codes, "codes", "n_bits/64")?;
     let radius = radius_arg(radius, c.cols)?;
     let pool = pool(n_threads)?;
@@ -457,7 +501,7 @@ fn hamming_histogram<'py>(
     database: &Bound<'py, PyAny>,
     query_labels: &Bound<'py, PyAny>,
     database_labels: &Bound<'py, PyAny>,
-    n_threads: Option<i64>,
+    n_threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Matrices<'py, i64, i64>> {
     let q = codes_arg(queries, "queries", "n_bits/64")?;
     let d = codes_arg(database, "database", "n_bits/64")?;
@@ -523,7 +567,8 @@ fn get_simd_path() -> &'static str {
     bits::active_path().name()
 }
 
-/// Use the named SIMD path ("scalar", "avx2" or "avx512") from now on, process-wide.
+/// Use the named SIMD path ("portable", "scalar", "neon", "avx2" or "avx512") from now on,
+/// process-wide.
 #[pyfunction]
 #[pyo3(signature = (name, /))]
 fn set_simd_path(name: &str) -> PyResult<()> {

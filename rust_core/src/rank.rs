@@ -7,7 +7,7 @@
 //! SIMD distance kernel of [`crate::bits`] and per-task counters that stay in cache.
 
 use crate::bits::{block_len, BlockBuf, Kernel};
-use crate::error::{CoreError, Result};
+use crate::error::{try_filled, CoreError, Result};
 use crate::search::Plan;
 use rayon::prelude::*;
 
@@ -100,8 +100,9 @@ pub fn hamming_histogram_with(
         ));
     }
     let bins = words * 64 + 1;
-    let mut total = vec![0i64; nq * bins];
-    let mut relevant = vec![0i64; nq * bins];
+    let cells = nq.saturating_mul(bins);
+    let mut total = try_filled(cells, 0i64, "hamming_histogram: the totals")?;
+    let mut relevant = try_filled(cells, 0i64, "hamming_histogram: the relevant counts")?;
     if nq == 0 || nd == 0 {
         return Ok((total, relevant));
     }
@@ -130,8 +131,8 @@ pub fn hamming_histogram_with(
                     dr,
                 )
             })
-            .collect()
-    });
+            .collect::<Result<_>>()
+    })?;
     for (t, (tt, rr)) in parts.iter().enumerate() {
         let (qr, _) = plan.task(t);
         let rows = qr.start * bins..qr.end * bins;
@@ -156,13 +157,13 @@ fn task(
     words: usize,
     lwords: usize,
     db: std::ops::Range<usize>,
-) -> (Vec<i64>, Vec<i64>) {
+) -> Result<(Vec<i64>, Vec<i64>)> {
     let bins = words * 64 + 1;
     let nq = queries.len() / words;
     // Per query SUBS sub-histograms of 2 * bins counters: bin `d` counts irrelevant codes at
     // distance d, bin `bins + d` relevant ones. A chunk has at most 2^30 rows: u32 suffices.
     let span = SUBS * 2 * bins;
-    let mut acc = vec![0u32; nq * span];
+    let mut acc = try_filled(nq * span, 0u32, "hamming_histogram: the counters")?;
     let bl = block_len(words);
     let mut buf = BlockBuf::new();
     let mut slot = vec![0u32; bl];
@@ -184,8 +185,8 @@ fn task(
         }
         start += len;
     }
-    let mut total = vec![0i64; nq * bins];
-    let mut relevant = vec![0i64; nq * bins];
+    let mut total = try_filled(nq * bins, 0i64, "hamming_histogram: the totals")?;
+    let mut relevant = try_filled(nq * bins, 0i64, "hamming_histogram: the relevant counts")?;
     for qi in 0..nq {
         let h = &acc[qi * span..(qi + 1) * span];
         for b in 0..bins {
@@ -198,7 +199,7 @@ fn task(
             relevant[qi * bins + b] = rel;
         }
     }
-    (total, relevant)
+    Ok((total, relevant))
 }
 
 /// Move the slot of every relevant code (labels sharing a bit with `ql`) up by `bins`.

@@ -13,14 +13,17 @@
 //! chunks; chunk results are merged by `(distance, id)`, which is a total order, so results are
 //! identical for any thread count.
 
-use crate::bits::{block_len, BlockBuf, Kernel, Sink};
-use crate::error::{CoreError, Result};
+use crate::bits::{Kernel, Sink};
+use crate::error::{
+    describe_bytes, grouped, out_of_memory, try_filled, try_with_capacity, CoreError, Result,
+};
 use rayon::prelude::*;
 use std::collections::{BinaryHeap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// File magic of a saved [`HammingIndex`].
 pub const MAGIC: [u8; 8] = *b"CMRHIDX\0";
@@ -71,14 +74,23 @@ fn is_ascending(ids: &[i64]) -> bool {
 }
 
 /// Grow `v` to hold `extra` more items, by at least a quarter of its length: amortised O(1)
-/// appends while keeping slack (and so memory) within 1.25x.
-fn reserve_growth<T>(v: &mut Vec<T>, extra: usize) {
-    let need = v.len() + extra;
+/// appends while keeping slack (and so memory) within 1.25x. [`CoreError::OutOfMemory`] (naming
+/// `what`) when memory runs out.
+fn reserve_growth<T>(v: &mut Vec<T>, extra: usize, what: &str) -> Result<()> {
+    let need = v.len().saturating_add(extra);
     if need > v.capacity() {
         let target = need.max(v.len() + v.len() / 4);
-        v.reserve_exact(target - v.len());
+        if v.try_reserve_exact(target - v.len()).is_err() {
+            // Without the slack, if that fits.
+            v.try_reserve_exact(extra)
+                .map_err(|_| out_of_memory(what, need as u128, std::mem::size_of::<T>()))?;
+        }
     }
+    Ok(())
 }
+
+/// Largest id an index accepts; ids are `0..=MAX_ID` (the whole non-negative `i64` range).
+pub const MAX_ID: i64 = i64::MAX;
 
 /// Release slack beyond a quarter of the length.
 fn trim<T>(v: &mut Vec<T>) {
@@ -146,11 +158,15 @@ impl HammingIndex {
     }
 
     /// Every id, in row order.
-    pub fn ids(&self) -> Vec<i64> {
+    pub fn ids(&self) -> Result<Vec<i64>> {
+        let n = self.len();
+        let mut out = try_with_capacity(n, "HammingIndex.ids: the ids")?;
         match &self.ids {
-            Ids::Range { start } => (*start..*start + self.len() as i64).collect(),
-            Ids::List { ids, .. } => ids.clone(),
+            // start + n - 1 <= MAX_ID: the range never overflows.
+            Ids::Range { start } => out.extend((0..n as i64).map(|i| start + i)),
+            Ids::List { ids, .. } => out.extend_from_slice(ids),
         }
+        Ok(out)
     }
 
     /// Heap bytes held (codes, stored ids) plus the struct itself.
@@ -177,20 +193,20 @@ impl HammingIndex {
         }
     }
 
-    /// Id given to the next code added without an id: largest id + 1 (0 when empty).
-    fn next_id(&self) -> i64 {
+    /// Largest id (None when empty).
+    fn largest_id(&self) -> Option<i64> {
         let n = self.len();
         if n == 0 {
-            return 0;
+            return None;
         }
-        match &self.ids {
-            Ids::Range { start } => start + n as i64,
+        Some(match &self.ids {
+            Ids::Range { start } => start + (n as i64 - 1),
             Ids::List {
                 ids,
                 ascending: true,
-            } => ids[n - 1] + 1,
-            Ids::List { ids, .. } => ids.iter().copied().max().unwrap_or(-1) + 1,
-        }
+            } => ids[n - 1],
+            Ids::List { ids, .. } => ids.iter().copied().max().unwrap_or(0),
+        })
     }
 
     /// Back to an implicit range when the stored ids happen to be one.
@@ -232,18 +248,37 @@ impl HammingIndex {
         let n = self.len();
         match ids {
             None => {
-                let first = self.next_id();
-                if (m as i64).checked_add(first).is_none() {
+                if m == 0 {
+                    return Ok(());
+                }
+                // Automatic ids continue after the largest id; they must stay <= MAX_ID.
+                let first = match self.largest_id() {
+                    None => 0,
+                    Some(largest) => largest.checked_add(1).ok_or_else(|| {
+                        CoreError::invalid(
+                            "ids",
+                            format!(
+                                "no automatic id is left: the largest id is {MAX_ID} (2**63 - 1), \
+                                 the largest an index holds; pass explicit ids"
+                            ),
+                        )
+                    })?,
+                };
+                if first.checked_add(m as i64 - 1).is_none() {
                     return Err(CoreError::invalid(
                         "ids",
-                        "automatic ids would pass i64::MAX; pass explicit ids",
+                        format!(
+                            "{m} automatic ids from {first} would pass {MAX_ID} (2**63 - 1), \
+                             the largest id an index holds; pass explicit ids"
+                        ),
                     ));
                 }
+                reserve_growth(&mut self.codes, codes.len(), "HammingIndex.add: the codes")?;
                 if n == 0 {
                     self.ids = Ids::Range { start: 0 };
                 } else if let Ids::List { ids, .. } = &mut self.ids {
-                    reserve_growth(ids, m);
-                    ids.extend(first..first + m as i64);
+                    reserve_growth(ids, m, "HammingIndex.add: the ids")?;
+                    ids.extend((0..m as i64).map(|i| first + i));
                 }
             }
             Some(new) => {
@@ -252,6 +287,7 @@ impl HammingIndex {
                     return Ok(());
                 }
                 let new_asc = is_ascending(new);
+                reserve_growth(&mut self.codes, codes.len(), "HammingIndex.add: the codes")?;
                 if n == 0 {
                     self.ids = if is_contiguous(new) {
                         Ids::Range { start: new[0] }
@@ -264,12 +300,13 @@ impl HammingIndex {
                 } else {
                     match &mut self.ids {
                         Ids::Range { start } => {
-                            let next = *start + n as i64;
-                            if !(new[0] == next && is_contiguous(new)) {
-                                let mut all = Vec::with_capacity(n + m);
-                                all.extend(*start..next);
+                            let last = *start + (n as i64 - 1);
+                            if !(last.checked_add(1) == Some(new[0]) && is_contiguous(new)) {
+                                let mut all: Vec<i64> =
+                                    try_with_capacity(n + m, "HammingIndex.add: the ids")?;
+                                all.extend((0..n as i64).map(|i| *start + i));
                                 all.extend_from_slice(new);
-                                let ascending = new_asc && new[0] > next - 1;
+                                let ascending = new_asc && new[0] > last;
                                 self.ids = Ids::List {
                                     ids: all,
                                     ascending,
@@ -278,14 +315,13 @@ impl HammingIndex {
                         }
                         Ids::List { ids, ascending } => {
                             *ascending = *ascending && new_asc && new[0] > ids[n - 1];
-                            reserve_growth(ids, m);
+                            reserve_growth(ids, m, "HammingIndex.add: the ids")?;
                             ids.extend_from_slice(new);
                         }
                     }
                 }
             }
         }
-        reserve_growth(&mut self.codes, codes.len());
         self.codes.extend_from_slice(codes);
         self.normalise();
         Ok(())
@@ -321,8 +357,11 @@ impl HammingIndex {
         }
         let clash = match &self.ids {
             Ids::Range { start } => {
-                let end = *start + n as i64;
-                sorted.iter().copied().find(|id| (*start..end).contains(id))
+                let last = *start + (n as i64 - 1);
+                sorted
+                    .iter()
+                    .copied()
+                    .find(|id| (*start..=last).contains(id))
             }
             Ids::List { ids, .. } => ids
                 .iter()
@@ -386,7 +425,7 @@ impl HammingIndex {
                 return r;
             }
             self.ids = Ids::List {
-                ids: (start..start + n as i64).collect(),
+                ids: (0..n as i64).map(|i| start + i).collect(),
                 ascending: true,
             };
         }
@@ -456,7 +495,19 @@ impl HammingIndex {
         if nq == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let plan = Plan::new(nq, n, pool.current_num_threads(), 256, Plan::MIN_CHUNK);
+        // The result (12 bytes per neighbour) first: it is what a huge `k` or query count asks.
+        let cells = nq.saturating_mul(k);
+        let mut dists: Vec<i32> = try_filled(cells, 0, "search: the distances")?;
+        let mut out_ids: Vec<i64> = try_filled(cells, 0, "search: the ids")?;
+        // Per task a heap of k per query: fewer queries per batch when k is large.
+        let max_batch = (1usize << 22).div_ceil(k).clamp(1, 256);
+        let plan = Plan::new(
+            nq,
+            n,
+            pool.current_num_threads(),
+            max_batch,
+            Plan::MIN_CHUNK,
+        );
         let strict = self.ids_ascending();
         let ids = self.id_view();
         let parts: Vec<Vec<Vec<(u32, i64)>>> = pool.install(|| {
@@ -465,34 +516,37 @@ impl HammingIndex {
                 .map(|t| {
                     let (qr, dr) = plan.task(t);
                     let mut sinks: Vec<TopK<'_>> =
-                        qr.clone().map(|_| TopK::new(k, strict, ids)).collect();
+                        try_with_capacity(qr.len(), "search: the heaps")?;
+                    for _ in qr.clone() {
+                        sinks.push(TopK::new(k, strict, ids)?);
+                    }
                     self.scan(
                         kernel,
                         &queries[qr.start * self.words..qr.end * self.words],
                         dr,
                         &mut sinks,
                     );
-                    sinks.into_iter().map(TopK::into_sorted).collect()
+                    Ok(sinks.into_iter().map(TopK::into_sorted).collect())
                 })
-                .collect()
-        });
-        let mut dists = vec![0i32; nq * k];
-        let mut out_ids = vec![0i64; nq * k];
+                .collect::<Result<_>>()
+        })?;
         let rows = dists
             .par_chunks_mut(k)
             .zip(out_ids.par_chunks_mut(k))
             .enumerate();
         pool.install(|| {
-            rows.for_each(|(q, (drow, irow))| {
+            rows.try_for_each(|(q, (drow, irow))| {
                 let b = q / plan.qb;
                 let local = q - b * plan.qb;
                 let merged;
                 let best: &[(u32, i64)] = if plan.n_chunks == 1 {
                     &parts[b][local]
                 } else {
-                    let mut all: Vec<(u32, i64)> = (0..plan.n_chunks)
-                        .flat_map(|c| parts[b * plan.n_chunks + c][local].iter().copied())
-                        .collect();
+                    let mut all: Vec<(u32, i64)> =
+                        try_with_capacity(plan.n_chunks * k, "search: merging the chunks")?;
+                    for c in 0..plan.n_chunks {
+                        all.extend_from_slice(&parts[b * plan.n_chunks + c][local]);
+                    }
                     all.sort_unstable();
                     merged = all;
                     &merged[..k]
@@ -501,8 +555,9 @@ impl HammingIndex {
                     drow[j] = d as i32;
                     irow[j] = id;
                 }
+                Ok::<(), CoreError>(())
             })
-        });
+        })?;
         Ok((dists, out_ids))
     }
 
@@ -542,6 +597,7 @@ impl HammingIndex {
         }
         let plan = Plan::new(nq, n, pool.current_num_threads(), 256, Plan::MIN_CHUNK);
         let ids = self.id_view();
+        let failed = AtomicBool::new(false);
         let parts: Vec<Vec<Vec<(u32, i64)>>> = pool.install(|| {
             (0..plan.tasks())
                 .into_par_iter()
@@ -553,7 +609,7 @@ impl HammingIndex {
                             hits: Vec::new(),
                             radius,
                             ids,
-                            base: 0,
+                            failed: &failed,
                         })
                         .collect();
                     self.scan(
@@ -573,20 +629,30 @@ impl HammingIndex {
                 })
                 .collect()
         });
+        let found: u128 = parts.iter().flatten().map(|h| h.len() as u128).sum();
+        if failed.load(Ordering::Relaxed) {
+            return Err(CoreError::OutOfMemory(format!(
+                "range_search (radius {radius}): the result does not fit in memory: {} hits, {}, \
+                 were found before an allocation failed, and there are more; use a smaller radius \
+                 or fewer queries at a time",
+                grouped(found),
+                describe_bytes(found * 12)
+            )));
+        }
         let per_query = |q: usize| {
             let b = q / plan.qb;
             let local = q - b * plan.qb;
             (0..plan.n_chunks).map(move |c| (b * plan.n_chunks + c, local))
         };
-        let mut lims = Vec::with_capacity(nq + 1);
+        let mut lims = try_with_capacity(nq + 1, "range_search: the offsets")?;
         lims.push(0i64);
         let mut total = 0usize;
         for q in 0..nq {
             total += per_query(q).map(|(t, l)| parts[t][l].len()).sum::<usize>();
             lims.push(total as i64);
         }
-        let mut dists = Vec::with_capacity(total);
-        let mut out_ids = Vec::with_capacity(total);
+        let mut dists = try_with_capacity(total, "range_search: the distances")?;
+        let mut out_ids = try_with_capacity(total, "range_search: the ids")?;
         let mut merged = Vec::new();
         for q in 0..nq {
             let src: &[(u32, i64)] = if plan.n_chunks == 1 {
@@ -605,27 +671,12 @@ impl HammingIndex {
         Ok((lims, dists, out_ids))
     }
 
-    /// Run every query of `queries` against the rows `db`, block by block.
-    fn scan<S: Sink + Based>(
-        &self,
-        kernel: Kernel,
-        queries: &[u64],
-        db: Range<usize>,
-        sinks: &mut [S],
-    ) {
-        let w = self.words;
-        let bl = block_len(w);
-        let mut buf = BlockBuf::new();
-        let mut start = db.start;
-        while start < db.end {
-            let len = bl.min(db.end - start);
-            let block = buf.load(&self.codes, w, start, len);
-            for (q, sink) in queries.chunks_exact(w).zip(sinks.iter_mut()) {
-                sink.set_base(start);
-                kernel.scan(block, q, sink);
-            }
-            start += len;
-        }
+    /// Run every query of `queries` against the rows `db` (the scanner reads them in blocks
+    /// that stay in cache, each block against every query).
+    fn scan<S: Sink>(&self, kernel: Kernel, queries: &[u64], db: Range<usize>, sinks: &mut [S]) {
+        kernel
+            .scanner(queries, self.words)
+            .scan(&self.codes, db, sinks);
     }
 
     /// Write the index to `path` atomically (a temporary file in the same folder, then rename).
@@ -711,12 +762,13 @@ impl HammingIndex {
             inner: BufReader::with_capacity(1 << 16, file),
             crc: crc32fast::Hasher::new(),
         };
-        let read_err = |e: std::io::Error| {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                corrupt("truncated: the file ended early".to_string())
-            } else {
-                io_error(path, e)
-            }
+        let read_err = |e: std::io::Error| match e.kind() {
+            ErrorKind::UnexpectedEof => corrupt("truncated: the file ended early".to_string()),
+            ErrorKind::OutOfMemory => CoreError::OutOfMemory(format!(
+                "HammingIndex.load: {p}: the index ({}) does not fit in memory",
+                describe_bytes(file_len as u128)
+            )),
+            _ => io_error(path, e),
         };
 
         let mut magic = [0u8; 8];
@@ -815,8 +867,10 @@ impl HammingIndex {
         }
         match &ids {
             Ids::Range { start } => {
-                if *start < 0 || start.checked_add(n as i64).is_none() {
-                    return Err(corrupt(format!("invalid id range starting at {start}")));
+                if *start < 0 || (n > 0 && start.checked_add(n as i64 - 1).is_none()) {
+                    return Err(corrupt(format!(
+                        "invalid id range: {n} ids from {start} pass {MAX_ID} (2**63 - 1)"
+                    )));
                 }
             }
             Ids::List { ids, ascending } => {
@@ -902,7 +956,13 @@ fn write_words<W: Write>(w: &mut W, words: impl Iterator<Item = u64>) -> std::io
 }
 
 fn read_words<R: Read>(r: &mut R, count: usize) -> std::io::Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::new();
+    out.try_reserve_exact(count).map_err(|_| {
+        std::io::Error::new(
+            ErrorKind::OutOfMemory,
+            format!("{} words do not fit in memory", count),
+        )
+    })?;
     let mut buf = vec![0u8; 1 << 15];
     let mut left = count;
     while left > 0 {
@@ -918,11 +978,6 @@ fn read_words<R: Read>(r: &mut R, count: usize) -> std::io::Result<Vec<u64>> {
     Ok(out)
 }
 
-/// A sink told which database row its block starts at.
-trait Based {
-    fn set_base(&mut self, base: usize);
-}
-
 /// The k best `(distance, id)` seen so far, as a max-heap.
 struct TopK<'a> {
     heap: BinaryHeap<(u32, i64)>,
@@ -930,20 +985,21 @@ struct TopK<'a> {
     /// Ids ascend with rows: a code tying the worst distance can never beat it.
     strict: bool,
     ids: IdView<'a>,
-    base: usize,
     threshold: i64,
 }
 
 impl<'a> TopK<'a> {
-    fn new(k: usize, strict: bool, ids: IdView<'a>) -> TopK<'a> {
-        TopK {
-            heap: BinaryHeap::with_capacity(k + 1),
+    fn new(k: usize, strict: bool, ids: IdView<'a>) -> Result<TopK<'a>> {
+        let mut heap = BinaryHeap::new();
+        heap.try_reserve_exact(k + 1)
+            .map_err(|_| out_of_memory("search: the heap of k neighbours", k as u128 + 1, 16))?;
+        Ok(TopK {
+            heap,
             k,
             strict,
             ids,
-            base: 0,
             threshold: i64::MAX,
-        }
+        })
     }
 
     fn update(&mut self) {
@@ -957,12 +1013,6 @@ impl<'a> TopK<'a> {
     }
 }
 
-impl Based for TopK<'_> {
-    fn set_base(&mut self, base: usize) {
-        self.base = base;
-    }
-}
-
 impl Sink for TopK<'_> {
     #[inline]
     fn threshold(&self) -> i64 {
@@ -971,7 +1021,7 @@ impl Sink for TopK<'_> {
 
     #[inline]
     fn offer(&mut self, i: usize, dist: u32) {
-        let cand = (dist, self.ids.get(self.base + i));
+        let cand = (dist, self.ids.get(i));
         if self.heap.len() < self.k {
             self.heap.push(cand);
             if self.heap.len() == self.k {
@@ -992,31 +1042,40 @@ impl Sink for TopK<'_> {
     }
 }
 
-/// Every `(distance, id)` within a radius.
+/// Every `(distance, id)` within a radius; once memory runs out it sets `failed` and asks
+/// the kernels (of every task) to stop.
 struct Within<'a> {
     hits: Vec<(u32, i64)>,
     radius: i64,
     ids: IdView<'a>,
-    base: usize,
-}
-
-impl Based for Within<'_> {
-    fn set_base(&mut self, base: usize) {
-        self.base = base;
-    }
+    failed: &'a AtomicBool,
 }
 
 impl Sink for Within<'_> {
     #[inline]
     fn threshold(&self) -> i64 {
-        self.radius
+        if self.failed.load(Ordering::Relaxed) {
+            -1
+        } else {
+            self.radius
+        }
     }
 
     #[inline]
     fn offer(&mut self, i: usize, dist: u32) {
-        if dist as i64 <= self.radius {
-            self.hits.push((dist, self.ids.get(self.base + i)));
+        if dist as i64 > self.radius {
+            return;
         }
+        if self.hits.len() == self.hits.capacity()
+            && self
+                .hits
+                .try_reserve(self.hits.capacity().clamp(64, 1 << 24))
+                .is_err()
+        {
+            self.failed.store(true, Ordering::Relaxed);
+            return;
+        }
+        self.hits.push((dist, self.ids.get(i)));
     }
 }
 
@@ -1132,11 +1191,11 @@ mod tests {
         assert!(!ix.has_explicit_ids());
         assert_eq!(ix.remove(&[4, 4, 99]), 1);
         assert!(!ix.has_explicit_ids());
-        assert_eq!(ix.ids(), vec![1, 2, 3]);
+        assert_eq!(ix.ids().unwrap(), vec![1, 2, 3]);
         assert_eq!(ix.remove(&[2]), 1);
         assert!(ix.has_explicit_ids());
-        assert_eq!(ix.ids(), vec![1, 3]);
+        assert_eq!(ix.ids().unwrap(), vec![1, 3]);
         ix.add(&[9], None).unwrap();
-        assert_eq!(ix.ids(), vec![1, 3, 4]);
+        assert_eq!(ix.ids().unwrap(), vec![1, 3, 4]);
     }
 }

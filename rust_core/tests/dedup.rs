@@ -98,7 +98,7 @@ fn assert_same(
     let want = near_duplicates_brute(codes, words, radius, other).unwrap();
     for strategy in strategies(words, radius) {
         for p in pools {
-            let got = near_duplicates_with(codes, words, radius, other, p, strategy).unwrap();
+            let got = near_duplicates_with(codes, words, radius, other, None, p, strategy).unwrap();
             assert!(
                 got == want,
                 "words={words} radius={radius} cross={} strategy={strategy:?} threads={}: got {} pairs, want {}",
@@ -175,13 +175,14 @@ fn large_radii_match_brute_force() {
                         max_bits: 8,
                     },
                 ] {
-                    let got = near_duplicates_with(&codes, words, radius, o, &p, strategy).unwrap();
+                    let got =
+                        near_duplicates_with(&codes, words, radius, o, None, &p, strategy).unwrap();
                     assert_eq!(got, want, "words={words} radius={radius} {strategy:?}");
                 }
             }
         }
         // radius == n_bits: every pair
-        let all = near_duplicates(&codes, words, n_bits, None, &p).unwrap();
+        let all = near_duplicates(&codes, words, n_bits, None, None, &p).unwrap();
         assert_eq!(all.len(), 200 * 199 / 2);
     }
 }
@@ -211,7 +212,7 @@ fn identical_codes_in_one_bucket() {
                 std::slice::from_ref(&p),
             );
         }
-        let pairs = near_duplicates(&codes, words, 0, None, &p).unwrap();
+        let pairs = near_duplicates(&codes, words, 0, None, None, &p).unwrap();
         assert!(pairs.len() >= 150 * 149 / 2);
     }
 }
@@ -222,27 +223,27 @@ fn empty_and_single_row() {
     for words in [1usize, 2, 8] {
         let one: Vec<u64> = (0..words as u64).collect();
         for radius in [0u32, 3, 64] {
-            assert!(near_duplicates(&[], words, radius, None, &p)
+            assert!(near_duplicates(&[], words, radius, None, None, &p)
                 .unwrap()
                 .is_empty());
-            assert!(near_duplicates(&one, words, radius, None, &p)
+            assert!(near_duplicates(&one, words, radius, None, None, &p)
                 .unwrap()
                 .is_empty());
-            assert!(near_duplicates(&one, words, radius, Some(&[]), &p)
+            assert!(near_duplicates(&one, words, radius, Some(&[]), None, &p)
                 .unwrap()
                 .is_empty());
-            assert!(near_duplicates(&[], words, radius, Some(&one), &p)
+            assert!(near_duplicates(&[], words, radius, Some(&one), None, &p)
                 .unwrap()
                 .is_empty());
             assert_eq!(
-                near_duplicates(&one, words, radius, Some(&one), &p).unwrap(),
+                near_duplicates(&one, words, radius, Some(&one), None, &p).unwrap(),
                 vec![[0, 0]]
             );
             assert!(duplicate_groups(&[], words, radius, &p).unwrap().is_empty());
             assert_eq!(duplicate_groups(&one, words, radius, &p).unwrap(), vec![0]);
             for strategy in strategies(words, radius).into_iter().take(6) {
                 assert!(
-                    near_duplicates_with(&one, words, radius, None, &p, strategy)
+                    near_duplicates_with(&one, words, radius, None, None, &p, strategy)
                         .unwrap()
                         .is_empty()
                 );
@@ -263,31 +264,34 @@ fn invalid_arguments_are_named() {
     let p = pool(1);
     let codes = [1u64, 2, 3, 4];
     assert_eq!(
-        invalid_arg(near_duplicates(&codes, 0, 1, None, &p)),
+        invalid_arg(near_duplicates(&codes, 0, 1, None, None, &p)),
         "codes"
     );
     assert_eq!(
-        invalid_arg(near_duplicates(&codes, 3, 1, None, &p)),
+        invalid_arg(near_duplicates(&codes, 3, 1, None, None, &p)),
         "codes"
     );
     assert_eq!(
-        invalid_arg(near_duplicates(&codes, 2, 1, Some(&[1, 2, 3]), &p)),
+        invalid_arg(near_duplicates(&codes, 2, 1, Some(&[1, 2, 3]), None, &p)),
         "other"
     );
     assert_eq!(
-        invalid_arg(near_duplicates(&codes, 2, 129, None, &p)),
+        invalid_arg(near_duplicates(&codes, 2, 129, None, None, &p)),
         "radius"
     );
     assert_eq!(
-        invalid_arg(near_duplicates(&codes, 1, 65, Some(&[1]), &p)),
+        invalid_arg(near_duplicates(&codes, 1, 65, Some(&[1]), None, &p)),
         "radius"
     );
     assert_eq!(invalid_arg(duplicate_groups(&codes, 3, 1, &p)), "codes");
     assert_eq!(invalid_arg(duplicate_groups(&codes, 1, 65, &p)), "radius");
     assert_eq!(invalid_arg(duplicate_groups(&codes, 0, 1, &p)), "codes");
     // empty input is still validated
-    assert_eq!(invalid_arg(near_duplicates(&[], 1, 65, None, &p)), "radius");
-    assert!(near_duplicates(&codes, 2, 128, None, &p).is_ok());
+    assert_eq!(
+        invalid_arg(near_duplicates(&[], 1, 65, None, None, &p)),
+        "radius"
+    );
+    assert!(near_duplicates(&codes, 2, 128, None, None, &p).is_ok());
 }
 
 #[test]
@@ -299,11 +303,12 @@ fn thread_count_does_not_change_results() {
         let other = planted(&mut rng, n / 3, words, 6);
         for radius in [0u32, 2, 4, 8] {
             for o in [None, Some(&other[..])] {
-                let a = near_duplicates(&codes, words, radius, o, &p1).unwrap();
-                let b = near_duplicates(&codes, words, radius, o, &p2).unwrap();
+                let a = near_duplicates(&codes, words, radius, o, None, &p1).unwrap();
+                let b = near_duplicates(&codes, words, radius, o, None, &p2).unwrap();
                 assert_eq!(a, b);
-                let c = near_duplicates_with(&codes, words, radius, o, &p2, Strategy::BruteForce)
-                    .unwrap();
+                let c =
+                    near_duplicates_with(&codes, words, radius, o, None, &p2, Strategy::BruteForce)
+                        .unwrap();
                 assert_eq!(a, c, "words={words} radius={radius}");
                 assert!(a.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
             }
@@ -380,4 +385,43 @@ fn duplicate_groups_match_naive_components() {
             naive_groups(&sparse_codes, 1, radius)
         );
     }
+}
+
+#[test]
+fn one_huge_group_is_grouped_without_listing_its_pairs() {
+    let p = pool(2);
+    // 20,000 identical codes: 199,990,000 pairs (3.2 GB) that a limit refuses, naming the count.
+    let n = 20_000;
+    let codes = vec![0x0123_4567_89ab_cdefu64; n];
+    // (Its pairs run into the limit after about a million: the search stops there.)
+    let e = near_duplicates(&codes, 1, 0, None, Some(1_000_000), &p).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CoreError::InvalidArgument {
+                arg: "max_pairs",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("more than 1000000 pairs"), "{e}");
+    assert!(duplicate_groups(&codes, 1, 3, &p)
+        .unwrap()
+        .iter()
+        .all(|&g| g == 0));
+    // Distinct codes that are all within the radius of each other: the union-find merges the
+    // pairs as they are found (496 codes, 122,760 pairs).
+    let base = 0x5555_aaaa_0f0f_f0f0u64;
+    let mut near = Vec::new();
+    for a in 0..32 {
+        for b in a + 1..32 {
+            near.push(base ^ (1 << a) ^ (1 << b));
+        }
+    }
+    near.reverse();
+    let groups = duplicate_groups(&near, 1, 4, &p).unwrap();
+    assert!(groups.iter().all(|&g| g == 0), "one group, rooted at row 0");
+    let pairs = near_duplicates(&near, 1, 4, None, None, &p).unwrap();
+    assert_eq!(pairs.len(), near.len() * (near.len() - 1) / 2);
 }

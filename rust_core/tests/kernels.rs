@@ -203,7 +203,7 @@ fn block_view_is_word_major() {
 #[test]
 fn path_selection() {
     let paths = available_paths();
-    assert_eq!(paths[0], SimdPath::Scalar);
+    assert_eq!(paths[0], SimdPath::Portable);
     assert!(paths.contains(&active_path()));
     for p in SimdPath::ALL {
         assert_eq!(SimdPath::from_name(p.name()), Some(p));
@@ -217,5 +217,139 @@ fn path_selection() {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq") {
         assert!(paths.contains(&SimdPath::Avx512));
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        paths.contains(&SimdPath::Scalar),
+        is_x86_feature_detected!("popcnt")
+    );
+    // Every aarch64 CPU has NEON and a popcount (cnt): both paths run, and these tests cover them.
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        paths,
+        vec![SimdPath::Portable, SimdPath::Scalar, SimdPath::Neon]
+    );
+}
+
+/// A top-k sink (by distance, then row): tightens its threshold as codes arrive, strictly below
+/// the worst kept distance once full, as the search does (rows are offered in ascending order).
+struct TopRows {
+    k: usize,
+    kept: Vec<(u32, usize)>,
+}
+
+impl Sink for TopRows {
+    fn threshold(&self) -> i64 {
+        if self.kept.len() < self.k {
+            i64::MAX
+        } else {
+            self.kept.last().map_or(i64::MAX, |&(d, _)| d as i64 - 1)
+        }
+    }
+    fn offer(&mut self, i: usize, d: u32) {
+        let at = self.kept.partition_point(|&x| x <= (d, i));
+        if at < self.k {
+            self.kept.insert(at, (d, i));
+            self.kept.truncate(self.k);
+        }
+    }
+}
+
+/// Collects every offer within a fixed threshold, checking that rows come in ascending order.
+struct Ordered {
+    t: i64,
+    last: Option<usize>,
+    got: Vec<(usize, u32)>,
+}
+
+impl Sink for Ordered {
+    fn threshold(&self) -> i64 {
+        self.t
+    }
+    fn offer(&mut self, i: usize, d: u32) {
+        assert!(self.last.is_none_or(|l| i > l), "rows offered out of order");
+        self.last = Some(i);
+        if d as i64 <= self.t {
+            self.got.push((i, d));
+        }
+    }
+}
+
+#[test]
+fn scanner_agrees_on_every_path() {
+    let mut rng = StdRng::seed_from_u64(5);
+    // Query counts below and above the batch size where the AVX2 path switches kernels; row
+    // ranges that start inside the codes and end on partial groups of 32.
+    for words in [1usize, 2, 3, 4, 5, 8, 9] {
+        let n = 200;
+        let c = codes(&mut rng, n, words);
+        for nq in [1usize, 5, 17] {
+            let q = codes(&mut rng, nq, words);
+            for rows in [0..n, 3..n - 1, 5..38, 40..40] {
+                let dists: Vec<Vec<u32>> = q
+                    .chunks_exact(words)
+                    .map(|qr| c.chunks_exact(words).map(|r| naive(r, qr)).collect())
+                    .collect();
+                for t in [-1i64, 0, 5, (words * 28) as i64, i64::MAX] {
+                    let want: Vec<Vec<(usize, u32)>> = dists
+                        .iter()
+                        .map(|d| {
+                            rows.clone()
+                                .map(|i| (i, d[i]))
+                                .filter(|&(_, x)| x as i64 <= t)
+                                .collect()
+                        })
+                        .collect();
+                    for path in available_paths() {
+                        let kernel = Kernel::new(path).unwrap();
+                        let mut sinks: Vec<Ordered> = (0..nq)
+                            .map(|_| Ordered {
+                                t,
+                                last: None,
+                                got: Vec::new(),
+                            })
+                            .collect();
+                        kernel.scanner(&q, words).scan(&c, rows.clone(), &mut sinks);
+                        let got: Vec<Vec<(usize, u32)>> =
+                            sinks.into_iter().map(|s| s.got).collect();
+                        assert_eq!(
+                            got, want,
+                            "path {path} words {words} nq {nq} rows {rows:?} t {t}"
+                        );
+                    }
+                }
+                for k in [1usize, 10, 150] {
+                    let want: Vec<Vec<(u32, usize)>> = dists
+                        .iter()
+                        .map(|d| {
+                            let mut all: Vec<(u32, usize)> =
+                                rows.clone().map(|i| (d[i], i)).collect();
+                            all.sort_unstable();
+                            all.truncate(k);
+                            all
+                        })
+                        .collect();
+                    for path in available_paths() {
+                        let mut sinks: Vec<TopRows> = (0..nq)
+                            .map(|_| TopRows {
+                                k,
+                                kept: Vec::new(),
+                            })
+                            .collect();
+                        Kernel::new(path).unwrap().scanner(&q, words).scan(
+                            &c,
+                            rows.clone(),
+                            &mut sinks,
+                        );
+                        let got: Vec<Vec<(u32, usize)>> =
+                            sinks.into_iter().map(|s| s.kept).collect();
+                        assert_eq!(
+                            got, want,
+                            "path {path} words {words} nq {nq} rows {rows:?} k {k}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -61,7 +61,7 @@ fn round_trips() {
         ix.save(&path).unwrap();
         let back = HammingIndex::load(&path).unwrap();
         assert_eq!(back, ix);
-        assert_eq!(back.ids(), ix.ids());
+        assert_eq!(back.ids().unwrap(), ix.ids().unwrap());
         // Saving again over the same path replaces it atomically and leaves no temporary file.
         back.save(&path).unwrap();
         assert_eq!(HammingIndex::load(&path).unwrap(), ix);
@@ -72,7 +72,7 @@ fn round_trips() {
     let path = dir.path("shifted");
     ix.save(&path).unwrap();
     let back = HammingIndex::load(&path).unwrap();
-    assert_eq!(back.ids(), (3..10).collect::<Vec<i64>>());
+    assert_eq!(back.ids().unwrap(), (3..10).collect::<Vec<i64>>());
     assert!(!back.has_explicit_ids());
     let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
         .unwrap()

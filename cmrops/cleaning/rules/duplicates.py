@@ -62,8 +62,9 @@ class Duplicates:
         """Measure with the three rules, then resolve among the samples still kept."""
         exact = self.exact.measure(data)
         near = self.near.measure(data)
-        cap_pairs, cap_d = self.caption.measure(data)
-        return self.decide(data, exact, near.edges, near.report, near.search, cap_pairs, cap_d)
+        cap_pairs, cap_d, cap_report = self.caption.measure(data)
+        report = {**near.report, **cap_report}
+        return self.decide(data, exact, near.edges, report, near.search, cap_pairs, cap_d)
 
     def decide(
         self,
@@ -101,8 +102,12 @@ class Duplicates:
         # the graph duplicates are dropped on
         near_drop = near
         if near_p.enabled and near_p.drop == "with_caption":
-            keys = near.pairs[:, 0] * n + near.pairs[:, 1]
-            near_drop = near.select(np.array([k in cap_key for k in keys.tolist()], bool))
+            # the pair's captions are within the caption radius (what being a caption pair
+            # means; asked of the pair itself, since collapsed caption classes list fewer pairs)
+            a, b = near.pairs[:, 0], near.pairs[:, 1]
+            sh_ = c["simhash"]
+            with_cap = has_text[a] & has_text[b] & (hamming(sh_[a], sh_[b]) <= cap_p.radius)
+            near_drop = near.select(with_cap & cap_p.enabled)
         drop_edges = dedup.Edges.concat([exact if ex.enabled else dedup.Edges.empty(), near_drop])
         drop = dedup.resolve(n, drop_edges, resolution, eligible)
         nb, nb_dist = dedup.nearest_neighbour(n, drop_edges, drop.rep)

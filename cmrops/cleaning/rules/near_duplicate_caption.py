@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrops.cleaning.graph import pairs_within
+from cmrops.cleaning.graph import collapse_identical, pairs_within
 from cmrops.cleaning.rules.base import CleanData
 
 
@@ -41,12 +41,17 @@ class NearDuplicateCaption:
     def threshold(self, data: CleanData) -> dict[str, Any]:
         return {"radius": self.params.radius}
 
-    def measure(self, data: CleanData) -> tuple[np.ndarray, np.ndarray]:
-        """The caption pairs ``(m, 2)`` within the radius and their distances."""
+    def measure(self, data: CleanData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """The caption pairs ``(m, 2)`` within the radius, their distances, and a report (the
+        classes of equal SimHashes too large to list their pairs, linked to their first row)."""
         simhash = data.columns["simhash"]
         cap_rows = np.flatnonzero(simhash != 0)
         if not self.params.enabled:
-            return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+            return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), {}
         sub, cap_d = pairs_within(simhash[cap_rows], self.params.radius)
         cap_pairs = cap_rows[sub] if len(sub) else np.zeros((0, 2), np.int64)
-        return cap_pairs, cap_d
+        report: dict[str, Any] = {}
+        collapsed = collapse_identical(simhash[cap_rows])  # equal SimHashes beyond MAX_CLASS rows
+        if collapsed.classes:
+            report["collapsed_identical_captions"] = collapsed.report()
+        return cap_pairs, cap_d, report

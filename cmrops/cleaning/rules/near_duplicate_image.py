@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from cmrops.cleaning import candidates, dedup
+from cmrops.cleaning.graph import collapse_identical, hamming
 from cmrops.cleaning.rules.base import CleanData
 
 
@@ -75,16 +78,29 @@ class NearDuplicateImage:
             return NearPairs(dedup.Edges.empty(), {}, search)
         image_emb = data.image_emb
         use_cos = p.min_image_cosine is not None and image_emb is not None
-        pairs, dist, search = candidates.near_candidates(
-            c["sample_id"], c["phash"], p.radius, cache_dir=data.cache_dir
+        report: dict[str, Any] = {}
+        # rows no rule can tell apart, in classes too large to list their pairs: searched
+        # through their first row, the others linked to it (the same groups, linear pairs)
+        same = collapse_identical(
+            dedup.interchangeable_keys(c["phash"], c["dhash"], image_emb if use_cos else None)
         )
+        rows = np.flatnonzero(same.keep)
+        found, _, search = candidates.near_candidates(
+            [c["sample_id"][i] for i in rows], c["phash"][rows], p.radius,
+            cache_dir=data.cache_dir,
+        )  # fmt: skip
+        pairs = np.concatenate([rows[found].reshape(-1, 2), same.star])
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        dist = hamming(c["phash"][pairs[:, 0]], c["phash"][pairs[:, 1]])
+        if same.classes:
+            report["collapsed_identical_images"] = same.report()
         near, steps = dedup.near_edges(
             c["phash"], p.radius, dhash=c["dhash"], dhash_radius=p.dhash_radius,
             embeddings=image_emb if use_cos else None,
             min_image_cosine=p.min_image_cosine if use_cos else None,
             candidates=(pairs, dist),
         )  # fmt: skip
-        report: dict[str, Any] = {"near_image_pairs": {**steps, "kept": len(near)}}
+        report["near_image_pairs"] = {**steps, "kept": len(near)}
         if p.min_image_cosine is not None and not use_cos:
             report["near_image_pairs"]["cosine_confirmation"] = (
                 "not run: preprocess wrote no image embeddings"
