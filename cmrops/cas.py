@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,15 @@ _TMP_PREFIX = ".incoming-"
 
 class TooLargeError(ValueError):
     """The file is larger than the store was told to accept."""
+
+
+class StoreWriteError(OSError):
+    """The store itself could not be written (a full disk, a read-only or failing device): never
+    a fault of the input being stored. ``filename`` is the object (or the store) being written."""
+
+    @classmethod
+    def of(cls, exc: OSError, path: str | os.PathLike[str]) -> StoreWriteError:
+        return cls(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 @dataclass(frozen=True)
@@ -49,13 +58,14 @@ class ObjectStore:
         return self.root / sha[:2] / sha
 
     def put_bytes(self, data: bytes) -> StoredObject:
-        """Store ``data`` (no-op when an object with its digest is present)."""
+        """Store ``data`` (no-op when an object with its digest is present). A failed write (a
+        full disk) raises :class:`StoreWriteError` naming the object; nothing is left behind."""
         sha = hashlib.sha256(data).hexdigest()
         if not self._present(sha, len(data)):
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+            target = self.path(sha)
+            fd, tmp = self._temporary(target)
             with self._cleanup(tmp):
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                self._write(fd, [data], target)
                 self._commit(tmp, sha)
         return StoredObject(sha, self.relpath(sha), len(data))
 
@@ -63,23 +73,57 @@ class ObjectStore:
         """Copy ``src`` into the store while hashing it (one read, bounded memory).
 
         Raises :class:`TooLargeError` past ``max_bytes`` and ``OSError`` when ``src`` cannot be
-        read; nothing is left behind in either case.
+        read; :class:`StoreWriteError` (an ``OSError`` too) when the store cannot be written -
+        the caller must not mistake a full disk for an unreadable input. Nothing is left behind.
         """
         h = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
-        with self._cleanup(tmp):
-            with os.fdopen(fd, "wb") as out, src.open("rb") as fh:
+
+        def blocks() -> Iterator[bytes]:
+            nonlocal size
+            with src.open("rb") as fh:
                 while block := fh.read(_CHUNK):
                     size += len(block)
                     if size > max_bytes:
                         raise TooLargeError(f"{src} is larger than {max_bytes} bytes")
                     h.update(block)
-                    out.write(block)
+                    yield block
+
+        fd, tmp = self._temporary(self.root)
+        with self._cleanup(tmp):
+            self._write(fd, blocks(), self.root)
             sha = h.hexdigest()
             if not self._present(sha, size):
                 self._commit(tmp, sha)
         return StoredObject(sha, self.relpath(sha), size)
+
+    def _temporary(self, target: Path) -> tuple[int, str]:
+        try:
+            return tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+        except OSError as e:
+            raise StoreWriteError.of(e, target) from e
+
+    @staticmethod
+    def _write(fd: int, chunks: Iterable[bytes], target: Path) -> None:
+        """Write every chunk to ``fd`` unbuffered (so closing has nothing left to flush) and
+        close it, also on error. Errors of ``os.write``/``os.close`` - the store's side - become
+        :class:`StoreWriteError`; anything ``chunks`` raises (reading the input) passes as is."""
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[os.write(fd, view) :]
+                    except OSError as e:
+                        raise StoreWriteError.of(e, target) from e
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        try:
+            os.close(fd)
+        except OSError as e:
+            raise StoreWriteError.of(e, target) from e
 
     def sweep_temporary(self) -> int:
         """Delete temporary files a killed run left in the store; return how many."""
@@ -112,9 +156,12 @@ class ObjectStore:
 
     def _commit(self, tmp: str, sha: str) -> None:
         final = self.path(sha)
-        final.parent.mkdir(exist_ok=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; objects are plain readable data
-        os.replace(tmp, final)
+        try:
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; objects are plain readable data
+            os.replace(tmp, final)
+        except OSError as e:
+            raise StoreWriteError.of(e, final) from e
 
     @staticmethod
     @contextlib.contextmanager

@@ -281,6 +281,7 @@ def _metrics_serve(args: argparse.Namespace) -> int:
 
 
 def _metrics_push(args: argparse.Namespace) -> int:
+    from cmrops.redaction import redact_url
     from cmrops.telemetry import push
 
     gateway = args.gateway or push.gateway_from_env()
@@ -291,7 +292,7 @@ def _metrics_push(args: argparse.Namespace) -> int:
     except push.PushError as e:
         print(f"cmrops metrics push: {e}", file=sys.stderr)
         return 1
-    print(f"pushed metrics of {', '.join(stages)} to {gateway} (job {args.job})")
+    print(f"pushed metrics of {', '.join(stages)} to {redact_url(gateway)} (job {args.job})")
     return 0
 
 
@@ -345,20 +346,28 @@ def _pipeline_summary(args: argparse.Namespace) -> int:
 
 def _storage_check(args: argparse.Namespace) -> int:
     from cmrops import storage
+    from cmrops.redaction import redact, redact_url
 
-    endpoint = None
+    endpoint = access_key = secret_key = None
     if args.url:
         url = args.url
     else:
-        from cmrops.versioning import remote_info
+        from cmrops.versioning import VersioningError, remote_info
 
-        info = remote_info(args.repo, args.remote)
+        try:
+            info = remote_info(args.repo, args.remote)
+        except VersioningError as e:
+            print(f"cmrops storage check: error: {redact(str(e))}", file=sys.stderr)
+            return 2
         url, endpoint = info.url, info.endpoint
-    res = storage.check(url, endpoint=endpoint, create_bucket=not args.no_create_bucket)
+        access_key, secret_key = info.access_key, info.secret_key
+    res = storage.check(
+        url, endpoint, not args.no_create_bucket, access_key=access_key, secret_key=secret_key
+    )
     state = "OK" if res.ok else "FAILED"
     print(
-        f"storage check {state}: {res.url} reachable={res.reachable} writable={res.writable} "
-        f"({res.seconds}s) - {res.detail}"
+        f"storage check {state}: {redact_url(res.url)} reachable={res.reachable} "
+        f"writable={res.writable} ({res.seconds}s) - {redact(res.detail)}"
     )
     return 0 if res.ok else 1
 

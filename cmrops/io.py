@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +19,55 @@ from typing import IO, Any
 import numpy as np
 
 
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` if it names a file, else a copy naming ``path`` (pyarrow and ``write`` raise
+    without one); :func:`cmrops.errors.os_error_line` reads the errno from the chain."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
 @contextlib.contextmanager
 def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path``; when the block succeeds, the file there is fsynced and
     renamed over ``path``; when it fails, it is removed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise _with_path(e, target) from e
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk: say which output it was writing
+            raise _with_path(e, target) from e
         raise
+
+
+#: The name :func:`_atomic_path` gives a temporary file: ``.<target name>.<8 random>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_temporary(folder: str | os.PathLike[str], skip: frozenset[str] = frozenset()) -> int:
+    """Delete the temporary files that writes killed mid-way (SIGKILL, a full disk) left under
+    ``folder`` (sub-folders named in ``skip`` excepted); returns how many. Call it only while no
+    other process writes there (the stage lock): a live write's temporary file looks the same."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            if _TEMPORARY.match(name):
+                with contextlib.suppress(OSError):  # gone already, or not ours to delete
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+    return n
 
 
 @contextlib.contextmanager
@@ -81,8 +114,13 @@ def atomic_npy_memmap(
             del mm
 
 
-def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def read_npy(path: str | os.PathLike[str], mmap_mode: Any = None) -> np.ndarray:
+    """A ``.npy`` array (memory-mapped with ``mmap_mode="r"``); never unpickles. A file that
+    holds pickled objects or is no ``.npy`` at all is a ``ValueError`` that names the file."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise ValueError(f"{os.fspath(path)}: refused, not a plain .npy array ({e})") from e
 
 
 #: Rows per Parquet row group of every table cmrops writes: fixed, so the bytes of an output
@@ -167,11 +205,17 @@ def parquet_writer(
     import pyarrow.parquet as pq
 
     with atomic_output(path, "wb") as fh:
-        writer = ParquetStreamWriter(
-            pq.ParquetWriter(fh, schema, **_PARQUET_OPTIONS), schema, row_group_rows
-        )
-        yield writer
-        writer.close()
+        pq_writer = pq.ParquetWriter(fh, schema, **_PARQUET_OPTIONS)
+        writer = ParquetStreamWriter(pq_writer, schema, row_group_rows)
+        try:
+            yield writer
+            writer.close()
+        except BaseException:
+            # close it while its file is open: left to the garbage collector, it would write its
+            # footer into the closed file ("write to closed file") after the real error
+            with contextlib.suppress(Exception):
+                pq_writer.close()
+            raise
 
 
 class HexKeySorter:

@@ -10,6 +10,11 @@ function of an importable module), so :func:`spawn_pool` hides that script from
 Each worker gets its share of the parent's thread budget (:mod:`cmrops.threads`): in its
 environment (``CMROPS_THREADS``, ``OMP_NUM_THREADS``, ... and passive OpenMP waits), so the
 libraries it loads start with that many threads, and applied again once it runs.
+
+Workers end with their parent. A parent killed with SIGKILL (an Airflow task past its timeout,
+an OOM kill) cannot shut its pool down, and a worker waiting on the pool's queue would then wait
+forever, holding memory and the task's output pipes; each worker therefore watches its parent
+and exits once it is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,7 +78,7 @@ def spawn_pool(max_workers: int, threads: int | None = None) -> Iterator[cf.Proc
     """A ``spawn`` process pool (a context manager, like the executor itself) whose workers do
     not re-run the parent's ``__main__`` script: it stays hidden while the pool lives, since
     workers start on demand. Each worker uses ``threads`` threads (None: an equal share of this
-    process's budget, :func:`cmrops.threads.current`)."""
+    process's budget, :func:`cmrops.threads.current`) and ends with its parent."""
     from cmrops import threads as budget
 
     if threads is None:
@@ -79,7 +87,32 @@ def spawn_pool(max_workers: int, threads: int | None = None) -> Iterator[cf.Proc
     with (
         _main_script_hidden(),
         cf.ProcessPoolExecutor(
-            max_workers, mp_context=ctx, initializer=budget.apply, initargs=(threads,)
+            max_workers, mp_context=ctx, initializer=_start_worker, initargs=(threads, os.getpid())
         ) as pool,
     ):
         yield pool
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """Worker initializer: its thread budget applied, and a watch that ends it with its parent."""
+    from cmrops import threads as budget
+
+    budget.apply(threads)
+    _exit_with_parent(parent)
+
+
+#: How often a worker checks that its parent is alive (seconds).
+PARENT_CHECK_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread that ends the worker once ``parent`` is gone (the
+    worker is re-parented, so ``getppid`` changes). A shard it was writing is left as a
+    temporary file, which the next run sweeps."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(70)  # EX_SOFTWARE; nobody is left to read it
+
+    threading.Thread(target=watch, name="cmrops-parent-watch", daemon=True).start()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmrops.io import read_npy
 from cmrops.media import MEDIA_KINDS
 from cmrops.report_files import FILES as FILES
 from cmrops.report_files import ReportError as ReportError
@@ -608,7 +609,7 @@ def bit_stats(project: Path, model: str, modality: str, role: str = "database") 
         )
     try:
         meta = json.loads(meta_p.read_text(encoding="utf-8"))
-        codes = np.load(codes_p, allow_pickle=False)
+        codes = read_npy(codes_p)
         n_bits = int(meta.get("n_bits") or meta["bits"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ReportError(f"{folder} cannot be read ({e}); rerun `cmrops train`") from e

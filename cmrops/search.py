@@ -262,7 +262,7 @@ class ModelCodes:
                 path = info.codes_dir / f"{kind}_{role}{suffix}.npy"
                 if not path.is_file():
                     raise SearchError(f"{path}: missing - re-run `cmrops train`")
-                a = np.load(path, allow_pickle=False)
+                a = io.read_npy(path)
                 if a.dtype != dtype or a.shape != (n, width):
                     raise SearchError(
                         f"{path}: {a.dtype} {a.shape}, expected {np.dtype(dtype)} ({n}, {width}) "

@@ -22,7 +22,18 @@ from collections.abc import Callable, Sequence
 
 from cmrops.stage_table import STAGES, build_parser
 
-__all__ = ["call", "handler_of", "main", "run", "thread_budget", "with_dvc_files"]
+__all__ = [
+    "RedactingFilter",
+    "call",
+    "configure_logging",
+    "handler_of",
+    "main",
+    "redact_logs",
+    "run",
+    "sweep_killed_writes",
+    "thread_budget",
+    "with_dvc_files",
+]
 
 
 def handler_of(args: argparse.Namespace) -> Callable[[argparse.Namespace], int | None]:
@@ -32,7 +43,9 @@ def handler_of(args: argparse.Namespace) -> Callable[[argparse.Namespace], int |
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run parsed command ``args``; a pipeline stage is timed into the run log (and pushed)."""
+    """Run parsed command ``args``; a pipeline stage runs under its stage lock (one copy at a
+    time per output folder: a second Airflow attempt waits for the first), after the temporary
+    files of killed writes are swept from its outputs, timed into the run log (and pushed)."""
     try:
         thread_budget(args)  # before the command imports torch or ONNX Runtime
     except ValueError as e:  # a bad $CMROPS_THREADS
@@ -40,10 +53,34 @@ def run(args: argparse.Namespace) -> int:
         return 2
     func = handler_of(args)
     if args.command in STAGES:
-        from cmrops.telemetry.record import run_recorded
+        from cmrops.locks import stage_lock
+        from cmrops.telemetry.record import project_root, run_recorded
 
-        return run_recorded(args, lambda: call(with_dvc_files(func), args))
+        output = next(
+            getattr(args, a) for a in ("out", "models", "metrics") if getattr(args, a, None)
+        )
+        with stage_lock(project_root(output, args.params), args.command, output):
+            sweep_killed_writes(args)
+            return run_recorded(args, lambda: call(with_dvc_files(func), args))
     return call(func, args)
+
+
+def sweep_killed_writes(args: argparse.Namespace) -> None:
+    """Temporary files of writes a killed run left in this stage's output folders: removed
+    before it runs again, so none is ever versioned as part of an output (the stage lock is
+    held: no live write of this stage is there)."""
+    from pathlib import Path
+
+    from cmrops.io import sweep_temporary
+
+    for attr in ("out", "models", "codes", "plots"):
+        folder = getattr(args, attr, None)
+        if folder and Path(folder).is_dir():
+            # preprocess's shards are written by fan-out tasks that hold no stage lock: it
+            # sweeps them itself when it plans
+            n = sweep_temporary(folder, skip=frozenset({"shards"}))
+            if n:
+                logging.getLogger("cmrops").info("removed %d temporary file(s) in %s", n, folder)
 
 
 def thread_budget(args: argparse.Namespace) -> None:
@@ -87,23 +124,58 @@ def with_dvc_files(
 
 def call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """``func(args)`` as an exit code: bad input or configuration (ValueError,
-    FileNotFoundError, PermissionError) is one clear line on stderr and 2 (with ``-v``: the
-    traceback)."""
+    FileNotFoundError, PermissionError) is one clear line on stderr and 2, any other OS error
+    (a full disk, a failing device) one line with the path and 1 (with ``-v``: the traceback).
+    Credentials in a URL are masked."""
+    from cmrops.errors import os_error_line
+    from cmrops.redaction import redact
+
     try:
         return int(func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as e:
         # Bad input or configuration: one clear line, no traceback (use -v for it).
         if args.verbose:
             raise
-        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
+        print(f"cmrops {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The machine, not the input: a full disk, a read-only or failing device. One line with
+        # the path and what to do; exit 1 (a retry after the cause is fixed may succeed).
+        if args.verbose:
+            raise
+        out = getattr(args, "out", None) or getattr(args, "metrics", None)
+        print(f"cmrops {args.command}: error: {os_error_line(e, out)}", file=sys.stderr)
+        return 1
 
 
 def configure_logging(verbose: bool) -> None:
+    """Log to stderr (debug with ``-v``), credentials in URLs masked (:class:`RedactingFilter`)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact_logs()
+
+
+class RedactingFilter(logging.Filter):
+    """Masks URL credentials in every record a handler emits (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from cmrops.redaction import redact
+
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logs() -> None:
+    """Install :class:`RedactingFilter` on the root logger's handlers (once): credentials in a
+    URL that a library logs (botocore, dvc, urllib3) never reach the log either."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def main(argv: Sequence[str]) -> int:

@@ -10,7 +10,10 @@ S3-compatible servers (MinIO, AWS, moto on loopback) are configured by the envir
 never by a committed file:
 
 * ``CMROPS_S3_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL``) - e.g. ``http://127.0.0.1:9000``;
-* ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` - the credentials.
+* ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` - the credentials (an endpoint written
+  ``http://KEY:SECRET@host:9000`` supplies them when these are unset).
+
+Endpoints are shown with their credentials masked (:func:`cmrops.redaction.redact`).
 
 :func:`ensure_bucket` creates a missing bucket with the ``minio`` SDK; :func:`check` writes,
 reads back and deletes a probe object (``cmrops storage check``).
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from cmrops.redaction import redact, redact_url, split_credentials
 
 __all__ = [
     "CheckResult",
@@ -70,12 +75,14 @@ def parse_root(url: str | os.PathLike[str], base: str | os.PathLike[str] = ".") 
     parsed = urlparse(text)
     if parsed.scheme in ("s3", "minio"):
         if not parsed.netloc:
-            raise StorageError(f"{text}: an s3 root needs a bucket (s3://bucket/prefix)")
+            raise StorageError(f"{redact(text)}: an s3 root needs a bucket (s3://bucket/prefix)")
         return Root(text, "s3", bucket=parsed.netloc, prefix=parsed.path.strip("/"))
     if parsed.scheme == "file":
         return Root(text, "file", path=str(Path(parsed.path).resolve()))
     if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
-        raise StorageError(f"{text}: unsupported storage scheme {parsed.scheme!r} (file, s3)")
+        raise StorageError(
+            f"{redact(text)}: unsupported storage scheme {parsed.scheme!r} (file, s3)"
+        )
     p = Path(text)
     return Root(text, "file", path=str((p if p.is_absolute() else Path(base) / p).resolve()))
 
@@ -84,13 +91,30 @@ def endpoint_url() -> str | None:
     return os.environ.get("CMROPS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def _s3fs(endpoint: str | None = None) -> Any:
+def endpoint_and_keys(
+    endpoint: str | None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> tuple[str | None, str | None, str | None]:
+    """``(endpoint without credentials, access key, secret key)``: keys given, else
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, else the endpoint's ``KEY:SECRET@``."""
+    user = password = None
+    if endpoint:
+        endpoint, user, password = split_credentials(endpoint)
+    access = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or user
+    secret = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or password
+    return endpoint, access, secret
+
+
+def _s3fs(
+    endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None
+) -> Any:
     import s3fs
 
-    endpoint = endpoint or endpoint_url()
+    endpoint, access, secret = endpoint_and_keys(endpoint or endpoint_url(), access_key, secret_key)
     kwargs: dict[str, Any] = {
-        "key": os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "key": access,
+        "secret": secret,
         "skip_instance_cache": True,
         "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 5, "read_timeout": 30},
     }
@@ -112,7 +136,10 @@ def ensure_bucket(
     from minio import Minio
     from minio.error import S3Error
 
-    endpoint = endpoint or endpoint_url()
+    shown = redact_url(endpoint or endpoint_url())
+    endpoint, access_key, secret_key = endpoint_and_keys(
+        endpoint or endpoint_url(), access_key, secret_key
+    )
     if not endpoint:
         raise StorageError(
             "no S3 endpoint: set CMROPS_S3_ENDPOINT_URL (e.g. http://127.0.0.1:9000)"
@@ -126,8 +153,8 @@ def ensure_bucket(
     )
     client = Minio(
         u.netloc,
-        access_key=access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        access_key=access_key,
+        secret_key=secret_key,
         secure=u.scheme == "https",
         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         http_client=http,
@@ -138,13 +165,15 @@ def ensure_bucket(
         client.make_bucket(bucket)
         return True
     except S3Error as e:
-        raise StorageError(f"s3://{bucket} at {endpoint}: {e.code}: {e.message}") from e
+        raise StorageError(redact(f"s3://{bucket} at {shown}: {e.code}: {e.message}")) from e
     except (OSError, urllib3.exceptions.HTTPError) as e:
-        raise StorageError(f"S3 server at {endpoint} is not reachable: {e}") from e
+        raise StorageError(redact(f"S3 server at {shown} is not reachable: {e}")) from e
 
 
 @dataclass(frozen=True)
 class CheckResult:
+    """What :func:`check` found; ``url`` and ``detail`` have credentials masked."""
+
     url: str
     reachable: bool
     writable: bool
@@ -156,16 +185,28 @@ class CheckResult:
         return self.reachable and self.writable
 
 
-def check(url: str, endpoint: str | None = None, create_bucket: bool = True) -> CheckResult:
+def check(
+    url: str,
+    endpoint: str | None = None,
+    create_bucket: bool = True,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> CheckResult:
     """Tell whether the root at ``url`` is reachable and writable: write, read back and delete a
-    probe object. A missing S3 bucket is created first when ``create_bucket``."""
+    probe object. A missing S3 bucket is created first when ``create_bucket``. Keys: given, else
+    the environment's, else the endpoint URL's (:func:`endpoint_and_keys`)."""
     t0 = time.perf_counter()
-    root = parse_root(url)
+    try:
+        root = parse_root(url)
+    except StorageError as e:
+        return CheckResult(redact_url(url), False, False, str(e), 0.0)
     probe_rel = f".cmrops-probe-{uuid.uuid4().hex}"
     payload = b"cmrops storage probe\n"
 
     def result(reachable: bool, writable: bool, detail: str) -> CheckResult:
-        return CheckResult(url, reachable, writable, detail, round(time.perf_counter() - t0, 3))
+        return CheckResult(
+            redact_url(url), reachable, writable, redact(detail), round(time.perf_counter() - t0, 3)
+        )
 
     if root.is_local:
         folder = Path(root.path)
@@ -181,13 +222,13 @@ def check(url: str, endpoint: str | None = None, create_bucket: bool = True) -> 
     endpoint = endpoint or endpoint_url()
     try:
         if create_bucket and endpoint:
-            if ensure_bucket(root.bucket, endpoint):
+            if ensure_bucket(root.bucket, endpoint, access_key, secret_key):
                 created = f" (bucket {root.bucket} created)"
             else:
                 created = ""
         else:
             created = ""
-        fs = _s3fs(endpoint)
+        fs = _s3fs(endpoint, access_key, secret_key)
         path = root.join(probe_rel)
         fs.pipe_file(path, payload)
         ok = fs.cat_file(path) == payload

@@ -6,7 +6,9 @@ Normalisation (:func:`normalize_caption`), in this order:
    whitespace ones (tab, newline, ...), which become spaces; remove lone surrogates (``Cs``,
    not encodable as UTF-8);
 2. remove zero-width and bidi-control junk: U+200B-U+200F, U+202A-U+202E, U+2060-U+2064,
-   U+2066-U+2069 and U+FEFF (BOM / zero-width no-break space);
+   U+2066-U+2069 and U+FEFF (BOM / zero-width no-break space) - except a zero-width joiner
+   (U+200D) inside an emoji ZWJ sequence (between two ``Extended_Pictographic`` characters, the
+   first maybe followed by a variation selector or a skin-tone modifier): 👨‍👩‍👧 stays one family;
 3. Unicode NFC (after the removals, so a mark split from its base by junk still composes);
 4. collapse every run of Unicode whitespace to one space and strip both ends;
 5. cap the length at ``max_chars`` code points (trailing space of the cut removed); the number
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+import regex
 
 _JUNK_RANGES: Final = ((0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x2064), (0x2066, 0x2069))
 _JUNK: Final[frozenset[int]] = frozenset(
@@ -51,19 +54,30 @@ def _build_delete_table() -> dict[int, int | None]:
     return table
 
 
+_ZWJ: Final = 0x200D
 _DELETE: Final = _build_delete_table()
+_DELETE_BUT_ZWJ: Final = {k: v for k, v in _DELETE.items() if k != _ZWJ}
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: A ZWJ that does not join two emoji (the ``regex`` module knows Unicode's emoji properties).
+_STRAY_ZWJ: Final = regex.compile(
+    r"(?<!\p{Extended_Pictographic}[\N{VARIATION SELECTOR-16}\p{Emoji_Modifier}]?)\u200D"
+    r"|\u200D(?!\p{Extended_Pictographic})"
+)
 
 
 def normalize_caption(text: str, max_chars: int) -> tuple[str, int]:
     """Return ``(normalised text, number of characters cut by the length cap)``."""
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    cleaned = _SURROGATES.sub("", text.translate(_DELETE))
+    if "\u200d" in text:  # keep the joiners of emoji sequences, drop the others
+        cleaned = _STRAY_ZWJ.sub("", text.translate(_DELETE_BUT_ZWJ))
+    else:
+        cleaned = text.translate(_DELETE)
+    cleaned = _SURROGATES.sub("", cleaned)
     collapsed = " ".join(unicodedata.normalize("NFC", cleaned).split())
     if len(collapsed) <= max_chars:
         return collapsed, 0
-    kept = collapsed[:max_chars].rstrip()
+    kept = collapsed[:max_chars].rstrip().removesuffix("\u200d")  # a cut emoji sequence
     return kept, len(collapsed) - len(kept)
 
 

@@ -7,17 +7,28 @@ temporary copy, never on the checkout's own data).
 The committed ``.dvc/config`` names the default remote (a local folder). An S3/MinIO remote is
 added with :func:`configure_remote`: its URL may be committed, but its endpoint and credentials
 go to ``.dvc/config.local`` (``dvc remote modify --local``) or the environment
-(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``) - never to a committed file.
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``) - never to a committed file; credentials
+written into a URL (``http://KEY:SECRET@host:9000``) are split off into ``config.local``.
+
+Every remote is verified on pull (``verify = true``, committed for the default remote, set by
+:func:`configure_remote` for the others): DVC rehashes each file it downloads and refuses one
+whose content does not match its name, so a bit flipped in the remote never reaches the
+workspace. dvc commands wait for each other (``--wait-for-lock``) instead of failing when two
+run at once (two copies of the last Airflow task), and dvc's messages are shown with URL
+credentials masked.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cmrops.redaction import redact, split_credentials
 
 __all__ = [
     "Changes",
@@ -38,6 +49,10 @@ __all__ = [
 _ENV = {"DVC_NO_ANALYTICS": "1", "DVC_UPDATER_ENDPOINT": "", "DVC_IGNORE_ISATTY": "true"}
 
 
+#: A progress-bar line in dvc's output (``50%|...``, ``3.00 [00:01, 2.1file/s]``, a lone ``!``).
+_PROGRESS = re.compile(r"%\||/s\]|^\s*!\s*$")
+
+
 class VersioningError(RuntimeError):
     """A dvc command failed; the message names the command and dvc's own error lines."""
 
@@ -48,7 +63,7 @@ def dvc(
     """Run ``dvc ARGS`` in ``repo``; raise :class:`VersioningError` (dvc's error) on failure."""
     env = {**os.environ, **_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
+        [sys.executable, "-m", "dvc", "--wait-for-lock", *args],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -56,10 +71,16 @@ def dvc(
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "ERROR" in ln] or lines[-5:]
+        lines = [
+            ln
+            for ln in (proc.stderr + proc.stdout).splitlines()
+            if ln.strip() and not _PROGRESS.search(ln)
+        ]
+        first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), None)
+        # the ERROR line and what dvc lists under it (the targets that failed), or the tail
+        errors = lines[first : first + 8] if first is not None else lines[-5:]
         raise VersioningError(
-            f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors)
+            redact(f"dvc {' '.join(args)} failed (exit {proc.returncode}): " + " | ".join(errors))
         )
     return proc
 
@@ -69,6 +90,8 @@ class RemoteInfo:
     name: str
     url: str
     endpoint: str | None
+    access_key: str | None = None  # the remote's own keys (config.local), if it has any
+    secret_key: str | None = field(default=None, repr=False)
 
 
 def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> RemoteInfo:
@@ -87,7 +110,17 @@ def remote_info(repo: str | os.PathLike[str] = ".", name: str | None = None) -> 
         url = section["url"]
         if "://" not in url and not os.path.isabs(url):  # relative to .dvc/
             url = str((Path(repo) / ".dvc" / url).resolve())
-        return RemoteInfo(name, url, section.get("endpointurl"))
+        return RemoteInfo(
+            name,
+            url,
+            section.get("endpointurl"),
+            section.get("access_key_id"),
+            section.get("secret_access_key"),
+        )
+
+
+#: URL schemes whose DVC remotes take ``user`` / ``password`` options.
+_USER_PASSWORD_SCHEMES = frozenset({"http", "https", "webdav", "webdavs", "ssh"})
 
 
 def configure_remote(
@@ -98,11 +131,35 @@ def configure_remote(
     default: bool = False,
     local: bool = False,
 ) -> None:
-    """Add (or replace) remote ``name``; its ``endpoint`` is only ever written with ``--local``."""
+    """Add (or replace) remote ``name``, verified on pull (``verify = true``). Its ``endpoint``
+    is only ever written with ``--local``; credentials in ``endpoint`` become the remote's
+    ``access_key_id`` / ``secret_access_key`` and those in ``url`` its ``user`` / ``password``,
+    both in ``config.local`` only."""
+    from urllib.parse import urlsplit
+
     level = ["--local"] if local else []
-    dvc(["remote", "add", "--force", *level, *(["-d"] if default else []), name, url], repo)
+    bare_url, user, password = split_credentials(url)
+    if user is not None and urlsplit(bare_url).scheme not in _USER_PASSWORD_SCHEMES:
+        raise ValueError(
+            f"{redact(url)}: a {urlsplit(bare_url).scheme or 'local'} remote takes no credentials "
+            "in its URL; give them in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        )
+    dvc(["remote", "add", "--force", *level, *(["-d"] if default else []), name, bare_url], repo)
+    dvc(["remote", "modify", *level, name, "verify", "true"], repo)
+    secrets: list[tuple[str, str]] = []
+    if user is not None:
+        secrets += [("user", user), *([("password", password)] if password is not None else [])]
+        if urlsplit(bare_url).scheme in ("http", "https"):
+            secrets.append(("auth", "basic"))
     if endpoint:
-        dvc(["remote", "modify", "--local", name, "endpointurl", endpoint], repo)
+        bare_endpoint, key, secret = split_credentials(endpoint)
+        secrets.append(("endpointurl", bare_endpoint))
+        if key is not None:
+            secrets.append(("access_key_id", key))
+        if secret is not None:
+            secrets.append(("secret_access_key", secret))
+    for option, value in secrets:
+        dvc(["remote", "modify", "--local", name, option, value], repo)
 
 
 def ensure_remote_bucket(repo: str | os.PathLike[str] = ".", name: str | None = None) -> bool:
@@ -116,7 +173,7 @@ def ensure_remote_bucket(repo: str | os.PathLike[str] = ".", name: str | None = 
     u = urlparse(info.url)
     if u.scheme != "s3":
         return False
-    return ensure_bucket(u.netloc, info.endpoint)
+    return ensure_bucket(u.netloc, info.endpoint, info.access_key, info.secret_key)
 
 
 def commit(repo: str | os.PathLike[str] = ".", targets: list[str] | None = None) -> None:
@@ -131,8 +188,8 @@ def push(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: in
         ensure_remote_bucket(repo, remote)
     except Exception as e:  # unreachable server: let dvc push report it with its own words too
         raise VersioningError(
-            f"DVC remote {remote or '(default)'} is not reachable: {e}. Start the object store "
-            "(or fix its endpoint) and rerun; the push resumes where it stopped."
+            f"DVC remote {remote or '(default)'} is not reachable: {redact(str(e))}. Start the "
+            "object store (or fix its endpoint) and rerun; the push resumes where it stopped."
         ) from e
     try:
         proc = dvc(["push", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)
@@ -144,8 +201,28 @@ def push(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: in
     return proc.stdout.strip()
 
 
-def pull(repo: str | os.PathLike[str] = ".", remote: str | None = None, jobs: int = 4) -> str:
-    proc = dvc(["pull", "--jobs", str(jobs), *(["-r", remote] if remote else [])], repo)
+def pull(
+    repo: str | os.PathLike[str] = ".",
+    remote: str | None = None,
+    jobs: int = 4,
+    targets: list[str] | None = None,
+) -> str:
+    """``dvc pull`` (of ``targets``: stages or outputs; default all). Every file is verified
+    against its hash: one missing from the remote or damaged there is not checked out, and the
+    error says so."""
+    try:
+        proc = dvc(
+            ["pull", "--jobs", str(jobs), *(["-r", remote] if remote else []), *(targets or [])],
+            repo,
+        )
+    except VersioningError as e:
+        if "Missing cache files" not in str(e) and "Checkout failed" not in str(e):
+            raise
+        raise VersioningError(
+            f"{e}. Files missing from the remote, or whose remote copy does not match its hash "
+            "(damaged: pulls are verified), were not checked out; push them again from a "
+            "workspace that has them, then pull."
+        ) from e
     return proc.stdout.strip()
 
 

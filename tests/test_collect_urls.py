@@ -22,8 +22,17 @@ import pytest
 import yaml
 
 from cmrops.cli import main
+from cmrops.errors import NothingKeptError
 from cmrops.params import ParamsError
-from tests.collect_util import by_key, check_balance, collect, params, reasons, rows
+from tests.collect_util import (
+    by_key,
+    check_balance,
+    collect,
+    params,
+    reasons,
+    rows,
+    write_image,
+)
 from tests.http_fault_server import FaultServer, Route, jpeg, net_guard, png
 
 __all__ = ["net_guard"]  # the fixture, used by name
@@ -337,14 +346,15 @@ def test_shards_are_recorded_and_rows_are_keyed_by_url(tmp_path, server):
 
 def test_policy_change_retries_policy_failures(tmp_path, server):
     big = server.add("/big.jpg", body=jpeg(1, (400, 300), noise=True))
-    manifest = write_csv(tmp_path / "u.csv", [(big, "big")])
+    small = server.add("/small.jpg", body=jpeg(2))  # a run that keeps nothing is an error
+    manifest = write_csv(tmp_path / "u.csv", [(big, "big"), (small, "small")])
     out = tmp_path / "raw"
     m = collect(out, spec(manifest, max_bytes=1000))
     assert m["quarantined_by_reason"] == {"too_large": 1}
     assert collect(out, spec(manifest, max_bytes=1000)) == m
     assert server.requests["/big.jpg"] == 1  # final under the same policy
     m = collect(out, spec(manifest))  # a larger cap: tried again
-    assert m["kept"] == 1
+    assert m["kept"] == 2
     assert server.requests["/big.jpg"] == 2
     m = collect(out, spec(manifest, max_bytes=1000))  # smaller again: no download needed
     assert m["quarantined_by_reason"] == {"too_large": 1}
@@ -476,7 +486,14 @@ def test_without_private_networks_nothing_reaches_the_loopback_server(tmp_path, 
     manifest = write_csv(tmp_path / "u.csv", [(x, "c") for x in blocked])
     out = tmp_path / "raw"
     download = {k: v for k, v in FAST.items() if k != "allowed_networks"}
-    m = collect(out, {"name": "web", "kind": "urls", "path": str(manifest), "download": download})
+    urls = {"name": "web", "kind": "urls", "path": str(manifest), "download": download}
+    with pytest.raises(NothingKeptError, match=f"blocked_address {len(blocked)}"):
+        collect(out, urls)  # nothing kept: an error with the counts, no outputs
+    assert not (out / "samples.parquet").exists()
+    local = tmp_path / "local"  # beside a source that keeps a sample, the run completes
+    write_image(local / "ok.jpg")
+    (local / "ok.txt").write_text("a caption")
+    m = collect(out, urls, {"name": "local", "kind": "folder", "path": str(local)})
     check_balance(out, m)
     assert m["quarantined_by_reason"] == {"blocked_address": len(blocked)}
     assert server.total_requests == 0

@@ -6,10 +6,12 @@ import io
 import json
 import random
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from cmrops.errors import NothingKeptError
 from cmrops.sources import WebDatasetSource
 from cmrops.sources.webdataset import expand_shards
 from tests.collect_util import by_key, check_balance, collect, image_bytes, reasons, rows
@@ -233,10 +235,100 @@ def test_truncated_gzip_shard(tmp_path):
 def test_not_a_tar_and_missing_shards(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"<html>not a tar</html>")  # no sample could be read
     out = tmp_path / "raw"
-    m = collect(out, {"name": "w", "kind": "webdataset", "shards": [str(tmp_path / "junk.tar")]})
+    junk = {"name": "w", "kind": "webdataset", "shards": [str(tmp_path / "junk.tar")]}
+    with pytest.raises(NothingKeptError, match=r"all 1 inputs were quarantined \(truncated_shard"):
+        collect(out, junk)  # nothing to pass on: the stage fails, saying why
+    _three_samples(tmp_path / "good.tar")
+    m = collect(out, {**junk, "shards": [str(tmp_path / "junk.tar"), str(tmp_path / "good.tar")]})
     assert reasons(out) == {"junk.tar": "truncated_shard"}
     check_balance(out, m)
     with pytest.raises(FileNotFoundError, match=r"gone\.tar"):
         WebDatasetSource("w", [tmp_path / "gone.tar"], 1 << 20)
     with pytest.raises(FileNotFoundError, match="no tar shard matches"):
         expand_shards(["none-*.tar"], tmp_path)
+
+
+PIB = 1 << 50
+
+
+def _bomb_header(name: str, size: int, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """A member header claiming ``size`` bytes (GNU base-256 above 8 GiB), without the data."""
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    return ti.tobuf(format=fmt)
+
+
+def _bomb_shard(path: Path, header: bytes, compress: bool = False) -> float:
+    """s0 (whole), then ``header`` and 1 MiB of noise: collect it, return the seconds taken."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for ti, data in _sample("s0", 10):
+            tf.addfile(ti, io.BytesIO(data))
+        end = tf.offset  # before the end-of-archive blocks
+    head = buf.getvalue()[:end]
+    body = head + header + random.Random(1).randbytes(1 << 20)
+    if compress:
+        import gzip
+
+        body = gzip.compress(body, compresslevel=1)
+    path.write_bytes(body)
+    t0 = time.perf_counter()
+    records = list(WebDatasetSource("w", [path], 64 << 20))  # the reading alone, timed
+    seconds = time.perf_counter() - t0
+    assert len(records) == 2
+    out = path.parent / f"raw-{path.name}"
+    check_balance(out, collect(out, {"name": "w", "kind": "webdataset", "shards": [str(path)]}))
+    assert by_key(out).keys() == {f"{path.name}/s0"}  # the whole sample before the bomb is kept
+    return seconds
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
+def test_header_bomb_claiming_a_pebibyte_ends_the_shard_at_once(tmp_path, compress):
+    # 1 PiB in GNU base-256: tarfile's stream skip would step through it 16 KiB at a time
+    header = _bomb_header("s1.jpg", PIB)
+    assert header[124] & 0x80  # the size field really is base-256
+    name = "bomb.tar.gz" if compress else "bomb.tar"
+    seconds = _bomb_shard(tmp_path / name, header, compress)
+    q = rows(tmp_path / f"raw-{name}", "quarantine")
+    assert [(r["source_key"], r["reason"]) for r in q] == [(f"{name}/s1", "truncated_shard")]
+    detail = q[0]["detail"]
+    assert f"claims {PIB} bytes" in detail, detail
+    print(f"1 MiB {name} claiming 1 PiB: read in {seconds:.4f} s")
+    assert seconds < 5  # a hang guard (0.8 s per GiB claimed before: 1 PiB took days)
+
+
+def test_pax_size_override_and_huge_pax_header_are_refused(tmp_path):
+    # a pax 'size' record overrides the ustar size field: the claim is checked after it too
+    ti = tarfile.TarInfo("s1.jpg")
+    ti.size = 10
+    ti.pax_headers = {"size": str(10**18)}
+    seconds = _bomb_shard(tmp_path / "pax.tar", ti.tobuf(format=tarfile.PAX_FORMAT))
+    assert reasons(tmp_path / "raw-pax.tar") == {"pax.tar/s1": "truncated_shard"}
+    assert seconds < 5
+    # a pax header itself claiming 1 PiB (tarfile would read it into memory whole)
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, PIB
+    for compress in (False, True):
+        name = f"paxbomb{'.gz' if compress else ''}.tar"
+        _bomb_shard(tmp_path / name, pax.tobuf(format=tarfile.GNU_FORMAT), compress)
+        (row,) = rows(tmp_path / f"raw-{name}", "quarantine")
+        assert row["reason"] == "truncated_shard"
+        assert "extended header" in row["detail"], row["detail"]
+
+
+def test_member_over_the_cap_in_a_gzip_shard_is_drained_and_later_samples_kept(tmp_path):
+    noise = random.Random(2).randbytes(300_000)  # a real over-cap member, then more samples
+    _tar(
+        tmp_path / "s.tar.gz",
+        [*_sample("a", 1), _info("big.jpg", noise), _info("big.txt", b"c"), *_sample("z", 2)],
+        "w:gz",
+    )
+    out = tmp_path / "raw"
+    m = collect(
+        out,
+        {"name": "w", "kind": "webdataset", "shards": [str(tmp_path / "s.tar.gz")]},
+        max_image_bytes=100_000,
+    )
+    assert reasons(out) == {"s.tar.gz/big": "image_too_large"}
+    assert set(by_key(out)) == {"s.tar.gz/a", "s.tar.gz/z"}
+    check_balance(out, m)

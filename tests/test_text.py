@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmrops.text import TokenCounter, normalize_caption, normalize_captions, simhash64
+from cmrops.text import _STRAY_ZWJ, TokenCounter, normalize_caption, normalize_captions, simhash64
 
 JUNK = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
 
@@ -31,6 +32,23 @@ def test_rtl_and_zero_width_junk_is_removed() -> None:
     assert normalize_caption(text, 100) == ("a cat sits on a mat", 0)
     arabic = "\u202bقطة على سجادة\u202c"  # real RTL text stays, only the bidi controls go
     assert normalize_caption(arabic, 100)[0] == "قطة على سجادة"
+
+
+def test_emoji_zwj_sequences_keep_their_joiners() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl: one glyph
+    rainbow_flag = "\U0001f3f3\ufe0f\u200d\U0001f308"  # white flag, VS16, ZWJ, rainbow
+    technologist = "\U0001f9d1\U0001f3fd\u200d\U0001f4bb"  # person, skin tone, ZWJ, laptop
+    for seq in (family, rainbow_flag, technologist):
+        assert normalize_caption(f"a {seq} at home", 100) == (f"a {seq} at home", 0)
+    # junk between the parts goes, the joiner stays; joiners elsewhere still go
+    assert normalize_caption("\U0001f468\u200b\u200d\U0001f469", 10)[0] == family[:3]
+    assert normalize_caption("a\u200db \u200d\U0001f468 \U0001f468\u200d x", 50)[0] == (
+        "ab \U0001f468 \U0001f468 x"
+    )
+    # the length cap never leaves a dangling joiner (normalising again changes nothing)
+    assert normalize_caption(family, 2) == ("\U0001f468", 4)
+    cut = "\U0001f468"
+    assert normalize_caption(cut, 2) == (cut, 0)
 
 
 def test_bom_is_removed_anywhere() -> None:
@@ -67,7 +85,9 @@ def test_normalisation_properties(raw: str, cap: int) -> None:
     text, cut = normalize_caption(raw, cap)
     assert len(text) <= cap
     assert cut >= 0
-    assert not any(ch in text for ch in JUNK + "\x00")
+    assert not any(ch in text for ch in JUNK.replace("\u200d", "") + "\x00")
+    for m in re.finditer("\u200d", text):  # only the joiners of emoji sequences are kept
+        assert _STRAY_ZWJ.match(text, m.start()) is None, ascii(text)
     assert not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
     assert text == text.strip()
     assert "  " not in text

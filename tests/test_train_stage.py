@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cmrops import cli, io, unpack_bits
+from cmrops import cli, digest, io, unpack_bits
 from cmrops.models.synthetic import synthetic_pairs
 from cmrops.params import ParamsError, load_section
 from cmrops.schema import ASSIGNMENTS
@@ -517,3 +517,18 @@ def test_thread_count_never_changes_the_bytes(tmp_path: Path) -> None:
     finally:
         threads.apply(before)
     assert outs[0] == outs[1]
+
+
+def test_closed_form_models_wider_than_the_data_are_skipped(tmp_path: Path) -> None:
+    """A small set (a trial of the DAG) has fewer canonical directions than CCA/ITQ's bits: those
+    models are skipped with the reason in the metrics, the others train; nothing trainable at
+    all is an error that names the limit."""
+    dirs = fabricate(tmp_path, n=250)  # dims (32, 24): at most 24 canonical directions
+    p = dataclasses.replace(FAST, methods=("itq", "contrastive"), bits=(16, 32), epochs=1)
+    m = train(tmp_path, dirs, p)
+    assert sorted(m["models"]) == ["contrastive-16", "contrastive-32", "itq-16"]
+    assert "only 24 canonical directions" in m["not_trained"]["itq-32"]
+    assert not (tmp_path / "codes" / "itq-32").exists()
+    assert digest.digest("train", m)  # the DVC digest takes the record as it is
+    with pytest.raises(ValueError, match=r"no model can be trained .*itq-32: only 24"):
+        train(tmp_path, dirs, dataclasses.replace(p, methods=("itq",), bits=(32,)))

@@ -127,7 +127,7 @@ def load_features(
         path = interim / "features" / f"{kind}.npy"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: named by features/meta.json but missing")
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = io.read_npy(path, mmap_mode="r")
         bad = (feature_row >= len(arr)).sum()
         if bad:
             raise ValueError(f"{path}: {bad} sample(s) point past its {len(arr)} rows")

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cmrops import io
+from cmrops.errors import NothingKeptError
 from cmrops.preprocessing import STAGE
 from cmrops.preprocessing.decode import THUMBS
 from cmrops.preprocessing.embed import TRANSCRIPTS
@@ -64,6 +65,8 @@ def merge(
         raise AssertionError(
             f"inputs ({n_in}) != kept ({n_kept}) + quarantined ({quarantine.num_rows})"
         )
+    if n_kept == 0:  # nothing for the next stage: fail here, with why, before writing
+        raise NothingKeptError(STAGE, n_in, *_reasons_and_examples(quarantine))
     # where each concatenated row lands in the sorted table
     position = np.empty(n_kept, np.int64)
     position[order] = np.arange(n_kept, dtype=np.int64)
@@ -81,6 +84,17 @@ def merge(
     metrics = _metrics(table, quarantine, n_in, meta)
     io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _reasons_and_examples(quarantine: pa.Table) -> tuple[Counter[str], dict[str, str]]:
+    """Quarantine counts by reason, and the first row of each reason in words."""
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    cols = quarantine.select(["source", "source_key", "reason", "detail"]).to_pydict()
+    for source, key, reason, detail in zip(*cols.values(), strict=True):
+        counts[reason] += 1
+        examples.setdefault(reason, f"{source}:{key}: {detail}")
+    return counts, examples
 
 
 def _merge_side_table(
@@ -125,7 +139,7 @@ def _write_features(
         with io.atomic_npy_memmap(feat / f"{kind}.npy", np.float32, (n_kept, dim)) as dest:
             offset = 0
             for s, size in zip(shards, sizes, strict=True):
-                part = np.load(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
+                part = io.read_npy(shard_dir / f"{s.stem}.{kind}.npy", mmap_mode="r")
                 if len(part) != size or (size and part.shape[1] != dim):
                     raise AssertionError(
                         f"{s.stem}.{kind}.npy holds {part.shape} for {size} samples of dim {dim}"

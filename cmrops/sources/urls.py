@@ -47,6 +47,7 @@ image behind two URLs is stored once; with the same captions the second row is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -63,6 +64,7 @@ import pyarrow.parquet as pq
 
 from cmrops.cas import ObjectStore
 from cmrops.io import write_json, write_parquet
+from cmrops.redaction import redact
 from cmrops.sources.base import RawItem, Reason, Record, Reject, clean_labels
 from cmrops.sources.http_fetch import (
     DEFAULT_USER_AGENT,
@@ -184,6 +186,9 @@ class _UrlManifest(ManifestSource):
 def _make_row(
     name: str, key: str, url: str, captions: list[str], labels: list[str], extra: dict[str, Any]
 ) -> _Row | Reject:
+    # credentials in a URL are never sent (http_fetch drops them), so they are never kept either:
+    # not in source_key, extra, quarantine rows, download status or logs
+    key, url = redact(key), redact(url)
     if not captions:
         return Reject(name, key, Reason.MISSING_CAPTION, f"row for {url[:200]} has no caption")
     try:
@@ -192,6 +197,13 @@ def _make_row(
         return Reject(name, key, cast(Reason, INVALID_URL), f"{e}", {"url": url[:2000]})
     return _Row(
         _row_number(key), key, url, tuple(captions), clean_labels(labels), {**extra, "url": url}
+    )
+
+
+def _redacted(rec: Reject) -> Reject:
+    evidence = {k: redact(v) if isinstance(v, str) else v for k, v in rec.evidence.items()}
+    return dataclasses.replace(
+        rec, source_key=redact(rec.source_key), detail=redact(rec.detail), evidence=evidence
     )
 
 
@@ -343,6 +355,11 @@ class UrlsSource:
         self._rows_total = pf.metadata.num_rows
 
     def _records(self) -> Iterator[_Row | Reject]:
+        """The manifest's rows, URL credentials masked in every key, detail and evidence."""
+        for rec in self._raw_records():
+            yield rec if isinstance(rec, _Row) else _redacted(rec)
+
+    def _raw_records(self) -> Iterator[_Row | Reject]:
         if self._manifest is not None:
             yield from cast(Iterator[_Row | Reject], iter(self._manifest))
             return

@@ -14,6 +14,13 @@ device or fifo is refused (``unsafe_member``) without being read. A shard that e
 completed before the break; the sample being read when it ended, whose members may be missing, is
 quarantined (``truncated_shard``), and so is the shard as a whole when no sample was pending (not a
 tar at all, or only refused members). ``source_key`` is ``"<shard file name>/<key>"``.
+
+Header sizes are checked before a byte of the member is read or skipped (GNU base-256 and pax
+``size`` records included): a size beyond what an uncompressed shard still holds ends the shard at
+once as ``truncated_shard`` (a header bomb claiming a petabyte costs nothing), and so does a pax
+or GNU long-name header above 1 MiB. A member over the size cap (``max_image_bytes``) quarantines
+its sample; its data is drained in chunks that stop where the stream really ends, so skipping it
+costs at most the bytes that are there, never the bytes claimed.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import re
 import tarfile
 import zlib
@@ -38,21 +46,107 @@ TEXT_EXTS = frozenset({"txt", "json"})
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
+#: Largest pax / GNU long-name header accepted: tarfile reads one into memory whole.
+MAX_META_HEADER_BYTES = 1 << 20
+_META_TYPES = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
+_DRAIN_CHUNK = 1 << 20
+
+
+class ClaimedSizeError(tarfile.ReadError):
+    """A member header claims more bytes than the shard can hold (a header bomb or a cut file)."""
+
+    def __init__(self, member: str, message: str) -> None:
+        super().__init__(message)
+        self.member = member
+
+
 class _EndTracking(tarfile.TarInfo):
-    """TarInfo that notes whether the archive ended with a proper end-of-archive block.
+    """TarInfo that notes whether the archive ended with a proper end-of-archive block, and
+    checks every header's claimed size before tarfile reads or skips that many bytes.
 
     In stream mode ``tarfile`` treats a missing or cut header after the first member as the end
     of the archive, silently; this hook (the documented ``TarFile(tarinfo=...)`` extension point)
-    lets the reader tell a clean end from a truncated shard.
+    lets the reader tell a clean end from a truncated shard. Stream mode also skips a member by
+    reading its claimed size in 16 KiB steps, and keeps stepping after the data ends: a header
+    that claims a petabyte would keep it busy for days. :meth:`fromtarfile` refuses claims an
+    uncompressed shard cannot hold and drains an over-cap member itself, stopping at the real end.
+
+    The reader makes a subclass per shard with :attr:`raw_size` (the file's size) and
+    :attr:`max_member_bytes` (the member cap) set.
     """
+
+    raw_size: int = 0
+    max_member_bytes: int = 0
 
     @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         try:
-            return super().fromtarfile(tarfile_)
+            info = super().fromtarfile(tarfile_)
         except tarfile.EOFHeaderError:
             tarfile_.cmrops_clean_end = True  # type: ignore[attr-defined]
             raise
+        # what tarfile will skip to reach the next header (after any pax "size" override)
+        claimed = tarfile_.offset - info.offset_data
+        if claimed > 0:
+            cls._check_room(tarfile_, info, info.offset_data, claimed)
+            if info.size > cls.max_member_bytes:
+                _drain(tarfile_, info, claimed)
+        return info
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        # runs before tarfile reads a pax / GNU header's data into memory or skips member data
+        if self.type in _META_TYPES:
+            if self.size > MAX_META_HEADER_BYTES:
+                raise ClaimedSizeError(
+                    self.name,
+                    f"extended header {_clean(self.name)!r} claims {self.size} bytes (more "
+                    f"than {MAX_META_HEADER_BYTES})",
+                )
+            self._check_room(tarfile_, self, self.offset + tarfile.BLOCKSIZE, self.size)
+        elif self.isreg() or self.type not in tarfile.SUPPORTED_TYPES:
+            self._check_room(tarfile_, self, self.offset + tarfile.BLOCKSIZE, self.size)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    @classmethod
+    def _check_room(
+        cls, tarfile_: tarfile.TarFile, info: tarfile.TarInfo, start: int, claimed: int
+    ) -> None:
+        """Refuse ``claimed`` bytes from ``start`` beyond the end of an uncompressed shard (a
+        compressed stream's length is unknown until read: :func:`_drain` bounds those)."""
+        if getattr(tarfile_.fileobj, "comptype", None) != "tar":
+            return
+        left = max(cls.raw_size - start, 0)
+        if claimed > left:
+            raise ClaimedSizeError(
+                info.name,
+                f"member {_clean(info.name)!r} claims {info.size} bytes but only {left} remain "
+                "in the file",
+            )
+
+
+def _drain(tarfile_: tarfile.TarFile, info: tarfile.TarInfo, claimed: int) -> None:
+    """Read past ``claimed`` bytes of member data that will not be kept, in chunks, stopping
+    at the real end of the stream (where tarfile's own skip would keep going)."""
+    stream = tarfile_.fileobj
+    assert stream is not None
+    done = 0
+    while done < claimed:
+        got = len(stream.read(min(_DRAIN_CHUNK, claimed - done)))
+        if not got:
+            raise ClaimedSizeError(
+                info.name,
+                f"member {_clean(info.name)!r} claims {info.size} bytes but the stream ends "
+                f"after {done}",
+            )
+        done += got
 
 
 @dataclass
@@ -89,9 +183,18 @@ class WebDatasetSource:
         seen: set[str] = set()
         error: str | None = None
         clean_end = False
+        cut_at: str | None = None  # the member whose claimed size ended the shard
         with shard.open("rb") as raw:
+            bounded = type(
+                "_BoundedTarInfo",
+                (_EndTracking,),
+                {
+                    "raw_size": os.fstat(raw.fileno()).st_size,
+                    "max_member_bytes": self.max_member_bytes,
+                },
+            )
             try:
-                with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_EndTracking) as tf:
+                with tarfile.open(fileobj=raw, mode="r|*", tarinfo=bounded) as tf:
                     for member in tf:
                         unsafe = _unsafe(member)
                         if unsafe:
@@ -122,8 +225,19 @@ class WebDatasetSource:
                             seen.add(key)
                         self._add_member(tf, member, ext, group, shard)
                     clean_end = getattr(tf, "cmrops_clean_end", False)
+            except ClaimedSizeError as e:
+                error, cut_at = str(e), e.member
             except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
                 error = f"{type(e).__name__}: {e}"
+        if cut_at is not None:
+            # the header was refused before the loop saw it: the pending sample is whole unless
+            # the refused member belongs to it
+            key, ext = _split_name(cut_at)
+            if group is not None and key != group.key:
+                yield self._finish(shard, group)
+                group = None
+            if group is None and key and ext is not None and _unsafe_name(cut_at) is None:
+                group = _Group(key)
         if error is None and not clean_end:
             error = "the archive ends without its end-of-archive blocks"
         if error is None:
@@ -286,16 +400,22 @@ def _is_image(ext: str) -> bool:
 
 
 def _unsafe(member: tarfile.TarInfo) -> str | None:
-    name = member.name
+    unsafe = _unsafe_name(member.name)
+    if unsafe:
+        return unsafe
+    if member.issym() or member.islnk():
+        return f"{_kind(member)} to {_clean(member.linkname)!r}"
+    if not (member.isfile() or member.isdir()):
+        return f"{_kind(member)} member"
+    return None
+
+
+def _unsafe_name(name: str) -> str | None:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return f"absolute path {_clean(name)!r}"
     if ".." in parts:
         return f"path {_clean(name)!r} climbs out with '..'"
-    if member.issym() or member.islnk():
-        return f"{_kind(member)} to {_clean(member.linkname)!r}"
-    if not (member.isfile() or member.isdir()):
-        return f"{_kind(member)} member"
     return None
 
 

@@ -371,7 +371,7 @@ def _pairs(interim: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         f = interim / "features" / f"{kind}.npy"
         if not f.is_file():
             raise FileNotFoundError(f"{f}: named by features/meta.json but missing")
-        arr = np.load(f, mmap_mode="r", allow_pickle=False)
+        arr = io.read_npy(f, mmap_mode="r")
         if keep.any() and rows[keep].max() >= len(arr):
             raise ValueError(f"{f}: has {len(arr)} rows but samples.parquet refers to more")
         arrays.append(np.asarray(arr[rows[keep]], dtype=np.float32))

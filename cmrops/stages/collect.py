@@ -17,6 +17,9 @@ media never stays in the store and a rescan cannot bring it back.
 
 The tables are written last, atomically, and objects not referenced by ``samples.parquet`` are
 removed, so a rerun (after a kill, too) leaves byte-identical outputs.
+A run that keeps no sample (every input quarantined, or none at all) is an error
+(:class:`cmrops.errors.NothingKeptError`: the quarantine counts by reason and an example of each)
+raised before anything is written, so the failure shows here, not as an empty vocabulary later.
 
 Memory stays bounded as sources grow: records are streamed from the sources, sample rows are
 spilled to ``.collect-spill/`` in batches (bucketed by the first hex digit of ``sample_id``) and
@@ -41,7 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from cmrops.cas import ObjectStore, StoredObject, TooLargeError
+from cmrops.cas import ObjectStore, StoredObject, StoreWriteError, TooLargeError
+from cmrops.errors import NothingKeptError
 from cmrops.ids import sample_id
 from cmrops.io import HexKeySorter, parquet_writer, write_json, write_parquet
 from cmrops.params import load_section
@@ -343,6 +347,7 @@ class _Collector:
     track: set[str] = field(default_factory=set)  # sources whose outcomes truth needs
     order: dict[str, int] = field(default_factory=dict)
     tombstones: Tombstones = field(default_factory=Tombstones)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> its first row, in words
 
     def add(self, record: RawItem | Reject) -> str | None:
         """Keep or quarantine one record; return the quarantine reason, or None when kept."""
@@ -435,6 +440,8 @@ class _Collector:
             return self.store.put_file(item.path, limit)
         except TooLargeError:
             return reject(Reason.IMAGE_TOO_LARGE, f"the image grew past max_image_bytes={limit}")
+        except StoreWriteError:
+            raise  # our disk, not the input: the stage fails (a full disk is no quarantine reason)
         except OSError as e:
             return reject(Reason.UNREADABLE_FILE, f"cannot read the image: {e.strerror or e}")
 
@@ -451,6 +458,7 @@ class _Collector:
             }
         )
         self.by_reason[str(r.reason)] += 1
+        self.examples.setdefault(str(r.reason), f"{r.source}:{r.source_key}: {r.detail}")
         if len(self.quarantine) >= _QUARANTINE_BATCH:
             self._pack()
         self._note(r.source, r.source_key, _Outcome(None, str(r.reason)))
@@ -538,6 +546,9 @@ def run(params: CollectParams, out_dir: Path, base_dir: Path | None = None) -> d
         per_source: dict[str, Counter[str]] = {}
         for source in sources:
             per_source[source.name] = _drain(col, source)
+        if col.kept == 0:  # nothing for preprocess: fail here, with why, before writing
+            inputs = sum(c.total() for c in per_source.values())
+            raise NothingKeptError(STAGE, inputs, col.by_reason, col.examples)
 
         truth = [
             row for s in sources if isinstance(s, SyntheticSource) for row in _truth_rows(col, s)

@@ -519,7 +519,7 @@ def _zeroshot(
         raise FileNotFoundError(
             f"{image_path}: meta.json promises embeddings but the file is missing"
         )
-    images = np.load(image_path, mmap_mode="r", allow_pickle=False)
+    images = io.read_npy(image_path, mmap_mode="r")
     sids = [s for s, r in zip(samples["sample_id"], samples["feature_row"], strict=True) if r >= 0]
     rows = np.asarray([r for r in samples["feature_row"] if r >= 0], dtype=np.int64)
     if rows.size and rows.max() >= len(images):

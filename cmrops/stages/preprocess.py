@@ -39,7 +39,9 @@ embedded (a shard that lost samples is redone). The merge sorts by ``sample_id``
 shard's embeddings into place through memory-mapped ``.npy`` files, so memory holds the (image-
 free) sample tables and one shard's embeddings, never all images or all features twice.
 
-After every run: inputs = kept + quarantined (asserted).
+After every run: inputs = kept + quarantined (asserted). A run that would keep no sample fails
+before the merged outputs are written (:class:`cmrops.errors.NothingKeptError`, with the
+quarantine counts by reason); the shards stay, so a rerun after a fix redoes only what changed.
 
 The parts live in :mod:`cmrops.preprocessing`: the shard plan and records
 (:mod:`~cmrops.preprocessing.shards`), the decode of one image, video or audio row and of a shard

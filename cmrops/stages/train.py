@@ -368,10 +368,19 @@ def _run(
 
     summary: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
+    not_trained = _too_wide(params, len(roles.train), feature_dims)
     names = [f"{m}-{b}" for m in params.methods for b in params.bits]
+    names = [n for n in names if n not in not_trained]
+    if not names:
+        raise ValueError(
+            f"train: no model can be trained on {len(roles.train)} training sample(s): "
+            + "; ".join(not_trained.values())
+        )
     for method in params.methods:
         for bits in params.bits:
             name = f"{method}-{bits}"
+            if name in not_trained:
+                continue
             model_dir = models / name
             if restart:
                 ckpt.remove(model_dir)
@@ -455,6 +464,8 @@ def _run(
         },
         "methods": {m: info(m).to_json() for m in params.methods},
         "models": summary,
+        # closed-form models whose bits exceed the canonical directions this data has
+        **({"not_trained": not_trained} if not_trained else {}),
         "float_baseline": baseline,
     }
     metrics_file = Path(metrics_path) if metrics_path else codes / "train.json"
@@ -463,6 +474,29 @@ def _run(
     # throughput.json) so reruns, `dvc repro` and the Airflow DAG produce identical bytes.
     io.write_json(metrics_file.with_name("train_throughput.json"), {"device": device, **throughput})
     return {**metrics, "throughput": throughput}
+
+
+def _too_wide(params: TrainParams, n_train: int, dims: tuple[int, int]) -> dict[str, str]:
+    """The closed-form models (CCA, ITQ) that cannot be fitted: more bits than the canonical
+    directions ``n_train`` pairs of ``dims``-wide features have. They are skipped with a warning
+    (a small trial set still trains the rest); name -> the reason, recorded in the metrics."""
+    from cmrops.methods import info
+    from cmrops.models.cca import directions_available
+
+    available = directions_available(n_train, *dims)
+    skipped: dict[str, str] = {}
+    for method in params.methods:
+        if info(method).kind != "closed_form":
+            continue
+        for bits in params.bits:
+            if bits > available:
+                skipped[f"{method}-{bits}"] = (
+                    f"{method}-{bits}: only {available} canonical directions exist (min of the "
+                    f"feature dims {dims[0]}, {dims[1]} and training samples - 1 = {n_train - 1})"
+                )
+    for reason in skipped.values():
+        log.warning("train: not trained - %s; more training samples or fewer bits train it", reason)
+    return skipped
 
 
 def _float_baseline(
@@ -605,7 +639,7 @@ def load_inputs(split: Path, clean: Path, interim: Path, labelled: Path | None) 
         p = interim / "features" / f"{kind}.npy"
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (preprocess.embeddings must be true)")
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        arr = io.read_npy(p, mmap_mode="r")
         if arr.ndim != 2 or rows.max() >= len(arr):
             raise ValueError(
                 f"{p}: shape {arr.shape} does not cover feature rows up to {rows.max()}"

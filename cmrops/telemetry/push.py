@@ -2,7 +2,9 @@
 
 Airflow tasks are short-lived: no server scrapes them, so each stage pushes its own metrics when
 it ends. Configured by ``$CMROPS_PUSHGATEWAY_URL`` (``http://host:9091``; unset: no push) and
-``$CMROPS_PUSHGATEWAY_TIMEOUT`` (seconds, default 5). One group per stage, grouping key
+``$CMROPS_PUSHGATEWAY_TIMEOUT`` (seconds, default 5). A gateway behind basic auth takes
+``http://user:password@host:9091``: the credentials are sent as an ``Authorization`` header and
+masked (:func:`cmrops.redaction.redact`) in every message. One group per stage, grouping key
 ``job=<job>, instance=<project folder name>, stage=<stage>``: a push replaces that stage's
 previous metrics (``PUT``) and never touches another stage's, and the gateway does not grow with
 every run (the run id is the ``run_id`` label of ``cmrops_info``, not a grouping key).
@@ -13,10 +15,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
-from prometheus_client.exposition import push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler, push_to_gateway
 
+from cmrops.redaction import redact, redact_url, split_credentials
 from cmrops.telemetry.collector import registry_for
 
 log = logging.getLogger(__name__)
@@ -74,16 +78,24 @@ def push_stage(
     """Replace ``stage``'s group on the gateway with the stage's current metrics; raises
     :class:`PushError` with what to check when the gateway is down, slow or refuses."""
     registry = registry_for(project, [stage])
+    url, user, password = split_credentials(gateway)
+
+    def handler(*args: Any, **kwargs: Any) -> Any:  # the URL's credentials as basic auth
+        if user is None:
+            return default_handler(*args, **kwargs)
+        return basic_auth_handler(*args, **kwargs, username=user, password=password or "")
+
     try:
         push_to_gateway(
-            gateway, job=job, registry=registry, grouping_key=grouping_key(project, stage),
-            timeout=timeout,
+            url, job=job, registry=registry, grouping_key=grouping_key(project, stage),
+            timeout=timeout, handler=handler,
         )  # fmt: skip
     except (URLError, OSError, ValueError) as e:  # HTTPError is a URLError; timeouts are OSError
         reason = getattr(e, "reason", None) or e
         raise PushError(
-            f"cannot push {stage} metrics to the Pushgateway at {gateway} within {timeout:g}s: "
-            f"{reason} (is it running and reachable? it is set by ${GATEWAY_ENV})"
+            f"cannot push {stage} metrics to the Pushgateway at {redact_url(gateway)} within "
+            f"{timeout:g}s: {redact(str(reason))} (is it running and reachable? it is set by "
+            f"${GATEWAY_ENV})"
         ) from e
 
 
@@ -114,5 +126,5 @@ def push_after_stage(project: str | os.PathLike[str], stage: str) -> bool:
     except (PushError, ValueError) as e:
         log.warning("metrics not pushed: %s", e)
         return False
-    log.info("pushed %s metrics to the Pushgateway at %s", stage, gateway)
+    log.info("pushed %s metrics to the Pushgateway at %s", stage, redact_url(gateway))
     return True
