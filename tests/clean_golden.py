@@ -4,7 +4,10 @@ The rules of the clean stage were moved into one module each (``cmrops/cleaning/
 outputs of the built-in rules must not change by a byte. The reference is the SHA-256 of every
 deterministic output file (``samples.parquet``, ``quarantine.parquet``, ``groups.parquet``,
 ``quality.json``; ``throughput.json`` holds seconds) of three runs, recorded in
-``tests/data/clean_golden.json`` by the code on main *before* the refactor (commit 9309604):
+``tests/data/clean_golden.json`` by the code on main *before* the refactor (commit 9309604),
+re-recorded from main's own code at 1720b6a when main changed clean's outputs on purpose
+(``quality.json`` gained the ``review`` counts of the review answer log; the other files kept
+their bytes):
 
 * ``synthetic`` - the built-in synthetic set through collect -> preprocess -> label -> clean
   (:func:`synthetic_pipeline`, the fixture of ``tests/test_clean_synthetic.py``);
