@@ -10,7 +10,7 @@ import pytest
 
 import cmrops
 from cmrops import metrics as M
-from cmrops.code_health import code_health
+from cmrops.code_health import bit_correlation, code_health
 
 # ---------------------------------------------------------------------------------------------
 # The worked example. 3-bit codes, query q0 = 000 with label {a}; the database, in row order:
@@ -214,7 +214,7 @@ def test_code_health_constant_bits():
     assert h["bit_balance"]["worst_bit_mean"] == 1.0
     # bits 1 and 2 are exact complements: |correlation| 1; the constant bit is left out
     assert h["mean_abs_bit_correlation"] == pytest.approx(1.0)
-    assert M.bit_correlation(cmrops.pack_bits(np.array([[1, 0], [1, 0]])), 2) is None
+    assert bit_correlation(cmrops.pack_bits(np.array([[1, 0], [1, 0]])), 2) is None
 
 
 def test_code_health_multiword_buckets():
