@@ -18,9 +18,17 @@ import yaml
 from tests.reliability.harness import cmrops, fingerprint
 from tests.test_dvc_support import git_commit, make_project, sh, tiny_params
 
+
 #: The stage commands, exactly as dvc.yaml runs them.
-COLLECT = ["collect", "--params", "params.yaml", "--out", "data/raw"]
-PREPROCESS = ["preprocess", "--params", "params.yaml", "--raw", "data/raw", "--out", "data/interim"]
+def _dvc_command(stage: str) -> list[str]:
+    cmd = yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())
+    words = str(cmd["stages"][stage]["cmd"]).split()
+    assert words[:2] == ["cmrops", stage], words
+    return words[1:]
+
+
+COLLECT = _dvc_command("collect")
+PREPROCESS = _dvc_command("preprocess")
 TRAIN = [
     "train", "--params", "params.yaml", "--split", "bench/split", "--clean", "bench/clean",
     "--interim", "bench/interim", "--labelled", "bench/labelled", "--models", "models",

@@ -110,34 +110,21 @@ S3_ENV = {**S3_KEYS, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 class MotoServer:
-    """``moto_server`` in its own process on a fixed loopback port. Its state is an in-memory
-    store, so it records every request it accepts to a file (moto's recorder) and a restart
-    replays that file: killed with SIGKILL it comes back with the objects it had stored, like an
-    S3 server with a disk. A request the kill interrupted was never recorded."""
+    """``moto_server`` in its own process on a free loopback port (an in-memory S3 store; the
+    tests that kill "the server" kill a :class:`FaultProxy` in front of it, so what was stored
+    survives, as on an S3 server's disk)."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.recording = workdir / f"moto-{self.port}.jsonl"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, replay: bool = False) -> None:
-        environment = {
-            **env(), **S3_ENV,
-            "MOTO_ENABLE_RECORDING": "1", "MOTO_RECORDER_FILEPATH": str(self.recording),
-        }  # fmt: skip
+    def start(self) -> None:
         self.proc = subprocess.Popen(
             [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**env(), **S3_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_http(f"{self.url}/moto-api/", self.proc, "moto_server")
-        if replay and self.recording.exists():
-            _drop_torn_last_line(self.recording)
-            req = urllib.request.Request(
-                f"{self.url}/moto-api/recorder/replay-recording", method="POST"
-            )
-            with urllib.request.urlopen(req, timeout=300):
-                pass
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -153,19 +140,15 @@ class MotoServer:
                 self.kill()
 
 
-def _drop_torn_last_line(path: Path) -> None:
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 class FaultProxy:
     """tests/reliability/s3_fault_proxy.py in its own process, in front of ``upstream``."""
 
-    def __init__(self, upstream: str, slowdown: int = 0, latency: float = 0.0) -> None:
+    def __init__(
+        self, upstream: str, slowdown: int = 0, latency: float = 0.0, port: int = 0
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.reliability.s3_fault_proxy", "--upstream", upstream,
-             "--slowdown", str(slowdown), "--latency", str(latency)],
+             "--slowdown", str(slowdown), "--latency", str(latency), "--port", str(port)],
             cwd=REPO, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -182,9 +165,19 @@ class FaultProxy:
         with urllib.request.urlopen(req, timeout=30) as r:
             return dict(json.loads(r.read()))
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL: every connection through it is reset mid-request, as by a dead server."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
 
 
 def bucket_keys(endpoint: str, bucket: str) -> dict[str, int]:

@@ -144,38 +144,42 @@ def test_a_byte_flipped_in_an_s3_remote_is_refused_on_pull(dvc_project, moto, s3
 def test_server_killed_mid_push_then_repush_and_pull_into_an_empty_cache(
     dvc_project, raw_project, moto, s3_env, tmp_path
 ):
+    """The S3 endpoint DVC talks to (a proxy process in front of the storage) is SIGKILLed after
+    a few objects of a one-at-a-time push - connections reset mid-request, as when a MinIO node
+    dies - then comes back on the same address with what its storage kept."""
     project = copy_project(dvc_project, tmp_path / "p")
-    _use_s3(project, moto.url, "killed")
-    assert versioning.ensure_remote_bucket(project)
-    expected = {f"dvc/{k}" for k in _cache_keys(project)}
-    push = start([sys.executable, "-m", "dvc", "push", "--jobs", "1"], project)
-    deadline = time.monotonic() + 300
-    while push.poll() is None and time.monotonic() < deadline:
-        if len(bucket_keys(moto.url, "killed")) >= 3:
-            break
-        time.sleep(0.05)
-    partial = len(bucket_keys(moto.url, "killed"))
-    moto.kill()  # SIGKILL: connections reset mid-request
-    out, err = push.communicate(timeout=600)
-    if push.returncode == 0:
-        pytest.fail(f"the push finished before the kill ({partial} objects): {err[-500:]}")
-    assert "ERROR" in out + err
-    with pytest.raises(versioning.VersioningError, match="not reachable"):
-        versioning.push(project)  # our wrapper: one sentence saying what to do
-    moto.start(replay=True)  # back, with what it had stored
-    assert len(bucket_keys(moto.url, "killed")) >= partial
-    versioning.push(project)  # resumes
-    assert set(bucket_keys(moto.url, "killed")) == expected  # complete, nothing extra
-    missing = _dvc(["status", "--cloud", "--json"], project)
-    assert json.loads(missing.stdout or "{}") == {}, missing.stdout
-    clone = _clone(project, tmp_path / "clone")  # an empty cache, verified pull
-    _use_s3(clone, moto.url, "killed")
-    versioning.pull(clone, targets=["collect"])
-    assert fingerprint(clone, [OUT]) == raw_project.reference
-    print(f"killed after {partial} of {len(expected)} objects; re-push and pull complete")
-
-
-# --------------------------------------------------------------------------- throttling
+    endpoint = FaultProxy(moto.url)
+    try:
+        _use_s3(project, endpoint.url, "killed")
+        assert versioning.ensure_remote_bucket(project)
+        expected = {f"dvc/{k}" for k in _cache_keys(project)}
+        push = start([sys.executable, "-m", "dvc", "push", "--jobs", "1"], project)
+        deadline = time.monotonic() + 300
+        while push.poll() is None and time.monotonic() < deadline:
+            if len(bucket_keys(moto.url, "killed")) >= 3:
+                break
+            time.sleep(0.05)
+        partial = len(bucket_keys(moto.url, "killed"))
+        endpoint.kill()
+        out, err = push.communicate(timeout=600)
+        if push.returncode == 0:
+            pytest.fail(f"the push finished before the kill ({partial} objects): {err[-500:]}")
+        assert "ERROR" in out + err
+        with pytest.raises(versioning.VersioningError, match="not reachable"):
+            versioning.push(project)  # our wrapper: one sentence saying what to do
+        endpoint = FaultProxy(moto.url, port=endpoint.port)  # back, with what it had stored
+        assert len(bucket_keys(moto.url, "killed")) >= partial
+        versioning.push(project)  # resumes
+        assert set(bucket_keys(moto.url, "killed")) == expected  # complete, nothing extra
+        missing = _dvc(["status", "--cloud", "--json"], project)
+        assert json.loads(missing.stdout or "{}") == {}, missing.stdout
+        clone = _clone(project, tmp_path / "clone")  # an empty cache, verified pull
+        _use_s3(clone, endpoint.url, "killed")
+        versioning.pull(clone, targets=["collect"])
+        assert fingerprint(clone, [OUT]) == raw_project.reference
+        print(f"killed after {partial} of {len(expected)} objects; re-push and pull complete")
+    finally:
+        endpoint.stop()
 
 
 def test_503_slowdown_is_retried_boundedly_without_duplicates(dvc_project, moto, s3_env, tmp_path):
