@@ -35,16 +35,12 @@ Heavy modules are imported only inside the command that needs them.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from cmrops.answers import DEFAULT_PATH as REVIEW_LOG
-
-REVIEW_HELP = "the project's review answers, merged when there (dashboard Review page)"
+from cmrops.stage_command import configure_logging, run
+from cmrops.stage_table import STAGES, add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,72 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler="cmrops.demo:main")
 
-    collect = sub.add_parser("collect", help="gather image-text pairs from the sources in params")
-    collect.add_argument("--params", default="params.yaml")
-    collect.add_argument("--out", default="data/raw", help="output folder (data/raw)")
-    collect.add_argument("--plots", default=None, help="folder of the DVC plot files")
-    collect.set_defaults(handler="cmrops.stages.collect:cli_main")
-
-    pre = sub.add_parser("preprocess", help="decode, hash, normalise and embed collected samples")
-    pre.add_argument("--params", default="params.yaml")
-    pre.add_argument("--raw", default="data/raw", help="collect's output folder")
-    pre.add_argument("--out", default="data/interim", help="output folder (data/interim)")
-    pre.add_argument("--plots", default=None, help="folder of the DVC plot files")
-    pre.set_defaults(handler="cmrops.stages.preprocess:cli_main")
-
-    align = sub.add_parser(
-        "align", help="a shared image-text space: learned heads or the encoder's"
-    )
-    align.add_argument("--params", default="params.yaml")
-    align.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    align.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
-    align.add_argument("--out", default="data/align", help="output folder (data/align)")
-    align.set_defaults(handler="cmrops.stages.align:cli_main")
-
-    label = sub.add_parser("label", help="label samples: source, keywords, zero-shot, manual")
-    label.add_argument("--params", default="params.yaml")
-    label.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    label.add_argument("--align", default="data/align", help="align's output folder")
-    label.add_argument("--out", default="data/labelled", help="output folder (data/labelled)")
-    label.add_argument("--review-log", default=REVIEW_LOG, help=REVIEW_HELP)
-    label.set_defaults(handler="cmrops.stages.label:cli_main")
-
-    clean = sub.add_parser("clean", help="drop duplicates, broken pairs and off-topic samples")
-    clean.add_argument("--params", default="params.yaml")
-    clean.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    clean.add_argument("--align", default="data/align", help="align's output folder")
-    clean.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    clean.add_argument("--raw", default="data/raw", help="collect's folder (synthetic truth)")
-    clean.add_argument("--out", default="data/clean", help="output folder (data/clean)")
-    clean.add_argument("--metrics", default="metrics/quality.json", help="metrics file")
-    clean.add_argument("--review-log", default=REVIEW_LOG, help=REVIEW_HELP)
-    clean.add_argument("--plots", default=None, help="folder of the DVC plot files")
-    clean.set_defaults(handler="cmrops.stages.clean:cli_main")
-
-    split = sub.add_parser("split", help="group-aware stratified splits with a leakage audit")
-    split.add_argument("--params", default="params.yaml")
-    split.add_argument("--clean", default="data/clean", help="clean's output folder")
-    split.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    split.add_argument("--out", default="data/split", help="output folder (data/split)")
-    split.add_argument("--metrics", default="metrics/split.json", help="metrics file")
-    split.set_defaults(handler="cmrops.stages.split:cli_main")
-
-    train = sub.add_parser("train", help="train cross-modal hashing models and write their codes")
-    train.add_argument("--params", default="params.yaml")
-    train.add_argument("--split", default="data/split", help="split's output folder")
-    train.add_argument("--clean", default="data/clean", help="clean's output folder")
-    train.add_argument("--interim", default="data/interim", help="preprocess's output folder")
-    train.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    train.add_argument("--models", default="models", help="checkpoint folders (models)")
-    train.add_argument("--codes", default="data/codes", help="output folder (data/codes)")
-    train.add_argument("--metrics", default="metrics/train.json", help="metrics file")
-    train.add_argument(
-        "--raw", default=None, help="collect's output folder: images for finetune_encoder"
-    )
-    train.add_argument(
-        "--restart", action="store_true", help="discard existing checkpoints, train from scratch"
-    )
-    train.set_defaults(handler="cmrops.stages.train:cli_main")
+    for stage in STAGES.values():  # the pipeline's stages, from the stage table
+        add_parser(sub, stage)
 
     imp = sub.add_parser(
         "import-benchmark",
@@ -161,18 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     imp.set_defaults(handler="cmrops.benchmarks_data:cli_main")
 
-    ev = sub.add_parser("evaluate", help="retrieval metrics of the trained hashing models")
-    ev.add_argument("--params", default="params.yaml")
-    ev.add_argument("--codes", default="data/codes", help="train's codes folder")
-    ev.add_argument("--labelled", default="data/labelled", help="label's output folder")
-    ev.add_argument("--split", default="data/split", help="split's output folder")
-    ev.add_argument("--metrics", default="metrics/retrieval.json", help="metrics file")
-    ev.add_argument("--plots", default="plots", help="folder of the DVC plot files")
-    ev.add_argument(
-        "--train-metrics", default=None, help="train's metrics JSON (val_from, protocol card)"
-    )
-    ev.set_defaults(handler="cmrops.stages.evaluate:cli_main")
-
     storage = sub.add_parser("storage", help="storage roots and the DVC remote")
     storage_sub = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
     check = storage_sub.add_parser(
@@ -207,13 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     summ = pipe_sub.add_parser("summary", help="report a finished run from its metrics files")
     summ.add_argument("--work", default=".", help="the project folder of the run")
     summ.set_defaults(handler="cmrops.cli:_pipeline_summary")
-
-    from cmrops.stage_table import STAGES
-
-    for name in STAGES:  # what DVC sees of a stage (cmrops.digest); dvc.yaml always passes it
-        sub.choices[name].add_argument(
-            "--digest", default=None, help="write the numbers-only DVC metrics file here"
-        )
 
     plots = sub.add_parser("plots", help="what `dvc plots show` needs")
     plots_sub = plots.add_subparsers(dest="plots_command", required=True, metavar="ACTION")
@@ -461,132 +374,8 @@ def _storage_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    _redact_logs()
-    try:
-        _thread_budget(args)  # before the command imports torch or ONNX Runtime
-    except ValueError as e:  # a bad $CMROPS_THREADS
-        print(f"cmrops {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    module_name, func_name = args.handler.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    from cmrops.stage_table import STAGES
-
-    if args.command in STAGES:  # every stage run is timed into the run log (and pushed)
-        from cmrops.locks import stage_lock
-        from cmrops.telemetry.record import project_root, run_recorded
-
-        # one copy at a time per output folder (a second Airflow attempt waits for the first)
-        output = next(
-            getattr(args, a) for a in ("out", "models", "metrics") if getattr(args, a, None)
-        )
-        with stage_lock(project_root(output, args.params), args.command, output):
-            _sweep_killed_writes(args)
-            return run_recorded(args, lambda: _call(_stage(func), args))
-    return _call(func, args)
-
-
-def _thread_budget(args: argparse.Namespace) -> None:
-    """Size this process's threads (:mod:`cmrops.threads`) from ``engine.threads`` of the
-    command's params file (``$CMROPS_THREADS`` wins; neither: the CPUs it may use)."""
-    from cmrops import threads
-
-    setting = None
-    if getattr(args, "params", None):
-        from cmrops.engine import load_params
-
-        with contextlib.suppress(ValueError, FileNotFoundError):  # the command reports those
-            setting = load_params(args.params).threads
-    threads.configure(setting)
-
-
-def _stage(
-    func: Callable[[argparse.Namespace], int | None],
-) -> Callable[[argparse.Namespace], int | None]:
-    """The stage command, then what DVC sees of it (its digest and plot tables) when asked."""
-
-    def run(args: argparse.Namespace) -> int:
-        rc = int(func(args) or 0)
-        digest, plots = getattr(args, "digest", None), getattr(args, "plots", None)
-        if rc == 0 and (digest or plots):
-            from cmrops import digest as digests
-            from cmrops import plot_tables
-            from cmrops.telemetry.record import metrics_file_of
-
-            record = metrics_file_of(args)
-            assert record is not None, f"{args.command} names no metrics record"
-            if digest:
-                digests.write(args.command, record, digest)
-            if plots:
-                plot_tables.write(args.command, record, plots)
-        return rc
-
-    return run
-
-
-
-def _sweep_killed_writes(args: argparse.Namespace) -> None:
-    """Temporary files of writes a killed run left in this stage's output folders: removed
-    before it runs again, so none is ever versioned as part of an output (the stage lock is
-    held: no live write of this stage is there)."""
-    from pathlib import Path
-
-    from cmrops.io import sweep_temporary
-
-    for attr in ("out", "models", "codes", "plots"):
-        folder = getattr(args, attr, None)
-        if folder and Path(folder).is_dir():
-            # preprocess's shards are written by fan-out tasks that hold no stage lock: it
-            # sweeps them itself when it plans
-            n = sweep_temporary(folder, skip=frozenset({"shards"}))
-            if n:
-                logging.getLogger("cmrops").info("removed %d temporary file(s) in %s", n, folder)
-
-
-def _call(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    from cmrops.errors import os_error_line
-    from cmrops.redaction import redact
-
-    try:
-        return int(func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        # Bad input or configuration: one clear line, no traceback (use -v for it).
-        if args.verbose:
-            raise
-        print(f"cmrops {args.command}: error: {redact(str(e))}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        # The machine, not the input: a full disk, a read-only or failing device. One line with
-        # the path and what to do; exit 1 (a retry after the cause is fixed may succeed).
-        if args.verbose:
-            raise
-        out = getattr(args, "out", None) or getattr(args, "metrics", None)
-        print(f"cmrops {args.command}: error: {os_error_line(e, out)}", file=sys.stderr)
-        return 1
-
-
-class _RedactingFilter(logging.Filter):
-    """Masks URL credentials in every record a handler emits (message and arguments)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from cmrops.redaction import redact
-
-        message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-def _redact_logs() -> None:
-    """Install :class:`_RedactingFilter` on the root logger's handlers (once): credentials in a
-    URL that a library logs (botocore, dvc, urllib3) never reach the log either."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
-            handler.addFilter(_RedactingFilter())
+    configure_logging(args.verbose)
+    return run(args)  # a pipeline stage is timed into the run log (cmrops.stage_command)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Where the heavy work of a stage runs: this machine's process pool, or a Ray cluster.
 
 One interface, two implementations, chosen by the ``engine:`` section of ``params.yaml``
-(:class:`EngineParams`):
+(:class:`EngineParams`, which the caller - a stage's command, a DAG task - loads and passes in:
+nothing here reads a file):
 
 * :class:`LocalEngine` (``kind: local``) - ``spawn`` worker processes on this machine
   (``concurrent.futures.ProcessPoolExecutor``) and stateful workers (an encoder) in this process;
@@ -50,7 +51,6 @@ __all__ = [
     "LocalEngine",
     "RayEngine",
     "current",
-    "load_params",
     "open_engine",
     "session",
 ]
@@ -409,13 +409,6 @@ class _RayActors(Actors):
 
 
 _CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("engine", default=None)
-
-
-def load_params(params_file: str | os.PathLike[str]) -> EngineParams:
-    """The ``engine:`` section of a params file (missing: the local engine)."""
-    from cmrops.params import load_section
-
-    return load_section(params_file, SECTION, EngineParams)
 
 
 def open_engine(params: EngineParams) -> Engine:

@@ -2,7 +2,8 @@
 
 Airflow and DVC drive the same code with the same arguments: ``dvc.yaml``'s ``cmd`` of each
 stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's tasks call
-:func:`run_stage`, which runs ``cmrops.cli.main(argv)`` in-process with the same argv.
+:func:`run_stage`, which runs that argv in-process through the stage table's parser
+(:func:`cmrops.stage_command.main`, what the ``cmrops`` command runs too).
 
 Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives). With a
 storage root other than the work folder (``s3://bucket/prefix`` for workers that share no disk),
@@ -15,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,6 @@ class StageError(RuntimeError):
     @property
     def retryable(self) -> bool:
         return self.rc != 2
-
-
-def available(name: str) -> bool:
-    """The stage's command exists in this checkout (train/evaluate may not have landed yet)."""
-    from cmrops.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return name in sub.choices  # type: ignore[operator]
 
 
 def effective_params(params_file: str | os.PathLike[str], overrides: dict[str, Any]) -> str:
@@ -88,14 +81,17 @@ def effective_params(params_file: str | os.PathLike[str], overrides: dict[str, A
 
 
 @contextlib.contextmanager
-def _staged(stage: Stage, work: Path, root: str | None) -> Iterator[None]:
+def _staged(
+    inputs: Sequence[str], outputs: Sequence[str], work: Path, root: str | None
+) -> Iterator[None]:
+    """Pull ``inputs`` and ``outputs`` from ``root`` before the block, push ``outputs`` after."""
     from cmrops import storage
 
     if root:
-        storage.pull(root, list(stage.inputs) + list(stage.outputs), work)
+        storage.pull(root, list(inputs) + list(outputs), work)
     yield
     if root:
-        storage.push(work, list(stage.outputs), root)
+        storage.push(work, list(outputs), root)
 
 
 def run_stage(
@@ -106,7 +102,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run stage ``name`` with its standard argv, paths under ``work`` (pulling inputs from and
     pushing outputs to ``root`` when it is another place). Raises on failure."""
-    from cmrops.cli import main
+    from cmrops.stage_command import main
 
     st = STAGES[name]
     work = Path(work).resolve()
@@ -115,7 +111,7 @@ def run_stage(
     # given into their outputs (e.g. model_dir), so absolute paths would change the bytes
     params_arg = os.path.relpath(Path(params_file).resolve(), work)
     args = argv(name, params_arg)
-    with _staged(st, work, root), _cwd(work):
+    with _staged(st.inputs, st.outputs, work, root), _cwd(work):
         log.info("cmrops %s  (in %s)", " ".join(args), work)
         rc = main(args)
         if rc:
@@ -162,7 +158,7 @@ def preprocess_plan(
 
     work = Path(work).resolve()
     root = None if not root or same_place(root, work) else root
-    with _staged(Stage("preprocess_plan", (), ("data/raw",), ("data/interim/shards",)), work, root):
+    with _staged(("data/raw",), ("data/interim/shards",), work, root):
         return plan_shards(
             _preprocess_params(params_file), work / "data/raw", work / "data/interim"
         )
@@ -178,16 +174,14 @@ def preprocess_shards(
     threads are its share of the machine's: up to :data:`PREPROCESS_TASKS_AT_ONCE` groups run
     side by side."""
     from cmrops import engine, threads
+    from cmrops.params import load_section
     from cmrops.stages.preprocess import planned_tasks, run_shards
 
     work = Path(work).resolve()
     root = None if not root or same_place(root, work) else root
-    st = Stage(
-        "preprocess_shards", (), ("data/raw", "data/interim/shards"), ("data/interim/shards",)
-    )
-    engine_params = engine.load_params(params_file)
+    engine_params = load_section(params_file, engine.SECTION, engine.EngineParams)
     params = _preprocess_params(params_file)
-    with _staged(st, work, root):
+    with _staged(("data/raw", "data/interim/shards"), ("data/interim/shards",), work, root):
         beside = min(PREPROCESS_TASKS_AT_ONCE, planned_tasks(params, work / "data/interim"))
         threads.configure(engine_params.threads, side_by_side=beside)
         with engine.session(engine_params):

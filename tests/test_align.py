@@ -18,7 +18,7 @@ from cmrops.align import (
     load_alignment,
     swapped_caption_auroc,
 )
-from cmrops.align.store import CONFIG, WEIGHTS, weights_bytes
+from cmrops.align.store import CONFIG, WEIGHTS, save_alignment, weights_bytes
 
 PARAMS = AlignParams(dim=16, epochs=40, batch_size=64, lr=3e-3, patience=8, seed=1)
 
@@ -93,7 +93,7 @@ def test_same_inputs_same_bytes(fitted):
 
 def test_save_load_round_trip(fitted, tmp_path: Path):
     image, text, alignment, _ = fitted
-    alignment.save(tmp_path / "a")
+    save_alignment(alignment, tmp_path / "a")
     first = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
     loaded = load_alignment(tmp_path / "a")
     assert loaded.kind == "learned"
@@ -101,7 +101,7 @@ def test_save_load_round_trip(fitted, tmp_path: Path):
     np.testing.assert_array_equal(
         loaded.pair_scores(image, text), alignment.pair_scores(image, text)
     )
-    loaded.save(tmp_path / "a")
+    save_alignment(loaded, tmp_path / "a")
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == first
     config = json.loads((tmp_path / "a" / CONFIG).read_text())
     assert config["info"]["data_sha256"]
@@ -120,7 +120,7 @@ def test_encoder_alignment_is_identity_on_normalised_features(tmp_path: Path):
         * (y / np.linalg.norm(y, axis=1, keepdims=True))
     ).sum(1)
     np.testing.assert_allclose(a.pair_scores(x, y), expected, atol=1e-6)
-    a.save(tmp_path)
+    save_alignment(a, tmp_path)
     assert not (tmp_path / WEIGHTS).exists()
     b = load_alignment(tmp_path)
     assert b.kind == "encoder"
@@ -132,7 +132,7 @@ def test_clear_errors(fitted, tmp_path: Path):
     image, text, alignment, _ = fitted
     with pytest.raises(AlignmentError, match=r"config.json: no alignment here; run `cmrops align`"):
         load_alignment(tmp_path / "nothing")
-    alignment.save(tmp_path)
+    save_alignment(alignment, tmp_path)
     data = (tmp_path / WEIGHTS).read_bytes()
     (tmp_path / WEIGHTS).write_bytes(data[: len(data) // 2])
     with pytest.raises(AlignmentError, match=r"alignment.safetensors: contents differ"):

@@ -3,45 +3,30 @@ rule scored against the planted defects, upstream catches reported, no leakage a
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from cmrops.sources.synthetic import DefectRates
-from cmrops.stages import collect, preprocess
-from cmrops.stages.clean import CleanParams, NearImageRule
-from cmrops.stages.clean import run as clean
-from cmrops.stages.label import LabelParams
-from cmrops.stages.label import run as label
 from cmrops.stages.split import Protocol, SplitParams
 from cmrops.stages.split import run as split
-
-# Without embeddings (kept off for test speed) there is no cosine confirmation: a tighter radius.
-CLEAN = dataclasses.replace(CleanParams(), near_duplicate_image=NearImageRule(radius=4))
+from tests import clean_golden
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("synthetic")
-    spec = collect.SourceSpec(
-        name="synthetic", kind="synthetic", n=400, seed=0, defects=DefectRates()
-    )
-    collect.run(collect.CollectParams(sources=(spec,)), root / "raw")
-    pre = preprocess.PreprocessParams(n_workers=1, embeddings=False, tokenizer="words")
-    preprocess.run(pre, root / "raw", root / "interim")
-    label(LabelParams(auto_methods=("provided", "keyword")), root / "interim", root / "labelled")
-    metrics = clean(
-        CLEAN,
-        root / "interim",
-        root / "labelled",
-        root / "clean",
-        raw_dir=root / "raw",
-        metrics_path=root / "metrics" / "quality.json",
-    )
-    return {"root": root, "metrics": metrics}
+    return {"root": root, "metrics": clean_golden.synthetic_pipeline(root)}
+
+
+def test_outputs_match_the_reference_digests(pipeline: dict[str, Any]) -> None:
+    """Byte-identical to the outputs of the clean stage before its rules became operator
+    modules (tests/clean_golden.py)."""
+    root: Path = pipeline["root"]
+    reference = json.loads(clean_golden.REFERENCE.read_text(encoding="utf-8"))["synthetic"]
+    assert clean_golden.digests(root / "clean", root / "metrics" / "quality.json") == reference
 
 
 def test_rules_scored_against_planted_defects(pipeline: dict[str, Any]) -> None:

@@ -87,8 +87,9 @@ def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mon
     for block in python_blocks(page):
         if not runnable(block):
             continue
-        # compiled under the page's name and line, so a traceback points into the page
-        code = compile("\n" * block.line + block.code, str(page), "exec")
+        # compiled under the page's name and line, so a traceback points into the page; not
+        # inheriting this file's `from __future__ import annotations` (a reader's script has not)
+        code = compile("\n" * block.line + block.code, str(page), "exec", dont_inherit=True)
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 exec(code, namespace)
@@ -189,3 +190,31 @@ def test_readme_links_point_at_files() -> None:
     assert local, "the README links into the docs"
     missing = [u for u in local if not (REPO / u).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+# -- generated pages ---------------------------------------------------------------------------
+
+
+def test_the_clean_page_lists_every_rule_with_its_params() -> None:
+    """docs/stages/clean.md's rules section is what scripts/clean_rules_doc.py generates from
+    the registered rules (their docstrings and params), in the order the stage walks them."""
+    import dataclasses
+    import importlib.util
+
+    from cmrops.cleaning.rules import builtin
+
+    spec = importlib.util.spec_from_file_location(
+        "clean_rules_doc", REPO / "scripts" / "clean_rules_doc.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    page = gen.PAGE.read_text(encoding="utf-8")
+    assert gen.render(page) == page, "docs/stages/clean.md is stale: run scripts/clean_rules_doc.py"
+    section = page.split(gen.BEGIN, 1)[1].split(gen.END, 1)[0]
+    headings = re.findall(r"^### `(\w+)`$", section, re.M)
+    assert headings == list(builtin())
+    for name, rule in builtin().items():
+        for f in dataclasses.fields(rule.params_type):
+            assert f"| `{name}.{f.name}` |" in section, f"{name}.{f.name} not on the clean page"

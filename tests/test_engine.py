@@ -21,6 +21,8 @@ import pytest
 from cmrops import engine, pipeline
 from cmrops.engine import EngineError, EngineParams, RayEngine
 from cmrops.params import ParamsError, load_section
+from cmrops.preprocessing.decode import process_shard
+from cmrops.preprocessing.embed import Embedder
 from cmrops.sources.synthetic import DefectRates
 from cmrops.stages import collect, preprocess
 from cmrops.stages.clean import CleanParams
@@ -152,7 +154,7 @@ def killing_decode_job(job: tuple[Any, ...]) -> dict[str, Any]:
     if marker.is_file() and int(marker.read_text()) == index:
         os.kill(os.getpid(), signal.SIGKILL)
     index, table, *rest = job  # the shard's rows arrive as an Arrow table
-    return preprocess._process_shard(index, table.to_pylist(), *rest)
+    return process_shard(index, table.to_pylist(), *rest)
 
 
 def test_killed_ray_worker_is_a_clear_error_and_the_rerun_completes(
@@ -167,7 +169,7 @@ def test_killed_ray_worker_is_a_clear_error_and_the_rerun_completes(
     out.mkdir()
     (out / KILL_FILE).write_text("2")
     # the Ray workers import this test module for the task (it is pickled by reference)
-    monkeypatch.setattr(preprocess, "_decode_job", killing_decode_job)
+    monkeypatch.setattr(preprocess, "decode_job", killing_decode_job)
     with engine.session(ray_engine), pytest.raises(EngineError, match="rerun the stage"):
         preprocess.run(PRE_NO_EMB, raw, out)
     shards = out / "shards"
@@ -185,7 +187,7 @@ def test_killed_ray_worker_is_a_clear_error_and_the_rerun_completes(
     assert not list(shards.glob(".*.tmp"))
 
 
-class KillingEmbedder(preprocess._Embedder):
+class KillingEmbedder(Embedder):
     """An encoder worker that SIGKILLs its own Ray actor on the shard named in ``KILL_FILE``."""
 
     def embed(self, shard_dir: str, stem: str) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def test_killed_encoder_actor_is_a_clear_error_and_the_rerun_completes(
     params = dataclasses.replace(
         PRE, tokenizer="words", image_encoder=str(model), text_encoder=str(model), batch_size=8
     )
-    monkeypatch.setattr(preprocess, "_embedders", killing_embedders)  # 1 thread, on Ray
+    monkeypatch.setattr(preprocess, "embedders", killing_embedders)  # 1 thread, on Ray
     fresh = tmp_path / "fresh"
     with engine.session(ray_engine):
         preprocess.run(params, raw, fresh)
@@ -251,14 +253,15 @@ def test_local_engine_worker_death_is_the_same_clear_error() -> None:
 
 
 def test_engine_section_loads_strictly(tmp_path: Path) -> None:
-    assert engine.load_params(Path(__file__).parents[1] / "params.yaml") == EngineParams()
+    params_yaml = Path(__file__).parents[1] / "params.yaml"
+    assert load_section(params_yaml, engine.SECTION, EngineParams) == EngineParams()
     bad = tmp_path / "params.yaml"
     bad.write_text(json.dumps({"engine": {"kind": "ray", "adress": "auto"}}))
     with pytest.raises(ParamsError, match=r"unknown key.*adress.*allowed: address"):
-        engine.load_params(bad)
+        load_section(bad, engine.SECTION, EngineParams)
     bad.write_text(json.dumps({"engine": {"kind": "local", "address": "auto"}}))
     with pytest.raises(ParamsError, match="only used with kind: ray"):
         load_section(bad, "engine", EngineParams)
     bad.write_text(json.dumps({"engine": {"kind": "spark"}}))
     with pytest.raises(ParamsError, match="'spark' is not one of"):
-        engine.load_params(bad)
+        load_section(bad, engine.SECTION, EngineParams)

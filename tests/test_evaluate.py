@@ -21,6 +21,7 @@ import yaml
 import cmrops
 from cmrops import cli, io
 from cmrops import metrics as M
+from cmrops.code_health import code_health
 from cmrops.params import ParamsError, load_section
 from cmrops.schema import ASSIGNMENTS, LABELS
 from cmrops.stages.evaluate import EvaluateParams, run
@@ -203,7 +204,7 @@ def test_values_agree_with_the_library(evaluated):
     d = m["models"]["dcmh-16"]["directions"]["text_to_image"]
     assert d["float"]["map"] == round(fl["map"], 6)
     assert d["gap"]["map"] == pytest.approx(fl["map"] - s["map"], abs=2e-6)
-    health = M.code_health(db, 16)
+    health = code_health(db, 16)
     assert (
         m["models"]["dcmh-16"]["code_health"]["image"]["buckets"]["distinct"]
         == (health["buckets"]["distinct"])

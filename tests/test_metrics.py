@@ -10,6 +10,7 @@ import pytest
 
 import cmrops
 from cmrops import metrics as M
+from cmrops.code_health import bit_correlation, code_health
 
 # ---------------------------------------------------------------------------------------------
 # The worked example. 3-bit codes, query q0 = 000 with label {a}; the database, in row order:
@@ -185,7 +186,7 @@ def test_float_baseline_by_hand():
 def test_code_health_by_hand():
     # four 2-bit codes (bit 0, bit 1): (0,0), (1,0), (1,0), (1,1)
     codes = cmrops.pack_bits(np.array([[0, 0], [1, 0], [1, 0], [1, 1]]))
-    h = M.code_health(codes, 2)
+    h = code_health(codes, 2)
     # bit means 3/4 and 1/4: mean |p - 1/2| = 1/4, the first worst bit is bit 0
     assert h["bit_balance"] == {
         "mean_abs_deviation": 0.25,
@@ -207,19 +208,19 @@ def test_code_health_by_hand():
 
 def test_code_health_constant_bits():
     codes = cmrops.pack_bits(np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1]]))
-    h = M.code_health(codes, 3)
+    h = code_health(codes, 3)
     assert h["bit_balance"]["constant_bits"] == 1
     assert h["bit_balance"]["worst_bit"] == 0
     assert h["bit_balance"]["worst_bit_mean"] == 1.0
     # bits 1 and 2 are exact complements: |correlation| 1; the constant bit is left out
     assert h["mean_abs_bit_correlation"] == pytest.approx(1.0)
-    assert M.bit_correlation(cmrops.pack_bits(np.array([[1, 0], [1, 0]])), 2) is None
+    assert bit_correlation(cmrops.pack_bits(np.array([[1, 0], [1, 0]])), 2) is None
 
 
 def test_code_health_multiword_buckets():
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 2, (50, 100))
     bits[10:20] = bits[0]
-    h = M.code_health(cmrops.pack_bits(bits), 100)
+    h = code_health(cmrops.pack_bits(bits), 100)
     assert h["buckets"]["largest"] == 11
     assert h["buckets"]["distinct"] == 40

@@ -217,10 +217,11 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from cmrops import cli
+    from cmrops.preprocessing import embed
     from cmrops.stages import preprocess as stage
 
     kind, after = sys.argv[1], int(sys.argv[2])
-    real_record, seen = stage._record, []
+    real_record, seen = stage.record, []
 
     def record_then_die(shard_dir, shard, record_kind, *args, **kw):
         real_record(shard_dir, shard, record_kind, *args, **kw)
@@ -228,7 +229,7 @@ KILLER = textwrap.dedent(
         if seen.count(kind) == after:  # SIGKILL this run and its workers, mid-stage
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    stage._record = record_then_die
+    stage.record = embed.record = record_then_die  # decode records, embed records
     sys.exit(cli.main(sys.argv[3:]))
     """
 )
@@ -346,15 +347,15 @@ def test_embeddings_rows_and_meta(clip_params: PreprocessParams, clip_out: Path)
 
 
 def test_leftover_pixels_of_another_encoder_size_are_not_reused(tmp_path: Path) -> None:
-    from cmrops.stages.preprocess import Shard, _inputs_ready
+    from cmrops.preprocessing.shards import Shard, inputs_ready
 
     shard = Shard(0, [], "hash")
     np.save(tmp_path / "shard-00000.pixels.npy", np.zeros((0, 224, 224, 3), np.uint8))
-    assert not _inputs_ready(tmp_path, shard, 224)  # without the per-row counts
+    assert not inputs_ready(tmp_path, shard, 224)  # without the per-row counts
     np.save(tmp_path / "shard-00000.counts.npy", np.zeros(0, np.int64))
-    assert _inputs_ready(tmp_path, shard, 224)
-    assert not _inputs_ready(tmp_path, shard, 256)
-    assert not _inputs_ready(tmp_path, Shard(1, [], "hash"), 224)
+    assert inputs_ready(tmp_path, shard, 224)
+    assert not inputs_ready(tmp_path, shard, 256)
+    assert not inputs_ready(tmp_path, Shard(1, [], "hash"), 224)
 
 
 def test_fanned_out_shard_tasks_count_in_the_stage_duration(

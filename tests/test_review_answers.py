@@ -333,3 +333,14 @@ def test_an_overruled_near_duplicate_is_kept_beside_its_twin(tmp_path: Path) -> 
     m = clean.run(NO_LABEL_RULES, inter, None, tmp_path / "b", review_log=log)
     assert m["quarantined"] == 0
     assert m["kept"] == 3
+
+
+def test_the_stage_table_names_the_default_review_log() -> None:
+    """dvc.yaml and the DAG pass the stage table's --review-log; the stages default to
+    :data:`cmrops.answers.DEFAULT_PATH`: one file."""
+    from cmrops import answers, stage_table
+
+    assert stage_table.REVIEW_LOG == answers.DEFAULT_PATH
+    for name in ("label", "clean"):
+        args = stage_table.STAGES[name].args
+        assert args[args.index("--review-log") + 1] == answers.DEFAULT_PATH

@@ -35,7 +35,7 @@ from cmrops.align.concept import ConceptParams, build_concept_alignment
 from cmrops.align.crossfit import fit_fused
 from cmrops.align.model import Alignment, encoder_alignment
 from cmrops.align.params import AlignParams
-from cmrops.align.store import AlignmentError, load_alignment
+from cmrops.align.store import AlignmentError, load_alignment, save_alignment
 from cmrops.align.train import MIN_PAIRS, data_fingerprint, fit_alignment
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def write_float_baseline(
     alignment.info["fitted_on"] = "training pairs only (never the query or database samples)"
     if not reused:
         shutil.rmtree(model_dir, ignore_errors=True)
-        alignment.save(model_dir)
+        save_alignment(alignment, model_dir)
     out = codes / NAME
     out.mkdir(parents=True, exist_ok=True)
     for role, (image, text) in (("query", query), ("database", database)):

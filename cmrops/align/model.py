@@ -9,7 +9,6 @@ aligned dual encoder (CLIP, SigLIP) already give; it has no weights and ``kind =
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -113,13 +112,6 @@ class Alignment:
             raise ValueError(f"{len(image_x)} images but {len(text_x)} texts: rows must be pairs")
         zi, zt = self.image(image_x), self.text(text_x)
         return np.einsum("ij,ij->i", zi, zt, dtype=np.float64)
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` (+ ``alignment.safetensors`` when learned), see
-        :mod:`cmrops.align.store`."""
-        from cmrops.align.store import save_alignment
-
-        save_alignment(self, directory)
 
 
 def encoder_alignment(dim: int) -> Alignment:

@@ -136,7 +136,7 @@ def save_alignment(alignment: Alignment, directory: str | os.PathLike[str]) -> N
 
 
 def load_alignment(directory: str | os.PathLike[str]) -> Alignment:
-    """Read an alignment written by :meth:`Alignment.save`, checking it fully.
+    """Read an alignment written by :func:`save_alignment`, checking it fully.
 
     Raises :class:`AlignmentError` naming the file and what to run when anything is missing,
     unreadable, of another format or version, or does not match its recorded hash and shapes."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cmrops import io
-from cmrops.export import ExportOptions, Progress, write_card
+from cmrops.export.base import ExportOptions, Progress, write_card
 from cmrops.export.stream import ReleaseSamples
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrops.export import ExportOptions, Progress, write_card
+from cmrops.export.base import ExportOptions, Progress, write_card
 from cmrops.export.stream import ReleaseSamples
 
 BLOCK = 4096

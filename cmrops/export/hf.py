@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cmrops import io
-from cmrops.export import ExportOptions, Progress, write_card
+from cmrops.export.base import ExportOptions, Progress, write_card
 from cmrops.export.stream import ReleaseSamples, Sample
 
 #: Rows per Parquet row group: the rows (with their media) held in memory at once.

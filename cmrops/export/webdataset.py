@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cmrops.export import ExportOptions, Progress, write_card
+from cmrops.export.base import ExportOptions, Progress, write_card
 from cmrops.export.stream import ReleaseSamples, Sample
 
 

@@ -36,13 +36,13 @@ from cmrops.models import checkpoint as ckpt
 from cmrops.models.cca import Solution
 from cmrops.models.hasher import HasherConfig
 from cmrops.models.linear import LinearConfig, LinearHasher
-from cmrops.models.loop import (
+from cmrops.models.training import (
     PairedData,
     TrainConfig,
     TrainResult,
-    _data_id,
-    _model_seed,
-    _validate,
+    data_id,
+    model_seed,
+    validate,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def fit(
             "with an encoder to fine-tune (train.finetune_encoder): use dcmh or contrastive"
         )
     shape = LinearConfig(model_config.image_dim, model_config.text_dim, model_config.n_bits)
-    run_cfg = run_config(shape, config, _data_id(train, val, val_database))
+    run_cfg = run_config(shape, config, data_id(train, val, val_database))
     directory = Path(checkpoint_dir)
     if ckpt.stale_data(directory, run_cfg):
         log.info("%s: the training data changed since this fit: fitting afresh", directory)
@@ -103,7 +103,7 @@ def fit(
     y = np.asarray(train.text, np.float64)
     means = x.mean(axis=0), y.mean(axis=0)
     xc, yc = x - means[0], y - means[1]
-    seed = _model_seed(config.seed, method, shape.n_bits)
+    seed = model_seed(config.seed, method, shape.n_bits)
     sol = SOLVERS[method](xc, yc, shape.n_bits, getattr(config, method), seed)
     for head, mean, centred, w in (
         (model.image, means[0], xc, sol.image),
@@ -131,7 +131,7 @@ def fit(
         "summary": sol.summary,
     }
     if val is not None and len(val):
-        scores = _validate(model, val, val_database or train, relevance, torch.device("cpu"))
+        scores = validate(model, val, val_database or train, relevance, torch.device("cpu"))
         state.update(best_val_map=scores["map"], best_step=sol.iterations, val=scores)
     ckpt.save(directory, run_cfg, model, None, state)
     log.info(

@@ -28,141 +28,37 @@ The result holds the selected weights (best validation mAP, else the last ones).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import math
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmrops.codes import pack_bits
 from cmrops.methods import METHODS as METHODS
-from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions, info
+from cmrops.methods import info
 from cmrops.models import checkpoint as ckpt
 from cmrops.models.djsrh import djsrh_loss, joint_affinity
 from cmrops.models.finetune import EncoderHasher, build_hasher
-from cmrops.models.hasher import CrossModalHasher, HasherConfig
-from cmrops.models.linear import LinearHasher
+from cmrops.models.hasher import HasherConfig
 from cmrops.models.losses import contrastive_loss, dcmh_loss, label_similarity
-from cmrops.models.ranking import cross_modal_map
+from cmrops.models.training import ENCODE_BATCH as ENCODE_BATCH
+from cmrops.models.training import OPTIONS as OPTIONS
+from cmrops.models.training import Hasher as Hasher
+from cmrops.models.training import Method as Method
+from cmrops.models.training import PairedData as PairedData
+from cmrops.models.training import TrainConfig as TrainConfig
+from cmrops.models.training import TrainResult as TrainResult
+from cmrops.models.training import as_tensor, data_id, model_seed, validate
+from cmrops.models.training import encode as encode
+from cmrops.models.training import run_config as run_config
 
 log = logging.getLogger(__name__)
-
-Method = Literal["dcmh", "contrastive", "djsrh", "itq", "cca", "cmfh"]
-OPTIONS = ("djsrh", "cca", "itq", "cmfh")  # TrainConfig fields holding one method's knobs
-ENCODE_BATCH = 4096  # fixed, so codes never depend on how many rows are encoded at once
-Hasher = CrossModalHasher | EncoderHasher | LinearHasher
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one model (the ``train:`` params minus what selects models)."""
-
-    method: Method
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    quantization_weight: float = 0.05  # γ: ‖B - F‖² term
-    balance_weight: float = 1.0  # η: ‖F·1‖² term
-    temperature: float = 0.1  # contrastive only
-    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
-    patience: int = 10  # epochs without a better validation mAP before stopping; 0 = never
-    checkpoint_every: int = 200  # steps; 0 = only at the end
-    seed: int = 0
-    encoder_lr: float = 1e-5  # learning rate of the fine-tuned encoder blocks (finetune only)
-    # What a supervised method (dcmh) counts as similar: "labels" - image i and text j share a
-    # label; "pairs" - only the pair itself (S = I), for labels induced from the captions, which
-    # say little that the pairing does not, and for data without labels.
-    similarity: Literal["labels", "pairs"] = "labels"
-    # One method's own knobs each (cmrops.methods); only the trained method's go to config.json.
-    djsrh: DjsrhOptions = field(default_factory=DjsrhOptions)
-    cca: CcaOptions = field(default_factory=CcaOptions)
-    itq: ItqOptions = field(default_factory=ItqOptions)
-    cmfh: CmfhOptions = field(default_factory=CmfhOptions)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "checkpoint_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "encoder_lr"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be a positive number, got {v}")
-        for name in ("weight_decay", "quantization_weight", "balance_weight", "grad_clip"):
-            v = getattr(self, name)
-            if not (v >= 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.similarity not in ("labels", "pairs"):
-            raise ValueError(f"similarity must be 'labels' or 'pairs', got {self.similarity!r}")
-
-
-@dataclass
-class PairedData:
-    """Paired samples (row ``i`` of ``image`` goes with row ``i`` of ``text``) and their
-    multi-hot labels (``None`` when the data has no labels). The rows are embeddings, or, for a
-    fine-tuned encoder (:mod:`cmrops.models.finetune`), ``uint8`` pixels and ``int64`` tokens."""
-
-    image: np.ndarray  # (n, image_dim) float32, or (n, size, size, 3) uint8
-    text: np.ndarray  # (n, text_dim) float32, or (n, 2, length) int64
-    labels: np.ndarray | None = None  # (n, n_labels) bool
-
-    def __post_init__(self) -> None:
-        if self.image.ndim < 2 or self.text.ndim < 2 or len(self.image) != len(self.text):
-            raise ValueError(
-                f"image/text: expected (n, ...) arrays of equal n, got {self.image.shape} and "
-                f"{self.text.shape}"
-            )
-        if self.labels is not None and (self.labels.ndim != 2 or len(self.labels) != len(self)):
-            raise ValueError(f"labels: expected ({len(self)}, n_labels), got {self.labels.shape}")
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`fit` returns: the selected model (eval mode) and how training went."""
-
-    model: Hasher
-    steps: int
-    epochs: int  # epochs completed
-    best_val_map: float | None  # None without a validation set
-    best_step: int | None
-    early_stop_step: int | None  # the step training stopped at when patience ran out
-    final_losses: dict[str, float]  # mean of each loss term over the last epoch
-    samples_per_s: float  # training samples per second of optimisation (this session; not saved)
-    relevance: str  # "labels" or "pairs": what validation counted as relevant
-    resumed_from_step: int | None  # step of the checkpoint this call continued from
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
-
-
-def run_config(model_config: HasherConfig, train_config: TrainConfig, data_id: str) -> dict:
-    """The ``config.json`` of a run: a resume must match it exactly."""
-    train = asdict(train_config)
-    if model_config.encoder is None:  # no encoder to fine-tune: the setting means nothing
-        del train["encoder_lr"]
-    for name in OPTIONS:  # other methods' knobs: changing them must not invalidate this model
-        if name != train_config.method:
-            del train[name]
-    if train["similarity"] == "labels" or not info(train_config.method).supervised:
-        del train["similarity"]  # the default, or meaningless: configs stay as they were
-    return {"model": model_config.to_json(), "train": train, "data": data_id}
 
 
 def fit(
@@ -207,7 +103,7 @@ def fit(
     dev = torch.device(resolve_device(device))
     if dev.type == "cuda":  # cuBLAS needs this for deterministic results; set before first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    run_cfg = run_config(model_config, config, _data_id(train, val, val_database))
+    run_cfg = run_config(model_config, config, data_id(train, val, val_database))
     directory = Path(checkpoint_dir)
     if ckpt.stale_data(directory, run_cfg):
         # same settings, new data (a scheduled run added samples): this is a new model, not a
@@ -245,7 +141,7 @@ def _fit(
     progress: bool,
     on_step: Callable[[int], None] | None,
 ) -> TrainResult:
-    seed = _model_seed(config.seed, config.method, model_config.n_bits)
+    seed = model_seed(config.seed, config.method, model_config.n_bits)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - for any code that uses the global RNG
     random.seed(seed)
@@ -290,8 +186,8 @@ def _fit(
 
     # Pixels read from the store (finetune.StoredCrops) stay there; a batch is read when used.
     lazy = not isinstance(train.image, np.ndarray)
-    x_img = train.image if lazy else _tensor(train.image).to(dev)
-    x_txt = _tensor(train.text).to(dev)
+    x_img = train.image if lazy else as_tensor(train.image).to(dev)
+    x_txt = as_tensor(train.text).to(dev)
     y = (
         torch.from_numpy(train.labels.astype(np.float32)).to(dev)
         if train.labels is not None
@@ -326,7 +222,7 @@ def _fit(
         while state["batch"] < steps_per_epoch:
             idx = order[state["batch"] * bs : (state["batch"] + 1) * bs]
             with autocast:
-                images = _tensor(x_img[idx.cpu().numpy()]).to(dev) if lazy else x_img[idx]
+                images = as_tensor(x_img[idx.cpu().numpy()]).to(dev) if lazy else x_img[idx]
                 f, g = model(images, x_txt[idx])
             loss, parts = _batch_loss(config, f, g, idx, y, feats)
             opt.zero_grad(set_to_none=True)
@@ -360,7 +256,7 @@ def _fit(
         bar.set_postfix(loss=f"{losses['loss']:.4f}")
         entry: dict[str, Any] = {"epoch": state["epoch"] + 1, "step": state["step"], **losses}
         if val is not None and len(val):
-            scores = _validate(model, val, val_database or train, relevance, dev)
+            scores = validate(model, val, val_database or train, relevance, dev)
             entry.update({f"val_{k}": v for k, v in scores.items()})
             if state["best_val_map"] is None or scores["map"] > state["best_val_map"]:
                 state.update(best_val_map=scores["map"], best_step=state["step"], bad_epochs=0)
@@ -433,42 +329,6 @@ def _batch_loss(
     return contrastive_loss(f, g, config.temperature, qw, bw)
 
 
-def encode(
-    model: Hasher, data: PairedData, device: str | torch.device | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous codes ``(image, text)``, float32 ``(n, n_bits)``, in eval mode and float32
-    (no autocast), in fixed batches of :data:`ENCODE_BATCH` rows (fewer for an encoder model)."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    step = int(getattr(model, "encode_batch", ENCODE_BATCH))
-    was_training = model.training
-    model.eval()
-    out: list[list[np.ndarray]] = [[], []]
-    with torch.inference_mode():
-        for j, (head, x) in enumerate(((model.image, data.image), (model.text, data.text))):
-            for lo in range(0, len(x), step):
-                batch = _tensor(x[lo : lo + step])
-                out[j].append(head(batch.to(dev)).float().cpu().numpy())
-    model.train(was_training)
-    k = model.config.n_bits
-    img = np.concatenate(out[0]) if out[0] else np.zeros((0, k), np.float32)
-    txt = np.concatenate(out[1]) if out[1] else np.zeros((0, k), np.float32)
-    return img, txt
-
-
-def _validate(
-    model: Hasher,
-    val: PairedData,
-    database: PairedData,
-    relevance: str,
-    dev: torch.device,
-) -> dict[str, float]:
-    qi, qt = (pack_bits(x > 0) for x in encode(model, val, dev))
-    if relevance == "pairs":
-        return cross_modal_map(qi, qt, qi, qt, None, None)
-    di, dt = (pack_bits(x > 0) for x in encode(model, database, dev))
-    return cross_modal_map(qi, qt, di, dt, val.labels, database.labels)
-
-
 def _result(
     model: Hasher,
     state: dict[str, Any],
@@ -497,28 +357,5 @@ def _result(
     )
 
 
-def _tensor(a: Any) -> torch.Tensor:
-    """Embeddings as float32; pixels (uint8) and tokens (int64) keep their type."""
-    if np.issubdtype(a.dtype, np.floating):
-        return torch.from_numpy(np.ascontiguousarray(a, np.float32))
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def _model_seed(seed: int, method: str, n_bits: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{method}:{n_bits}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _data_id(train: PairedData, val: PairedData | None, database: PairedData | None) -> str:
-    arrays = []
-    for part in (train, val, database):
-        if part is not None:
-            arrays += [part.image, part.text]
-            if part.labels is not None:
-                arrays.append(part.labels)
-        arrays.append(np.zeros(0, np.int8))  # separator: (train, None) != (None, train)
-    return ckpt.fingerprint(*arrays)

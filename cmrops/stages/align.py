@@ -69,7 +69,7 @@ from cmrops.align.concept import CLASSIFIER_ENCODERS, ConceptParams
 from cmrops.align.crossfit import fit_folds, fit_fused
 from cmrops.align.fusion import fuse
 from cmrops.align.metrics import derangement
-from cmrops.align.store import CONFIG, WEIGHTS
+from cmrops.align.store import CONFIG, WEIGHTS, save_alignment
 from cmrops.align.train import MIN_PAIRS
 from cmrops.align.train import evaluate as evaluate_alignment
 from cmrops.cleaning.mismatch import calibrate_mismatch
@@ -173,7 +173,7 @@ def _run(
     alignment.info["calibration"] = calibration
     alignment.info["pair_scores"] = "out of fold" if built.out_of_fold else "cosine"
     _clear(model)
-    alignment.save(model)
+    save_alignment(alignment, model)
     _write_scores(out / PAIR_SCORES, sample_ids, scores)
     _write_null(out / NULL_SCORES, null)
     metrics: dict[str, Any] = {
