@@ -298,7 +298,8 @@ def default_caption(project: Path) -> str:
 
 def build_tiny_run(dest: Path, n: int = 100, epochs: int = 30) -> Path:
     """The test suite's tiny synthetic run (tests/test_dvc_support.py), every stage, then
-    ``dvc commit`` and a release - with more epochs than the tests train, so the codes mean something."""
+    ``dvc commit`` and a release - with more epochs than the tests train, so the codes mean
+    something."""
     sys.path.insert(0, str(REPO))
     from cmrops.pipeline import STAGES, run_stage
     from tests.test_dvc_support import git_commit, make_project, sh, tiny_params
