@@ -12,7 +12,7 @@ from cmrops.align import AlignParams, fit_alignment, load_alignment
 from cmrops.align.concept import ConceptHead, ConceptParams, class_texts, concept_alignment
 from cmrops.align.fusion import choose_weight, fuse
 from cmrops.align.model import normalise
-from cmrops.align.store import CONFIG, WEIGHTS
+from cmrops.align.store import CONFIG, WEIGHTS, save_alignment
 from cmrops.cleaning.mismatch import calibrate_mismatch
 
 PARAMS = AlignParams(dim=8, epochs=30, batch_size=64, lr=3e-3, patience=6, seed=2)
@@ -57,12 +57,12 @@ def test_concept_alignment_needs_no_pairs_and_round_trips(tmp_path: Path):
     true = a.pair_scores(image, text)
     swapped = a.pair_scores(image, np.roll(text, 1, axis=0))
     assert (true > swapped).mean() > 0.85  # captions meet their images with zero pairs
-    a.save(tmp_path / "a")
+    save_alignment(a, tmp_path / "a")
     b = load_alignment(tmp_path / "a")
     assert b.kind == "concept"
     assert np.array_equal(b.image(image), a.image(image))
     assert np.array_equal(b.text(text), a.text(text))
-    a.save(tmp_path / "again")
+    save_alignment(a, tmp_path / "again")
     for name in (CONFIG, WEIGHTS):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
@@ -75,7 +75,7 @@ def test_fused_scores_are_the_weighted_sum_and_round_trip(tmp_path: Path):
     want = 0.3 * prior.pair_scores(image, text) + 0.7 * learned.pair_scores(image, text)
     assert np.allclose(fused.pair_scores(image, text), want, atol=1e-5)
     assert np.allclose(np.linalg.norm(fused.image(image), axis=1), 1.0, atol=1e-5)
-    fused.save(tmp_path / "f")
+    save_alignment(fused, tmp_path / "f")
     back = load_alignment(tmp_path / "f")
     assert back.kind == "fused"
     assert np.allclose(back.pair_scores(image, text), want, atol=1e-5)
