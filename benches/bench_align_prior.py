@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -60,19 +59,10 @@ from cmrops.align.concept import ConceptParams, build_concept_alignment
 from cmrops.align.crossfit import fit_fused
 from cmrops.align.metrics import auroc, derangement
 from cmrops.align.model import Alignment
+from cmrops.threads import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = (0, 50, 100, 200, 400)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- data

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,18 +32,10 @@ from typing import Any
 
 import yaml
 
+from cmrops.threads import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 HOG = "while True:\n    pass\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_params(root: Path, n: int) -> Path:

@@ -49,6 +49,7 @@ import faiss
 
 import cmrops
 from cmrops.demo import planted_codes
+from cmrops.threads import cpu_model
 
 
 def timed(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> tuple[float, Any]:
@@ -66,17 +67,6 @@ def timed(fn: Callable[[], Any], repeat: int, budget_s: float = 60.0) -> tuple[f
 
 def faiss_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo; else what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_paths(n: int, nq: int, rounds: int, rows: list[dict]) -> None:

@@ -37,18 +37,7 @@ from cmrops import releases
 from cmrops.export import FORMATS, ExportOptions, export
 from cmrops.export.stream import ReleaseSamples
 from cmrops.release_data import ReleaseData
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
+from cmrops.threads import cpu_model
 
 
 class _Rss:

@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,19 +42,10 @@ import imagehash
 from PIL import Image
 
 from cmrops.imaging import decode_image, image_hashes, resize_for_encoder, uint64_to_bits
+from cmrops.threads import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 COCO = Path(os.environ.get("CMROPS_SHARED_DATA", REPO.parent / "shared" / "data")) / "coco_mini"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synthetic_images(n: int) -> list[bytes]:

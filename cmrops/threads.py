@@ -172,6 +172,17 @@ def available_cpus(
     return max(1, cpus), "affinity"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; else what :mod:`platform` knows), for
+    the benchmarks' reports."""
+    for line in (_read(Path("/proc/cpuinfo")) or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def _parse(value: str, where: str) -> int:
     try:
         n = int(value)
