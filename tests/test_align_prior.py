@@ -95,11 +95,15 @@ def test_choose_weight_follows_the_better_part():
     learned, _ = fit_alignment(image[:160], text[:160], PARAMS, progress=False)
     fold = [(learned, image[160:], text[160:])]
     w_good, rec = choose_weight(good_prior, fold)
-    w_bad, _ = choose_weight(useless, fold)
+    w_bad, bad = choose_weight(useless, fold)
     assert w_good > w_bad
-    assert w_bad <= 0.2
     assert rec["holdout_pairs"] == 80
     assert rec["mrr"][f"{w_good:g}"] == max(rec["mrr"].values())
+    assert rec["gain_over_learned"]["mean"] > rec["gain_over_learned"]["se"]
+    # a useless prior: whatever small weight wins on these 80 pairs is within the noise of the
+    # choice, so the learned heads are kept as they are (fused == learned, never below it)
+    assert w_bad == 0.0
+    assert bad["gain_over_learned"]["mean"] <= bad["gain_over_learned"]["se"]
 
 
 def test_mismatch_calibration_flags_nothing_on_clean_pairs_and_finds_planted_ones():
