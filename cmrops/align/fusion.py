@@ -10,12 +10,12 @@ The weight is chosen on pairs the learned part never trained on (:func:`choose_w
 every candidate ``w`` (0, 0.05, ..., 1) the mean reciprocal rank of the true partner, image ->
 text and text -> image averaged, in each fold's held-out gallery (at most 1,000 pairs each), over
 the folds pooled; the best ``w`` wins (ties to the larger prior weight, the one that needs no
-training data) when it beats the learned part alone (``w = 0``) by more than one standard error
-of the per-pair differences, else ``w = 0``: a weight the held-out pairs cannot tell from the
-learned heads would only add the noise of the choice (on data where the prior means little, it
-cost up to 0.004 of R@K). With no learned part (too few pairs) the prior is used alone. The
-prior here is the concept bridge (:mod:`cmrops.align.concept`), which has used no pair at all,
-so it needs no held-out data of its own.
+training data) when it beats the better part alone (``w = 0``, the learned heads, or ``w = 1``,
+the prior) by more than one standard error of the per-pair differences, else that part: a mix
+the held-out pairs cannot tell from it would only add the noise of the choice (on data where
+the prior means little, it cost up to 0.004 of R@K). With no learned part (too few pairs) the
+prior is used alone. The prior here is the concept bridge (:mod:`cmrops.align.concept`), which
+has used no pair at all, so it needs no held-out data of its own.
 """
 
 from __future__ import annotations
@@ -118,23 +118,26 @@ def choose_weight(
     pairs = rr.shape[1]
     mrr = rr.mean(axis=1)
     top = max(range(len(WEIGHTS)), key=lambda k: (round(mrr[k], 9), WEIGHTS[k]))
-    # one-standard-error rule: a prior weight whose gain over the learned heads alone is within
-    # one standard error of the paired per-pair differences is noise of the choice; keep w = 0
-    gain = rr[top] - rr[0]
+    # one-standard-error rule: a mix whose gain over the better part alone (the learned heads,
+    # w = 0, or the prior, w = 1) is within one standard error of the paired per-pair
+    # differences is the noise of the choice; that part is kept as it is
+    part = 0 if mrr[0] >= mrr[-1] else len(WEIGHTS) - 1
+    gain = rr[top] - rr[part]
     se = float(gain.std(ddof=1) / math.sqrt(pairs)) if pairs > 1 else 0.0
-    best = top if float(gain.mean()) > se else 0
+    best = top if float(gain.mean()) > se else part
     record = {
         "prior_weight": WEIGHTS[best],
         "rule": (
             "best mean reciprocal rank (both directions) on pairs the learned part never trained "
-            "on, candidates 0, 0.05, ..., 1 (ties to the larger prior weight); the learned part "
-            "alone (0) unless the best beats it by more than one standard error of the paired "
-            "per-pair differences"
+            "on, candidates 0, 0.05, ..., 1 (ties to the larger prior weight), unless it beats "
+            "the better part alone (0: learned, 1: prior) by at most one standard error of the "
+            "paired per-pair differences: then that part"
         ),
         "holdout_pairs": pairs,
         "folds": len(folds),
         "mrr": {f"{w:g}": round(float(m), 6) for w, m in zip(WEIGHTS, mrr, strict=True)},
         "best_by_mrr": WEIGHTS[top],
-        "gain_over_learned": {"mean": round(float(gain.mean()), 6), "se": round(se, 6)},
+        "better_part": WEIGHTS[part],
+        "gain_over_part": {"mean": round(float(gain.mean()), 6), "se": round(se, 6)},
     }
     return WEIGHTS[best], record
