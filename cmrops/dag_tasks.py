@@ -168,7 +168,7 @@ def run_stage_task(cfg: RunConfig, stage: str, run_id: str | None = None) -> dic
     _check_stop_after(cfg, stage)
     _use_run_id(run_id)
     try:
-        run_stage(stage, cfg.work, str(cfg.params), cfg.root)
+        run_stage(stage, cfg.work, str(cfg.params), cfg.root, isolated=True)
     except StageError as e:
         raise RunError(str(e), retryable=e.retryable) from e
     return {"stage": stage, "work": str(cfg.work), "trial": cfg.trial}

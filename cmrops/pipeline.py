@@ -2,8 +2,12 @@
 
 Airflow and DVC drive the same code with the same arguments: ``dvc.yaml``'s ``cmd`` of each
 stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's tasks call
-:func:`run_stage`, which runs that argv in-process through the stage table's parser
-(:func:`cmrops.stage_command.main`, what the ``cmrops`` command runs too).
+:func:`run_stage`, which runs that argv through the stage table's parser
+(:func:`cmrops.stage_command.main`, what the ``cmrops`` command runs too) - in a process of its
+own for the DAG (``isolated``), as DVC runs it. A worker process runs many tasks one after the
+other (``airflow dags test`` all of them, a Celery child several); what one stage leaves in the
+process (the BLAS library's buffers after align's fit, for one) changed the last bits of train's
+float outputs, so the DAG's bytes differed from ``dvc repro``'s.
 
 Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives). With a
 storage root other than the work folder (``s3://bucket/prefix`` for workers that share no disk),
@@ -99,9 +103,12 @@ def run_stage(
     work: str | os.PathLike[str],
     params_file: str = "params.yaml",
     root: str | None = None,
+    *,
+    isolated: bool = False,
 ) -> dict[str, Any]:
     """Run stage ``name`` with its standard argv, paths under ``work`` (pulling inputs from and
-    pushing outputs to ``root`` when it is another place). Raises on failure."""
+    pushing outputs to ``root`` when it is another place). ``isolated``: in a child process
+    (:func:`run_isolated`), else in this one. Raises on failure."""
     from cmrops.stage_command import main
 
     st = STAGES[name]
@@ -113,10 +120,41 @@ def run_stage(
     args = argv(name, params_arg)
     with _staged(st.inputs, st.outputs, work, root), _cwd(work):
         log.info("cmrops %s  (in %s)", " ".join(args), work)
-        rc = main(args)
+        rc = run_isolated(args) if isolated else main(args)
         if rc:
             raise StageError(name, rc)
     return {"stage": name, "outputs": list(st.outputs), "work": str(work), "root": root}
+
+
+def run_isolated(args: Sequence[str]) -> int:
+    """``python -m cmrops.stage_command ARGS`` in this folder, its output relayed line by line to
+    this process's stdout (the Airflow task log); returns its exit code. The child ends with this
+    process (it watches its parent); if this process stops waiting (a task timeout raised here),
+    the child is stopped too."""
+    import subprocess
+    import sys
+
+    from cmrops.stage_command import PARENT_ENV
+
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmrops.stage_command", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextlib.contextmanager

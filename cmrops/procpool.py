@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["spawn_pool"]
+__all__ = ["exit_with_parent", "spawn_pool"]
 
 
 @contextlib.contextmanager
@@ -98,17 +98,17 @@ def _start_worker(threads: int, parent: int) -> None:
     from cmrops import threads as budget
 
     budget.apply(threads)
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
 
 
 #: How often a worker checks that its parent is alive (seconds).
 PARENT_CHECK_S = 0.5
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: a daemon thread that ends the worker once ``parent`` is gone (the
-    worker is re-parented, so ``getppid`` changes). A shard it was writing is left as a
-    temporary file, which the next run sweeps."""
+def exit_with_parent(parent: int) -> None:
+    """A daemon thread that ends this process once ``parent`` is gone (in a pool worker, and in a
+    stage the DAG runs in a process of its own): the process is re-parented, so ``getppid``
+    changes. A file it was writing is left as a temporary file, which the next run sweeps."""
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -183,3 +183,19 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     return run(args)
+
+
+#: Set by :func:`cmrops.pipeline.run_isolated`: the pid of the process that started this one,
+#: which this one outlives by at most a moment.
+PARENT_ENV = "CMROPS_PARENT_PID"
+
+
+if __name__ == "__main__":  # a stage in a process of its own (cmrops.pipeline.run_isolated)
+    import os
+
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit():
+        from cmrops.procpool import exit_with_parent
+
+        exit_with_parent(int(parent))
+    sys.exit(main(sys.argv[1:]))
