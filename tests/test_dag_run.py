@@ -138,13 +138,13 @@ def test_overridden_params_run_as_a_trial_in_their_own_workspace(
     from cmrops.dag_tasks import TRIALS, WORKSPACE_MARKER
 
     project = make_project(tmp_path_factory.mktemp("override") / "p", tiny_params())
-    conf = {"synthetic_n": 30, "stop_after": "collect"}
+    conf = {"synthetic_n": 40, "stop_after": "collect"}  # the form's minimum
     rc, state, out = dags_test(project, airflow_home, conf)
     assert (rc, state) == (0, "success"), out[-5000:]
     (ws,) = (project / TRIALS).iterdir()
     assert (ws / WORKSPACE_MARKER).is_file()
     raw = json.loads((ws / "data/raw/metrics.json").read_text())
-    assert raw["inputs"] == 30  # the override reached the stage, in the trial's workspace
+    assert raw["inputs"] == 40  # the override reached the stage, in the trial's workspace
     assert not (project / "data").exists()  # the project's own outputs were never touched
     assert "not versioned: trial" in out  # version skipped ...
     assert not (project / "dvc.lock").exists()  # ... so dvc.lock never pairs them with params.yaml
