@@ -303,11 +303,11 @@ def _release_list(args: argparse.Namespace) -> int:
     if not found:
         print("no releases yet: a versioned run (make run, or the DAG on params.yaml) makes one")
         return 0
-    print(f"{'release':<28}{'created':<22}{'kept':>7}  {'where':<14}git tag")
+    print(f"{'release':<28}{'created':<26}{'kept':>7}  {'where':<14}git tag")
     for r in found:
         kept = r.summary.get("kept", "-")
         tag = (r.git or {}).get("tag") or "-"
-        print(f"{r.id:<28}{r.created:<22}{kept!s:>7}  {'+'.join(r.where):<14}{tag}")
+        print(f"{r.id:<28}{r.created:<26}{kept!s:>7}  {'+'.join(r.where):<14}{tag}")
     return 0
 
 

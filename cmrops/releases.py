@@ -261,6 +261,12 @@ def release_dir(project: str | os.PathLike[str], release_id: str) -> Path:
 # --------------------------------------------------------------------------- create
 
 
+def _now_iso() -> str:
+    """UTC now with milliseconds: releases made within one second still sort by creation."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
 def new_id(project: str | os.PathLike[str], now: float | None = None) -> str:
     lock = Path(project) / "dvc.lock"
     if not lock.is_file():
@@ -305,7 +311,7 @@ def create(
     git = _git_record(root, rels, rid, params) if params.git != "off" else None
     release = Release(
         id=rid,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created=_now_iso(),
         run_id=run_id,
         data_version=runlog.data_version(root),
         files=hashes,

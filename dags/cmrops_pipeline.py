@@ -32,6 +32,7 @@ Task bodies live in `cmrops.dag_tasks`; this file only wires them.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -130,6 +131,8 @@ def _body(fn: Any) -> Any:
             cfg = dag_tasks.resolve(PROJECT, dict(context["params"]))
             return fn(cfg, context)
         except dag_tasks.Skip as e:
+            # Airflow's own log line says only "Skipping task.": the reason goes in first
+            logging.getLogger("cmrops.task").info("skipped: %s", e)
             raise AirflowSkipException(str(e)) from e
         except dag_tasks.RunError as e:
             if not e.retryable:
