@@ -5,9 +5,10 @@ stage is ``cmrops`` + :func:`argv` (a test checks it), and the DAG's tasks call
 :func:`run_stage`, which runs that argv through the stage table's parser
 (:func:`cmrops.stage_command.main`, what the ``cmrops`` command runs too) - in a process of its
 own for the DAG (``isolated``), as DVC runs it. A worker process runs many tasks one after the
-other (``airflow dags test`` all of them, a Celery child several); what one stage leaves in the
-process (the BLAS library's buffers after align's fit, for one) changed the last bits of train's
-float outputs, so the DAG's bytes differed from ``dvc repro``'s.
+other (``airflow dags test`` all of them, a Celery child several), and what one stage leaves in
+the process can change the next one's floats: train run after align in one process wrote query
+vectors that differed from ``dvc repro``'s in the last bits (the cause inside the numerical
+libraries was not pinned down; MKL's strict reproducibility mode did not remove it).
 
 Paths are relative to a *work folder* (the project root, where ``dvc.yaml`` lives). With a
 storage root other than the work folder (``s3://bucket/prefix`` for workers that share no disk),
