@@ -300,7 +300,8 @@ def current() -> int:
 @contextmanager
 def training() -> Iterator[None]:
     """Run the block's torch / BLAS work on :data:`TRAINING_THREADS` threads (the same bytes
-    whatever the machine or the budget), then restore the budget."""
+    whatever the machine or the budget), then restore the budget. Also a decorator
+    (``@threads.training()``: the stages' fitting functions)."""
     before = current()
     apply(TRAINING_THREADS)
     try:

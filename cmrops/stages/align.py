@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cmrops import io
+from cmrops import io, threads
 from cmrops.align import (
     Alignment,
     AlignParams,
@@ -119,23 +119,8 @@ def cli_main(args: Any) -> int:
     return 0
 
 
+@threads.training()  # CPU fits on a fixed number of threads: the same bytes on any machine
 def run(
-    params: AlignStageParams,
-    interim_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    raw_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the stage (see :func:`_run`) with CPU training on a fixed number of threads
-    (:func:`cmrops.threads.training`): the same bytes whatever the machine."""
-    from cmrops import threads
-
-    with threads.training():
-        return _run(params, interim_dir, out_dir, raw_dir=raw_dir, progress=progress)
-
-
-def _run(
     params: AlignStageParams,
     interim_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from cmrops import io
+from cmrops import io, threads
 from cmrops.methods import CcaOptions, CmfhOptions, DjsrhOptions, ItqOptions
 from cmrops.schema import CODE_ROWS, TRAINING_SAMPLES
 
@@ -249,34 +249,8 @@ def cli_main(args: Any) -> int:
     return 0
 
 
+@threads.training()  # CPU training on a fixed number of threads: the same bytes on any machine
 def run(
-    params: TrainParams,
-    split_dir: str | os.PathLike[str],
-    clean_dir: str | os.PathLike[str],
-    interim_dir: str | os.PathLike[str],
-    labelled_dir: str | os.PathLike[str] | None,
-    models_dir: str | os.PathLike[str],
-    codes_dir: str | os.PathLike[str],
-    *,
-    metrics_path: str | os.PathLike[str] | None = None,
-    restart: bool = False,
-    progress: bool = True,
-    raw_dir: str | os.PathLike[str] | None = None,
-    align: AlignStageParams | None = None,
-) -> dict[str, Any]:
-    """Run the stage (see :func:`_run`) with CPU training on a fixed number of threads
-    (:func:`cmrops.threads.training`): the same bytes whatever the machine."""
-    from cmrops import threads
-
-    with threads.training():
-        return _run(
-            params, split_dir, clean_dir, interim_dir, labelled_dir, models_dir, codes_dir,
-            metrics_path=metrics_path, restart=restart, progress=progress, raw_dir=raw_dir,
-            align=align,
-        )  # fmt: skip
-
-
-def _run(
     params: TrainParams,
     split_dir: str | os.PathLike[str],
     clean_dir: str | os.PathLike[str],
@@ -295,7 +269,8 @@ def _run(
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
     ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
     the images that a fine-tuned encoder reads; ``align`` (default: its defaults) says how the
-    aligned float baseline's alignment is fitted."""
+    aligned float baseline's alignment is fitted. Torch and BLAS run on
+    :data:`cmrops.threads.TRAINING_THREADS` threads (:func:`cmrops.threads.training`)."""
     from cmrops.codes import pack_bits
     from cmrops.encoders import resolve_device
     from cmrops.methods import info
