@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,20 +121,6 @@ class SampleMap:
     key: str
 
 
-def _cache_dir(project: Path) -> Path:
-    d = Path(project) / ".cmrops" / "cache" / "map"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        if os.access(d, os.W_OK):
-            return d
-    except OSError:
-        pass
-    tag = hashlib.sha256(str(Path(project).resolve()).encode()).hexdigest()[:12]
-    d = Path(tempfile.gettempdir()) / f"cmrops-map-{tag}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def _embedded(project: Path, modality: str) -> tuple[list[str], np.ndarray, Path]:
     """sample ids and feature rows of the embedded interim samples, and the feature file."""
     root = Path(project)
@@ -183,7 +167,8 @@ def _keyed(
     h.update("\n".join(ids).encode())
     h.update(rows.tobytes())
     key = h.hexdigest()[:20]
-    return _cache_dir(project) / f"{modality}-{method}-{key}.parquet", key, ids, rows, feats
+    path = io.project_cache(project, "map") / f"{modality}-{method}-{key}.parquet"
+    return path, key, ids, rows, feats
 
 
 def sample_map(

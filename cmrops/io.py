@@ -309,3 +309,19 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def project_cache(project: str | os.PathLike[str], name: str) -> Path:
+    """``<project>/.cmrops/cache/<name>``, created; a folder of the temp dir named after the
+    project when that one cannot be written (a read-only checkout)."""
+    d = Path(project) / ".cmrops" / "cache" / name
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    tag = hashlib.sha256(str(Path(project).resolve()).encode()).hexdigest()[:12]
+    d = Path(tempfile.gettempdir()) / f"cmrops-{name}-{tag}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d

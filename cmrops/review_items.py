@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,18 +163,8 @@ def quarantine_doubt(reason: str, evidence: Mapping[str, Any]) -> float:
 
 def cache_dir(project: Path) -> Path:
     """``<project>/.cmrops/cache/review``, or a folder under the temp dir when the project is
-    read-only."""
-    d = Path(project) / ".cmrops" / "cache" / "review"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        if os.access(d, os.W_OK):
-            return d
-    except OSError:
-        pass
-    key = hashlib.sha256(str(Path(project).resolve()).encode()).hexdigest()[:12]
-    d = Path(tempfile.gettempdir()) / f"cmrops-review-{key}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    read-only (:func:`cmrops.io.project_cache`)."""
+    return io.project_cache(project, "review")
 
 
 def _key(project: Path, kind: str, selection: Sequence[str] | None) -> str:
