@@ -101,10 +101,14 @@ def test_the_same_release_exports_to_the_same_bytes(release, shards, tmp_path) -
 
 
 def _epoch(created: str) -> int:
+    """Whole seconds of the record's UTC stamp (with or without milliseconds)."""
     import calendar
     import time
 
-    return calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+    seconds = created.rstrip("Z").split(".")[0]
+    epoch = calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S"))
+    assert epoch > 1_600_000_000, created  # a real time, not the unreadable-stamp fallback
+    return epoch
 
 
 def test_an_interrupted_export_is_unfinished_until_resumed(release, shards, tmp_path,

@@ -231,13 +231,23 @@ def _export_id(release: str, fmt: str, options: ExportOptions, folder: Path) -> 
 
 
 def _release_time(rel: Any) -> int:
-    """The release's creation time (seconds): the mtime of every tar member."""
-    import calendar
+    """The release's creation time in whole seconds: the mtime of every tar member.
+
+    Records carry ISO-8601 UTC stamps, with milliseconds since they sort by creation
+    (``2026-12-07T13:33:42.948Z``) and without them before. A record without a readable
+    stamp (hand-edited) gets the epoch, so the bytes stay a function of the release alone.
+    """
+    from datetime import UTC, datetime
 
     try:
-        return calendar.timegm(time.strptime(rel.created, "%Y-%m-%dT%H:%M:%SZ"))
-    except (TypeError, ValueError):
+        when = datetime.fromisoformat(str(rel.created))
+    except ValueError:
+        log.warning("release %s: created %r is not an ISO-8601 time; tar members get mtime 0",
+                    getattr(rel, "id", "?"), rel.created)
         return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp())
 
 
 def list_exports(
