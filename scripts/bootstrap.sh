@@ -48,6 +48,18 @@ if [[ "$(cat $VENV/.core-stamp 2>/dev/null)" != "$CORE_STAMP" ]] || ! "$VENV/bin
         "$VENV/bin/maturin" develop --release --uv --quiet
     echo "$CORE_STAMP" > $VENV/.core-stamp
 fi
+# Bytecode, compiled once here: uv does not write it, and a machine with PYTHONDONTWRITEBYTECODE
+# (CI, containers) would otherwise compile torch, Airflow and the rest again in every process
+# it starts (each Airflow task, each stage: import torch alone took 8.6 s instead of 2.9 s)
+if [[ "$(cat $VENV/.bytecode-stamp 2>/dev/null)" != "$LOCK_STAMP" ]]; then
+    log "compiling the packages' bytecode (once per lock: a minute or two)"
+    # a few files in packages' test folders are not valid Python 3.11 (they stay uncompiled)
+    "$VENV/bin/python" -m compileall -q -j 0 \
+        "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+        >/dev/null 2>&1 || true
+    echo "$LOCK_STAMP" > $VENV/.bytecode-stamp
+fi
+
 # DVC 3.67.1 fails `dvc repro --dry` / `dvc exp run --dry` on a fresh clone (a missing input is
 # hashed for a run-cache lookup): cmrops/dvc_fixes.py carries DVC's own fix, loaded at start-up
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

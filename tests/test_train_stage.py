@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -498,20 +499,28 @@ def test_validation_slice_never_leaves_fewer_than_two_training_samples() -> None
         assert not {group[i] for i in roles.val} & {group[i] for i in roles.train}
 
 
-def test_thread_count_never_changes_the_bytes(tmp_path: Path) -> None:
-    """A budget of 1 or 3 threads: the same models, codes and metrics (CPU training runs on
-    threads.TRAINING_THREADS whatever the budget; torch's reductions depend on the count)."""
+def test_thread_count_never_changes_the_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget of 1 or 3 threads: the same models, codes and metrics. CPU training runs on
+    threads.TRAINING_THREADS whatever the budget (torch's reductions depend on the count); a
+    budget of 3 spreads the models over worker processes instead (one per deep model, here 2),
+    and that changes no byte either."""
     from cmrops import threads
 
     dirs = fabricate(tmp_path / "data", n=250)
-    p = dataclasses.replace(FAST, methods=("dcmh", "itq"), bits=(16,), epochs=2)
+    p = dataclasses.replace(FAST, methods=("dcmh", "contrastive", "itq"), bits=(16,), epochs=2)
     before = threads.current()
     outs = []
     root = tmp_path / "run"  # one folder: outputs stamp the paths they were given
     try:
         for n in (1, 3):
             threads.apply(n)
-            train(root, dirs, p)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="cmrops.stages.train_models"):
+                train(root, dirs, p)
+            spread = "train: 3 models over 2 worker processes" in caplog.text
+            assert spread == (n == 3), caplog.text
             outs.append(snapshot(root / "models", root / "codes", root / "metrics"))
             shutil.rmtree(root)
     finally:

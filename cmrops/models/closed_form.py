@@ -42,6 +42,7 @@ from cmrops.models.training import (
     TrainResult,
     data_id,
     model_seed,
+    seed_all,
     validate,
 )
 
@@ -104,6 +105,7 @@ def fit(
     means = x.mean(axis=0), y.mean(axis=0)
     xc, yc = x - means[0], y - means[1]
     seed = model_seed(config.seed, method, shape.n_bits)
+    seed_all(seed)  # the checkpoint records the RNG states: the same whatever ran before
     sol = SOLVERS[method](xc, yc, shape.n_bits, getattr(config, method), seed)
     for head, mean, centred, w in (
         (model.image, means[0], xc, sol.image),

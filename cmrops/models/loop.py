@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +53,7 @@ from cmrops.models.training import Method as Method
 from cmrops.models.training import PairedData as PairedData
 from cmrops.models.training import TrainConfig as TrainConfig
 from cmrops.models.training import TrainResult as TrainResult
-from cmrops.models.training import as_tensor, data_id, model_seed, validate
+from cmrops.models.training import as_tensor, data_id, model_seed, seed_all, validate
 from cmrops.models.training import encode as encode
 from cmrops.models.training import run_config as run_config
 
@@ -142,9 +141,7 @@ def _fit(
     on_step: Callable[[int], None] | None,
 ) -> TrainResult:
     seed = model_seed(config.seed, config.method, model_config.n_bits)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - for any code that uses the global RNG
-    random.seed(seed)
+    seed_all(seed)
     model = build_hasher(model_config).to(dev)
     groups = (
         model.param_groups(config.lr, config.encoder_lr)

@@ -184,6 +184,17 @@ def model_seed(seed: int, method: str, n_bits: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch, numpy's global and python's RNG from a model's seed: a checkpoint records
+    their states, which must then be a function of the model alone, not of what the process
+    trained before it (or whether it trained it in a worker process)."""
+    import random
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - for any code that uses the global RNG
+    random.seed(seed)
+
+
 def data_id(train: PairedData, val: PairedData | None, database: PairedData | None) -> str:
     arrays = []
     for part in (train, val, database):

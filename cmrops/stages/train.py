@@ -249,7 +249,6 @@ def cli_main(args: Any) -> int:
     return 0
 
 
-@threads.training()  # CPU training on a fixed number of threads: the same bytes on any machine
 def run(
     params: TrainParams,
     split_dir: str | os.PathLike[str],
@@ -269,13 +268,12 @@ def run(
     the metrics. ``restart`` discards existing checkpoints; ``metrics_path`` defaults to
     ``<codes>/train.json``; ``raw_dir`` (default: ``data/raw`` beside ``interim_dir``) holds
     the images that a fine-tuned encoder reads; ``align`` (default: its defaults) says how the
-    aligned float baseline's alignment is fitted. Torch and BLAS run on
-    :data:`cmrops.threads.TRAINING_THREADS` threads (:func:`cmrops.threads.training`)."""
-    from cmrops.codes import pack_bits
+    aligned float baseline's alignment is fitted. Each model trains on
+    :data:`cmrops.threads.TRAINING_THREADS` threads (:func:`cmrops.threads.training`); on the
+    CPU the models spread over worker processes (:mod:`cmrops.stages.train_models`)."""
     from cmrops.encoders import resolve_device
     from cmrops.methods import info
-    from cmrops.models import checkpoint as ckpt
-    from cmrops.models.loop import PairedData, encode, fit
+    from cmrops.stages import train_models
 
     data = load_inputs(
         Path(split_dir),
@@ -311,14 +309,7 @@ def run(
             params.finetune_encoder, data.ids, Path(interim_dir), raw, progress
         )
 
-    def part(rows: np.ndarray) -> PairedData:
-        return PairedData(
-            image[rows], text[rows], None if data.labels is None else data.labels[rows]
-        )
-
-    train, query, database = part(roles.train), part(roles.query), part(roles.database)
-    val = part(roles.val) if len(roles.val) else None
-    val_db = part(roles.val_database) if val is not None and data.labels is not None else None
+    data_sets = train_models.sets(data, roles, image, text)
 
     models, codes = Path(models_dir), Path(codes_dir)
     codes.mkdir(parents=True, exist_ok=True)
@@ -341,8 +332,6 @@ def run(
         ),
     )
 
-    summary: dict[str, Any] = {}
-    throughput: dict[str, Any] = {}
     not_trained = _too_wide(params, len(roles.train), feature_dims)
     names = [f"{m}-{b}" for m in params.methods for b in params.bits]
     names = [n for n in names if n not in not_trained]
@@ -351,64 +340,43 @@ def run(
             f"train: no model can be trained on {len(roles.train)} training sample(s): "
             + "; ".join(not_trained.values())
         )
-    for method in params.methods:
-        for bits in params.bits:
-            name = f"{method}-{bits}"
-            if name in not_trained:
-                continue
-            model_dir = models / name
-            if restart:
-                ckpt.remove(model_dir)
-            sim = similarity if info(method).supervised else "labels"
-            result = fit(
-                params.model_config(*feature_dims, bits, encoder_sha),
-                params.train_config(method, sim),
-                train,
-                val,
-                model_dir,
-                device=device,
-                val_database=val_db,
-                progress=progress,
-            )
-            out = codes / name
-            out.mkdir(parents=True, exist_ok=True)
-            for role, subset in (("query", query), ("database", database)):
-                img, txt = encode(result.model, subset)
-                for kind, x in (("image", img), ("text", txt)):
-                    io.write_npy(out / f"{kind}_{role}.npy", pack_bits(x > 0))
-                    io.write_npy(out / f"{kind}_{role}_float.npy", x)
-            stats = {
-                "steps": result.steps,
-                "epochs": result.epochs,
-                "best_val_map": _round(result.best_val_map),
-                "best_step": result.best_step,
-                "early_stop_step": result.early_stop_step,
-                "final_losses": {k: _round(v) for k, v in result.final_losses.items()},
-            }
-            meta = {
-                "stage": STAGE,
-                "method": method,
-                "method_info": info(method).to_json(),
-                "bits": bits,
-                "n_bits": bits,
-                "words": (bits + 63) // 64,
-                "code_layout": "uint64; bit j is bit j % 64 of word j // 64; 1 = output > 0",
-                "media": data.media,  # the "image" codes are of this media
-                "protocol": data.protocol,
-                "split_seed": data.split_seed,
-                "model_dir": str(model_dir),
-                "n_query": len(roles.query),
-                "n_database": len(roles.database),
-                "train_samples": len(roles.train),
-                "val_samples": len(roles.val),
-                "val_from": roles.val_from,  # model selection: never on the query set
-                "val_relevance": result.relevance,
-                **({"similarity": sim} if info(method).supervised else {}),
-                **stats,
-            }
-            io.write_json(out / "meta.json", meta)
-            summary[name] = stats
-            throughput[name] = {"samples_per_s": round(result.samples_per_s, 1)}
+    facts = {
+        "media": data.media,
+        "protocol": data.protocol,
+        "split_seed": data.split_seed,
+        "n_query": len(roles.query),
+        "n_database": len(roles.database),
+        "train_samples": len(roles.train),
+        "val_samples": len(roles.val),
+        "val_from": roles.val_from,
+    }
+    jobs = [
+        train_models.Job(
+            method=m,
+            bits=b,
+            similarity=similarity if info(m).supervised else "labels",
+            feature_dims=feature_dims,
+            encoder_sha=encoder_sha,
+            models=models,
+            codes=codes,
+            device=device,
+            restart=restart,
+            facts=facts,
+        )
+        for m in params.methods
+        for b in params.bits
+        if f"{m}-{b}" not in not_trained
+    ]
+    source = train_models.Source(
+        Path(split_dir), Path(clean_dir), Path(interim_dir),
+        Path(labelled_dir) if labelled_dir else None,
+    )  # fmt: skip
+    workers = train_models.workers_for(jobs, device, params.finetune_encoder is not None)
+    trained = train_models.train_all(
+        jobs, params, data_sets, source, workers=workers, progress=progress
+    )
+    summary = {name: stats for name, (stats, _) in trained.items()}
+    throughput: dict[str, Any] = {name: rate for name, (_, rate) in trained.items()}
     baseline = None
     if params.float_baseline:
         baseline = _float_baseline(data, roles, codes, models, align, progress)
@@ -474,6 +442,7 @@ def _too_wide(params: TrainParams, n_train: int, dims: tuple[int, int]) -> dict[
     return skipped
 
 
+@threads.training()  # the alignment it fits trains like the models: the same bytes anywhere
 def _float_baseline(
     data: Inputs,
     roles: Roles,
@@ -521,10 +490,6 @@ def _float_baseline(
         },
         progress=progress,
     )
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 6)
 
 
 def _remove_stale_codes(codes: Path, keep: list[str]) -> None:
