@@ -30,7 +30,8 @@ from cmrops import io, threads
 
 if TYPE_CHECKING:
     from cmrops.models.training import PairedData
-    from cmrops.stages.train import Inputs, Roles, TrainParams
+    from cmrops.stages.train import TrainParams
+    from cmrops.stages.train_inputs import Inputs, Roles
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ _WORKER_SETS: dict[tuple[Source, str], Sets] = {}
 
 def _worker_sets(source: Source, params: TrainParams) -> Sets:
     """The stage's sets, read once per worker process (the same function as the parent's)."""
-    from cmrops.stages.train import assign_roles, load_inputs
+    from cmrops.stages.train_inputs import assign_roles, load_inputs
 
     key = (source, repr(params))
     if key not in _WORKER_SETS:
