@@ -132,7 +132,12 @@ def train_all(
             j.name: pool.submit(_in_worker, j, params, source, level) for j in jobs
         }  # fmt: skip
         for i, job in enumerate(jobs, 1):
-            done[job.name] = futures[job.name].result()
+            try:
+                done[job.name] = futures[job.name].result()
+            except BaseException:
+                for f in futures.values():  # models not started yet: the stage failed
+                    f.cancel()
+                raise
             log.info("train: %s done [%d/%d]", job.name, i, len(jobs))
     return done
 
