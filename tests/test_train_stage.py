@@ -215,6 +215,30 @@ def test_changed_params_are_refused_then_restart_retrains(tmp_path: Path) -> Non
     assert m["models"]["contrastive-32"]["steps"] > 0
 
 
+def test_a_refusal_in_a_worker_process_fails_the_stage_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two deep models on a budget of 2 train in worker processes; a checkpoint of other params
+    is refused there, and the stage fails with the worker's own error and message."""
+    from cmrops import threads
+
+    dirs = fabricate(tmp_path, n=250)
+    p = dataclasses.replace(FAST, methods=("dcmh", "contrastive"), bits=(16,), epochs=2)
+    before = threads.current()
+    try:
+        threads.apply(2)
+        train(tmp_path, dirs, p)
+        q = dataclasses.replace(p, lr=5e-4)
+        with (
+            caplog.at_level(logging.INFO, logger="cmrops.stages.train_models"),
+            pytest.raises(ValueError, match=r"train\.lr: checkpoint 0\.003, now 0\.0005"),
+        ):
+            train(tmp_path, dirs, q)
+    finally:
+        threads.apply(before)
+    assert "train: 2 models over 2 worker processes" in caplog.text
+
+
 def test_ratio_protocol_roles(tmp_path: Path) -> None:
     dirs = fabricate(tmp_path, protocol="ratio", n=300)
     p = dataclasses.replace(FAST, methods=("dcmh",), bits=(32,), epochs=2)
