@@ -344,16 +344,7 @@ def run(
             f"train: no model can be trained on {len(roles.train)} training sample(s): "
             + "; ".join(not_trained.values())
         )
-    facts = {
-        "media": data.media,
-        "protocol": data.protocol,
-        "split_seed": data.split_seed,
-        "n_query": len(roles.query),
-        "n_database": len(roles.database),
-        "train_samples": len(roles.train),
-        "val_samples": len(roles.val),
-        "val_from": roles.val_from,
-    }
+    facts = {**_set_facts(data, roles), "val_samples": len(roles.val), "val_from": roles.val_from}
     jobs = [
         Job(
             method=m,
@@ -444,6 +435,18 @@ def _too_wide(params: TrainParams, n_train: int, dims: tuple[int, int]) -> dict[
     return skipped
 
 
+def _set_facts(data: Inputs, roles: Roles) -> dict[str, Any]:
+    """What every code folder's ``meta.json`` says about the data and its sets."""
+    return {
+        "media": data.media,
+        "protocol": data.protocol,
+        "split_seed": data.split_seed,
+        "n_query": len(roles.query),
+        "n_database": len(roles.database),
+        "train_samples": len(roles.train),
+    }
+
+
 @threads.training()  # the alignment it fits trains like the models: the same bytes anywhere
 def _float_baseline(
     data: Inputs,
@@ -481,15 +484,7 @@ def _float_baseline(
         params=align.train,
         concept=align.concept,
         encoders=(str(meta["image"]["encoder"]), str(meta["text"]["encoder"])),
-        meta={
-            "stage": STAGE,
-            "media": data.media,
-            "protocol": data.protocol,
-            "split_seed": data.split_seed,
-            "n_query": len(roles.query),
-            "n_database": len(roles.database),
-            "train_samples": len(roles.train),
-        },
+        meta={"stage": STAGE, **_set_facts(data, roles)},
         progress=progress,
     )
 
