@@ -216,6 +216,7 @@ def bench_embeddings(images: list[bytes], captions: list[str], repeat: int) -> l
                     to.append(_timed(lambda e=ours, d=data: e.encode(d, 64, progress=False)))
                 a = base.encode(data, 64, progress=False)
                 b = ours.encode(data, 64, progress=False)
+                ceiling = _text_ceiling(ours, data, n, min(tb), min(to)) if kind == "text" else {}
                 rows.append(
                     {
                         "kind": kind,
@@ -227,11 +228,52 @@ def bench_embeddings(images: list[bytes], captions: list[str], repeat: int) -> l
                         "ours_per_s": round(len(data) / min(to), 1),
                         "ratio_vs_torch_eager": round(min(tb) / min(to), 2),
                         "min_cosine_vs_torch": round(float((a * b).sum(1).min()), 6),
+                        **ceiling,
                     }
                 )
     finally:
         threads.apply(before)
     return rows
+
+
+def _text_ceiling(
+    encoder: Any, texts: list[str], threads: int, torch_s: float, ours_s: float
+) -> dict[str, Any]:
+    """How far from this CPU's fp32 ceiling the text encoder runs: the FLOPs of its linear
+    layers over the tokens it embeds (padding included, batches of 64 as ``encode`` makes
+    them), per second, for torch eager and the runtime, against a float32 GEMM of the model's
+    own shape (tokens of one batch x hidden x 4 hidden, numpy's BLAS at the same thread count,
+    best of several). No fp32 runtime can beat torch by more than ceiling / torch's rate."""
+    from threadpoolctl import threadpool_limits
+    from transformers import AutoModel
+
+    from cmrops.encoders import TEXT_DEFAULT, resolve_model_dir
+
+    model = AutoModel.from_pretrained(str(resolve_model_dir(TEXT_DEFAULT)), local_files_only=True)
+    per_token = 2 * sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if ".layer." in f".{name}." and m.__class__.__name__ == "Linear"
+    )
+    hidden = int(model.config.hidden_size)
+    distinct = list(dict.fromkeys(texts))
+    lengths = sorted(encoder._tokens(distinct))
+    batches = [lengths[i : i + 64] for i in range(0, len(lengths), 64)]
+    padded = sum(max(b) * len(b) for b in batches)
+    flops = per_token * padded
+    rng = np.random.default_rng(0)
+    a = rng.random((64 * 16, hidden), dtype=np.float32)
+    b = rng.random((hidden, 4 * hidden), dtype=np.float32)
+    with threadpool_limits(threads):
+        a @ b
+        gemm = min(_timed(lambda: a @ b) for _ in range(20))
+    return {
+        "tokens": sum(lengths),
+        "tokens_padded": padded,
+        "torch_eager_gflops": round(flops / torch_s / 1e9, 1),
+        "ours_gflops": round(flops / ours_s / 1e9, 1),
+        "sgemm_gflops": round(2 * a.shape[0] * hidden * 4 * hidden / gemm / 1e9, 1),
+    }
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -304,6 +346,15 @@ def main() -> int:
                 f"{r['ratio_vs_torch_eager']:>5}x {r['min_cosine_vs_torch']:>9.6f}"
             )
         print("targets: image >= 2.5x, text >= 2x, cosine >= 0.9999")
+        print("\ntext, linear layers' fp32 GFLOP/s against a float32 GEMM of the model's shape:")
+        for r in emb:
+            if r["kind"] == "text":
+                print(
+                    f"  {r['threads']} thread(s): torch eager {r['torch_eager_gflops']}, ours "
+                    f"{r['ours_gflops']}, SGEMM {r['sgemm_gflops']} -> at most "
+                    f"{r['sgemm_gflops'] / r['torch_eager_gflops']:.2f}x torch in fp32 "
+                    f"({r['tokens']} tokens, {r['tokens_padded']} with padding)"
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

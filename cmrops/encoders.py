@@ -22,7 +22,7 @@ penultimate layer: the 1280-d global average pool after the head convolution, wi
 scaling its TensorFlow checkpoint was trained with, ``(x - 127) / 128``.
 
 All embeddings are ``float32`` and L2-normalised. Encoding runs in ``eval()`` mode, in fixed
-batches (texts sorted by length, a stable order), on ``cuda`` when ``device="auto"`` finds one,
+batches (texts sorted by token count, a stable order), on ``cuda`` when ``device="auto"`` finds one,
 with a ``tqdm`` progress bar; a background thread prepares the next batch (decoded pixels to the
 model's input, texts to token ids) while the current one runs.
 
@@ -215,16 +215,20 @@ class TextEncoder:
     _prepare: Callable[[list[str]], Any]  # texts -> token tensors
     _infer: Callable[[Any], Any]  # token tensors -> (n, dim) tensor or array
     runtime: str = "torch"  # "torch" or "onnxruntime"
+    #: texts -> their token counts (what a batch is padded to); None: character counts.
+    _tokens: Callable[[list[str]], list[int]] | None = None
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
         """Embeddings of ``texts`` as a ``(n, dim)`` float32 array: each distinct text embedded
-        once, in batches sorted by length."""
+        once, in batches sorted by token count: a batch is padded to its longest text, and
+        sorting by characters left texts of a few more tokens in most batches."""
         first: dict[str, int] = {}
         owner = np.array([first.setdefault(t, len(first)) for t in texts], dtype=np.int64)
         distinct = list(first)
-        order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i]), i))
+        size = self._tokens(distinct) if self._tokens is not None else [len(t) for t in distinct]
+        order = sorted(range(len(distinct)), key=lambda i: (size[i], i))
         ordered = [distinct[i] for i in order]
         emb = _run_batches(
             len(ordered),
@@ -361,6 +365,10 @@ def load_text_encoder(
         )
         return tuple(enc[k].to(dev) for k in names)
 
+    def tokens(texts: list[str]) -> list[int]:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return [len(x) for x in ids]
+
     forward = _text_forward(model, names, features, _st_pooling(model_dir))
     name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
     dim = _probe_dim(lambda: forward(*prepare(["probe"])))
@@ -378,9 +386,9 @@ def load_text_encoder(
         run = session.run
         return TextEncoder(
             name, dim, dev, max_length, prepare, lambda t: run(*[x.numpy() for x in t]),
-            "onnxruntime",
+            "onnxruntime", tokens,
         )  # fmt: skip
-    return TextEncoder(name, dim, dev, max_length, prepare, lambda t: forward(*t))
+    return TextEncoder(name, dim, dev, max_length, prepare, lambda t: forward(*t), "torch", tokens)
 
 
 #: Texts of several lengths the ONNX export must agree with torch on (another batch size and

@@ -62,6 +62,28 @@ def test_encoding_is_deterministic_and_order_preserving(bert_dir: Path) -> None:
     np.testing.assert_allclose(enc.encode(texts, batch_size=1, progress=False), a, atol=1e-5)
 
 
+def test_texts_are_batched_by_token_count_not_characters(bert_dir: Path) -> None:
+    """A batch is padded to its longest text in tokens: texts of one token count share batches
+    even where their characters disagree (a long word is few tokens, short words are many)."""
+    enc = E.load_text_encoder(str(bert_dir), device="cpu")
+    texts = ["a b c d e f", "photographs", "x y z w v u", "extraordinarily"]
+    tokens = dict(zip(texts, enc._tokens(texts), strict=True))
+    # by characters the batches would be {a b c d e f, photographs} and {x y z w v u, extra...}
+    assert tokens["photographs"] < tokens["a b c d e f"]
+    assert tokens["extraordinarily"] < tokens["x y z w v u"]
+    seen: list[list[str]] = []
+    prepare = enc._prepare
+    enc._prepare = lambda batch: (seen.append(list(batch)), prepare(batch))[1]
+    out = enc.encode(texts, batch_size=2, progress=False)
+    assert [[tokens[t] for t in b] for b in seen] == [sorted(tokens[t] for t in b) for b in seen]
+    assert {frozenset(b) for b in seen} == {
+        frozenset({"photographs", "extraordinarily"}),
+        frozenset({"a b c d e f", "x y z w v u"}),
+    }
+    alone = np.vstack([enc.encode([t], batch_size=1, progress=False) for t in texts])
+    np.testing.assert_allclose(out, alone, atol=1e-5)
+
+
 def test_tiny_clip_uses_its_projected_features(clip_dir: Path) -> None:
     import torch
     from transformers import CLIPModel
