@@ -18,7 +18,8 @@ export NO_PROXY="${NO_PROXY:-127.0.0.1,localhost}"
 [[ -d "$_cmrops_root/.venv/bin" ]] && export PATH="$_cmrops_root/.venv/bin:$PATH"
 mkdir -p "$AIRFLOW_HOME"
 if [[ "${1:-}" == "--init" ]]; then
-    airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; return 1 2>/dev/null || exit 1; }
-    airflow pools set gpu 1 "GPU steps (train): one at a time" >/dev/null
+    # one process for both commands: Airflow's import is paid once (cmrops/airflow_cli.py)
+    python -m cmrops.airflow_cli --init >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
+        || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; return 1 2>/dev/null || exit 1; }
 fi
 unset _cmrops_root

@@ -27,9 +27,8 @@ if [[ "${CMROPS_SKIP_SETUP:-0}" != 1 ]]; then
     scripts/bootstrap.sh
 fi
 export CMROPS_PROJECT="$ROOT" AIRFLOW_HOME="${CMROPS_AIRFLOW_HOME:-$ROOT/.airflow}"
-say "initialising Airflow in $AIRFLOW_HOME (SQLite)"
 # shellcheck source=scripts/airflow_env.sh
-source scripts/airflow_env.sh --init
+source scripts/airflow_env.sh   # the DB is migrated by the process that runs the DAG, below
 
 if ! git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     dvc config --local core.no_scm true   # a tarball, not a git checkout: DVC without git
@@ -41,9 +40,10 @@ if [[ -n "${CMROPS_PARAMS:-}" ]]; then
     CONF=$(python -c 'import json,sys; c=json.loads(sys.argv[1]); c["params_file"]=sys.argv[2]; print(json.dumps(c))' "$CONF" "$CMROPS_PARAMS")
 fi
 LOG="$AIRFLOW_HOME/main_job-$(date -u +%Y%m%dT%H%M%SZ).log"
-say "running the DAG cmrops_pipeline (airflow dags test, conf $CONF); full log: $LOG"
+say "Airflow in $AIRFLOW_HOME (SQLite): running the DAG cmrops_pipeline (dags test, conf $CONF); full log: $LOG"
 set +e
-airflow dags test cmrops_pipeline -c "$CONF" >"$LOG" 2>&1 &
+# One Airflow process: the metadata DB migrated (SQLite in $AIRFLOW_HOME), the gpu pool, the run.
+python -m cmrops.airflow_cli --init "dags test cmrops_pipeline -c $(printf '%q' "$CONF")" >"$LOG" 2>&1 &
 PID=$!
 # progress: one line per finished task
 tail -n +1 -F "$LOG" 2>/dev/null --pid=$PID \
