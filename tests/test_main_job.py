@@ -33,6 +33,43 @@ def _run(project: Path, **extra: str):
     return sh(["bash", "scripts/main_job.sh"], project, check=False, env=e, timeout=2400)
 
 
+def test_airflow_commands_share_one_process_and_the_first_failure_ends_them(
+    tmp_path: Path,
+) -> None:
+    """cmrops.airflow_cli: --init migrates a new SQLite home and makes the gpu pool, then the
+    given commands run in order; a command that fails gives its exit status and stops the rest."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "airflow"
+    e = env()
+    for k in list(e):
+        if k.startswith("AIRFLOW"):
+            del e[k]
+    e.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(tmp_path / "no-dags"),
+    )
+
+    def cli(*commands: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cmrops.airflow_cli", *commands],
+            env=e, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    ok = cli("--init", "pools get gpu -o json")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    pools = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert [(p["pool"], int(p["slots"])) for p in pools] == [("gpu", 1)]
+    failed = cli("pools get no-such-pool", "pools set never 1 made")
+    assert failed.returncode != 0
+    assert "airflow pools get no-such-pool: exit status" in failed.stderr
+    listed = cli("pools list -o json")
+    assert "never" not in listed.stdout  # the command after the failure did not run
+
+
 def test_main_job_exits_non_zero_when_a_task_fails(tmp_path: Path) -> None:
     project = _project(tmp_path)
     proc = _run(project, CMROPS_PARAMS="no-such-params.yaml")
