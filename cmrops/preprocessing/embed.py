@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from cmrops.stages.preprocess import PreprocessParams
 
 
+#: How captions are grouped into batches (``TextEncoder.encode``): part of the embed key, so shards
+#: embedded with an earlier grouping are embedded again rather than mixed with new ones.
+TEXT_BATCHES = "sorted-by-tokens"
+
+
 def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
     spec = {
         "shard": shard.input_hash,
@@ -34,6 +39,7 @@ def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
         "batch_size": params.batch_size,
         "device": device,
         "runtime": params.runtime,
+        "text_batches": TEXT_BATCHES,  # a caption's bytes depend on its batch's padding
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
