@@ -6,11 +6,12 @@
 //! `T[v] = popcount(v ^ a_m) + 16 popcount(v ^ b_m)`, so one `vpshufb` looks up both queries:
 //! the low field of each byte counts query `a`, the high field query `b`. Up to three lookups
 //! add without a carry between the fields (each field at most 12); per such unit `u`, the
-//! accumulator `A` adds `u` (wrapping) and `B` adds `u >> 4`. After every nibble plane,
+//! accumulator `A` adds `u` (wrapping) and `B` adds `u >> 4` (a 16-bit shift, unmasked: the
+//! spill from the odd byte is taken out once, at the compare). After every nibble plane,
 //! `B = dist_b` and `A - 16 B = dist_a`, both modulo 256: exact for codes of up to 256 bits,
 //! except a distance of 256 that reads as 0 (a false candidate, dropped by the exact check).
 //!
-//! Per two queries and 32 codes that is one `vpshufb` and 1.5 other operations per nibble,
+//! Per two queries and 32 codes that is one `vpshufb` and 4/3 other operations per nibble,
 //! against two `vpshufb` and two adds for two single-query lookups ([`avx2::scan_sliced`]).
 //! A pass takes [`PASS`] nibble planes (their tables in registers) over every group of the
 //! block, the group sums going through `acc` between passes. The last passes skip a group
@@ -270,6 +271,11 @@ fn load_tables<const N: usize>(tables: &[u8]) -> [__m256i; N] {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn live(a: __m256i, b: __m256i, tv: &[__m256i; 2], nq: usize) -> [u32; 2] {
+    // `b` summed the units shifted right by 4 within 16-bit lanes, unmasked: its even bytes
+    // also got 16 times the odd bytes' low fields, which add up to 16 (dist_a mod 16) of the
+    // odd code: the low nibble of the odd byte of `a`.
+    let spill = _mm256_and_si256(_mm256_srli_epi16::<4>(a), _mm256_set1_epi16(0x00f0));
+    let b = _mm256_sub_epi8(b, spill);
     let high = _mm256_set1_epi8(0xf0u8 as i8);
     let da = _mm256_sub_epi8(a, _mm256_and_si256(_mm256_slli_epi16::<4>(b), high));
     let le = |d: __m256i, t: __m256i| {
@@ -291,7 +297,6 @@ unsafe fn units<const N: usize>(
     mut a: __m256i,
     mut b: __m256i,
 ) -> (__m256i, __m256i) {
-    let low = _mm256_set1_epi8(0x0f);
     let look = |k: usize| {
         // SAFETY: k < N: inside the caller's N * PAIR_TABLE bytes.
         let x = unsafe { _mm256_loadu_si256(p.add(k * PAIR_TABLE) as *const __m256i) };
@@ -304,7 +309,8 @@ unsafe fn units<const N: usize>(
             u = _mm256_add_epi8(u, look(j));
         }
         a = _mm256_add_epi8(a, u);
-        b = _mm256_add_epi8(b, _mm256_and_si256(_mm256_srli_epi16::<4>(u), low));
+        // Unmasked: an even byte also gets the odd byte's low field, times 16 (see `live`).
+        b = _mm256_add_epi8(b, _mm256_srli_epi16::<4>(u));
         k += 3;
     }
     (a, b)
