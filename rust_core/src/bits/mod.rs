@@ -495,10 +495,12 @@ impl Kernel {
 /// EPYC (Zen 3), one thread, 1M codes and 1,000 queries: the single-query byte-sliced kernel
 /// takes 0.65x the time of the word-major one at 64 bits and 0.8x at 128 bits, but 1.25x at
 /// 256 bits and 1.4x at 512 bits (two table lookups and two adds per code byte, against a
-/// shared XOR, nibble split and `vpsadbw`); at 256 bits the paired kernel ([`PAIRED_WORDS`]:
-/// one lookup per nibble for two queries) takes about 0.7x the word-major time (0.72-0.86
-/// against 1.05-1.09 ns per code and query in `examples/knn_timing.rs`, interleaved). 512-bit
-/// codes (byte sums past 256) stay word-major.
+/// shared XOR, nibble split and `vpsadbw`). At 256 bits the paired kernel ([`PAIRED_WORDS`]:
+/// one lookup per nibble for two queries) took 0.65-0.8x the word-major time in interleaved
+/// runs of `examples/knn_timing.rs` (0.71-0.86 against 1.06-1.10 ns per code and query, before
+/// the unmasked high-field sum took about another 10% off), and `benches/bench_core.py` gave
+/// 3.5x FAISS against 2.3x with the word-major kernel. 512-bit codes (byte sums past 256) stay
+/// word-major.
 const SLICED_MIN_QUERIES: usize = 16;
 
 /// Code width (in words) for which the AVX2 byte-sliced scan looks up two queries at once
