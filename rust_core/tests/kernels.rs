@@ -353,3 +353,86 @@ fn scanner_agrees_on_every_path() {
         }
     }
 }
+
+#[test]
+fn scanner_edges_of_the_paired_kernel() {
+    // 256-bit codes, many queries (the AVX2 path looks two queries up at once, with byte sums
+    // modulo 256): several blocks and a partial group, an odd and an even number of queries,
+    // codes at distance 0, 1, 255 and 256 from a query, thresholds around 255.
+    let words = 4;
+    let mut rng = StdRng::seed_from_u64(11);
+    let n = 700;
+    for nq in [16usize, 17, 40] {
+        let q: Vec<u64> = (0..nq * words).map(|_| rng.random()).collect();
+        let mut c: Vec<u64> = (0..n * words).map(|_| rng.random()).collect();
+        for (j, qr) in q.chunks_exact(words).enumerate() {
+            let at = |k: usize| (j * 37 + k * 211) % n * words;
+            let flipped: Vec<u64> = qr.iter().map(|w| !w).collect();
+            c[at(0)..at(0) + words].copy_from_slice(&flipped);
+            c[at(1)..at(1) + words].copy_from_slice(qr);
+            c[at(2)..at(2) + words].copy_from_slice(&flipped);
+            c[at(2)] ^= 1 << (j % 64);
+            c[at(3)..at(3) + words].copy_from_slice(qr);
+            c[at(3) + 3] ^= 1 << 63;
+        }
+        let dists: Vec<Vec<u32>> = q
+            .chunks_exact(words)
+            .map(|qr| c.chunks_exact(words).map(|r| naive(r, qr)).collect())
+            .collect();
+        for rows in [0..n, 1..n - 3] {
+            for t in [0i64, 1, 100, 253, 254, 255, 256, i64::MAX] {
+                let want: Vec<Vec<(usize, u32)>> = dists
+                    .iter()
+                    .map(|d| {
+                        rows.clone()
+                            .map(|i| (i, d[i]))
+                            .filter(|&(_, x)| x as i64 <= t)
+                            .collect()
+                    })
+                    .collect();
+                for path in available_paths() {
+                    let mut sinks: Vec<Ordered> = (0..nq)
+                        .map(|_| Ordered {
+                            t,
+                            last: None,
+                            got: Vec::new(),
+                        })
+                        .collect();
+                    Kernel::new(path).unwrap().scanner(&q, words).scan(
+                        &c,
+                        rows.clone(),
+                        &mut sinks,
+                    );
+                    let got: Vec<Vec<(usize, u32)>> = sinks.into_iter().map(|s| s.got).collect();
+                    assert_eq!(got, want, "path {path} nq {nq} rows {rows:?} t {t}");
+                }
+            }
+            for k in [1usize, 3, 10] {
+                let want: Vec<Vec<(u32, usize)>> = dists
+                    .iter()
+                    .map(|d| {
+                        let mut all: Vec<(u32, usize)> = rows.clone().map(|i| (d[i], i)).collect();
+                        all.sort_unstable();
+                        all.truncate(k);
+                        all
+                    })
+                    .collect();
+                for path in available_paths() {
+                    let mut sinks: Vec<TopRows> = (0..nq)
+                        .map(|_| TopRows {
+                            k,
+                            kept: Vec::new(),
+                        })
+                        .collect();
+                    Kernel::new(path).unwrap().scanner(&q, words).scan(
+                        &c,
+                        rows.clone(),
+                        &mut sinks,
+                    );
+                    let got: Vec<Vec<(u32, usize)>> = sinks.into_iter().map(|s| s.kept).collect();
+                    assert_eq!(got, want, "path {path} nq {nq} rows {rows:?} k {k}");
+                }
+            }
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //!   codes. For each query and byte position a 16-entry table gives `popcount(nibble ^ query
 //!   nibble)`, so one `vpshufb` looks up 32 codes with the XOR folded into the table, and the
 //!   per-code byte sums (saturating) are compared with the threshold 32 codes at a time. Four
-//!   byte positions per pass keep their eight tables in registers.
+//!   byte positions per pass keep their eight tables in registers. (256-bit codes use the
+//!   same planes with two queries per table: [`super::avx2_pair`].)
 //! * The **word-major** kernels (one query at a time, and `distances`): nibble-lookup popcount
 //!   (`vpshufb`, Muła's method) over 4 codes per register, summed with `vpsadbw`.
 
@@ -263,15 +264,57 @@ pub(super) fn slot_order() -> [u8; GROUP] {
 /// Nibble planes of `rows` (row-major codes of `words` words): for group `g` (codes
 /// `32 g..32 g + 32`, in [`slot_order`] within the group) and byte position `j` of the code,
 /// the 32 low nibbles at `(g * 8 words + j) * 64`, then the 32 high nibbles. Codes past the end
-/// of `rows` are zero. `scratch` holds the block word-major.
+/// of `rows` are zero. `scratch` holds the block word-major (not needed for 4-word codes,
+/// which are transposed in registers).
 #[target_feature(enable = "avx2")]
 pub(super) fn build_planes(rows: &[u64], words: usize, scratch: &mut Vec<u64>, out: &mut Vec<u8>) {
     let n = rows.len() / words;
     let nb = 8 * words;
     let groups = n.div_ceil(GROUP);
     let padded = groups * GROUP;
-    out.clear();
+    // Every byte is written below: no need to clear.
     out.resize(groups * nb * TABLE, 0);
+    let op = out.as_mut_ptr();
+    if words == 4 {
+        let mut tail = [0u64; 4 * GROUP];
+        for g in 0..groups {
+            let codes = &rows[g * GROUP * 4..((g + 1) * GROUP * 4).min(rows.len())];
+            let codes = if codes.len() == tail.len() {
+                codes
+            } else {
+                tail[..codes.len()].copy_from_slice(codes);
+                &tail[..]
+            };
+            let mut v = [[_mm256_setzero_si256(); 8]; 4];
+            #[allow(clippy::needless_range_loop)] // k indexes the inner arrays of v
+            for k in 0..8 {
+                // SAFETY: `codes` holds 32 codes of 4 words; 4 k + 3 < 32.
+                let r = unsafe {
+                    let p = codes.as_ptr().add(16 * k) as *const __m256i;
+                    [
+                        _mm256_loadu_si256(p),
+                        _mm256_loadu_si256(p.add(1)),
+                        _mm256_loadu_si256(p.add(2)),
+                        _mm256_loadu_si256(p.add(3)),
+                    ]
+                };
+                // 4 x 4 transpose of u64: v[w][k] = word w of codes 4 k..4 k + 4.
+                let t0 = _mm256_unpacklo_epi64(r[0], r[1]);
+                let t1 = _mm256_unpackhi_epi64(r[0], r[1]);
+                let t2 = _mm256_unpacklo_epi64(r[2], r[3]);
+                let t3 = _mm256_unpackhi_epi64(r[2], r[3]);
+                v[0][k] = _mm256_permute2x128_si256::<0x20>(t0, t2);
+                v[1][k] = _mm256_permute2x128_si256::<0x20>(t1, t3);
+                v[2][k] = _mm256_permute2x128_si256::<0x31>(t0, t2);
+                v[3][k] = _mm256_permute2x128_si256::<0x31>(t1, t3);
+            }
+            for (w, vw) in v.into_iter().enumerate() {
+                // SAFETY: g < groups and w < 4 = words.
+                unsafe { store_planes(op, (g * nb + w * 8) * TABLE, vw) };
+            }
+        }
+        return;
+    }
     // Word-major, zero-padded to whole groups: word w of code i at scratch[w * padded + i].
     scratch.clear();
     scratch.resize(words * padded, 0);
@@ -280,9 +323,7 @@ pub(super) fn build_planes(rows: &[u64], words: usize, scratch: &mut Vec<u64>, o
             scratch[w * padded + i] = x;
         }
     }
-    let low = _mm256_set1_epi8(0x0f);
     let sp = scratch.as_ptr();
-    let op = out.as_mut_ptr();
     for g in 0..groups {
         for w in 0..words {
             let mut v = [_mm256_setzero_si256(); 8];
@@ -292,17 +333,39 @@ pub(super) fn build_planes(rows: &[u64], words: usize, scratch: &mut Vec<u64>, o
                     _mm256_loadu_si256(sp.add(w * padded + g * GROUP + 4 * k) as *const __m256i)
                 };
             }
-            for (b, p) in transpose32(v).into_iter().enumerate() {
-                let lo = _mm256_and_si256(p, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
-                let at = (g * nb + w * 8 + b) * TABLE;
-                // SAFETY: g < groups, w * 8 + b < nb: inside `out` (groups * nb * TABLE bytes).
-                unsafe {
-                    _mm256_storeu_si256(op.add(at) as *mut __m256i, lo);
-                    _mm256_storeu_si256(op.add(at + GROUP) as *mut __m256i, hi);
-                }
-            }
+            // SAFETY: g < groups and w < words.
+            unsafe { store_planes(op, (g * nb + w * 8) * TABLE, v) };
         }
+    }
+}
+
+/// Transposes one word of 32 codes (`v[k]` holds codes `4k..4k + 4`) and stores the nibble
+/// planes of its 8 bytes from `at`.
+///
+/// # Safety
+/// `out` must be valid for writes of `8 * TABLE` bytes from `at`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_planes(out: *mut u8, at: usize, v: [__m256i; 8]) {
+    let low = _mm256_set1_epi8(0x0f);
+    for (b, p) in transpose32(v).into_iter().enumerate() {
+        let lo = _mm256_and_si256(p, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
+        // SAFETY: b < 8: inside the caller's 8 * TABLE bytes.
+        unsafe {
+            let o = out.add(at + b * TABLE);
+            _mm256_storeu_si256(o as *mut __m256i, lo);
+            _mm256_storeu_si256(o.add(GROUP) as *mut __m256i, hi);
+        }
+    }
+}
+
+/// Asks for `data` to be brought into L2, one prefetch per 64-byte line.
+pub(super) fn prefetch_l2(data: &[u64]) {
+    for line in data.chunks(8) {
+        // SAFETY: SSE is part of x86-64; a prefetch reads nothing, and the address is inside
+        // `data`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
     }
 }
 

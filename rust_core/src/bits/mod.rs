@@ -8,7 +8,8 @@
 //!   on x86-64, picked at run time; `cnt` on aarch64);
 //! * [`SimdPath::Neon`] (aarch64): `vcntq_u8` on two codes per register, pairwise widening adds;
 //! * [`SimdPath::Avx2`]: nibble-lookup popcount (`vpshufb`): byte-sliced with the query folded
-//!   into the tables for many queries at once, word-major with `vpsadbw` otherwise;
+//!   into the tables for many queries at once (at 256 bits two queries per table), word-major
+//!   with `vpsadbw` otherwise;
 //! * [`SimdPath::Avx512`]: `vpopcntq` (AVX-512 VPOPCNTDQ); the scan compares the lane-wise
 //!   minimum of 32 distances with the threshold in one mask compare.
 //!
@@ -31,6 +32,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_pair;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod generic;
@@ -453,12 +456,21 @@ impl Kernel {
         let nq = queries.len() / words;
         let mut tables = Vec::new();
         let mut order = [0u8; 32];
-        let sliced =
-            self.path == SimdPath::Avx2 && matches!(words, 1 | 2) && nq >= SLICED_MIN_QUERIES;
+        let sliced = self.path == SimdPath::Avx2
+            && matches!(words, 1 | 2 | PAIRED_WORDS)
+            && nq >= SLICED_MIN_QUERIES;
         #[cfg(target_arch = "x86_64")]
         if sliced {
-            for q in queries.chunks_exact(words) {
-                avx2::query_tables(q, &mut tables);
+            if words == PAIRED_WORDS {
+                // Query pairs (the last one with itself when their number is odd).
+                for pair in queries.chunks(2 * words) {
+                    let (a, b) = pair.split_at(words);
+                    avx2_pair::pair_tables(a, if b.is_empty() { a } else { b }, &mut tables);
+                }
+            } else {
+                for q in queries.chunks_exact(words) {
+                    avx2::query_tables(q, &mut tables);
+                }
             }
             // SAFETY: `sliced` only for the AVX2 path, which exists only on CPUs with AVX2.
             order = unsafe { avx2::slot_order() };
@@ -478,13 +490,22 @@ impl Kernel {
     }
 }
 
-/// Fewest queries for which the AVX2 byte-sliced kernel pays for laying each block out as
+/// Fewest queries for which the AVX2 byte-sliced kernels pay for laying each block out as
 /// nibble planes (below, one query at a time over word-major blocks). Measured on a 2-core AMD
-/// EPYC (Zen 3), one thread: the byte-sliced kernel takes 0.65x the time of the word-major one
-/// at 64 bits and 0.8x at 128 bits over 1M codes and 1,000 queries, but 1.25x at 256 bits and
-/// 1.4x at 512 bits (two table lookups per code byte, against one per nibble pair plus a shared
-/// `vpsadbw`), so only 64- and 128-bit codes take it.
+/// EPYC (Zen 3), one thread, 1M codes and 1,000 queries: the single-query byte-sliced kernel
+/// takes 0.65x the time of the word-major one at 64 bits and 0.8x at 128 bits, but 1.25x at
+/// 256 bits and 1.4x at 512 bits (two table lookups and two adds per code byte, against a
+/// shared XOR, nibble split and `vpsadbw`). At 256 bits the paired kernel ([`PAIRED_WORDS`]:
+/// one lookup per nibble for two queries) took 0.65-0.8x the word-major time in interleaved
+/// runs of `examples/knn_timing.rs` (0.71-0.86 against 1.06-1.10 ns per code and query, before
+/// the unmasked high-field sum took about another 10% off), and `benches/bench_core.py` gave
+/// 3.5x FAISS against 2.3x with the word-major kernel. 512-bit codes (byte sums past 256) stay
+/// word-major.
 const SLICED_MIN_QUERIES: usize = 16;
+
+/// Code width (in words) for which the AVX2 byte-sliced scan looks up two queries at once
+/// ([`avx2_pair`]; its byte sums are exact modulo 256, so at most 4 words).
+const PAIRED_WORDS: usize = 4;
 
 /// Codes per block of the byte-sliced kernel: 16 KiB of nibble planes, whole groups of 32.
 #[cfg(target_arch = "x86_64")]
@@ -501,7 +522,8 @@ pub struct Scanner<'q> {
     kernel: Kernel,
     queries: &'q [u64],
     words: usize,
-    /// AVX2 byte-sliced kernel: per-query tables, a block's nibble planes, group accumulators.
+    /// AVX2 byte-sliced kernel: per-query tables (per query pair at [`PAIRED_WORDS`]), a
+    /// block's nibble planes, group accumulators.
     sliced: bool,
     tables: Vec<u8>,
     order: [u8; 32],
@@ -599,9 +621,13 @@ impl Scanner<'_> {
             let block = &codes[start * w..end * w];
             // SAFETY: `sliced` only for the AVX2 path, which exists only on CPUs with AVX2.
             unsafe { avx2::build_planes(block, w, &mut self.scratch, &mut self.planes) };
+            // The next block's codes, on their way to L2 while this one is scanned (the
+            // hardware prefetcher, idle during the scan, leaves them in memory).
+            let ahead = &codes[end * w..(end + bl).min(rows.end) * w];
+            avx2::prefetch_l2(ahead);
             let groups = (end - start).div_ceil(avx2::GROUP);
-            if self.acc.len() < groups {
-                self.acc.resize(groups, [0; 4]);
+            if self.acc.len() < 2 * groups {
+                self.acc.resize(2 * groups, [0; 4]);
             }
             let block = avx2::SlicedBlock {
                 planes: &self.planes,
@@ -609,6 +635,11 @@ impl Scanner<'_> {
                 base: start,
                 order: &self.order,
             };
+            if w == PAIRED_WORDS {
+                scan_pairs(self.queries, &self.tables, &mut self.acc, &block, sinks);
+                start = end;
+                continue;
+            }
             for (j, sink) in sinks.iter_mut().enumerate() {
                 let q = &self.queries[j * w..(j + 1) * w];
                 let tables = &self.tables[j * per_query..(j + 1) * per_query];
@@ -625,6 +656,30 @@ impl Scanner<'_> {
             }
             start = end;
         }
+    }
+}
+
+/// The AVX2 paired kernel over one block (`tables` from [`avx2_pair::pair_tables`], one
+/// entry per query pair): two queries at a time, the last alone when their number is odd.
+#[cfg(target_arch = "x86_64")]
+fn scan_pairs<S: Sink>(
+    queries: &[u64],
+    tables: &[u8],
+    acc: &mut [[u64; 4]],
+    block: &avx2::SlicedBlock<'_>,
+    sinks: &mut [S],
+) {
+    const W: usize = PAIRED_WORDS;
+    let per_pair = 16 * W * avx2_pair::PAIR_TABLE;
+    for (j, pair) in sinks.chunks_mut(2).enumerate() {
+        let q = &queries[2 * j * W..(2 * j + pair.len()) * W];
+        let t = &tables[j * per_pair..(j + 1) * per_pair];
+        let next = tables
+            .get((j + 1) * per_pair..(j + 2) * per_pair)
+            .unwrap_or(&[]);
+        // SAFETY: the sliced kernels run only for a Kernel of the AVX2 path, which exists only
+        // when the CPU has AVX2 and POPCNT.
+        unsafe { avx2_pair::scan_pair::<S, W>(block, t, next, q, acc, pair) };
     }
 }
 
