@@ -367,17 +367,12 @@ def run(
         Path(labelled_dir) if labelled_dir else None,
     )  # fmt: skip
     workers = workers_for(jobs, device, params.finetune_encoder is not None)
-
-    def float_baseline() -> dict[str, Any]:
-        return _float_baseline(data, roles, codes, models, align, progress)
-
-    trained, baseline = train_all(
-        jobs, params, data_sets, source, workers=workers, progress=progress,
-        alongside=float_baseline if params.float_baseline else None,
-    )  # fmt: skip
+    trained = train_all(jobs, params, data_sets, source, workers=workers, progress=progress)
     summary = {name: stats for name, (stats, _) in trained.items()}
     throughput: dict[str, Any] = {name: rate for name, (_, rate) in trained.items()}
+    baseline = None
     if params.float_baseline:
+        baseline = _float_baseline(data, roles, codes, models, align, progress)
         names.append(ALIGNED)
     else:
         shutil.rmtree(models / ALIGNED, ignore_errors=True)

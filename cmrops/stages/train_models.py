@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from cmrops.models.training import PairedData
     from cmrops.stages.train import TrainParams
     from cmrops.stages.train_inputs import Inputs, Roles
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -120,34 +117,29 @@ def train_all(
     *,
     workers: int,
     progress: bool,
-    alongside: Callable[[], T] | None = None,
-) -> tuple[dict[str, tuple[dict[str, Any], dict[str, Any]]], T | None]:
-    """Fit every job (in this process, or over ``workers`` processes): name -> (stats,
-    throughput), in ``jobs`` order, and the result of ``alongside()`` - run in this process
-    after the jobs (one process), or while the workers fit them, so that its time fills the
-    cores the last models leave idle."""
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Fit every job (in this process, or over ``workers`` processes); name -> (stats,
+    throughput), in ``jobs`` order."""
     if workers <= 1:
-        done = {j.name: fit_and_write(j, params, data_sets, progress) for j in jobs}
-        return done, alongside() if alongside is not None else None
+        return {j.name: fit_and_write(j, params, data_sets, progress) for j in jobs}
     from cmrops.procpool import spawn_pool
 
     log.info("train: %d models over %d worker processes (one thread each)", len(jobs), workers)
     level = logging.getLogger().getEffectiveLevel()
-    done = {}
+    done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     with spawn_pool(workers, threads=threads.TRAINING_THREADS) as pool:
         futures = {
             j.name: pool.submit(_in_worker, j, params, source, level) for j in jobs
         }  # fmt: skip
-        try:
-            extra = alongside() if alongside is not None else None
-            for i, job in enumerate(jobs, 1):
+        for i, job in enumerate(jobs, 1):
+            try:
                 done[job.name] = futures[job.name].result()
-                log.info("train: %s done [%d/%d]", job.name, i, len(jobs))
-        except BaseException:
-            for f in futures.values():  # models not started yet: the stage failed
-                f.cancel()
-            raise
-    return done, extra
+            except BaseException:
+                for f in futures.values():  # models not started yet: the stage failed
+                    f.cancel()
+                raise
+            log.info("train: %s done [%d/%d]", job.name, i, len(jobs))
+    return done
 
 
 _WORKER_SETS: dict[tuple[Source, str], Sets] = {}
