@@ -382,6 +382,22 @@ pub(super) struct SlicedBlock<'a> {
     pub order: &'a [u8; GROUP],
 }
 
+/// The codes of group `g` (of `n` codes) whose slots (in [`slot_order`]) are set in `slots`, as
+/// a mask in code order; codes past the end are padding and left out.
+#[inline]
+pub(super) fn slot_codes(order: &[u8; GROUP], mut slots: u32, n: usize, g: usize) -> u32 {
+    let mut m = 0u32;
+    while slots != 0 {
+        m |= 1 << order[slots.trailing_zeros() as usize];
+        slots &= slots - 1;
+    }
+    let valid = n - g * GROUP;
+    if valid < GROUP {
+        m &= (1u32 << valid) - 1;
+    }
+    m
+}
+
 /// Offer to `sink`, in ascending order, every code of `rows` (row-major, `W` words each;
 /// `planes` built from them by [`build_planes`], slots in `order`) within `sink.threshold()` of
 /// `q` (`tables` from [`query_tables`]); code `i` is offered as `base + i`. `acc` holds one
@@ -476,20 +492,11 @@ pub(super) fn scan_sliced<S: Sink, const W: usize>(
                 continue;
             }
             let le = _mm256_cmpeq_epi8(_mm256_min_epu8(sum, tv), sum);
-            let mut slots = _mm256_movemask_epi8(le) as u32;
+            let slots = _mm256_movemask_epi8(le) as u32;
             if slots == 0 {
                 continue;
             }
-            // Slots to codes, in code order; codes past the end are padding.
-            let mut m = 0u32;
-            while slots != 0 {
-                m |= 1 << order[slots.trailing_zeros() as usize];
-                slots &= slots - 1;
-            }
-            let valid = n - g * GROUP;
-            if valid < GROUP {
-                m &= (1u32 << valid) - 1;
-            }
+            let mut m = slot_codes(order, slots, n, g);
             while m != 0 {
                 let i = g * GROUP + m.trailing_zeros() as usize;
                 m &= m - 1;

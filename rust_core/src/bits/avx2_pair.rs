@@ -20,7 +20,7 @@
 //! [`avx2::build_planes`]: super::avx2::build_planes
 //! [`avx2::scan_sliced`]: super::avx2::scan_sliced
 
-use super::avx2::{SlicedBlock, GROUP};
+use super::avx2::{slot_codes, SlicedBlock, GROUP};
 use super::Sink;
 use std::arch::x86_64::*;
 
@@ -349,21 +349,12 @@ fn offer_group<S: Sink, const W: usize>(
     q: &[u64],
     order: &[u8; GROUP],
     g: usize,
-    mut slots: u32,
+    slots: u32,
     mut t: i64,
     base: usize,
     sink: &mut S,
 ) -> i64 {
-    let n = rows.len() / W;
-    let mut m = 0u32;
-    while slots != 0 {
-        m |= 1 << order[slots.trailing_zeros() as usize];
-        slots &= slots - 1;
-    }
-    let valid = n - g * GROUP;
-    if valid < GROUP {
-        m &= (1u32 << valid) - 1;
-    }
+    let mut m = slot_codes(order, slots, rows.len() / W, g);
     while m != 0 && t >= 0 {
         let i = g * GROUP + m.trailing_zeros() as usize;
         m &= m - 1;
