@@ -43,7 +43,8 @@ LOG="$AIRFLOW_HOME/main_job-$(date -u +%Y%m%dT%H%M%SZ).log"
 say "Airflow in $AIRFLOW_HOME (SQLite): running the DAG cmrops_pipeline (dags test, conf $CONF); full log: $LOG"
 set +e
 # One Airflow process: the metadata DB migrated (SQLite in $AIRFLOW_HOME), the gpu pool, the run.
-python -m cmrops.airflow_cli --init "dags test cmrops_pipeline -c $(printf '%q' "$CONF")" >"$LOG" 2>&1 &
+QCONF=$(python -c 'import shlex, sys; print(shlex.quote(sys.argv[1]))' "$CONF")  # one argument
+python -m cmrops.airflow_cli --init "dags test cmrops_pipeline -c $QCONF" >"$LOG" 2>&1 &
 PID=$!
 # progress: one line per finished task
 tail -n +1 -F "$LOG" 2>/dev/null --pid=$PID \
