@@ -307,11 +307,13 @@ def test_https_uses_the_name_for_sni_and_certificate(tmp_path, net_guard):
 
 
 def test_idle_keep_alive_closed_by_the_server_is_reopened(net_guard):
-    with FaultServer(idle_timeout=0.1) as srv:
+    # budgets for a busy machine: the client waits up to 10 s for an answer (a CI run once saw
+    # none within config()'s 0.4 s), and the server drops a connection idle for 0.5 s
+    with FaultServer(idle_timeout=0.5) as srv:
         a, b = srv.add("/a.jpg", body=jpeg(1)), srv.add("/b.jpg", body=jpeg(2))
-        with Fetcher(config()) as f:
+        with Fetcher(config(timeout=10.0, deadline=30.0)) as f:
             assert f.fetch(a).ok
-            time.sleep(0.3)  # the server drops the idle connection
+            time.sleep(1.5)  # the server drops the idle connection
             r = f.fetch(b)
         assert r.ok
         assert r.attempts == 1
