@@ -255,6 +255,45 @@ impl Sink for TopRows {
     }
 }
 
+/// Every path's scanner, with a [`TopRows`] sink of `k` per query over `rows` of `codes`, keeps
+/// what sorting `dists` (one row of distances per query) keeps.
+fn top_k_on_every_path(
+    codes: &[u64],
+    queries: &[u64],
+    words: usize,
+    rows: &std::ops::Range<usize>,
+    dists: &[Vec<u32>],
+    k: usize,
+) {
+    let nq = dists.len();
+    let want: Vec<Vec<(u32, usize)>> = dists
+        .iter()
+        .map(|d| {
+            let mut all: Vec<(u32, usize)> = rows.clone().map(|i| (d[i], i)).collect();
+            all.sort_unstable();
+            all.truncate(k);
+            all
+        })
+        .collect();
+    for path in available_paths() {
+        let mut sinks: Vec<TopRows> = (0..nq)
+            .map(|_| TopRows {
+                k,
+                kept: Vec::new(),
+            })
+            .collect();
+        Kernel::new(path)
+            .unwrap()
+            .scanner(queries, words)
+            .scan(codes, rows.clone(), &mut sinks);
+        let got: Vec<Vec<(u32, usize)>> = sinks.into_iter().map(|s| s.kept).collect();
+        assert_eq!(
+            got, want,
+            "path {path} words {words} nq {nq} rows {rows:?} k {k}"
+        );
+    }
+}
+
 /// Collects every offer within a fixed threshold, checking that rows come in ascending order.
 struct Ordered {
     t: i64,
@@ -319,35 +358,7 @@ fn scanner_agrees_on_every_path() {
                     }
                 }
                 for k in [1usize, 10, 150] {
-                    let want: Vec<Vec<(u32, usize)>> = dists
-                        .iter()
-                        .map(|d| {
-                            let mut all: Vec<(u32, usize)> =
-                                rows.clone().map(|i| (d[i], i)).collect();
-                            all.sort_unstable();
-                            all.truncate(k);
-                            all
-                        })
-                        .collect();
-                    for path in available_paths() {
-                        let mut sinks: Vec<TopRows> = (0..nq)
-                            .map(|_| TopRows {
-                                k,
-                                kept: Vec::new(),
-                            })
-                            .collect();
-                        Kernel::new(path).unwrap().scanner(&q, words).scan(
-                            &c,
-                            rows.clone(),
-                            &mut sinks,
-                        );
-                        let got: Vec<Vec<(u32, usize)>> =
-                            sinks.into_iter().map(|s| s.kept).collect();
-                        assert_eq!(
-                            got, want,
-                            "path {path} words {words} nq {nq} rows {rows:?} k {k}"
-                        );
-                    }
+                    top_k_on_every_path(&c, &q, words, &rows, &dists, k);
                 }
             }
         }
@@ -408,30 +419,7 @@ fn scanner_edges_of_the_paired_kernel() {
                 }
             }
             for k in [1usize, 3, 10] {
-                let want: Vec<Vec<(u32, usize)>> = dists
-                    .iter()
-                    .map(|d| {
-                        let mut all: Vec<(u32, usize)> = rows.clone().map(|i| (d[i], i)).collect();
-                        all.sort_unstable();
-                        all.truncate(k);
-                        all
-                    })
-                    .collect();
-                for path in available_paths() {
-                    let mut sinks: Vec<TopRows> = (0..nq)
-                        .map(|_| TopRows {
-                            k,
-                            kept: Vec::new(),
-                        })
-                        .collect();
-                    Kernel::new(path).unwrap().scanner(&q, words).scan(
-                        &c,
-                        rows.clone(),
-                        &mut sinks,
-                    );
-                    let got: Vec<Vec<(u32, usize)>> = sinks.into_iter().map(|s| s.kept).collect();
-                    assert_eq!(got, want, "path {path} nq {nq} rows {rows:?} k {k}");
-                }
+                top_k_on_every_path(&c, &q, words, &rows, &dists, k);
             }
         }
     }
