@@ -345,11 +345,21 @@ def load_text_encoder(
 ) -> TextEncoder:
     """The text encoder named by ``spec``: all-MiniLM-L6-v2 by default, or any
     ``transformers`` text / dual-encoder model (see module docstring)."""
-    from transformers import AutoTokenizer
-
     dev = resolve_device(device)
     _deterministic(dev)
     model_dir = resolve_model_dir(spec)
+    name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
+    if runtime == "auto" and dev == "cpu":
+        from cmrops import onnx_text
+
+        fast = onnx_text.reopen(model_dir)  # a verified export, without building the model
+        if fast is not None:
+            return TextEncoder(
+                name, fast.dim, dev, fast.max_length, fast.prepare, fast.run, "onnxruntime",
+                fast.tokens,
+            )  # fmt: skip
+    from transformers import AutoTokenizer
+
     model, config = _load_hf_model(str(model_dir), dev)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     max_length = _text_max_length(model_dir, tokenizer, config)
@@ -370,7 +380,6 @@ def load_text_encoder(
         return [len(x) for x in ids]
 
     forward = _text_forward(model, names, features, _st_pooling(model_dir))
-    name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
     dim = _probe_dim(lambda: forward(*prepare(["probe"])))
     session = _onnx(
         runtime,
@@ -383,6 +392,12 @@ def load_text_encoder(
         dynamic={k: {0: "batch", 1: "sequence"} for k in names},
     )
     if session is not None:
+        from cmrops import onnx_text
+
+        onnx_text.remember(
+            model_dir, session, tokenizer, names=names, padding=padding, max_length=max_length,
+            dim=dim,
+        )  # fmt: skip
         run = session.run
         return TextEncoder(
             name, dim, dev, max_length, prepare, lambda t: run(*[x.numpy() for x in t]),

@@ -43,7 +43,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_COSINE", "OnnxModel", "cache_dir", "onnx_session"]
+__all__ = ["MIN_COSINE", "OnnxModel", "cache_dir", "onnx_session", "open_export"]
 
 #: Smallest cosine between an ONNX Runtime row and torch's for the export to be used.
 MIN_COSINE = 0.9999
@@ -179,6 +179,15 @@ def onnx_session(
         if not record.get("ok"):
             log.warning("%s: running on torch: %s", name, record["reason"])
             return None
+    return open_export(folder, input_names)
+
+
+def open_export(folder: Path, input_names: Sequence[str]) -> OnnxModel | None:
+    """The verified export in ``folder`` (a folder :func:`onnx_session` wrote), or None when
+    there is none or it failed its verification."""
+    record = _read_record(folder)
+    if record is None or not record.get("ok"):
+        return None
     return OnnxModel(
         _session(folder / _MODEL), tuple(input_names), folder / _MODEL, record["exporter"]
     )

@@ -269,6 +269,52 @@ def test_onnx_runtime_matches_torch_and_reruns_are_identical(coco_mini: Path) ->
     assert (got_text * ref_text).sum(1).min() >= 0.9999
 
 
+def test_a_verified_text_export_is_reopened_from_the_model_files_alone(
+    bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once exported and verified, a text encoder reopens without building its torch model
+    (cmrops.onnx_text): the same embeddings and token counts, byte for byte; another file
+    content is another key (the full load again); a tokenizer that disagrees is not recorded."""
+    import shutil
+
+    from cmrops import inference, onnx_text
+
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path / "cache"))
+    model_dir = shutil.copytree(bert_dir, tmp_path / "bert")
+    texts = [*onnx_text.PROBE_TEXTS, "a dog", "Two red cats sit on a sofa.", "cats"]
+    assert onnx_text.reopen(model_dir) is None
+    full = E.load_text_encoder(str(model_dir), device="cpu")  # exports, verifies, records
+    assert onnx_text.reopen(model_dir) is not None
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        pytest.fail("the torch model was built")
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "_load_hf_model", no_build)
+        quick = E.load_text_encoder(str(model_dir), device="cpu")
+    assert quick.runtime == "onnxruntime"
+    assert (quick.name, quick.dim, quick.max_length) == (full.name, full.dim, full.max_length)
+    for batch in (1, 3, 64):
+        assert np.array_equal(quick.encode(texts, batch, False), full.encode(texts, batch, False))
+    assert quick._tokens is not None
+    assert full._tokens is not None
+    assert quick._tokens(texts) == full._tokens(texts)
+
+    config = model_dir / "config.json"
+    config.write_text(config.read_text() + "\n")  # same model, other bytes: other key
+    assert onnx_text.reopen(model_dir) is None
+
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(str(E.minilm_dir()), local_files_only=True)
+    model = inference.open_export(next((tmp_path / "cache").glob("*/model.onnx")).parent, ["x"])
+    assert model is not None
+    assert not onnx_text.remember(
+        model_dir, model, other, names=("input_ids",), padding="longest", max_length=64, dim=8
+    )
+    assert onnx_text.reopen(model_dir) is None
+
+
 def test_an_export_that_does_not_verify_falls_back_to_torch(
     bert_dir: Path,
     tmp_path: Path,

@@ -164,7 +164,8 @@ def _train(
         )
 
     model = nn.ModuleDict({s: head(x[s].shape[1]) for s in SIDES})
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    # fused: one pass over each parameter; elementwise, the same bytes on any thread count
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(p.seed)
     tr = torch.from_numpy(train_idx)
     ho = torch.from_numpy(hold_idx)
