@@ -81,16 +81,37 @@ class ModelNotFoundError(FileNotFoundError):
 
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without one
-    is an error."""
+    is an error. Without a GPU driver's device files, ``"auto"`` is ``"cpu"`` without importing
+    torch (2.6 s a process; a stage that runs on ONNX Runtime, or only checks, needs none)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f'device must be "auto", "cpu" or "cuda", got {device!r}')
+    if device == "cpu" or (device == "auto" and not _gpu_driver_present()):
+        return "cpu"
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise ValueError('device "cuda" requested but torch sees no GPU; use "auto" or "cpu"')
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f'device must be "auto", "cpu" or "cuda", got {device!r}')
     return device
+
+
+#: Device files a GPU driver torch can use creates (NVIDIA, AMD ROCm, WSL 2's GPU bridge).
+_GPU_DRIVER_FILES = (
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+    "/proc/driver/nvidia",
+    "/dev/kfd",
+    "/dev/dxg",
+)
+
+
+def _gpu_driver_present() -> bool:
+    """False only where torch cannot see a GPU: Linux without any of :data:`_GPU_DRIVER_FILES`
+    (elsewhere, or with one of them, torch decides)."""
+    import sys
+
+    return not sys.platform.startswith("linux") or any(os.path.exists(p) for p in _GPU_DRIVER_FILES)
 
 
 def efficientnet_lite0_weights() -> Path:
@@ -255,7 +276,8 @@ def _run_batches(
 ) -> np.ndarray:
     """L2-normalised rows of ``embed(lo, hi)`` - or of ``embed(prepare(lo, hi))``, with
     ``prepare`` run :data:`PREFETCH` batches ahead on a background thread - for each batch."""
-    import torch
+    import sys
+
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -271,14 +293,24 @@ def _run_batches(
                 cf.ThreadPoolExecutor(1, thread_name_prefix="cmrops-prefetch")
             )
             batches = _prefetched(pool, prepare, bounds)
-        stack.enter_context(torch.inference_mode())
+        torch = sys.modules.get("torch")  # loaded by a torch model; ONNX Runtime needs none
+        if torch is not None:
+            stack.enter_context(torch.inference_mode())
         bar = tqdm(bounds, desc=desc, unit="batch", disable=not progress or n == 0)
         for (lo, hi), batch in zip(bar, batches, strict=True):
             vecs = embed(*batch) if prepare is None else embed(batch)
-            vecs = torch.as_tensor(vecs).float()
-            vecs = torch.nn.functional.normalize(vecs, p=2, dim=1)
-            out[lo:hi] = vecs.cpu().numpy()
+            out[lo:hi] = _unit_rows(vecs)
     return out
+
+
+def _unit_rows(vecs: Any) -> np.ndarray:
+    """Rows (an array, or a torch tensor on any device and dtype) scaled to unit L2 norm, as
+    ``torch.nn.functional.normalize``: ``x / max(|x|, 1e-12)``, in float32 numpy."""
+    if not isinstance(vecs, np.ndarray):
+        vecs = vecs.detach().float().cpu().numpy()
+    v = np.asarray(vecs, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.maximum(norms, np.float32(1e-12))
 
 
 def _prefetched(
@@ -596,9 +628,9 @@ def _imagenet_tensor(batch: np.ndarray, size: int) -> torch.Tensor:
 
 
 def _deterministic(device: str) -> None:
-    import torch
-
     if device == "cuda":
+        import torch
+
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 

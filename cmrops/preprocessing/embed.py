@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 #: How captions are grouped into batches (``TextEncoder.encode``): part of the embed key, so shards
 #: embedded with an earlier grouping are embedded again rather than mixed with new ones.
 TEXT_BATCHES = "sorted-by-tokens"
+#: How embeddings are scaled to unit length (``cmrops.encoders``): numpy, no longer torch (the
+#: last bit of a row can differ), so earlier shards are embedded again rather than mixed.
+UNIT_ROWS = "numpy"
 
 
 def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
@@ -40,6 +43,7 @@ def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
         "device": device,
         "runtime": params.runtime,
         "text_batches": TEXT_BATCHES,  # a caption's bytes depend on its batch's padding
+        "unit_rows": UNIT_ROWS,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
