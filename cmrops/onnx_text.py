@@ -147,9 +147,10 @@ def reopen(model_dir: Path) -> ReopenedText | None:
             int(record["pad_id"]),
             _tokenizer(model_dir, int(record["max_length"])),
         )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if not isinstance(e, FileNotFoundError):
-            log.info("%s: no usable ONNX record (%s); loading the model", model_dir, e)
+    except FileNotFoundError:  # no record for these files (yet)
+        return None
+    except Exception as e:  # a damaged record or export, one being replaced: the full load
+        log.info("%s: no usable ONNX record (%s); loading the model", model_dir, e)
         return None
 
 

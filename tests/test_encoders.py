@@ -300,6 +300,13 @@ def test_a_verified_text_export_is_reopened_from_the_model_files_alone(
     assert full._tokens is not None
     assert quick._tokens(texts) == full._tokens(texts)
 
+    (record,) = (tmp_path / "cache" / "by-files").glob("*.json")
+    good = record.read_text()
+    record.write_text("{damaged")  # a damaged record is a full load, never an error
+    assert onnx_text.reopen(model_dir) is None
+    record.write_text(good)
+    assert onnx_text.reopen(model_dir) is not None
+
     config = model_dir / "config.json"
     config.write_text(config.read_text() + "\n")  # same model, other bytes: other key
     assert onnx_text.reopen(model_dir) is None
