@@ -382,9 +382,9 @@ def load_text_encoder(
     model_dir = resolve_model_dir(spec)
     name = TEXT_DEFAULT if spec in _TEXT_ALIASES else spec
     if runtime == "auto" and dev == "cpu":
-        from cmrops import onnx_text
+        from cmrops import onnx_reopen
 
-        fast = onnx_text.reopen(model_dir)  # a verified export, without building the model
+        fast = onnx_reopen.reopen_text(model_dir)  # a verified export, without the model
         if fast is not None:
             return TextEncoder(
                 name, fast.dim, dev, fast.max_length, fast.prepare, fast.run, "onnxruntime",
@@ -424,9 +424,9 @@ def load_text_encoder(
         dynamic={k: {0: "batch", 1: "sequence"} for k in names},
     )
     if session is not None:
-        from cmrops import onnx_text
+        from cmrops import onnx_reopen
 
-        onnx_text.remember(
+        onnx_reopen.remember_text(
             model_dir, session, tokenizer, names=names, padding=padding, max_length=max_length,
             dim=dim,
         )  # fmt: skip
@@ -639,9 +639,20 @@ def _deterministic(device: str) -> None:
 
 
 def _efficientnet_lite0_encoder(device: str, runtime: Runtime = "auto") -> ImageEncoder:
+    weights = efficientnet_lite0_weights()
+    if runtime == "auto" and device == "cpu":
+        from cmrops import onnx_reopen
+
+        found = onnx_reopen.reopen_image(weights, "pixels")  # a verified export, without torch
+        if found is not None:
+            model_file, dim = found
+            return ImageEncoder(
+                IMAGE_DEFAULT, dim, device, 224, efficientnet_lite_array, model_file.run,
+                "onnxruntime",
+            )  # fmt: skip
 
     model = build_efficientnet_lite0()
-    state = _torch_load(efficientnet_lite0_weights())
+    state = _torch_load(weights)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
     forward = _EmbedOnly(model)
@@ -661,6 +672,9 @@ def _efficientnet_lite0_encoder(device: str, runtime: Runtime = "auto") -> Image
         dynamic={"pixels": {0: "batch"}},
     )
     if session is not None:
+        from cmrops import onnx_reopen
+
+        onnx_reopen.remember_image(weights, session, dim=1280)
         run = session.run
         return ImageEncoder(
             IMAGE_DEFAULT, 1280, device, 224, prepare, lambda x: run(x.numpy()), "onnxruntime"
@@ -681,6 +695,15 @@ def _EmbedOnly(model: Any) -> Any:
             return self.net.embed(x)
 
     return EmbedOnly().eval()
+
+
+def efficientnet_lite_array(batch: np.ndarray, size: int = 224) -> np.ndarray:
+    """:func:`efficientnet_lite_tensor` as a float32 numpy array, without torch for a batch
+    already ``size x size`` (the same bytes: ``(x - 127) / 128`` is exact in float32)."""
+    if batch.shape[1:3] != (size, size):
+        return efficientnet_lite_tensor(batch, size).numpy()
+    x = np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2), dtype=np.float32)
+    return (x - np.float32(127.0)) / np.float32(128.0)
 
 
 def efficientnet_lite_tensor(batch: np.ndarray, size: int = 224) -> torch.Tensor:

@@ -273,18 +273,18 @@ def test_a_verified_text_export_is_reopened_from_the_model_files_alone(
     bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once exported and verified, a text encoder reopens without building its torch model
-    (cmrops.onnx_text): the same embeddings and token counts, byte for byte; another file
+    (cmrops.onnx_reopen): the same embeddings and token counts, byte for byte; another file
     content is another key (the full load again); a tokenizer that disagrees is not recorded."""
     import shutil
 
-    from cmrops import inference, onnx_text
+    from cmrops import inference, onnx_reopen
 
     monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path / "cache"))
     model_dir = shutil.copytree(bert_dir, tmp_path / "bert")
-    texts = [*onnx_text.PROBE_TEXTS, "a dog", "Two red cats sit on a sofa.", "cats"]
-    assert onnx_text.reopen(model_dir) is None
+    texts = [*onnx_reopen.PROBE_TEXTS, "a dog", "Two red cats sit on a sofa.", "cats"]
+    assert onnx_reopen.reopen_text(model_dir) is None
     full = E.load_text_encoder(str(model_dir), device="cpu")  # exports, verifies, records
-    assert onnx_text.reopen(model_dir) is not None
+    assert onnx_reopen.reopen_text(model_dir) is not None
 
     def no_build(*args: object, **kwargs: object) -> None:
         pytest.fail("the torch model was built")
@@ -303,23 +303,49 @@ def test_a_verified_text_export_is_reopened_from_the_model_files_alone(
     (record,) = (tmp_path / "cache" / "by-files").glob("*.json")
     good = record.read_text()
     record.write_text("{damaged")  # a damaged record is a full load, never an error
-    assert onnx_text.reopen(model_dir) is None
+    assert onnx_reopen.reopen_text(model_dir) is None
     record.write_text(good)
-    assert onnx_text.reopen(model_dir) is not None
+    assert onnx_reopen.reopen_text(model_dir) is not None
 
     config = model_dir / "config.json"
     config.write_text(config.read_text() + "\n")  # same model, other bytes: other key
-    assert onnx_text.reopen(model_dir) is None
+    assert onnx_reopen.reopen_text(model_dir) is None
 
     from transformers import AutoTokenizer
 
     other = AutoTokenizer.from_pretrained(str(E.minilm_dir()), local_files_only=True)
     model = inference.open_export(next((tmp_path / "cache").glob("*/model.onnx")).parent, ["x"])
     assert model is not None
-    assert not onnx_text.remember(
+    assert not onnx_reopen.remember_text(
         model_dir, model, other, names=("input_ids",), padding="longest", max_length=64, dim=8
     )
-    assert onnx_text.reopen(model_dir) is None
+    assert onnx_reopen.reopen_text(model_dir) is None
+
+
+def test_the_image_encoder_reopens_its_export_without_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EfficientNet-Lite0's verified export reopens from its weights file alone, its pixels
+    prepared in numpy: the same bytes as the full load (a batch of another size is resized by
+    torch, as before)."""
+    from cmrops import inference, onnx_reopen
+
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path / "cache"))
+    weights = E.efficientnet_lite0_weights()
+    assert onnx_reopen.reopen_image(weights, "pixels") is None
+    full = E.load_image_encoder(device="cpu")  # exports, verifies, records
+    assert onnx_reopen.reopen_image(weights, "pixels") is not None
+
+    def no_build() -> None:
+        pytest.fail("the torch model was built")
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "build_efficientnet_lite0", no_build)
+        quick = E.load_image_encoder(device="cpu")
+    assert (quick.runtime, quick.dim, quick.input_size) == ("onnxruntime", 1280, 224)
+    pixels, small = E._probe_images(5, 224), E._probe_images(3, 96)
+    assert np.array_equal(quick.encode(pixels, 2, False), full.encode(pixels, 2, False))
+    assert np.array_equal(quick.encode(small, 3, False), full.encode(small, 3, False))
 
 
 def test_an_export_that_does_not_verify_falls_back_to_torch(

@@ -1,24 +1,30 @@
-"""A text encoder's verified ONNX export reopened from its model folder alone.
+"""A verified ONNX export reopened from the model's files alone, without building the model.
 
 :func:`cmrops.inference.onnx_session` keys an export by the weights of a built torch module, so a
 process has to build the model before it can find its export. For a ``transformers`` text model
 that import and build is most of the cost: :func:`cmrops.encoders.load_text_encoder` took 5.0-5.8 s
 on a cached export, and 0.3-0.4 s reopened from the record below (all-MiniLM-L6-v2, AMD EPYC,
-torch already imported). Every process that embeds text pays it: each preprocess worker, the
-align stage's concept bridge, the label stage's prompts.
+torch already imported). For the EfficientNet-Lite0 image encoder the build itself is quick, but
+it needs torch, whose import takes 2.3-2.8 s here. Every process that embeds pays it: preprocess,
+the align stage's concept bridge, the label stage's prompts.
 
-So, once an export is verified, :func:`remember` records what running it needs under a hash of the
-model folder's files (:func:`files_key`): the export's folder, the output width, the input names,
-the padding and the length limit. :func:`reopen` finds that record from the files alone and runs
-the export with the ``tokenizers`` library's tokenizer read from ``tokenizer.json``: no torch
-module, no ``transformers``. The record is written only when that tokenizer gives exactly the
-arrays ``transformers``' tokenizer gives on :data:`PROBE_TEXTS` (casing, accents, digits, empty
-text, a text past the length limit); a model without ``tokenizer.json``, padded on the left, or
-whose tokenizers differ on a probe keeps the full load.
+So, once an export is verified, :func:`remember_text` / :func:`remember_image` record what running
+it needs under a hash of the files the model is loaded from (:func:`files_key`): the export's
+folder, the output width, and for text the input names, the padding and the length limit.
+:func:`reopen_text` / :func:`reopen_image` find that record from the files alone:
 
-The files key covers every file a load reads (configuration, vocabulary, weights: the suffixes in
-:data:`_KEYED`), their relative paths, and the versions of the packages that export and run the
-model; any change loads, exports and verifies the model again.
+* text runs the export with the ``tokenizers`` library's tokenizer read from ``tokenizer.json``,
+  without ``transformers``. The record is written only when that tokenizer gives exactly the
+  arrays ``transformers``' tokenizer gives on :data:`PROBE_TEXTS` (casing, accents, digits, empty
+  text, a text past the length limit); a model without ``tokenizer.json``, padded on the left, or
+  whose tokenizers differ on a probe keeps the full load;
+* the image encoder's pixels are prepared in numpy (:func:`cmrops.encoders.efficientnet_lite_array`,
+  the same bytes as torch's), without torch.
+
+The files key covers the files a load reads (configuration, vocabulary, weights: the suffixes in
+:data:`_KEYED` of a model folder, or the named weights file), their relative paths, and the
+versions of the packages that export and run the model; any change loads, exports and verifies
+the model again.
 """
 
 from __future__ import annotations
@@ -41,7 +47,15 @@ from cmrops.inference import RECIPE, OnnxModel, cache_dir, open_export
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROBE_TEXTS", "ReopenedText", "files_key", "remember", "reopen"]
+__all__ = [
+    "PROBE_TEXTS",
+    "ReopenedText",
+    "files_key",
+    "remember_image",
+    "remember_text",
+    "reopen_image",
+    "reopen_text",
+]
 
 #: File suffixes a text model's load reads: configuration, vocabulary, weights.
 _KEYED = (".json", ".txt", ".safetensors", ".bin", ".model")
@@ -60,11 +74,14 @@ PROBE_TEXTS = (
 )
 
 
-def files_key(model_dir: Path) -> str:
-    """Hash of the files a load of ``model_dir`` reads, and of the package versions."""
+def files_key(root: Path, files: Sequence[Path] | None = None) -> str:
+    """Hash of ``files`` (default: those a load of the model folder ``root`` reads), their paths
+    relative to ``root``, and the package versions."""
+    if files is None:
+        files = [p for p in root.rglob("*") if p.suffix in _KEYED and p.is_file()]
     h = hashlib.sha256(json.dumps({"recipe": RECIPE, **_versions()}, sort_keys=True).encode())
-    for path in sorted(p for p in model_dir.rglob("*") if p.suffix in _KEYED and p.is_file()):
-        h.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+    for path in sorted(files):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(str(path.stat().st_size).encode() + b"\0")
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
@@ -130,8 +147,8 @@ def _record_path(key: str) -> Path:
     return cache_dir() / _FOLDER / f"{key}.json"
 
 
-def reopen(model_dir: Path) -> ReopenedText | None:
-    """The recorded export of ``model_dir`` (:func:`remember`), or None: no record for these
+def reopen_text(model_dir: Path) -> ReopenedText | None:
+    """The recorded export of ``model_dir`` (:func:`remember_text`), or None: no record for these
     files, or its export is gone or unusable (the caller then loads the model in full)."""
     try:
         record = json.loads(_record_path(files_key(model_dir)).read_text())
@@ -154,7 +171,33 @@ def reopen(model_dir: Path) -> ReopenedText | None:
         return None
 
 
-def remember(
+def reopen_image(weights: Path, input_name: str) -> tuple[OnnxModel, int] | None:
+    """The recorded export of the image model whose weights are the file ``weights``
+    (:func:`remember_image`) and its output width, or None (as :func:`reopen_text`)."""
+    try:
+        record = json.loads(_record_path(files_key(weights.parent, [weights])).read_text())
+        model = open_export(cache_dir() / record["export"], (input_name,))
+        return None if model is None else (model, int(record["dim"]))
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # as in reopen_text
+        log.info("%s: no usable ONNX record (%s); loading the model", weights, e)
+        return None
+
+
+def remember_image(weights: Path, model: OnnxModel, *, dim: int) -> bool:
+    """Record ``model`` (a verified export of the image model loaded from ``weights``) for
+    :func:`reopen_image`; returns whether it did (it never raises)."""
+    try:
+        record = {"export": model.path.parent.name, "dim": dim, **_versions()}
+        _write(_record_path(files_key(weights.parent, [weights])), record)
+        return True
+    except Exception as e:  # an optimisation: never fail the load over it
+        log.info("%s: could not record the export for a quick reopen (%s)", weights, e)
+        return False
+
+
+def remember_text(
     model_dir: Path,
     model: OnnxModel,
     hf_tokenizer: Any,
@@ -164,7 +207,7 @@ def remember(
     max_length: int,
     dim: int,
 ) -> bool:
-    """Record ``model`` (a verified export of ``model_dir``) for :func:`reopen`, when the
+    """Record ``model`` (a verified export of ``model_dir``) for :func:`reopen_text`, when the
     ``tokenizers`` tokenizer gives the same arrays as ``hf_tokenizer`` on :data:`PROBE_TEXTS`.
     Returns whether it did (it never raises: a missing record only costs the full load)."""
     try:
