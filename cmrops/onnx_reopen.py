@@ -29,12 +29,9 @@ the model again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -43,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrops import io
 from cmrops.inference import RECIPE, OnnxModel, cache_dir, open_export
 
 log = logging.getLogger(__name__)
@@ -147,14 +145,24 @@ def _record_path(key: str) -> Path:
     return cache_dir() / _FOLDER / f"{key}.json"
 
 
+def _recorded(
+    key: str, names: Sequence[str] | None = None
+) -> tuple[dict[str, Any], OnnxModel] | None:
+    """The record under ``key`` and its export (inputs ``names``, default the record's), or
+    None when the export is gone or failed; raises FileNotFoundError without a record."""
+    record = json.loads(_record_path(key).read_text())
+    model = open_export(cache_dir() / record["export"], tuple(names or record["names"]))
+    return None if model is None else (record, model)
+
+
 def reopen_text(model_dir: Path) -> ReopenedText | None:
     """The recorded export of ``model_dir`` (:func:`remember_text`), or None: no record for these
     files, or its export is gone or unusable (the caller then loads the model in full)."""
     try:
-        record = json.loads(_record_path(files_key(model_dir)).read_text())
-        model = open_export(cache_dir() / record["export"], tuple(record["names"]))
-        if model is None:
+        found = _recorded(files_key(model_dir))
+        if found is None:
             return None
+        record, model = found
         return ReopenedText(
             model,
             int(record["dim"]),
@@ -175,9 +183,8 @@ def reopen_image(weights: Path, input_name: str) -> tuple[OnnxModel, int] | None
     """The recorded export of the image model whose weights are the file ``weights``
     (:func:`remember_image`) and its output width, or None (as :func:`reopen_text`)."""
     try:
-        record = json.loads(_record_path(files_key(weights.parent, [weights])).read_text())
-        model = open_export(cache_dir() / record["export"], (input_name,))
-        return None if model is None else (model, int(record["dim"]))
+        found = _recorded(files_key(weights.parent, [weights]), (input_name,))
+        return None if found is None else (found[1], int(found[0]["dim"]))
     except FileNotFoundError:
         return None
     except Exception as e:  # as in reopen_text
@@ -190,7 +197,7 @@ def remember_image(weights: Path, model: OnnxModel, *, dim: int) -> bool:
     :func:`reopen_image`; returns whether it did (it never raises)."""
     try:
         record = {"export": model.path.parent.name, "dim": dim, **_versions()}
-        _write(_record_path(files_key(weights.parent, [weights])), record)
+        io.write_json(_record_path(files_key(weights.parent, [weights])), record)
         return True
     except Exception as e:  # an optimisation: never fail the load over it
         log.info("%s: could not record the export for a quick reopen (%s)", weights, e)
@@ -230,7 +237,7 @@ def remember_text(
             "pad_id": int(hf_tokenizer.pad_token_id),
             **_versions(),
         }
-        _write(_record_path(files_key(model_dir)), record)
+        io.write_json(_record_path(files_key(model_dir)), record)
         return True
     except Exception as e:  # an optimisation: never fail the load over it
         log.info("%s: could not record the export for a quick reopen (%s)", model_dir, e)
@@ -264,15 +271,3 @@ def _differs(fast: ReopenedText, hf_tokenizer: Any, texts: list[str]) -> str | N
         if [len(x) for x in counts["input_ids"]] != fast.tokens(group):
             return f"the token counts differ for {group[0][:40]!r}"
     return None
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
