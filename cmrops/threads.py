@@ -303,11 +303,25 @@ def training() -> Iterator[None]:
     whatever the machine or the budget), then restore the budget. Also a decorator
     (``@threads.training()``: the stages' fitting functions)."""
     before = current()
+    _outside_training.append(before)
     apply(TRAINING_THREADS)
     try:
         yield
     finally:
+        _outside_training.pop()
         apply(before)
+
+
+#: The budgets :func:`training` replaced, outermost first.
+_outside_training: list[int] = []
+
+
+def fits_at_once() -> int:
+    """How many fits of :data:`TRAINING_THREADS` threads each this process may run side by side
+    (on threads of its own, e.g. :func:`cmrops.align.train.fit_splits`): its budget divided by
+    :data:`TRAINING_THREADS` - the budget in force outside :func:`training`, inside it."""
+    budget = _outside_training[0] if _outside_training else current()
+    return max(1, budget // TRAINING_THREADS)
 
 
 @contextmanager

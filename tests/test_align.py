@@ -91,6 +91,27 @@ def test_same_inputs_same_bytes(fitted):
     assert weights_bytes(other) != weights_bytes(alignment)
 
 
+@pytest.mark.parametrize("budget", [2, 3])
+def test_fits_side_by_side_give_the_bytes_of_fits_in_turn(fitted, monkeypatch, budget: int):
+    """The fold models (and the model on all pairs) fitted on threads side by side, as the
+    align stage does with a budget above one, are those fitted one after another."""
+    from cmrops import threads
+    from cmrops.align.crossfit import fit_with_folds
+
+    image, text, alignment, metrics = fitted
+    monkeypatch.setattr(threads, "fits_at_once", lambda: 1)
+    one = fit_with_folds(image, text, PARAMS)
+    monkeypatch.setattr(threads, "fits_at_once", lambda: budget)
+    side = fit_with_folds(image, text, PARAMS)
+    assert weights_bytes(one[0]) == weights_bytes(side[0]) == weights_bytes(alignment)
+    assert one[1] == side[1] == metrics
+    assert len(one[2]) == len(side[2]) == round(1 / PARAMS.holdout)
+    for a, b in zip(one[2], side[2], strict=True):
+        assert (a.hold == b.hold).all()
+        assert weights_bytes(a.model) == weights_bytes(b.model)
+        assert a.model.info == b.model.info
+
+
 def test_save_load_round_trip(fitted, tmp_path: Path):
     image, text, alignment, _ = fitted
     save_alignment(alignment, tmp_path / "a")

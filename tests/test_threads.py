@@ -162,3 +162,20 @@ def test_a_bad_override_is_a_clear_cli_error(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "CMROPS_THREADS must be a whole number of threads >= 1, got '0'" in run.stderr
+
+
+def test_fits_at_once_is_the_budget_outside_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    # threads.training() sets the training threads, and restores the budget after; what runs
+    # inside it may still run that many single-thread fits side by side
+    def apply(n: int) -> None:
+        threads._applied = n  # restored by monkeypatch
+
+    monkeypatch.setattr(threads, "_applied", 3)
+    monkeypatch.setattr(threads, "apply", apply)
+    assert threads.fits_at_once() == 3
+    with threads.training():
+        assert threads.current() == threads.TRAINING_THREADS
+        assert threads.fits_at_once() == 3
+        with threads.training():
+            assert threads.fits_at_once() == 3
+    assert threads.current() == threads.fits_at_once() == 3

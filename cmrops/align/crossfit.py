@@ -28,7 +28,7 @@ from cmrops.align.fusion import choose_weight, fuse
 from cmrops.align.metrics import auroc, calibrate_threshold, swapped_scores
 from cmrops.align.model import Alignment
 from cmrops.align.params import AlignParams
-from cmrops.align.train import MIN_PAIRS, evaluate, fit_alignment, fit_split, split_pairs
+from cmrops.align.train import MIN_PAIRS, check_pairs, evaluate, fit_splits, split_pairs
 
 
 def folds(n: int, holdout: float, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
@@ -67,15 +67,46 @@ def fit_folds(
 ) -> list[Fold]:
     """One learned alignment per fold, each trained on the other folds (module docstring);
     ``groups`` keeps each group's rows in one fold (:func:`folds`)."""
-    if len(image) < max(MIN_PAIRS, 4):
-        raise ValueError(f"{len(image)} pairs: out-of-fold scores need at least {MIN_PAIRS}")
-    every = np.arange(len(image))
-    out = []
-    for hold in folds(len(image), params.holdout, params.seed, groups):
-        train = np.setdiff1d(every, hold, assume_unique=True)
-        model, _ = fit_split(image, text, train, hold, params, progress=progress)
-        out.append(Fold(model, hold))
-    return out
+    splits = fold_splits(len(image), params, groups)
+    fitted = fit_splits(image, text, splits, params, progress=progress)
+    return [Fold(model, hold) for (model, _), (_, hold) in zip(fitted, splits, strict=True)]
+
+
+def fold_splits(
+    n: int, params: AlignParams, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train rows, held-out rows)`` of each fold model (:func:`folds`)."""
+    if n < max(MIN_PAIRS, 4):
+        raise ValueError(f"{n} pairs: out-of-fold scores need at least {MIN_PAIRS}")
+    every = np.arange(n)
+    return [
+        (np.setdiff1d(every, hold, assume_unique=True), hold)
+        for hold in folds(n, params.holdout, params.seed, groups)
+    ]
+
+
+def fit_with_folds(
+    image: np.ndarray,
+    text: np.ndarray,
+    params: AlignParams,
+    *,
+    progress: bool = False,
+    cross_fit: bool = True,
+    groups: np.ndarray | None = None,
+) -> tuple[Alignment, dict[str, Any], list[Fold]]:
+    """:func:`~cmrops.align.fit_alignment` on all the pairs, its held-out metrics and, with
+    ``cross_fit``, the fold models of :func:`fit_folds` (else the one model on its own held-out
+    split): ``1 + folds`` fits, side by side where the thread budget allows
+    (:func:`~cmrops.align.train.fit_splits`)."""
+    image, text = check_pairs(image, text)
+    whole = split_pairs(len(image), params.holdout, params.seed)
+    splits = [whole, *(fold_splits(len(image), params, groups) if cross_fit else [])]
+    fitted = fit_splits(image, text, splits, params, progress=progress)
+    learned, metrics = fitted[0]
+    if not cross_fit:
+        return learned, metrics, [Fold(learned, whole[1])]
+    folds_fitted = zip(fitted[1:], splits[1:], strict=True)
+    return learned, metrics, [Fold(model, hold) for (model, _), (_, hold) in folds_fitted]
 
 
 def out_of_fold_scores(
@@ -147,9 +178,10 @@ def fit_fused(
     is on new images."""
     image = np.asarray(image, dtype=np.float32)
     text = np.asarray(text, dtype=np.float32)
-    learned, _ = fit_alignment(image, text, params, progress=progress)
+    learned, _, parts = fit_with_folds(
+        image, text, params, progress=progress, cross_fit=cross_fit, groups=groups
+    )
     hold = split_pairs(len(image), params.holdout, params.seed)[1]
-    parts = fit_folds(image, text, params, groups=groups) if cross_fit else [Fold(learned, hold)]
     weight, record = choose_weight(prior, [(f.model, image[f.hold], text[f.hold]) for f in parts])
     fused = fuse(prior, learned, weight)
     fused.info["fusion"] = record

@@ -19,14 +19,17 @@ The held-out metrics returned: ``loss`` (in batch-sized chunks), ``r1_i2t`` / ``
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from cmrops import threads
 from cmrops.align.metrics import auroc as _auroc
 from cmrops.align.metrics import calibrate_threshold, recall_at_1, swapped_scores
 from cmrops.align.model import SIDES, Alignment, Head, normalise
@@ -59,14 +62,18 @@ def split_pairs(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 
 
+#: torch's global generator (nn.Linear's initialisation draws from it): seeded, then drawn
+#: from, by one fit at a time, so that fits side by side initialise as they would in turn.
+_GLOBAL_RNG = threading.Lock()
+
+
 @contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
+def _deterministic() -> Iterator[None]:
     import torch
 
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        torch.manual_seed(seed)
         yield
     finally:
         torch.use_deterministic_algorithms(was)
@@ -77,6 +84,14 @@ def fit_alignment(
 ) -> tuple[Alignment, dict[str, Any]]:
     """Train an alignment on the pairs ``(image[i], text[i])``; returns it and the held-out
     metrics (see module docstring). Rows must be finite; they are L2-normalised first."""
+    image, text = check_pairs(image, text)
+    train_idx, hold_idx = split_pairs(len(image), params.holdout, params.seed)
+    return fit_split(image, text, train_idx, hold_idx, params, progress=progress)
+
+
+def check_pairs(image: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as float32, checked: paired ``(n, d)`` rows, at least :data:`MIN_PAIRS`,
+    finite."""
     image = np.asarray(image, dtype=np.float32)
     text = np.asarray(text, dtype=np.float32)
     if image.ndim != 2 or text.ndim != 2 or len(image) != len(text):
@@ -87,8 +102,7 @@ def fit_alignment(
         raise ValueError(f"{len(image)} pairs: an alignment needs at least {MIN_PAIRS}")
     if not (np.isfinite(image).all() and np.isfinite(text).all()):
         raise ValueError("features hold NaN or infinity: pass only samples with embeddings")
-    train_idx, hold_idx = split_pairs(len(image), params.holdout, params.seed)
-    return fit_split(image, text, train_idx, hold_idx, params, progress=progress)
+    return image, text
 
 
 def fit_split(
@@ -103,7 +117,7 @@ def fit_split(
     """:func:`fit_alignment` on a given split (row indices); the rows are not re-checked."""
     image = np.asarray(image, dtype=np.float32)
     text = np.asarray(text, dtype=np.float32)
-    with _deterministic(params.seed):
+    with _deterministic():
         heads, history = _train(image, text, train_idx, hold_idx, params, progress)
     info: dict[str, Any] = {
         "kind": "learned",
@@ -120,6 +134,43 @@ def fit_split(
     metrics["loss"] = history["best_holdout_loss"]
     alignment.info["holdout"] = metrics
     return alignment, metrics
+
+
+def fit_splits(
+    image: np.ndarray,
+    text: np.ndarray,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    params: AlignParams,
+    *,
+    progress: bool = False,
+) -> list[tuple[Alignment, dict[str, Any]]]:
+    """:func:`fit_split` of each ``(train_idx, hold_idx)`` in ``splits``, in order; the first
+    shows progress. Fits run side by side on :func:`~cmrops.threads.fits_at_once` threads of
+    this process: each fit runs torch on its own thread alone (the training budget,
+    :data:`~cmrops.threads.TRAINING_THREADS`), and torch releases the GIL inside its kernels.
+    A fit's bytes do not depend on which thread ran it, nor on what ran beside it: each has
+    its own seeded batch order, and initialises its heads from the seeded global generator
+    alone (:data:`_GLOBAL_RNG`)."""
+    image = np.asarray(image, dtype=np.float32)
+    text = np.asarray(text, dtype=np.float32)
+    at_once = min(len(splits), threads.fits_at_once())
+    if at_once <= 1:
+        return [
+            fit_split(image, text, tr, ho, params, progress=progress and i == 0)
+            for i, (tr, ho) in enumerate(splits)
+        ]
+    # one switch for the whole batch of fits (each fit's own would restore it under another)
+    with _deterministic(), cf.ThreadPoolExecutor(at_once, thread_name_prefix="cmrops-fit") as pool:
+        futures = [
+            pool.submit(fit_split, image, text, tr, ho, params, progress=progress and i == 0)
+            for i, (tr, ho) in enumerate(splits)
+        ]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def evaluate(
@@ -163,7 +214,9 @@ def _train(
             nn.Linear(d_in, p.hidden), nn.GELU(approximate="tanh"), nn.Linear(p.hidden, p.dim)
         )
 
-    model = nn.ModuleDict({s: head(x[s].shape[1]) for s in SIDES})
+    with _GLOBAL_RNG:
+        torch.manual_seed(p.seed)
+        model = nn.ModuleDict({s: head(x[s].shape[1]) for s in SIDES})
     # fused: one pass over each parameter; elementwise, the same bytes on any thread count
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(p.seed)

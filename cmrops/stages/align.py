@@ -62,11 +62,10 @@ from cmrops.align import (
     AlignParams,
     auroc,
     encoder_alignment,
-    fit_alignment,
     load_alignment,
 )
 from cmrops.align.concept import CLASSIFIER_ENCODERS, ConceptParams
-from cmrops.align.crossfit import fit_folds, fit_fused
+from cmrops.align.crossfit import fit_fused, fit_with_folds
 from cmrops.align.fusion import fuse
 from cmrops.align.metrics import derangement
 from cmrops.align.store import CONFIG, WEIGHTS, save_alignment
@@ -245,8 +244,7 @@ def _build(
             f"{fusion['prior_weight']:g}, chosen out of fold): {why}"
         )
     else:
-        learned, holdout = fit_alignment(image, text, p, progress=progress)
-        folds = fit_folds(image, text, p)
+        learned, holdout, folds = fit_with_folds(image, text, p, progress=progress)
         alignment = learned
         alignment.info["why"] = f"learned on the data set's pairs: {why}"
     scores = np.full(len(image), np.nan)

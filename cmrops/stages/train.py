@@ -367,12 +367,19 @@ def run(
         Path(labelled_dir) if labelled_dir else None,
     )  # fmt: skip
     workers = workers_for(jobs, device, params.finetune_encoder is not None)
-    trained = train_all(jobs, params, data_sets, source, workers=workers, progress=progress)
+
+    def float_baseline() -> dict[str, Any] | None:
+        if not params.float_baseline:
+            return None
+        return _float_baseline(data, roles, codes, models, align, progress)
+
+    trained, baseline = train_all(
+        jobs, params, data_sets, source, workers=workers, progress=progress,
+        alongside=float_baseline,
+    )  # fmt: skip
     summary = {name: stats for name, (stats, _) in trained.items()}
     throughput: dict[str, Any] = {name: rate for name, (_, rate) in trained.items()}
-    baseline = None
     if params.float_baseline:
-        baseline = _float_baseline(data, roles, codes, models, align, progress)
         names.append(ALIGNED)
     else:
         shutil.rmtree(models / ALIGNED, ignore_errors=True)

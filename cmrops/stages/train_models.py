@@ -18,11 +18,13 @@ checkpoint on the rerun.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "train"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,29 +120,41 @@ def train_all(
     *,
     workers: int,
     progress: bool,
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """Fit every job (in this process, or over ``workers`` processes); name -> (stats,
-    throughput), in ``jobs`` order."""
+    alongside: Callable[[], T],
+) -> tuple[dict[str, tuple[dict[str, Any], dict[str, Any]]], T]:
+    """Fit every job (in this process, or over ``workers`` processes) and run ``alongside``
+    (the stage's other fit, the aligned float baseline); (name -> (stats, throughput), in
+    ``jobs`` order; what ``alongside`` returned). Over worker processes, ``alongside`` runs
+    here while they train: this process would otherwise only wait, and a fit left for after
+    the models kept one core busy and the other idle."""
     if workers <= 1:
-        return {j.name: fit_and_write(j, params, data_sets, progress) for j in jobs}
+        done = {j.name: fit_and_write(j, params, data_sets, progress) for j in jobs}
+        return done, alongside()
     from cmrops.procpool import spawn_pool
 
     log.info("train: %d models over %d worker processes (one thread each)", len(jobs), workers)
     level = logging.getLogger().getEffectiveLevel()
-    done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    with spawn_pool(workers, threads=threads.TRAINING_THREADS) as pool:
+    done = {}
+    with (
+        # the training threads set from this thread, for the fit alongside: OpenBLAS keeps the
+        # size this thread set last and ignores a size set from another thread
+        threads.training(),
+        spawn_pool(workers, threads=threads.TRAINING_THREADS) as pool,
+        cf.ThreadPoolExecutor(1, thread_name_prefix="cmrops-alongside") as here,
+    ):
         futures = {
             j.name: pool.submit(_in_worker, j, params, source, level) for j in jobs
         }  # fmt: skip
-        for i, job in enumerate(jobs, 1):
-            try:
+        beside = here.submit(alongside)
+        try:
+            for i, job in enumerate(jobs, 1):
                 done[job.name] = futures[job.name].result()
-            except BaseException:
-                for f in futures.values():  # models not started yet: the stage failed
-                    f.cancel()
-                raise
-            log.info("train: %s done [%d/%d]", job.name, i, len(jobs))
-    return done
+                log.info("train: %s done [%d/%d]", job.name, i, len(jobs))
+            return done, beside.result()
+        except BaseException:
+            for f in futures.values():  # models not started yet: the stage failed
+                f.cancel()
+            raise
 
 
 _WORKER_SETS: dict[tuple[Source, str], Sets] = {}
