@@ -16,8 +16,9 @@ tensors) into an ONNX Runtime ``InferenceSession`` on the CPU provider:
    outcome is recorded beside the model (``verified.json``); a model that fails, or cannot be
    exported, is recorded too, so later runs go straight to torch, and the reason is logged.
 4. **Run** with this process's thread budget (:func:`cmrops.threads.current`) as
-   ``intra_op_num_threads``, one inter-op thread and no spinning (idle threads sleep, which is
-   what a machine shared with other work needs).
+   ``intra_op_num_threads`` - or the share :func:`session_threads` sets for sessions that run
+   side by side - one inter-op thread and no spinning (idle threads sleep, which is what a
+   machine shared with other work needs).
 
 ONNX Runtime's CPU kernels give the same bytes for any thread count (tests check it) and, for a
 fixed input shape, any rerun - but not the same bytes as torch (different kernels: cosine >=
@@ -27,6 +28,7 @@ fixed input shape, any rerun - but not the same bytes as torch (different kernel
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -34,7 +36,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_COSINE", "OnnxModel", "cache_dir", "onnx_session", "open_export"]
+__all__ = [
+    "MIN_COSINE",
+    "OnnxModel",
+    "cache_dir",
+    "onnx_session",
+    "open_export",
+    "session_threads",
+]
 
 #: Smallest cosine between an ONNX Runtime row and torch's for the export to be used.
 MIN_COSINE = 0.9999
@@ -100,13 +109,33 @@ def _bytes_dtype() -> Any:
     return torch.uint8
 
 
+_SESSION_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cmrops_session_threads", default=None
+)
+
+
+@contextlib.contextmanager
+def session_threads(threads: int) -> Iterator[None]:
+    """Sessions opened in the block use ``threads`` intra-op threads instead of the whole
+    budget: for sessions that run side by side (the image and the text encoder of
+    :class:`cmrops.preprocessing.embed.Embedder`). Their outputs are the same bytes at any
+    thread count."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    token = _SESSION_THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _SESSION_THREADS.reset(token)
+
+
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     from cmrops.threads import current
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = current()
+    opts.intra_op_num_threads = _SESSION_THREADS.get() or current()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

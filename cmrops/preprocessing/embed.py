@@ -4,14 +4,16 @@ they run, and the per-shard embedding files and records.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import functools
 import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +31,14 @@ TEXT_BATCHES = "sorted-by-tokens"
 #: How embeddings are scaled to unit length (``cmrops.encoders``): numpy, no longer torch (the
 #: last bit of a row can differ), so earlier shards are embedded again rather than mixed.
 UNIT_ROWS = "numpy"
+
+T = TypeVar("T")
+
+#: Images per session run when the image and text encoders embed side by side: an image's bytes
+#: do not depend on its batch, and two image sessions (:meth:`Embedder._images_beside`) each
+#: keep a memory arena as large as their largest run (EfficientNet-Lite0 at 64 images: about
+#: 1.7 GB of activations); the rate is the same from 4 to 64 images (docs/performance.md).
+IMAGE_RUN = 16
 
 
 def embed_key(shard: Shard, params: PreprocessParams, device: str) -> str:
@@ -90,14 +100,16 @@ class Embedder:
         self.threads = threads
         self._models: dict[str, Any] = {}
 
-    def _load(self, what: str) -> Any:
+    def _load(self, what: str, session_threads: int | None = None) -> Any:
         if what not in self._models:
-            if self.threads is not None:
-                from cmrops.threads import apply
+            self._budget()
+            if session_threads is not None:
+                from cmrops.inference import session_threads as share
 
-                apply(self.threads)
+                with share(session_threads):
+                    return self._load(what)
             runtime = self.params.runtime
-            if what == "image":
+            if what in ("image", "image-alone"):
                 from cmrops.encoders import load_image_encoder
 
                 model = load_image_encoder(self.params.image_encoder, self.device, runtime)
@@ -115,6 +127,50 @@ class Embedder:
                 model = load_transcriber(self.params.asr.model, self.device)
             self._models[what] = model
         return self._models[what]
+
+    def _budget(self) -> int:
+        """This process's thread budget, ``threads`` applied first when given."""
+        from cmrops.threads import apply, current
+
+        if self.threads is not None:
+            apply(self.threads)
+        return current()
+
+    def image_and_text(self) -> tuple[Any, Any, bool]:
+        """The image and text encoders, and whether they embed side by side: on the CPU, with
+        a budget of two threads or more, each loaded with its share of it (the image encoder
+        the larger), when both run on ONNX Runtime (whose outputs are the same bytes at any
+        thread count). ONNX Runtime's intra-op threads scale poorly over EfficientNet-Lite0's
+        small convolutions, so two encoders on one thread each embed more than one after the
+        other on two (docs/performance.md)."""
+        budget = self._budget()
+        split = self.device == "cpu" and self.params.runtime != "torch" and budget >= 2
+        image = self._load("image", budget - budget // 2 if split else None)
+        text = self._load("text", budget // 2 if split else None)
+        at_once = split and image.runtime == text.runtime == "onnxruntime"
+        return image, text, at_once
+
+    def _images_beside(
+        self, pixels: np.ndarray, texts: cf.Future[Any], progress: bool
+    ) -> np.ndarray:
+        """``pixels`` embedded a batch at a time while ``texts`` runs: on the image encoder's
+        share of the budget until the text encoder is done, then on the whole budget (a second
+        session of the same export; an image's bytes depend neither on its batch nor on the
+        thread count)."""
+        beside = self._load("image")
+        bs = min(self.params.batch_size, IMAGE_RUN)
+        if len(pixels) == 0:
+            return beside.encode(pixels, bs, progress=False)
+        out = np.empty((len(pixels), beside.dim), np.float32)
+        starts = range(0, len(pixels), bs)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"image {beside.name}", unit="batch")
+        for lo in starts:
+            encoder = beside if not texts.done() else self._load("image-alone")
+            out[lo : lo + bs] = encoder.encode(pixels[lo : lo + bs], bs, progress=False)
+        return out
 
     @property
     def image(self) -> Any:
@@ -136,42 +192,41 @@ class Embedder:
         if len(counts) != table.num_rows:
             raise RuntimeError(f"{stem}: encoder inputs of {len(counts)} rows for {table.num_rows}")
         media = table["media"][0].as_py() if table.num_rows else "image"
-        bounds = np.concatenate([[0], np.cumsum(counts)])
+        captions = table["captions_norm"].to_pylist()
         transcripts: list[str] | None = None
         if media == "audio":
-            waves = io.read_npy(folder / f"{stem}.waves.npy")
-            clips = [waves[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
-            media_encoder = self._load("audio")
-            transcriber = self._load("asr") if params.asr.model else None
-            text_encoder = self.text  # loaded outside the timings
-            t0 = time.perf_counter()
-            rate = params.audio.sample_rate
-            image = media_encoder.encode(
-                _at_rate(clips, rate, media_encoder.sample_rate), params.batch_size, progress
+            media_encoder, text_encoder = self._load("audio"), self.text  # loaded before timing
+            image, transcripts, image_seconds = self._audio(folder, stem, counts, progress)
+            if transcripts is not None and params.asr.as_caption:
+                captions = [[*c, t] if t else c for c, t in zip(captions, transcripts, strict=True)]
+            flat = [c for caps in captions for c in caps]
+            per_caption, text_seconds = _timed(
+                text_encoder.encode, flat, params.batch_size, progress
             )
-            if transcriber is not None:
-                transcripts = transcriber.transcribe(
-                    _at_rate(clips, rate, transcriber.sample_rate), params.asr.batch_size, progress
-                )
-            n_inputs = len(clips)
+            n_inputs = len(counts)
         else:
             pixels = io.read_npy(folder / f"{stem}.pixels.npy")
             if int(counts.sum()) != len(pixels):
                 raise RuntimeError(f"{stem}: {len(pixels)} frames, the counts say {counts.sum()}")
-            media_encoder, text_encoder = self.image, self.text
-            t0 = time.perf_counter()
-            image = media_encoder.encode(pixels, params.batch_size, progress)
+            flat = [c for caps in captions for c in caps]
+            media_encoder, text_encoder, at_once = self.image_and_text()
+            with cf.ThreadPoolExecutor(1, thread_name_prefix="cmrops-text") as beside:
+                embed_text = functools.partial(
+                    _timed, text_encoder.encode, flat, params.batch_size, progress
+                )
+                if at_once:
+                    texts = beside.submit(embed_text)
+                    image, image_seconds = _timed(self._images_beside, pixels, texts, progress)
+                    per_caption, text_seconds = texts.result()
+                else:
+                    image, image_seconds = _timed(
+                        media_encoder.encode, pixels, params.batch_size, progress
+                    )
+                    per_caption, text_seconds = embed_text()
             if media == "video":  # the mean of the keyframes, renormalised
                 image = _pool(image, counts)
             n_inputs = len(pixels)
-        t1 = time.perf_counter()
-        captions = table["captions_norm"].to_pylist()
-        if transcripts is not None and params.asr.as_caption:
-            captions = [[*c, t] if t else c for c, t in zip(captions, transcripts, strict=True)]
-        flat = [c for caps in captions for c in caps]
-        per_caption = text_encoder.encode(flat, params.batch_size, progress)
         text = _pool(per_caption, np.array([len(c) for c in captions], np.int64))
-        t2 = time.perf_counter()
         facts = {
             "media": media,
             "image_encoder": media_encoder.name,
@@ -191,9 +246,38 @@ class Embedder:
             "facts": facts,
             "images": n_inputs,
             "texts": len(flat),
-            "image_seconds": t1 - t0,
-            "text_seconds": t2 - t1,
+            "image_seconds": image_seconds,
+            "text_seconds": text_seconds,  # beside image_seconds when side by side
         }
+
+    def _audio(
+        self, folder: Path, stem: str, counts: np.ndarray, progress: bool
+    ) -> tuple[np.ndarray, list[str] | None, float]:
+        """A shard's clips through the audio encoder (and the transcriber, with ``asr.model``):
+        (embeddings, transcripts, seconds)."""
+        params = self.params
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        waves = io.read_npy(folder / f"{stem}.waves.npy")
+        clips = [waves[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
+        media_encoder = self._load("audio")
+        transcriber = self._load("asr") if params.asr.model else None
+        t0 = time.perf_counter()
+        rate = params.audio.sample_rate
+        image = media_encoder.encode(
+            _at_rate(clips, rate, media_encoder.sample_rate), params.batch_size, progress
+        )
+        transcripts = None
+        if transcriber is not None:
+            transcripts = transcriber.transcribe(
+                _at_rate(clips, rate, transcriber.sample_rate), params.asr.batch_size, progress
+            )
+        return image, transcripts, time.perf_counter() - t0
+
+
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``fn(*args)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
 
 
 def _at_rate(clips: list[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
