@@ -37,7 +37,7 @@ T = TypeVar("T")
 #: Images per session run when the image and text encoders embed side by side: an image's bytes
 #: do not depend on its batch, and two image sessions (:meth:`Embedder._images_beside`) each
 #: keep a memory arena as large as their largest run (EfficientNet-Lite0 at 64 images: about
-#: 1.7 GB of activations); the rate is the same from 4 to 64 images (docs/performance.md).
+#: 1.7 GB of activations), at about the same rate (docs/performance.md).
 IMAGE_RUN = 16
 
 
@@ -153,10 +153,10 @@ class Embedder:
     def _images_beside(
         self, pixels: np.ndarray, texts: cf.Future[Any], progress: bool
     ) -> np.ndarray:
-        """``pixels`` embedded a batch at a time while ``texts`` runs: on the image encoder's
-        share of the budget until the text encoder is done, then on the whole budget (a second
-        session of the same export; an image's bytes depend neither on its batch nor on the
-        thread count)."""
+        """``pixels`` embedded :data:`IMAGE_RUN` at a time while ``texts`` runs: on the image
+        encoder's share of the budget until the text encoder is done, then on the whole budget
+        (a second session of the same export; an image's bytes depend neither on its batch nor
+        on the thread count)."""
         beside = self._load("image")
         bs = min(self.params.batch_size, IMAGE_RUN)
         if len(pixels) == 0:
